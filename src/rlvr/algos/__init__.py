@@ -1,0 +1,13 @@
+"""Pure math of the GRPO family, each part a registry of named functions (specs/grpo_family.md).
+
+from rlvr.algos import ADVANTAGES, LOSSES, AGGREGATIONS, KL_ESTIMATORS, TOKEN_WEIGHTS, MISMATCH_WEIGHTS
+"""
+
+from rlvr.algos.advantages import ADVANTAGES
+from rlvr.algos.aggregation import AGGREGATIONS
+from rlvr.algos.kl import KL_ESTIMATORS
+from rlvr.algos.losses import LOSSES
+from rlvr.algos.mismatch import MISMATCH_WEIGHTS
+from rlvr.algos.token_weights import TOKEN_WEIGHTS
+
+__all__ = ["ADVANTAGES", "AGGREGATIONS", "KL_ESTIMATORS", "LOSSES", "MISMATCH_WEIGHTS", "TOKEN_WEIGHTS"]

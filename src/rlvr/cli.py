@@ -1,0 +1,133 @@
+"""Command line: `rlvr train|sft|eval|plot|recipes`.
+
+    rlvr sft   recipes/quickstart.yaml                 # supervised warm start
+    rlvr train recipes/quickstart.yaml algo.loss=gspo  # RL, with key.sub=value overrides
+    rlvr train recipes/quickstart.yaml --resume        # continue from the latest checkpoint
+    rlvr eval  runs/quickstart/final --task arithmetic --task-kwargs digits=2 --k 8
+    rlvr plot  runs/quickstart
+    rlvr recipes                                        # recipes and every registered name
+
+Usage errors (bad config key, unknown name, missing file) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from rlvr.config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlvr", description="RL post-training with verifiable rewards")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in [("train", "RL training"), ("sft", "supervised warm start")]:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("config", help="YAML config or recipe")
+        c.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+        if name == "train":
+            c.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    e = sub.add_parser("eval", help="greedy accuracy, pass@k and length of a checkpoint on a task")
+    e.add_argument("checkpoint")
+    e.add_argument("--task", required=True)
+    e.add_argument("--task-kwargs", nargs="*", default=[], help="key=value options of the task")
+    e.add_argument("--size", type=int, default=200)
+    e.add_argument("--k", type=int, default=0, help="also report pass@k from k samples per prompt")
+    e.add_argument("--max-new-tokens", type=int, default=16)
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--seed", type=int, default=1_000_003, help="task seed (default: the held-out split)")
+    pl = sub.add_parser("plot", help="redraw a run's curves")
+    pl.add_argument("run")
+    sub.add_parser("recipes", help="list recipes and registered names")
+    return p
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"'{item}' must look like key=value")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def cmd_train(args) -> int:
+    from rlvr.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume)
+    _print_summary(summary)
+    return 130 if summary.get("interrupted") else 0
+
+
+def _print_summary(summary: dict) -> None:
+    before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+    if "eval/accuracy" in before and "eval/accuracy" in after:
+        print(f"held-out greedy accuracy: {before['eval/accuracy']:.3f} before RL -> {after['eval/accuracy']:.3f} after")
+    print(json.dumps(summary, indent=1, default=str))
+
+
+def cmd_sft(args) -> int:
+    from rlvr.sft import sft
+
+    cfg = load_config(args.config, args.overrides)
+    print(json.dumps(sft(cfg), default=str))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from rlvr.evaluate import evaluate
+    from rlvr.policies import load_policy
+    from rlvr.tasks import TASKS
+
+    if not Path(args.checkpoint).is_dir():
+        raise ConfigError(f"checkpoint folder not found: {args.checkpoint}")
+    kwargs = _kv(args.task_kwargs)
+    kwargs.setdefault("seed", args.seed) if args.task != "dataset" else None
+    task = TASKS.build(args.task, **kwargs)
+    model, tokenizer = load_policy(path=args.checkpoint, tokenizer=args.checkpoint)
+    res = evaluate(model, tokenizer, task, size=args.size, max_new_tokens=args.max_new_tokens, k=args.k,
+                   temperature=args.temperature)
+    print(json.dumps(res))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from rlvr.plot import plot_run
+
+    print(plot_run(args.run))
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+    from rlvr.rewards import REWARDS
+    from rlvr.tasks import TASKS
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    if recipes.is_dir():
+        print("recipes:", " ".join(sorted(p.stem for p in recipes.glob("*.yaml"))))
+    for reg in (TASKS, REWARDS, ADVANTAGES, LOSSES, AGGREGATIONS, KL_ESTIMATORS):
+        print(f"{reg.kind}s: {' '.join(reg.names())}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "plot": cmd_plot, "recipes": cmd_recipes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"rlvr: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""The config schema: nested dataclasses, loaded from YAML plus `key.sub=value` overrides.
+
+    cfg = load_config("recipes/grpo.yaml", ["algo.loss=gspo", "train.steps=50"])
+
+1. A recipe YAML may name a base file with `base: other.yaml` (relative to itself); keys merge recursively.
+2. Overrides are parsed as YAML scalars (`3` -> int, `1e-6` -> float, `[a, b]` -> list).
+3. Every key is checked against the dataclasses: an unknown key names the closest valid one, a wrong type
+   names the field and the expected type. Registry names and their keyword options are checked by
+   `validate(cfg)` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names the key and the fix. The CLI exits with code 2."""
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None
+    """Local Hugging Face checkpoint folder (AutoModelForCausalLM). Exclusive with `config`."""
+    config: str | None = None
+    """Name of a built-in tiny config (random weights), e.g. 'qwen2-tiny'."""
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields of the HF config to override when building from `config` (e.g. {num_hidden_layers: 2})."""
+    tokenizer: str = "char"
+    """'char' (built-in character tokenizer) or a local tokenizer folder; defaults to `path` when it is set."""
+    dtype: str = "float32"
+    """Parameter dtype: float32 | bfloat16 | float16."""
+    lora: dict[str, Any] = field(default_factory=dict)
+    """If non-empty, wrap the model with peft LoRA using these LoraConfig keywords (needs the `lora` extra)."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    """A registered task (`rlvr recipes` lists them), e.g. arithmetic, countdown, dataset."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the task (digits, ops, path, prompt_field ...)."""
+    eval_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Overrides for the held-out copy of the task (default: same options, seed + 1_000_003)."""
+    eval_size: int = 200
+    """Held-out items for greedy evaluation."""
+
+
+@dataclass
+class RewardConfig:
+    name: str = "task"
+    """A registered reward: task, exact, numeric, math, format, overlong, length_penalty, python."""
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 8
+    """Prompts (groups) per RL step."""
+    group_size: int = 8
+    """Completions per prompt (G)."""
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)
+    """Stop strings (the completion is cut before them); EOS always stops."""
+
+
+@dataclass
+class DynamicSamplingConfig:
+    enabled: bool = False
+    """DAPO dynamic sampling (arXiv 2503.14476): drop groups whose rewards are all equal, sample more."""
+    max_rounds: int = 10
+    """Generation rounds per step before giving up."""
+    on_exhaust: str = "raise"
+    """raise | partial (train on the groups found so far)."""
+
+
+@dataclass
+class OverlongConfig:
+    enabled: bool = False
+    """DAPO soft overlong punishment (Eq. 13) added to the reward."""
+    cache: int = 4
+    """L_cache: tokens before max_new_tokens where the penalty starts."""
+    coef: float = 1.0
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "grpo"
+    advantage_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: str = "ppo_clip"
+    loss_kwargs: dict[str, Any] = field(default_factory=lambda: {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0})
+    aggregation: str = "token_mean"
+    aggregation_kwargs: dict[str, Any] = field(default_factory=dict)
+    kl_coef: float = 0.0
+    """beta of the KL-to-reference term in the loss; 0 loads no reference model."""
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (subtracted from the loss)."""
+    ppo_epochs: int = 1
+    mini_batches: int = 1
+    """Optimizer steps per epoch over one rollout batch."""
+    micro_batch_size: int = 64
+    """Sequences per forward/backward (gradient accumulation does not change the update)."""
+    mask_truncated: bool = False
+    """Zero the loss mask of completions that hit max_new_tokens (TRL mask_truncated_completions)."""
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    eval_every: int = 0
+    """Greedy held-out evaluation every N steps (0: only before and after)."""
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end and on Ctrl-C)."""
+    max_bad_steps: int = 3
+    """Stop after this many non-finite losses/gradients in a row."""
+    on_reward_error: str = "raise"
+    """raise | zero (count the failure in rewards/<name>/errors)."""
+    threads: int = 0
+    """torch threads (0: leave torch's default)."""
+    num_samples_logged: int = 4
+    """Completions written to samples.jsonl per step."""
+    progress: bool = True
+
+
+@dataclass
+class SFTConfig:
+    init: str | None = None
+    """Tiny config name or local checkpoint to start from (default: model.config, else model.path)."""
+    output: str | None = None
+    """Where the warm-started model is saved (default: <output_dir>/<name>-sft/model)."""
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    target_accuracy: float = 0.0
+    """Stop early once greedy held-out accuracy reaches this (0: never)."""
+    eval_every: int = 50
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "rlvr"
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (with `base:` inheritance), apply `a.b=value` overrides, and type-check every key."""
+    raw = _read_yaml(Path(path)) if path else {}
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return from_dict(Config, raw, "")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".splitlines()[0]) from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return merge(_read_yaml((path.parent / base).resolve()), data)
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Recursive dict merge; `over` wins; lists are replaced, not concatenated."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not key.endswith("kwargs"):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.sub=value")
+    key, text = item.split("=", 1)
+    value = yaml.safe_load(text) if text else ""
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{item}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a dict, naming the path of any unknown key or wrong type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{where or 'config'}' must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean '{(where + '.' if where else '') + close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{path}'{hint} (valid: {sorted(fields)})")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is list:
+        if not isinstance(value, list):
+            raise _type_error(path, "a list", value)
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_coerce(inner, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(path, "a mapping", value)
+        return dict(value)
+    return _coerce_scalar(tp, value, path)
+
+
+def _coerce_scalar(tp: Any, value: Any, path: str) -> Any:
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads 1e-6 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, bool):
+        raise _type_error(path, "an integer", value)
+    if isinstance(value, tp):
+        return value
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    raise _type_error(path, names.get(tp, tp.__name__), value)
+
+
+def _type_error(path: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"config key '{path}' must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ---------------------------------------------------------------- semantic checks
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need the registries: every name exists and every keyword is accepted. No model is loaded."""
+    from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+    from rlvr.rewards import REWARDS
+    from rlvr.tasks import TASKS
+
+    a = cfg.algo
+    for reg, name, kw, key in [
+        (ADVANTAGES, a.advantage, a.advantage_kwargs, "algo.advantage"),
+        (LOSSES, a.loss, a.loss_kwargs, "algo.loss"),
+        (AGGREGATIONS, a.aggregation, a.aggregation_kwargs, "algo.aggregation"),
+        (KL_ESTIMATORS, a.kl_estimator, {}, "algo.kl_estimator"),
+    ]:
+        _wrap(lambda reg=reg, name=name, kw=kw: reg.bind(name, **kw), key)
+    _wrap(lambda: TASKS.lookup(cfg.task.name), "task.name")
+    for i, r in enumerate(cfg.rewards):
+        _wrap(lambda r=r: REWARDS.lookup(r.name), f"rewards[{i}].name")
+    _check_choices(cfg)
+    _check_ranges(cfg)
+
+
+def _wrap(fn, key: str) -> None:
+    try:
+        fn()
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from err
+
+
+def _check_choices(cfg: Config) -> None:
+    choices = {
+        "train.on_reward_error": (cfg.train.on_reward_error, ["raise", "zero"]),
+        "algo.dynamic_sampling.on_exhaust": (cfg.algo.dynamic_sampling.on_exhaust, ["partial", "raise"]),
+        "model.dtype": (cfg.model.dtype, ["bfloat16", "float16", "float32"]),
+    }
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise ConfigError(f"{key} must be one of {valid}, got '{value}'")
+    if (cfg.model.path is None) == (cfg.model.config is None):
+        raise ConfigError("set exactly one of model.path (a local checkpoint) and model.config (a tiny config name)")
+
+
+def _check_ranges(cfg: Config) -> None:
+    positive = {
+        "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
+        "rollout.group_size": cfg.rollout.group_size,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "algo.ppo_epochs": cfg.algo.ppo_epochs,
+        "algo.mini_batches": cfg.algo.mini_batches,
+        "algo.micro_batch_size": cfg.algo.micro_batch_size,
+        "train.max_bad_steps": cfg.train.max_bad_steps,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError("rollout.temperature must be > 0 (use `rlvr eval` for greedy decoding)")
+    if cfg.rollout.prompts_per_step % cfg.algo.mini_batches:
+        raise ConfigError(
+            f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "
+            f"algo.mini_batches ({cfg.algo.mini_batches})"
+        )
+    if not cfg.rewards:
+        raise ConfigError("rewards: give at least one reward, e.g. [{name: task}]")

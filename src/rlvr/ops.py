@@ -1,0 +1,106 @@
+"""Pure tensor helpers shared by the algorithms: masked reductions, group statistics, log-probs, entropy.
+
+1. Masked reductions select with `torch.where`, never multiply by the mask, so NaN/inf in padded
+   positions changes neither the value nor the gradient (0 * inf = NaN would).
+2. `group_mean_std` gives each element the statistics of its group (GRPO's mu_g, sigma_g), ignoring NaN.
+3. `token_logprobs` / `entropy_from_logits` work in (at least) float32 on logits divided by the sampling temperature.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of `x` where `mask` is true (over `dim`, or everything)."""
+    picked = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return picked.sum() if dim is None else picked.sum(dim)
+
+
+def masked_mean(
+    x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, *, denom: float | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of `x` where `mask` is true; `denom` replaces the local count (a global normaliser).
+
+    Denominators are floored at 1, so an empty selection gives 0, not NaN.
+    """
+    total = masked_sum(x, mask, dim)
+    if denom is None:
+        denom = mask.bool().sum() if dim is None else mask.bool().sum(dim)
+    denom = torch.as_tensor(denom, device=total.device).to(total.dtype).clamp_min(1)
+    return total / denom
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, *, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the masked entries of `x` (Bessel-corrected by default); fewer than two entries -> 0."""
+    x = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))  # before (x - mean)**2
+    mean = masked_mean(x, mask)
+    count = mask.bool().sum()
+    denom = (count - 1 if unbiased else count).clamp_min(1).to(x.dtype)
+    return masked_sum((x - mean) ** 2, mask) / denom
+
+
+def group_mean_std(
+    values: torch.Tensor, group_ids: torch.Tensor, *, ddof: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-element (N,) mean, std and count of the element's group, NaN entries excluded.
+
+    The std is exactly 0 for a group whose valid values are all equal or that has at most `ddof` valid
+    values; a group with no valid value has mean 0. Computed in float64, two-pass, returned in `values.dtype`.
+    """
+    if values.ndim != 1 or group_ids.shape != values.shape:
+        shapes = f"{tuple(values.shape)} / {tuple(group_ids.shape)}"
+        raise ValueError(f"values and group_ids must both be (N,), got {shapes}")
+    _, inv = torch.unique(group_ids, return_inverse=True)  # (N,) dense group index
+    num_groups = int(inv.max()) + 1 if inv.numel() else 0
+    valid = ~torch.isnan(values)
+    v = torch.where(valid, values, 0).double()
+    count = torch.zeros(num_groups, dtype=torch.float64, device=v.device).index_add_(0, inv, valid.double())
+    total = torch.zeros_like(count).index_add_(0, inv, v)
+    mean = total / count.clamp_min(1)  # (G_num,)
+    dev2 = torch.where(valid, (v - mean[inv]) ** 2, 0)
+    ssd = torch.zeros_like(count).index_add_(0, inv, dev2)
+    std = (ssd / (count - ddof).clamp_min(1)).sqrt()
+    std = torch.where((count <= ddof) | _group_is_constant(values, inv, num_groups), 0, std)
+    return mean[inv].to(values.dtype), std[inv].to(values.dtype), count[inv].to(torch.long)
+
+
+def _group_is_constant(values: torch.Tensor, inv: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(num_groups,) bool: all valid values of the group are equal (empty groups count as constant)."""
+    valid = ~torch.isnan(values)
+    big = torch.finfo(values.dtype).max
+    lo = torch.full((num_groups,), big, dtype=values.dtype, device=values.device)
+    hi = torch.full((num_groups,), -big, dtype=values.dtype, device=values.device)
+    lo = lo.scatter_reduce(0, inv, torch.where(valid, values, big), reduce="amin")
+    hi = hi.scatter_reduce(0, inv, torch.where(valid, values, -big), reduce="amax")
+    return hi <= lo
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T, V) logits, (B, T) ids -> (B, T) log-softmax(logits / temperature) at `ids`, at least float32.
+
+    Gathers the chosen logit and subtracts logsumexp, so no second (B, T, V) log-prob tensor is kept.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> fp32, fp64 stays
+    if temperature != 1.0:
+        z = z / temperature
+    picked = torch.gather(z, -1, ids.long().unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return picked - torch.logsumexp(z, dim=-1)  # (B, T)
+
+
+def entropy_from_logits(logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T, V) logits -> (B, T) entropy of softmax(logits / temperature) in nats, at least float32.
+
+    Tokens with probability 0 (logit -inf) contribute 0 to value and gradient.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> fp32, fp64 stays
+    if temperature != 1.0:
+        z = z / temperature
+    logp = torch.log_softmax(z, dim=-1)  # (B, T, V)
+    p = logp.exp()
+    safe_logp = torch.where(p > 0, logp, 0)  # -inf * 0 would give NaN in value and gradient
+    return -(p * safe_logp).sum(-1)  # (B, T)

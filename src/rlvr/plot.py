@@ -1,0 +1,43 @@
+"""Draw a run's curves (reward, held-out accuracy, length, entropy) from metrics.jsonl into plot.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlvr.metrics import read_metrics
+
+PANELS = [
+    ("reward", "train reward (mean)"),
+    ("eval/accuracy", "held-out greedy accuracy"),
+    ("completions/mean_length", "completion length (tokens)"),
+    ("entropy", "token entropy"),
+]
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write `run_dir/plot.png` (or `out`) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder?")
+    rows = read_metrics(path)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
+    for ax, (key, title) in zip(axes, PANELS):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o" if len(pts) < 20 else None, markersize=3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    out = Path(out) if out else run_dir / "plot.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,171 @@
+"""Reward registry and `combine_rewards`: run several reward functions and sum them with weights.
+
+A reward function has the contract (DESIGN.md)
+
+    fn(samples: list[Sample], completions: list[str], **kw) -> list[float | None]     # None = not applicable
+
+and is made by a registered factory that takes keyword config, so `REWARDS.build("format", tags=[...])`
+rejects a misspelt option before any compute. Keywords passed at call time:
+    lengths: list[int] | None   completion lengths in tokens (overlong, length_penalty need them)
+
+`combine_rewards`:
+1. Calls each fn on the whole batch; if it raises, re-runs it one sample at a time to find the culprit.
+2. on_error="raise": RewardError naming the reward, the sample and its completion (chained to the cause);
+   on_error="zero": that sample gets 0 and the metric "rewards/<name>/errors" counts it. Never a silent zero.
+3. rewards[i] = sum_k w_k * r_k[i] over the fns whose r_k[i] is not None; NaN where all are None.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from rlvr.batch import Sample
+from rlvr.registry import Registry
+
+REWARDS = Registry("reward")
+RewardFn = Callable[..., list]
+
+
+class RewardError(RuntimeError):
+    """A reward function crashed or returned something that is not a list of float | None."""
+
+
+def combine_rewards(
+    fns: list[tuple[str, float, RewardFn]],
+    samples: list[Sample],
+    completions: list[str],
+    lengths: list[int] | torch.Tensor | None = None,
+    *,
+    on_error: str = "raise",
+    step: int | None = None,
+) -> tuple[torch.Tensor, dict[str, list[float | None]], dict[str, float]]:
+    """Weighted, None-aware sum of reward functions -> (rewards (N,) float32, per-fn values, metrics).
+
+    fns: (name, weight, fn) triples; lengths: completion lengths in tokens, passed to fns that accept them;
+    step: the training step, named in error messages.
+    """
+    if on_error not in ("raise", "zero"):
+        raise ValueError(f"on_error must be 'raise' or 'zero', got {on_error!r}")
+    if len(samples) != len(completions):
+        raise ValueError(f"got {len(samples)} samples but {len(completions)} completions")
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.tolist()
+    total: list[float | None] = [None] * len(samples)  # None until some fn applies to the sample
+    per_fn: dict[str, list[float | None]] = {}
+    metrics: dict[str, float] = {}
+    for name, weight, fn in fns:
+        values, errors = _run(name, fn, samples, completions, lengths, on_error, step)
+        per_fn[name] = values
+        for i, v in enumerate(values):
+            if v is not None:
+                total[i] = (total[i] or 0.0) + weight * v
+        metrics.update(_fn_metrics(name, values, errors))
+    rewards = torch.tensor([math.nan if t is None else t for t in total], dtype=torch.float32)  # (N,)
+    applied = [t for t in total if t is not None]
+    if applied:
+        metrics["rewards/total/mean"] = sum(applied) / len(applied)
+    return rewards, per_fn, metrics
+
+
+def _run(name, fn, samples, completions, lengths, on_error, step) -> tuple[list[float | None], int]:
+    """Values of one reward fn on the batch, and how many samples failed (only with on_error='zero')."""
+    try:
+        outs = _call(name, fn, samples, completions, lengths)
+    except _ShapeError:
+        raise  # a broken contract is a bug in the function, never a per-sample failure
+    except Exception as exc:  # noqa: BLE001 - located and reported per sample below
+        outs = _call_each(name, fn, samples, completions, lengths, exc, step)
+    values, errors = [], 0
+    for i, v in enumerate(outs):
+        try:
+            values.append(_value(v) if not isinstance(v, Exception) else _reraise(v))
+        except Exception as exc:
+            if on_error == "raise":
+                raise _error(name, i, samples[i], completions[i], exc, step) from exc
+            values.append(0.0)
+            errors += 1
+    return values, errors
+
+
+def _call_each(name, fn, samples, completions, lengths, batch_exc, step) -> list[Any]:
+    """Re-run fn one sample at a time to find which samples make it fail; exceptions are kept as values."""
+    outs = []
+    for i in range(len(samples)):
+        one_len = None if lengths is None else lengths[i : i + 1]
+        try:
+            outs += _call(name, fn, samples[i : i + 1], completions[i : i + 1], one_len)
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            outs.append(exc)
+    if not any(isinstance(o, Exception) for o in outs):  # fails on the batch, works on each sample
+        at = "" if step is None else f" at step {step}"
+        raise RewardError(
+            f"reward '{name}' raised {type(batch_exc).__name__} on the batch of {len(samples)}{at} "
+            f"but on no single sample: {_first_line(batch_exc)}"
+        ) from batch_exc
+    return outs
+
+
+def _call(name, fn, samples, completions, lengths) -> list[Any]:
+    out = fn(samples, completions, **_call_kwargs(fn, lengths))
+    if not isinstance(out, (list, tuple)) or len(out) != len(completions):
+        got = f"{type(out).__name__} of length {len(out)}" if hasattr(out, "__len__") else type(out).__name__
+        raise _ShapeError(f"reward '{name}' must return a list of {len(completions)} float | None, got {got}")
+    return list(out)
+
+
+def _reraise(exc: Exception):
+    raise exc
+
+
+def _value(v: Any) -> float | None:
+    """float(v) for a finite real number (Python, NumPy or 0-d torch), None for None, else ValueError."""
+    if v is None:
+        return None
+    try:
+        f = float(v) if not isinstance(v, (bool, str, bytes)) else math.nan
+    except (TypeError, ValueError):
+        f = math.nan
+    if not math.isfinite(f):
+        raise ValueError(f"returned {v!r}; expected a finite float or None")
+    return f
+
+
+class _ShapeError(RewardError):
+    """The function returned the wrong type or number of values."""
+
+
+def _call_kwargs(fn: RewardFn, lengths) -> dict[str, Any]:
+    """Pass `lengths` only to functions that can take it, so plain user functions (samples, completions) work."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return {"lengths": lengths}
+    if any(p.kind is p.VAR_KEYWORD or p.name == "lengths" for p in params):
+        return {"lengths": lengths}
+    return {}
+
+
+def _error(name: str, i: int, sample: Sample, text: str, exc: Exception, step: int | None) -> RewardError:
+    shown = repr(text[:200]) + ("..." if len(text) > 200 else "")
+    cause = _first_line(exc)
+    where = f"sample {i} (task={sample.task!r}, index={sample.index})" + ("" if step is None else f" at step {step}")
+    return RewardError(f"reward '{name}' raised {type(exc).__name__} on {where}, completion {shown}: {cause}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:300]
+
+
+def _fn_metrics(name: str, values: list[float | None], errors: int) -> dict[str, float]:
+    got = [v for v in values if v is not None]
+    metrics = {f"rewards/{name}/errors": float(errors)}
+    if got:
+        metrics[f"rewards/{name}/mean"] = sum(got) / len(got)
+    if len(got) < len(values):
+        metrics[f"rewards/{name}/none_frac"] = 1 - len(got) / len(values)
+    return metrics

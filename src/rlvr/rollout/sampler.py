@@ -1,0 +1,217 @@
+"""Batched, KV-cached sampling from a Hugging Face causal LM: `generate(model, tokenizer, prompt_ids, ...)`.
+
+1. Pick a decoder: FastDecoder (rlvr/rollout/fast.py) for the Llama/Qwen family, else a plain HF loop with a
+   DynamicCache. Both expose prefill() -> logits (N, V) and step(tokens (N,)) -> logits (N, V).
+2. Each step: logp = log_softmax(logits / temperature); sample from that distribution after optional top-k / top-p
+   truncation (or argmax when greedy); record the token and its logp.
+3. A row is done at its first EOS or when its decoded text contains a stop string; stop when every row is done.
+4. Masks are built at the end from the recorded tokens: 1 up to and including the token that ended the row.
+
+logp is the log-prob of the chosen token under softmax(logits / temperature) BEFORE top-k/top-p truncation: that is
+what the trainer recomputes for the PPO ratio. With top_k/top_p set, the sampler's actual distribution differs
+(renormalised over the kept tokens), so logp is not the exact behaviour log-prob in that case.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+
+from rlvr.rollout.fast import FastDecoder, unsupported_reason
+
+BACKENDS = ("auto", "fast", "hf")
+
+
+class HFDecoder:
+    """The same contract as FastDecoder, through `model(...)` with a DynamicCache (any HF causal LM)."""
+
+    def __init__(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int):
+        from transformers import DynamicCache
+
+        dev = model.get_input_embeddings().weight.device
+        self.model, self.ids, self.mask = model, prompt_ids.to(dev), prompt_mask.to(dev).long()
+        try:
+            self.cache = DynamicCache(config=model.config)
+        except TypeError:  # older transformers
+            self.cache = DynamicCache()
+        params = inspect.signature(model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+        self.next_pos = self.mask.sum(-1, keepdim=True)  # (N, 1) position of the first generated token
+
+    def prefill(self) -> torch.Tensor:
+        pos = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (N, P) 0 at the first real token
+        return self._run(self.ids, pos)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)  # (N, P + t + 1)
+        pos, self.next_pos = self.next_pos, self.next_pos + 1
+        return self._run(tokens[:, None], pos)
+
+    def _run(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, use_cache=True,
+                         logits_to_keep=1, **{self.cache_kw: self.cache})
+        return out.logits[:, -1]  # (N, V)
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) set to -inf. logits (N, V) already temperature-scaled."""
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # mass before this token already exceeds top_p; keeps the first
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+class _Picker:
+    """Chooses the next token per row and returns it with its logp under softmax(logits / temperature)."""
+
+    def __init__(self, *, temperature: float, top_k: int, top_p: float, greedy: bool, generator):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.greedy, self.generator = greedy, generator
+
+    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled = logits.float() / self.temperature  # (N, V)
+        logp_all = scaled.log_softmax(-1)
+        if self.greedy:
+            tokens = scaled.argmax(-1)  # (N,)
+        elif self.top_k or self.top_p < 1.0:
+            probs = _filter_logits(scaled, self.top_k, self.top_p).softmax(-1)
+            tokens = torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+        else:
+            tokens = torch.multinomial(logp_all.exp(), 1, generator=self.generator)[:, 0]
+        return tokens, logp_all.gather(-1, tokens[:, None])[:, 0]
+
+
+class _StopStrings:
+    """Finds the step at which each row's decoded text first contains a stop string."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], n: int):
+        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        self.window = max((len(s) for s in self.stop), default=0) + 8  # tokens decoded per check
+        self.rows: list[list[int]] = [[] for _ in range(n)]
+        self.stopped_at: dict[int, int] = {}  # row -> step of the token that completed the stop string
+
+    def update(self, tokens: torch.Tensor, done: torch.Tensor, step: int) -> list[int]:
+        """Append this step's tokens for rows still running; return rows that just hit a stop string."""
+        hits = []
+        for r, (tok, was_done) in enumerate(zip(tokens.tolist(), done.tolist())):
+            if was_done or r in self.stopped_at:
+                continue
+            self.rows[r].append(tok)
+            tail = self.tokenizer.decode(self.rows[r][-self.window :], skip_special_tokens=True)
+            if any(s in tail for s in self.stop):
+                self.stopped_at[r] = step
+                hits.append(r)
+        return hits
+
+    def cut(self, text: str) -> str:
+        """`text` up to (not including) the earliest stop string."""
+        ends = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return text[: min(ends)] if ends else text
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def _check_args(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k, backend) -> None:
+    if prompt_ids.dim() != 2 or prompt_ids.shape != prompt_mask.shape:
+        raise ValueError(f"generate: prompt_ids {tuple(prompt_ids.shape)} and prompt_mask "
+                         f"{tuple(prompt_mask.shape)} must both be (N, P)")
+    if prompt_ids.shape[1] and not bool(prompt_mask[:, -1].all()):
+        raise ValueError("generate: prompts must be left-padded (prompt_mask[:, -1] must be 1); use encode_prompts")
+    if max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"generate: temperature must be > 0, got {temperature}; use greedy=True for argmax")
+    if not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f"generate: need 0 < top_p <= 1 and top_k >= 0, got top_p={top_p}, top_k={top_k}")
+    if backend not in BACKENDS:
+        raise ValueError(f"generate: unknown backend '{backend}'; choose from {list(BACKENDS)}")
+
+
+def _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, backend: str):
+    reason = unsupported_reason(model)
+    if backend == "fast" and reason:
+        raise ValueError(f"generate: backend='fast' cannot run this model ({reason}); use backend='auto' or 'hf'")
+    use_fast = backend == "fast" or (backend == "auto" and reason is None)
+    cls = FastDecoder if use_fast else HFDecoder
+    return cls(model, prompt_ids, prompt_mask, max_new_tokens)
+
+
+def _finish(tokens, logps, stops, eos, tokenizer, pad_id) -> dict:
+    """Turn per-step records into masked (N, T) tensors and texts."""
+    ids = torch.stack(tokens, dim=1)  # (N, T)
+    logp = torch.stack(logps, dim=1)  # (N, T)
+    ends = torch.isin(ids, eos) if len(eos) else torch.zeros_like(ids, dtype=torch.bool)  # (N, T)
+    for r, t in (stops.stopped_at.items() if stops else ()):
+        ends[r, t] = True
+    mask = (ends.long().cumsum(-1) - ends.long()) == 0  # through the first ending token
+    ids = ids.masked_fill(~mask, pad_id)
+    keep = mask & ~torch.isin(ids, eos) if len(eos) else mask
+    texts = tokenizer.batch_decode([row[k].tolist() for row, k in zip(ids.cpu(), keep.cpu())],
+                                   skip_special_tokens=True)
+    if stops:
+        texts = [stops.cut(t) for t in texts]
+    truncated = ~ends.any(-1)  # (N,) no EOS / stop string before max_new_tokens
+    return dict(completion_ids=ids, completion_mask=mask.long(), logp=logp.masked_fill(~mask, 0.0),
+                truncated=truncated, texts=texts)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop: Sequence[str] = (),
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+) -> dict:
+    """Sample completions for left-padded prompts (N, P).
+
+    Returns dict(completion_ids (N, T) long right-padded with pad id, completion_mask (N, T) long (1 = generated,
+    incl. the EOS/stop token that ended the row), logp (N, T) float32 (0 where mask is 0), truncated (N,) bool,
+    texts list[str] cut before the stop string, without EOS). T <= max_new_tokens (early exit when all rows end).
+    backend: "auto" (fast path when the model supports it), "fast" (error if not), "hf" (plain HF forward loop).
+    generator: a torch.Generator on the model's device, for reproducible samples.
+    """
+    _check_args(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k, backend)
+    if isinstance(stop, str):
+        stop = (stop,)
+    decoder = _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens, backend)
+    pick = _Picker(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
+    device = model.get_input_embeddings().weight.device
+    eos = torch.tensor(_eos_ids(model, tokenizer), dtype=torch.long, device=device)
+    stops = _StopStrings(tokenizer, stop, len(prompt_ids)) if any(stop) else None
+    done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)  # (N,)
+    tokens, logps = [], []
+    logits = decoder.prefill()  # (N, V)
+    for t in range(max_new_tokens):
+        tok, lp = pick(logits)  # (N,), (N,)
+        tokens.append(tok)
+        logps.append(lp)
+        if stops:
+            done[stops.update(tok, done, t)] = True
+        if len(eos):
+            done |= torch.isin(tok, eos)
+        if t + 1 == max_new_tokens or bool(done.all()):
+            break
+        logits = decoder.step(tok)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0]) if len(eos) else 0
+    return _finish(tokens, logps, stops, eos, tokenizer, pad_id)

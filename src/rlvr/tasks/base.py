@@ -1,0 +1,81 @@
+"""The Task protocol: an indexable, deterministic collection of Samples that scores its own answers.
+
+    task = TASKS.build("arithmetic", seed=0, size=1000)
+    sample = task[3]                      # Sample(prompt="23+45=", answer="68", task="arithmetic", index=3)
+    task.score(sample, "68")              # 1.0; any float in [0, 1]
+    task.reference(sample)                # a completion that scores 1.0 (supervised warm start, tests)
+
+Procedural tasks follow reasoning-gym: item i is drawn from `random.Random(seed + i)`, so an item never
+depends on which other items were generated, and two processes agree on every item without sharing state.
+"""
+
+from __future__ import annotations
+
+import random
+
+from rlvr.batch import Sample
+from rlvr.registry import Registry
+
+TASKS = Registry("task")
+
+
+class Task:
+    """Base class. Subclasses set `name` and implement `__len__`, `__getitem__`, `score`, `reference`."""
+
+    name: str = ""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> Sample:
+        raise NotImplementedError
+
+    def score(self, sample: Sample, text: str) -> float:
+        """1.0 for a correct completion `text` of `sample`, 0.0 for a wrong one (partial credit in between)."""
+        raise NotImplementedError
+
+    def reference(self, sample: Sample) -> str:
+        """A completion text for `sample` that `score` rates 1.0."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, size={len(self)})"
+
+
+class ProceduralTask(Task):
+    """A generated task: item i comes from `random.Random(seed + i)` via `generate(rng, i)`."""
+
+    def __init__(self, *, seed: int = 0, size: int = 10_000):
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"task '{self.name}': size must be a positive integer, got {size!r}")
+        self.seed = int(seed)
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> Sample:
+        i = check_index(i, self.size, self.name)
+        return self.generate(random.Random(self.seed + i), i)
+
+    def generate(self, rng: random.Random, index: int) -> Sample:
+        raise NotImplementedError
+
+
+def check_index(i: int, size: int, name: str) -> int:
+    """Normalise a (possibly negative) index; IndexError when out of range, as Python sequences do."""
+    if not isinstance(i, int) or isinstance(i, bool):
+        raise TypeError(f"task '{name}' indices must be integers, got {type(i).__name__}")
+    j = i + size if i < 0 else i
+    if not 0 <= j < size:
+        raise IndexError(f"task '{name}' index {i} out of range for size {size}")
+    return j
+
+
+def first_line(text: str, *, limit: int = 1000) -> str:
+    """The first line of `text`, stripped; looks at no more than `limit` characters (hostile outputs)."""
+    head = text[:limit].lstrip()
+    return head.split("\n", 1)[0].strip()

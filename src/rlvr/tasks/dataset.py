@@ -1,0 +1,181 @@
+"""dataset: prompts and reference answers from a local file, scored by a named reward (math by default).
+
+Formats: .jsonl, .json (a list of rows, or {split: [rows]}), .csv, .parquet (read with pyarrow, which
+`datasets` itself uses, to avoid writing a cache copy), or a folder written by `datasets`' save_to_disk
+(a Dataset or a DatasetDict, from which `split` is taken; rows are read lazily from the memory map).
+
+1. Rows are checked when the task is built: a missing or empty prompt/answer field fails with the file,
+   the 1-based row number, the missing field and the fields that row does have.
+2. sample.prompt is the prompt text, or chat messages [system, user] when `system_prompt` is given
+   (a prompt that is already a list of messages is kept, with the system message put first).
+3. sample.meta holds the row's other fields, for rewards that need them; sample.task is `task_name`
+   (give two dataset tasks different names so the "task" reward can route their samples).
+4. score(sample, text) = the `scorer` reward (REWARDS name, e.g. "math", "exact", "numeric") on that one
+   completion; reference(sample) = "\\boxed{answer}", which the answer-checking rewards all accept.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any
+
+from rlvr.batch import Sample
+from rlvr.tasks.base import TASKS, Task, check_index
+
+
+@TASKS.register("dataset")
+class DatasetTask(Task):
+    """Rows of a local JSONL / JSON / CSV / Parquet file or save_to_disk folder."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        prompt_field: str = "prompt",
+        answer_field: str = "answer",
+        system_prompt: str | None = None,
+        split: str = "train",
+        size: int | None = None,
+        scorer: str = "math",
+        scorer_kwargs: dict[str, Any] | None = None,
+        task_name: str = "dataset",
+    ):
+        from rlvr.rewards import REWARDS  # lazy: rewards never import tasks, but keep the edge one-way at runtime
+
+        self.path, self.name = str(path), task_name
+        self.prompt_field, self.answer_field, self.system_prompt = prompt_field, answer_field, system_prompt
+        self._rows = load_rows(self.path, split=split)
+        available = len(self._rows)
+        if size is not None and (not isinstance(size, int) or not 1 <= size <= available):
+            raise ValueError(f"dataset {self.path!r}: size must be an integer in [1, {available}] (rows), got {size!r}")
+        self.size = available if size is None else size
+        if self.size == 0:
+            raise ValueError(f"dataset {self.path!r} (split {split!r}) has no rows")
+        lazy = not isinstance(self._rows, list)
+        for i in range(1 if lazy else self.size):  # lazy (memory-mapped) sources: columns here, nulls below
+            self._check(self._rows[i], i)
+        if lazy:
+            self._check_nulls()
+        self._scorer = REWARDS.build(scorer, **(scorer_kwargs or {}))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> Sample:
+        i = check_index(i, self.size, self.name)
+        row = self._rows[i]
+        self._check(row, i)
+        prompt = self._prompt(row[self.prompt_field])
+        meta = {k: v for k, v in row.items() if k not in (self.prompt_field, self.answer_field)}
+        return Sample(prompt=prompt, answer=row[self.answer_field], task=self.name, index=i, meta=meta)
+
+    def score(self, sample: Sample, text: str) -> float:
+        value = self._scorer([sample], [text])[0]
+        return 0.0 if value is None else float(value)
+
+    def reference(self, sample: Sample) -> str:
+        return f"\\boxed{{{sample.answer}}}"
+
+    def _prompt(self, prompt: Any) -> str | list[dict[str, Any]]:
+        if isinstance(prompt, list):  # already chat messages
+            has_system = bool(prompt) and prompt[0].get("role") == "system"
+            if self.system_prompt is None or has_system:
+                return prompt
+            return [{"role": "system", "content": self.system_prompt}, *prompt]
+        if self.system_prompt is None:
+            return str(prompt)
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": str(prompt)}]
+
+    def _check_nulls(self) -> None:
+        """Find a null prompt/answer in a `datasets.Dataset` from its Arrow columns, without reading every row."""
+        import pyarrow.compute as pc
+
+        if self._rows._indices is not None:  # a filtered/shuffled view: row i is not Arrow row i; checked on read
+            return
+        for field in (self.prompt_field, self.answer_field):
+            column = self._rows.data.column(field)
+            if column.null_count:
+                i = pc.index(pc.is_null(column), True).as_py()
+                self._check(self._rows[i], i)
+
+    def _check(self, row: dict[str, Any], i: int) -> None:
+        for field in (self.prompt_field, self.answer_field):
+            if row.get(field) is None or row.get(field) == "":
+                raise ValueError(
+                    f"dataset {self.path!r}, row {i + 1}: missing field {field!r} (the row has {sorted(row)}); "
+                    f"set prompt_field / answer_field to the right column names"
+                )
+
+
+def load_rows(path: str, *, split: str = "train"):
+    """A list of dict rows (files) or a `datasets.Dataset` (save_to_disk folders); indexable either way."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset file or folder {path!r} not found (relative to {os.getcwd()})")
+    if os.path.isdir(path):
+        return _load_saved_dataset(path, split)
+    ext = os.path.splitext(path)[1].lower()
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+    if ext not in readers:
+        raise ValueError(f"dataset {path!r}: unsupported extension {ext!r}; use one of {sorted(readers)} or a folder")
+    return readers[ext](path, split)
+
+
+def _read_jsonl(path: str, split: str) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"dataset {path!r}, line {line_no}: invalid JSON ({exc.msg})") from exc
+            rows.append(_as_row(row, path, len(rows) + 1))
+    return rows
+
+
+def _read_json(path: str, split: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if isinstance(data, dict):
+        if split not in data:
+            raise ValueError(f"dataset {path!r} is a dict without split {split!r}; its keys are {sorted(data)}")
+        data = data[split]
+    if not isinstance(data, list):
+        raise ValueError(f"dataset {path!r} must hold a list of rows (or {{split: [rows]}}), got {type(data).__name__}")
+    return [_as_row(row, path, i + 1) for i, row in enumerate(data)]
+
+
+def _read_csv(path: str, split: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return [dict(row) for row in csv.DictReader(f)]
+
+
+def _read_parquet(path: str, split: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _load_saved_dataset(path: str, split: str):
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError("reading a save_to_disk folder needs the 'datasets' package: pip install datasets") from exc
+    try:
+        data = datasets.load_from_disk(path)
+    except FileNotFoundError as exc:
+        raise ValueError(f"dataset folder {path!r} was not written by datasets' save_to_disk: {exc}") from exc
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise ValueError(f"dataset folder {path!r} has no split {split!r}; splits: {sorted(data)}")
+        data = data[split]
+    return data
+
+
+def _as_row(row: Any, path: str, row_no: int) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValueError(f"dataset {path!r}, row {row_no}: expected a JSON object, got {type(row).__name__}")
+    return row

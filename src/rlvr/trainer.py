@@ -1,0 +1,481 @@
+"""train(cfg): the RL loop. One step = rollout -> reward -> advantage -> update -> log (-> eval, checkpoint).
+
+1. Prompts: step after step the task is read in order (item i is the same on every run); with data
+   parallelism rank r takes its slice of each step's prompts. Each prompt is repeated G times.
+2. Rollout: rlvr's KV-cached sampler; the sampling generator is seeded from (seed, data position, rank), so
+   an interrupted and resumed run samples exactly what an uninterrupted one does.
+3. Rewards: the weighted sum of the configured reward functions (plus DAPO overlong shaping). With
+   dynamic sampling (DAPO), groups whose rewards are all equal are dropped and more prompts are sampled.
+   Reward metrics are logged before filtering.
+4. Advantages by name (ADVANTAGES registry), from rewards and group ids.
+5. Update (rlvr.update): PPO epochs x mini-batches, exact global normalisers, gradient averaging over ranks.
+   With one epoch and one mini-batch pi_old is the detached current log-prob (rho = 1, as TRL and verl do).
+6. Log metrics (TRL names + time per stage), samples; evaluate greedily every `eval_every` steps;
+   checkpoint every `save_every` steps, at the end, and on Ctrl-C (the step in flight finishes first).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+from rlvr.batch import Rollout, concat_rollouts
+from rlvr.checkpoint import (
+    latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, save_model_atomic, set_rng_state,
+)
+from rlvr.config import Config, ConfigError, save_config, to_dict, validate
+from rlvr.distributed import World, all_reduce_sum, barrier, init_world, shutdown
+from rlvr.evaluate import evaluate
+from rlvr.metrics import RunLogger, length_metrics, reward_metrics
+from rlvr.policies import encode_prompts, load_policy
+from rlvr.rewards import REWARDS, combine_rewards
+from rlvr.rollout import generate
+from rlvr.tasks import TASKS
+from rlvr.update import LossFns, UpdateBatch, batched_logp, update
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. repeated non-finite losses); the message names the step."""
+
+
+@dataclass
+class Run:
+    """Everything built once at start-up."""
+
+    cfg: Config
+    world: World
+    model: Any
+    tokenizer: Any
+    ref_model: Any
+    task: Any
+    eval_task: Any
+    reward_fns: list
+    advantage_fn: Any
+    loss_fns: LossFns
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    logger: RunLogger | None
+    device: torch.device
+
+
+@dataclass
+class State:
+    """What a checkpoint must restore besides weights and optimizer."""
+
+    step: int = 0
+    data_pos: int = 0
+    bad_steps: int = 0
+    skipped_total: int = 0
+    history: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ set-up
+
+
+def build_task(cfg: Config, *, eval_split: bool):
+    kwargs = dict(cfg.task.kwargs)
+    fn = TASKS.lookup(cfg.task.name)
+    if "seed" in inspect.signature(fn).parameters:
+        kwargs["seed"] = cfg.seed + (1_000_003 if eval_split else 0) + kwargs.get("seed", 0)
+    if eval_split:
+        kwargs.update(cfg.task.eval_kwargs)
+    try:
+        return TASKS.build(cfg.task.name, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"task '{cfg.task.name}': {err}") from err
+
+
+def build_rewards(cfg: Config, task) -> list[tuple[str, float, Any]]:
+    fns = []
+    for i, r in enumerate(cfg.rewards):
+        kwargs = dict(r.kwargs)
+        if r.name == "task":
+            kwargs.setdefault("tasks", {task.name: task})
+        try:
+            fns.append((r.name, r.weight, REWARDS.build(r.name, **kwargs)))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"rewards[{i}] ({r.name}): {err}") from err
+    ov = cfg.algo.overlong
+    if ov.enabled:
+        fns.append(("overlong", ov.coef, REWARDS.build("overlong", max_len=cfg.rollout.max_new_tokens,
+                                                          cache=ov.cache)))
+    return fns
+
+
+def build_loss_fns(cfg: Config) -> LossFns:
+    a = cfg.algo
+    return LossFns(
+        loss=LOSSES.bind(a.loss, **a.loss_kwargs),
+        aggregate=AGGREGATIONS.bind(a.aggregation, **a.aggregation_kwargs),
+        kl=KL_ESTIMATORS.bind(a.kl_estimator) if a.kl_coef else None,
+        kl_coef=a.kl_coef,
+        entropy_coef=a.entropy_coef,
+        temperature=cfg.rollout.temperature,
+    )
+
+
+def apply_lora(model, lora: dict):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError("model.lora needs the extra: pip install 'rlvr[lora]'") from err
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+
+
+def build_optimizer(cfg: Config, model):
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    warm = max(o.warmup_steps, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    return optimizer, scheduler
+
+
+def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
+    validate(cfg)
+    world = init_world()
+    if cfg.rollout.prompts_per_step % world.size:
+        raise ConfigError(f"rollout.prompts_per_step must be divisible by the world size {world.size}")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    task, eval_task = build_task(cfg, eval_split=False), build_task(cfg, eval_split=True)
+    reward_fns = build_rewards(cfg, task)
+    advantage_fn = ADVANTAGES.bind(cfg.algo.advantage, **cfg.algo.advantage_kwargs)
+    loss_fns = build_loss_fns(cfg)
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    path = str(resume_from / "model") if resume_from else m.path
+    model, tokenizer = load_policy(path=path, config=None if path else m.config, config_overrides=m.config_overrides,
+                                   tokenizer=m.tokenizer if m.tokenizer != "char" or not path else path,
+                                   dtype=m.dtype, seed=cfg.seed)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    ref_model = _frozen_copy(model) if cfg.algo.kl_coef else None
+    if m.lora:
+        model = apply_lora(model, m.lora)
+    optimizer, scheduler = build_optimizer(cfg, model)
+    logger = None
+    if world.is_main:
+        logger = RunLogger(cfg.run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
+                           project=cfg.logging.wandb_project, config=to_dict(cfg), resume=resume_from is not None)
+        save_config(cfg, cfg.run_dir / "config.yaml")
+    return Run(cfg, world, model, tokenizer, ref_model, task, eval_task, reward_fns, advantage_fn, loss_fns,
+               optimizer, scheduler, logger, device)
+
+
+def _frozen_copy(model):
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+# ------------------------------------------------------------------ one step
+
+
+def sample_round(run: Run, data_pos: int) -> Rollout:
+    """Generate G completions for this rank's prompts at task positions data_pos + ..."""
+    cfg, world = run.cfg, run.world
+    per_rank = cfg.rollout.prompts_per_step // world.size
+    first = data_pos + world.rank * per_rank
+    positions = [(first + j) % len(run.task) for j in range(per_rank)]
+    samples = [run.task[i] for i in positions]
+    G = cfg.rollout.group_size
+    repeated = [s for s in samples for _ in range(G)]
+    ids, mask = encode_prompts(run.tokenizer, [s.prompt for s in repeated])
+    gen = torch.Generator(device=run.device).manual_seed(cfg.seed * 1_000_003 + data_pos * 7919 + world.rank)
+    run.model.eval()
+    out = generate(run.model, run.tokenizer, ids.to(run.device), mask.to(run.device),
+                   max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                   top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop), generator=gen)
+    group_ids = torch.tensor([first + j for j in range(per_rank) for _ in range(G)], device=run.device)
+    return Rollout(prompt_ids=ids.to(run.device), prompt_mask=mask.to(run.device),
+                   completion_ids=out["completion_ids"], completion_mask=out["completion_mask"], logp=out["logp"],
+                   truncated=out["truncated"], texts=out["texts"], group_ids=group_ids, samples=repeated)
+
+
+def score(run: Run, rollout: Rollout, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    lengths = rollout.completion_mask.sum(-1).tolist()
+    rewards, _, metrics = combine_rewards(run.reward_fns, rollout.samples, rollout.texts, lengths=lengths,
+                                          on_error=run.cfg.train.on_reward_error)
+    return rewards.to(run.device), metrics
+
+
+def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> list[int]:
+    """Group ids whose finite rewards are not all equal (DAPO dynamic sampling keep rule)."""
+    keep = []
+    for g in torch.unique(group_ids).tolist():
+        r = rewards[group_ids == g]
+        r = r[~torch.isnan(r)]
+        if len(r) > 1 and bool((r != r[0]).any()):
+            keep.append(g)
+    return keep
+
+
+def collect(run: Run, state: State, step: int) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
+    """Rollout + rewards for one step; with dynamic sampling, keep sampling until enough groups vary."""
+    cfg = run.cfg
+    ds = cfg.algo.dynamic_sampling
+    need = cfg.rollout.prompts_per_step // run.world.size
+    kept: list[tuple[Rollout, torch.Tensor]] = []
+    all_rewards, all_groups, timing = [], [], {"time/rollout": 0.0, "time/reward": 0.0}
+    n_kept, rounds, reward_metric_acc = 0, 0, {}
+    for rounds in range(1, (ds.max_rounds if ds.enabled else 1) + 1):
+        t0 = time.perf_counter()
+        rollout = sample_round(run, state.data_pos)
+        state.data_pos += cfg.rollout.prompts_per_step
+        t1 = time.perf_counter()
+        rewards, rmetrics = score(run, rollout, step)
+        timing["time/rollout"] += t1 - t0
+        timing["time/reward"] += time.perf_counter() - t1
+        all_rewards.append(rewards)
+        all_groups.append(rollout.group_ids)
+        for k, v in rmetrics.items():
+            reward_metric_acc[k] = reward_metric_acc.get(k, 0.0) + v
+        if not ds.enabled:
+            kept.append((rollout, rewards))
+            n_kept = need
+            break
+        groups = informative_groups(rewards, rollout.group_ids)[: need - n_kept]
+        if groups:
+            rows = torch.nonzero(torch.isin(rollout.group_ids, torch.tensor(groups, device=run.device))).flatten()
+            kept.append((rollout.select(rows.cpu()), rewards[rows]))
+            n_kept += len(groups)
+        if n_kept >= need:
+            break
+    if n_kept < need and (ds.on_exhaust == "raise" or n_kept == 0):
+        raise TrainingError(f"step {step}: dynamic sampling found {n_kept} of {need} informative groups in "
+                            f"{rounds} rounds; raise algo.dynamic_sampling.max_rounds or set on_exhaust=partial")
+    rollout = concat_rollouts([r for r, _ in kept], run.tokenizer.pad_token_id)
+    rewards = torch.cat([r for _, r in kept])
+    metrics = reward_metrics(torch.cat(all_rewards), torch.cat(all_groups))
+    metrics.update({k: v / rounds for k, v in reward_metric_acc.items()})
+    metrics.update(timing)
+    if ds.enabled:
+        metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/kept_fraction": n_kept / (need * rounds)})
+    return rollout, rewards, metrics
+
+
+def make_update_batch(run: Run, rollout: Rollout, advantages: torch.Tensor) -> UpdateBatch:
+    cfg = run.cfg
+    loss_mask = rollout.completion_mask.float()
+    if cfg.algo.mask_truncated:
+        loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(-1)  # TRL mask_truncated_completions
+    batch = UpdateBatch(
+        input_ids=torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1),
+        attention_mask=torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1),
+        loss_mask=loss_mask,
+        advantages=advantages,
+        group_ids=rollout.group_ids,
+        rollout_logp=rollout.logp,
+    )
+    mbs, temp = cfg.algo.micro_batch_size, cfg.rollout.temperature
+    if cfg.algo.ppo_epochs > 1 or cfg.algo.mini_batches > 1:  # off-policy steps need pi_old (spec §2 step 6)
+        run.model.eval()
+        batch.old_logp = batched_logp(run.model, batch, mbs, temp)
+    if run.ref_model is not None:
+        batch.ref_logp = batched_logp(run.ref_model, batch, mbs, temp)
+    return batch
+
+
+def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Rollout, torch.Tensor]:
+    cfg = run.cfg
+    t_start = time.perf_counter()
+    rollout, rewards, metrics = collect(run, state, step)
+    advantages = run.advantage_fn(rewards, rollout.group_ids)
+    batch = make_update_batch(run, rollout, advantages)
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+    upd = update(run.model, run.optimizer, run.scheduler, batch, run.loss_fns, ppo_epochs=cfg.algo.ppo_epochs,
+                 mini_batches=cfg.algo.mini_batches, micro_batch_size=cfg.algo.micro_batch_size,
+                 grad_clip=cfg.optim.grad_clip, world=run.world, generator=gen)
+    t_end = time.perf_counter()
+    metrics.update(length_metrics(rollout.completion_mask, rollout.truncated))
+    metrics.update({k: v for k, v in upd.items() if k not in ("skipped",)})
+    metrics["adv_abs_mean"] = float(advantages.abs().mean())
+    metrics["lr"] = run.scheduler.get_last_lr()[0]
+    metrics["time/update"] = t_end - t0
+    metrics["time/step"] = t_end - t_start
+    n_tokens = float(rollout.completion_mask.sum())
+    metrics["tokens_per_second"] = n_tokens * run.world.size / max(metrics["time/rollout"], 1e-9)
+    metrics["completions_per_second"] = len(rollout) * run.world.size / metrics["time/step"]
+    metrics = _reduce_metrics(metrics, run.world)
+    metrics["skipped_steps"] = upd["skipped"]
+    return metrics, rollout, rewards
+
+
+_SUMMED = ("policy_loss", "kl", "entropy", "clip_ratio/", "ppo_kl")
+
+
+def _reduce_metrics(metrics: dict[str, float], world: World) -> dict[str, float]:
+    """Rank-average every metric; update statistics are already shares of the global mean, so they sum."""
+    if world.size == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = all_reduce_sum(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64), world)
+    return {k: float(v) if k.startswith(_SUMMED) else float(v) / world.size for k, v in zip(keys, values)}
+
+
+# ------------------------------------------------------------------ loop
+
+
+class StopRequest:
+    """First Ctrl-C: finish the step in flight, checkpoint, exit. Second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nrlvr: interrupt received, finishing this step and writing a checkpoint (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def run_eval(run: Run, step: int) -> dict[str, float]:
+    cfg = run.cfg
+    if not run.world.is_main:
+        return {}
+    res = evaluate(run.model, run.tokenizer, run.eval_task, size=cfg.task.eval_size,
+                   max_new_tokens=cfg.rollout.max_new_tokens, stop=tuple(cfg.rollout.stop), batch_size=128)
+    return {f"eval/{k}": v for k, v in res.items()}
+
+
+def checkpoint(run: Run, state: State) -> Path | None:
+    if not run.world.is_main:
+        barrier(run.world)
+        return None
+    trainer_state = {
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
+        "state": state.__dict__.copy(), "config": to_dict(run.cfg),
+    }
+    path = save_checkpoint(run.cfg.run_dir / "checkpoints", state.step, run.model, run.tokenizer, trainer_state)
+    barrier(run.world)
+    return path
+
+
+def restore(run: Run, folder: Path) -> State:
+    saved = load_trainer_state(folder)
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    return State(**saved["state"])
+
+
+def _sample_rows(rollout: Rollout, rewards: torch.Tensor, n: int) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(min(n, len(rollout))):
+        s = rollout.samples[i]
+        prompt = s.prompt if isinstance(s.prompt, str) else s.prompt[-1]["content"]
+        rows.append({"prompt": prompt, "completion": rollout.texts[i], "answer": str(s.answer),
+                     "reward": None if math.isnan(float(rewards[i])) else float(rewards[i])})
+    return rows
+
+
+def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
+    """Run RL training as configured; returns the summary (accuracy before/after, paths)."""
+    resume_from = latest_checkpoint(cfg.run_dir / "checkpoints") if resume else None
+    if resume and resume_from is None:
+        print(f"rlvr: no checkpoint under {cfg.run_dir / 'checkpoints'}; starting from scratch")
+    run = setup(cfg, resume_from=resume_from)
+    state = restore(run, resume_from) if resume_from else State()
+    try:
+        return _loop(run, state)
+    finally:
+        if run.logger:
+            run.logger.close()
+        shutdown(run.world)
+
+
+def _loop(run: Run, state: State) -> dict[str, Any]:
+    cfg, log = run.cfg, run.logger
+    if state.step == 0:
+        before = run_eval(run, 0)
+        state.history["eval_before"] = before
+        if log:
+            log.log(0, before)
+    bar = _progress(run, state.step)
+    with StopRequest() as stop:
+        while state.step < cfg.train.steps:
+            metrics, rollout, rewards = rl_step(run, state, state.step)
+            state.step += 1
+            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < cfg.train.steps:
+                metrics.update(run_eval(run, state.step))
+            if log:
+                log.log(state.step, metrics)
+                log.samples(state.step, _sample_rows(rollout, rewards, cfg.train.num_samples_logged))
+            _count_bad(run, state, metrics)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward']:.3f}", cps=f"{metrics['completions_per_second']:.0f}")
+            if stop.requested:
+                path = checkpoint(run, state)
+                print(f"rlvr: stopped at step {state.step}; resume with --resume ({path})")
+                return {"interrupted": True, "step": state.step, "checkpoint": str(path)}
+            if cfg.train.save_every and state.step % cfg.train.save_every == 0:
+                checkpoint(run, state)
+    if bar:
+        bar.close()
+    return _finish(run, state)
+
+
+def _progress(run: Run, start: int):
+    if not (run.cfg.train.progress and run.world.is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=run.cfg.train.steps, initial=start, desc=f"rlvr {run.cfg.name}", unit="step", dynamic_ncols=True)
+
+
+def _count_bad(run: Run, state: State, metrics: dict[str, float]) -> None:
+    if metrics["skipped_steps"]:
+        state.bad_steps += 1
+        state.skipped_total += 1
+    else:
+        state.bad_steps = 0
+    if state.bad_steps >= run.cfg.train.max_bad_steps:
+        last = latest_checkpoint(run.cfg.run_dir / "checkpoints")
+        raise TrainingError(f"step {state.step}: non-finite loss or gradient in {state.bad_steps} steps in a row; "
+                            f"stopping (last good checkpoint: {last or 'none written yet'})")
+
+
+def _finish(run: Run, state: State) -> dict[str, Any]:
+    after = run_eval(run, state.step)
+    summary: dict[str, Any] = {"steps": state.step, "skipped_steps": state.skipped_total}
+    if run.world.is_main:
+        run.logger.log(state.step, after)
+        checkpoint(run, state)
+        final = run.cfg.run_dir / "final"
+        save_model_atomic(run.model, run.tokenizer, final)
+        summary.update({"eval_before": state.history.get("eval_before", {}), "eval_after": after,
+                        "final_model": str(final)})
+        _plot(run)
+    else:
+        checkpoint(run, state)
+    return summary
+
+
+def _plot(run: Run) -> None:
+    from rlvr.plot import plot_run
+
+    try:
+        plot_run(run.cfg.run_dir)
+    except Exception as err:  # a plot must never lose a finished run
+        print(f"rlvr: could not draw the plot: {err}")

@@ -1,0 +1,22 @@
+"""Shared fixtures: a tiny, fast run config (qwen2-micro, 1-digit addition) in a temporary folder."""
+
+import pytest
+import torch
+
+from rlvr.config import load_config
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    def make(*overrides):
+        base = [
+            "name=t", f"output_dir={tmp_path}/runs", "model.config=qwen2-micro", "task.name=arithmetic",
+            "task.kwargs={digits: 1, ops: '+'}", "task.eval_size=16", "rollout.prompts_per_step=4",
+            "rollout.group_size=4", "rollout.max_new_tokens=4", "optim.lr=1e-3", "train.steps=4",
+            "train.progress=false", "algo.micro_batch_size=8",
+        ]
+        return load_config(None, base + list(overrides))
+
+    return make

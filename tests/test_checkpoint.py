@@ -1,0 +1,48 @@
+"""Checkpoints: atomic writes (a crash mid-write keeps the last good one), `latest` pointer, pruning."""
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlvr.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_model_atomic
+from rlvr.policies import load_policy
+
+
+def test_save_and_reload(tmp_path):
+    model, tok = load_policy(config="qwen2-micro", seed=0)
+    root = tmp_path / "ckpt"
+    for step in (1, 2, 3):
+        save_checkpoint(root, step, model, tok, {"step": step}, keep=2)
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-000002", "step-000003"]
+    latest = latest_checkpoint(root)
+    assert latest.name == "step-000003" and load_trainer_state(latest)["step"] == 3
+    loaded = AutoModelForCausalLM.from_pretrained(latest / "model")
+    for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_crash_mid_write_keeps_last_good(tmp_path, monkeypatch):
+    model, tok = load_policy(config="qwen2-micro", seed=0)
+    root = tmp_path / "ckpt"
+    save_checkpoint(root, 1, model, tok, {"step": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    try:
+        save_checkpoint(root, 2, model, tok, {"step": 2})
+    except OSError:
+        pass
+    monkeypatch.undo()
+    latest = latest_checkpoint(root)
+    assert latest.name == "step-000001" and load_trainer_state(latest)["step"] == 1
+    assert not (root / "step-000002").exists()
+
+
+def test_save_model_atomic_replaces(tmp_path):
+    model, tok = load_policy(config="qwen2-micro", seed=0)
+    out = tmp_path / "final"
+    save_model_atomic(model, tok, out)
+    save_model_atomic(model, tok, out)
+    assert (out / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]

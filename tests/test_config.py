@@ -1,0 +1,78 @@
+"""Config loading: YAML + base inheritance + overrides, and the one-line errors for bad keys and types."""
+
+import pytest
+
+from rlvr.config import Config, ConfigError, load_config, validate
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = write(tmp_path, "a.yaml", "name: x\nmodel: {config: qwen2-micro}\nalgo: {loss: gspo}\n")
+    cfg = load_config(p, ["algo.kl_coef=0.01", "rollout.stop=[a, b]", "optim.lr=1e-5"])
+    assert cfg.name == "x" and cfg.algo.loss == "gspo"
+    assert cfg.algo.kl_coef == 0.01 and cfg.rollout.stop == ["a", "b"]
+    assert cfg.optim.lr == 1e-5 and isinstance(cfg.optim.lr, float)
+    assert cfg.algo.aggregation == Config().algo.aggregation
+
+
+def test_base_inheritance(tmp_path):
+    write(tmp_path, "base.yaml", "name: b\nrollout: {group_size: 4, max_new_tokens: 5}\n")
+    p = write(tmp_path, "child.yaml", "base: base.yaml\nrollout: {group_size: 16}\n")
+    cfg = load_config(p)
+    assert (cfg.name, cfg.rollout.group_size, cfg.rollout.max_new_tokens) == ("b", 16, 5)
+
+
+def test_unknown_key_names_closest(tmp_path):
+    p = write(tmp_path, "a.yaml", "algo: {lose: gspo}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'algo.lose'.*did you mean 'algo.loss'"):
+        load_config(p)
+
+
+def test_unknown_override_key():
+    with pytest.raises(ConfigError, match="rollout.temprature.*rollout.temperature"):
+        load_config(None, ["rollout.temprature=0.7"])
+
+
+def test_wrong_type_names_field_and_type():
+    with pytest.raises(ConfigError, match=r"'rollout.group_size' must be an integer, got 'many'"):
+        load_config(None, ["rollout.group_size=many"])
+    with pytest.raises(ConfigError, match=r"'train.progress' must be true or false"):
+        load_config(None, ["train.progress=3"])
+
+
+def test_unknown_registry_names_fail_in_validate():
+    cfg = load_config(None, ["model.config=qwen2-micro", "algo.loss=ppo_clp"])
+    with pytest.raises(ConfigError, match=r"algo.loss.*ppo_clip"):
+        validate(cfg)
+    cfg = load_config(None, ["model.config=qwen2-micro", "algo.loss_kwargs={clip_lo: 0.1}"])
+    with pytest.raises(ConfigError, match="clip_lo"):
+        validate(cfg)
+    cfg = load_config(None, ["model.config=qwen2-micro", "task.name=arithmetik"])
+    with pytest.raises(ConfigError, match="task.name.*arithmetic"):
+        validate(cfg)
+
+
+def test_range_checks():
+    with pytest.raises(ConfigError, match="rollout.group_size must be >= 1"):
+        validate(load_config(None, ["model.config=qwen2-micro", "rollout.group_size=0"]))
+    with pytest.raises(ConfigError, match="model.path"):
+        validate(load_config(None, []))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "bad.yaml", "a: [1, 2\n"))
+
+
+def test_recipes_load_and_validate():
+    from pathlib import Path
+
+    for p in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
+        validate(load_config(p))

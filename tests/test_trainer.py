@@ -1,0 +1,112 @@
+"""Whole runs on a tiny random model: the loop writes its files, resume equals an uninterrupted run,
+non-finite losses stop the run with the checkpoint intact, reward crashes are reported, DAPO options run."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlvr import trainer
+from rlvr.algos import LOSSES
+from rlvr.metrics import read_metrics
+from rlvr.rewards import RewardError
+
+_calls = {"n": 0}
+
+
+@LOSSES.register("test_nan_after_four")
+def _nan_after_four(logp, old_logp, advantages, mask):
+    """Test-only loss: finite for four calls (two steps of two micro-batches), then NaN."""
+    _calls["n"] += 1
+    loss = -(logp - old_logp.detach()).exp() * (advantages[:, None] if advantages.dim() == 1 else advantages)
+    return (loss * math.nan if _calls["n"] > 4 else loss), {}
+
+
+def comparable(rows):
+    drop = ("time/", "tokens_per_second", "completions_per_second")
+    return [{k: v for k, v in r.items() if not k.startswith(drop)} for r in rows]
+
+
+def test_smoke_run_writes_everything(tiny_cfg):
+    cfg = tiny_cfg("train.eval_every=2")
+    summary = trainer.train(cfg)
+    run = cfg.run_dir
+    rows = read_metrics(run / "metrics.jsonl")
+    steps = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for key in ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
+                "completions/clipped_ratio", "entropy", "policy_loss", "grad_norm", "time/rollout",
+                "time/reward", "time/update", "tokens_per_second", "clip_ratio/region_mean"):
+        assert key in steps[0], key
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in steps[1]
+    assert (run / "plot.png").stat().st_size > 1000
+    samples = [json.loads(line) for line in open(run / "samples.jsonl")]
+    assert samples and {"prompt", "completion", "reward"} <= set(samples[0])
+    model = AutoModelForCausalLM.from_pretrained(summary["final_model"])
+    assert model.config.model_type == "qwen2"
+
+
+def test_resume_equals_uninterrupted(tiny_cfg, monkeypatch):
+    overrides = ["algo.mini_batches=2", "algo.ppo_epochs=2", "train.eval_every=2", "optim.warmup_steps=3"]
+    full = tiny_cfg("name=full", *overrides)
+    trainer.train(full)
+
+    class StopAfterTwo(trainer.StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfterTwo.checks += 1
+            return StopAfterTwo.checks == 2
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    part = tiny_cfg("name=part", *overrides)
+    monkeypatch.setattr(trainer, "StopRequest", StopAfterTwo)
+    out = trainer.train(part)
+    assert out["interrupted"] and out["step"] == 2
+    monkeypatch.undo()
+    trainer.train(part, resume=True)
+    a = comparable(read_metrics(full.run_dir / "metrics.jsonl"))
+    b = comparable(read_metrics(part.run_dir / "metrics.jsonl"))
+    assert a == b
+    wa = AutoModelForCausalLM.from_pretrained(full.run_dir / "final").state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(part.run_dir / "final").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_non_finite_loss_stops_with_checkpoint_intact(tiny_cfg):
+    _calls["n"] = 0
+    cfg = tiny_cfg("algo.loss=test_nan_after_four", "algo.loss_kwargs={}", "train.save_every=1",
+                   "train.max_bad_steps=2", "train.steps=10")
+    with pytest.raises(trainer.TrainingError, match=r"step 4: non-finite.*2 steps in a row.*step-000003"):
+        trainer.train(cfg)
+    rows = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "skipped_steps" in r]
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1]
+    assert AutoModelForCausalLM.from_pretrained(cfg.run_dir / "checkpoints" / "step-000002" / "model")
+
+
+def test_reward_crash_is_reported(tiny_cfg, tmp_path):
+    bad = tmp_path / "bad_reward.py"
+    bad.write_text("def reward(samples, completions, **kw):\n    raise KeyError('oops')\n")
+    cfg = tiny_cfg(f"rewards=[{{name: python, kwargs: {{function: '{bad}:reward'}}}}]")
+    with pytest.raises(RewardError, match="python"):
+        trainer.train(cfg)
+    cfg = tiny_cfg("name=zero", f"rewards=[{{name: python, kwargs: {{function: '{bad}:reward'}}}}]",
+                   "train.on_reward_error=zero", "train.steps=1")
+    trainer.train(cfg)
+    row = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r][0]
+    assert row["rewards/python/errors"] == 16
+
+
+def test_dapo_options_run(tiny_cfg):
+    cfg = tiny_cfg("algo.dynamic_sampling={enabled: true, max_rounds: 3, on_exhaust: partial}",
+                   "algo.overlong={enabled: true, cache: 2}", "algo.mask_truncated=true", "algo.kl_coef=0.05",
+                   "algo.entropy_coef=0.01", "train.steps=2")
+    trainer.train(cfg)
+    rows = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r]
+    assert "dynamic_sampling/rounds" in rows[0] and "kl" in rows[0]
