@@ -58,14 +58,22 @@ def main() -> None:
     torch.manual_seed(0)
 
     def rlvr_run() -> int:
-        return generate(model, tok, ids, mask, max_new_tokens=args.new_tokens, temperature=1.0,
-                        generator=gen)["completion_ids"].numel()
+        return generate(model, tok, ids, mask, max_new_tokens=args.new_tokens, temperature=1.0, generator=gen)[
+            "completion_ids"
+        ].numel()
 
     def hf_run() -> int:
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 max_new_tokens=args.new_tokens)
-        return out[:, ids.shape[1]:].numel()
+            out = model.generate(
+                ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=args.new_tokens,
+            )
+        return out[:, ids.shape[1] :].numel()
 
     times: dict[str, list[float]] = {"rlvr": [], "hf": []}
     tokens: dict[str, list[int]] = {"rlvr": [], "hf": []}
@@ -78,17 +86,33 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     tps = {k: statistics.median(n / s for n, s in zip(tokens[k], times[k])) for k in times}
-    print(json.dumps({
-        "workload": {"config": args.config, "sequences": ids.shape[0], "prompt_tokens": ids.shape[1],
-                     "new_tokens": args.new_tokens, "temperature": 1.0, "vocab": len(tok),
-                     "parameters": sum(p.numel() for p in model.parameters())},
-        "rlvr_generate": {"median_s": round(med["rlvr"], 4), "tokens_per_s": round(tps["rlvr"])},
-        "hf_model_generate": {"median_s": round(med["hf"], 4), "tokens_per_s": round(tps["hf"])},
-        "speedup": round(med["hf"] / med["rlvr"], 2),
-        "repeats": args.repeats, "warmup": args.warmup,
-        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
-                    "python": platform.python_version()},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "workload": {
+                    "config": args.config,
+                    "sequences": ids.shape[0],
+                    "prompt_tokens": ids.shape[1],
+                    "new_tokens": args.new_tokens,
+                    "temperature": 1.0,
+                    "vocab": len(tok),
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                },
+                "rlvr_generate": {"median_s": round(med["rlvr"], 4), "tokens_per_s": round(tps["rlvr"])},
+                "hf_model_generate": {"median_s": round(med["hf"], 4), "tokens_per_s": round(tps["hf"])},
+                "speedup": round(med["hf"] / med["rlvr"], 2),
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "machine": {
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "cpu": cpu_model(),
+                    "python": platform.python_version(),
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -291,7 +291,9 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Rollou
     cfg = run.cfg
     t_start = time.perf_counter()
     rollout, rewards, metrics = collect(run, state, step)
-    advantages = run.advantage_fn(rewards, rollout.group_ids)
+    lengths = rollout.completion_mask.sum(-1).float()
+    kwargs = {"lengths": lengths} if "lengths" in inspect.signature(run.advantage_fn).parameters else {}
+    advantages = run.advantage_fn(rewards, rollout.group_ids, **kwargs)  # (N,)
     batch = make_update_batch(run, rollout, advantages)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)

@@ -18,11 +18,25 @@ from typing import Any
 import torch
 
 # Shared sizes of the "-tiny" models (the standard CPU workload) and the "-micro" models (fast tests).
-_TINY = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-             intermediate_size=1024, max_position_embeddings=256, tie_word_embeddings=True)
+_TINY = dict(
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    intermediate_size=1024,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
 # micro uses 2 kv heads so tests exercise grouped-query attention
-_MICRO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              intermediate_size=256, max_position_embeddings=256, tie_word_embeddings=True)
+_MICRO = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=256,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "qwen2-tiny": dict(model_type="qwen2", **_TINY),
@@ -107,8 +121,10 @@ def load_policy(
     from transformers import AutoModelForCausalLM
 
     if (path is None) == (config is None):
-        raise ValueError("load_policy: give exactly one of path= (a local checkpoint folder) or config= (a name in "
-                         f"TINY_CONFIGS: {sorted(TINY_CONFIGS)})")
+        raise ValueError(
+            "load_policy: give exactly one of path= (a local checkpoint folder) or config= (a name in "
+            f"TINY_CONFIGS: {sorted(TINY_CONFIGS)})"
+        )
     torch_dtype = _as_dtype(dtype)
     if path is not None:
         if not os.path.isdir(path):
@@ -160,6 +176,6 @@ def encode_prompts(tokenizer, prompts: list[str | list[dict[str, Any]]]) -> tupl
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (N, P)
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # (N, P)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask

@@ -112,7 +112,8 @@ def _rope_tables(model, positions: torch.Tensor, dtype: torch.dtype) -> tuple[to
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
     """x / rms(x) over the last dim, in fp32 as HF does (the norm weight is folded into the next matmul)."""
     xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True).add_(eps))).to(x.dtype)
+    inv = (xf * xf).sum(-1, keepdim=True).mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()  # (..., 1)
+    return (xf * inv).to(x.dtype)
 
 
 class FastDecoder:

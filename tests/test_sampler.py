@@ -1,0 +1,185 @@
+"""rlvr.rollout: the fast Llama/Qwen decoder matches the HF forward (prefill and every decode step, left-padded
+prompts, GQA, tied/untied heads, Qwen3 q/k norms); greedy decoding equals `model.generate`; logp equals a
+recomputed log_softmax(logits / temperature); masks, EOS, stop strings, truncation and early exit; top-k/top-p;
+seeded reproducibility; the plain HF fallback for other architectures; argument errors."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from rlvr.policies import encode_prompts, load_policy
+from rlvr.rollout import FastDecoder, generate, unsupported_reason
+
+PROMPTS = ["1+1=", "hello world 12*3=", "a", "(7-2)*x"]
+MICROS = ["qwen2-micro", "llama-micro", "qwen3-micro"]
+
+
+@pytest.fixture(scope="module")
+def policies():
+    return {name: load_policy(config=name) for name in MICROS}
+
+
+def hf_next_logits(model, ids, mask):
+    """Reference: the HF forward over the whole sequence, positions counted from the first real token."""
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (N, L, V)
+
+
+@pytest.mark.parametrize("name", MICROS)
+@torch.no_grad()
+def test_fast_decoder_logits_match_hf_forward(policies, name):
+    model, tok = policies[name]
+    ids, mask = encode_prompts(tok, PROMPTS)
+    dec = FastDecoder(model, ids, mask, max_new_tokens=6)
+    logits = dec.prefill()
+    torch.testing.assert_close(logits, hf_next_logits(model, ids, mask)[:, -1], atol=1e-4, rtol=0)
+    for _ in range(6):
+        nxt = torch.multinomial(logits.softmax(-1), 1)  # varied tokens, not just argmax
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+        logits = dec.step(nxt[:, 0])
+        torch.testing.assert_close(logits, hf_next_logits(model, ids, mask)[:, -1], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["qwen2-micro", "llama-micro"])
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_greedy_equals_model_generate(policies, name, backend):
+    model, tok = policies[name]
+    ids, mask = encode_prompts(tok, PROMPTS)
+    out = generate(model, tok, ids, mask, max_new_tokens=10, greedy=True, backend=backend)
+    ref = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=10)[:, ids.shape[1] :]
+    assert torch.equal(out["completion_ids"], ref)
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+@torch.no_grad()
+def test_logp_equals_recomputed_log_softmax(policies, backend):
+    model, tok = policies["llama-micro"]
+    ids, mask = encode_prompts(tok, PROMPTS * 2)
+    gen = torch.Generator().manual_seed(1)
+    out = generate(model, tok, ids, mask, max_new_tokens=8, temperature=0.7, generator=gen, backend=backend)
+    full = torch.cat([ids, out["completion_ids"]], 1)
+    logits = hf_next_logits(model, full, torch.cat([mask, out["completion_mask"]], 1))[:, ids.shape[1] - 1 : -1]
+    ref = (logits / 0.7).log_softmax(-1).gather(-1, out["completion_ids"][..., None])[..., 0]
+    m = out["completion_mask"].bool()
+    torch.testing.assert_close(out["logp"][m], ref[m], atol=1e-4, rtol=0)
+    assert out["logp"][~m].eq(0).all() and out["logp"].dtype == torch.float32
+
+
+def test_same_seed_same_samples_and_backends_agree(policies):
+    model, tok = policies["qwen2-micro"]
+    ids, mask = encode_prompts(tok, PROMPTS * 2)
+
+    def run(seed, backend="auto"):
+        return generate(
+            model, tok, ids, mask, max_new_tokens=8, generator=torch.Generator().manual_seed(seed), backend=backend
+        )
+
+    a, b, c, h = run(0), run(0), run(1), run(0, "hf")
+    assert torch.equal(a["completion_ids"], b["completion_ids"]) and a["texts"] == b["texts"]
+    assert not torch.equal(a["completion_ids"], c["completion_ids"])
+    assert torch.equal(a["completion_ids"], h["completion_ids"])  # same logits up to 1e-6 -> same draws
+    torch.testing.assert_close(a["logp"], h["logp"], atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_top_k_and_top_p_restrict_the_samples(policies):
+    model, tok = policies["llama-micro"]
+    ids, mask = encode_prompts(tok, PROMPTS * 4)
+    greedy = generate(model, tok, ids, mask, max_new_tokens=6, greedy=True)["completion_ids"]
+    for kw in (dict(top_k=1), dict(top_p=1e-6)):
+        out = generate(model, tok, ids, mask, max_new_tokens=6, generator=torch.Generator().manual_seed(0), **kw)
+        assert torch.equal(out["completion_ids"], greedy), kw
+    out = generate(model, tok, ids, mask, max_new_tokens=6, top_k=3, generator=torch.Generator().manual_seed(0))
+    full = torch.cat([ids, out["completion_ids"]], 1)
+    logits = hf_next_logits(model, full, torch.cat([mask, out["completion_mask"]], 1))[:, ids.shape[1] - 1 : -1]
+    top3 = logits.topk(3, dim=-1).indices  # (N, T, 3)
+    in_top3 = (top3 == out["completion_ids"][..., None]).any(-1)  # (N, T)
+    assert in_top3[out["completion_mask"].bool()].all()
+
+
+def test_eos_masks_pads_and_early_exit(policies):
+    # The tied random micro model repeats the last prompt token under greedy decoding (residual stream dominated by
+    # the token embedding), so a prompt ending in <eos> emits <eos> first.
+    model, tok = policies["qwen2-micro"]
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    ids, mask = encode_prompts(tok, ["ab", "x"])
+    ids[1, -1] = eos
+    out = generate(model, tok, ids, mask, max_new_tokens=4, greedy=True)
+    assert out["texts"] == ["bbbb", ""]
+    assert out["completion_ids"][1].tolist() == [eos, pad, pad, pad]
+    assert out["completion_mask"].tolist() == [[1, 1, 1, 1], [1, 0, 0, 0]]
+    assert out["truncated"].tolist() == [True, False]
+    assert out["logp"][1, 1:].eq(0).all() and out["logp"][1, 0] < 0
+    done = generate(model, tok, ids[1:], mask[1:], max_new_tokens=4, greedy=True)
+    assert done["completion_ids"].shape == (1, 1)  # every row ended: stop early
+
+
+def test_stop_string_cuts_text_and_masks_the_rest(policies):
+    model, tok = policies["llama-micro"]
+    ids, mask = encode_prompts(tok, PROMPTS)
+    full = generate(model, tok, ids, mask, max_new_tokens=10, greedy=True)
+    text = full["texts"][0]
+    start = next(i for i in range(1, 7) if text.find(text[i : i + 2]) == i)  # a 2-char stop first seen at `start`
+    stop = text[start : start + 2]
+    out = generate(model, tok, ids, mask, max_new_tokens=10, greedy=True, stop=[stop, "never-seen"])
+    assert out["texts"][0] == text[:start]
+    n = start + 2  # char tokenizer: one token per char; the token completing the stop string stays unmasked
+    assert out["completion_mask"][0].tolist() == [1] * n + [0] * (out["completion_mask"].shape[1] - n)
+    assert out["completion_ids"][0, n:].eq(tok.pad_token_id).all()
+    assert not out["truncated"][0]
+    for r in range(1, len(PROMPTS)):  # other rows: cut only where they contain the stop string themselves
+        assert out["texts"][r] == full["texts"][r].split(stop)[0]
+        hit = stop in full["texts"][r]
+        assert bool(out["truncated"][r]) == (False if hit else bool(full["truncated"][r]))
+    again = generate(model, tok, ids, mask, max_new_tokens=10, greedy=True, stop=stop)  # a bare string works
+    assert again["texts"] == out["texts"]
+
+
+def test_fallback_for_other_architectures_matches_generate():
+    _, tok = load_policy(config="qwen2-micro")
+    cfg = AutoConfig.for_model(
+        "gpt2",
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        vocab_size=len(tok),
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    assert unsupported_reason(model) is not None
+    ids, mask = encode_prompts(tok, PROMPTS)
+    out = generate(model, tok, ids, mask, max_new_tokens=8, greedy=True)
+    ref = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=8)[:, ids.shape[1] :]
+    assert torch.equal(out["completion_ids"], ref)
+    with pytest.raises(ValueError, match="backend='fast' cannot run"):
+        generate(model, tok, ids, mask, max_new_tokens=2, backend="fast")
+
+
+def test_bfloat16_policy_samples():
+    model, tok = load_policy(config="qwen2-micro", dtype="bfloat16")
+    ids, mask = encode_prompts(tok, PROMPTS)
+    out = generate(model, tok, ids, mask, max_new_tokens=5, generator=torch.Generator().manual_seed(0))
+    assert out["logp"].dtype == torch.float32 and torch.isfinite(out["logp"]).all()
+    assert out["completion_ids"].shape == (4, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(temperature=0.0), "temperature must be > 0"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(backend="vllm"), "unknown backend"),
+    ],
+)
+def test_generate_argument_errors(policies, kwargs, match):
+    model, tok = policies["qwen2-micro"]
+    ids, mask = encode_prompts(tok, PROMPTS)
+    with pytest.raises(ValueError, match=match):
+        generate(model, tok, ids, mask, **{"max_new_tokens": 2, **kwargs})
+    with pytest.raises(ValueError, match="left-padded"):
+        generate(model, tok, ids.flip(1), mask.flip(1), max_new_tokens=2)
