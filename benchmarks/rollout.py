@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -86,33 +87,39 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     tps = {k: statistics.median(n / s for n, s in zip(tokens[k], times[k])) for k in times}
-    print(
-        json.dumps(
-            {
-                "workload": {
-                    "config": args.config,
-                    "sequences": ids.shape[0],
-                    "prompt_tokens": ids.shape[1],
-                    "new_tokens": args.new_tokens,
-                    "temperature": 1.0,
-                    "vocab": len(tok),
-                    "parameters": sum(p.numel() for p in model.parameters()),
-                },
-                "rlvr_generate": {"median_s": round(med["rlvr"], 4), "tokens_per_s": round(tps["rlvr"])},
-                "hf_model_generate": {"median_s": round(med["hf"], 4), "tokens_per_s": round(tps["hf"])},
-                "speedup": round(med["hf"] / med["rlvr"], 2),
-                "repeats": args.repeats,
-                "warmup": args.warmup,
-                "machine": {
-                    "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "cpu": cpu_model(),
-                    "python": platform.python_version(),
-                },
-            },
-            indent=2,
-        )
-    )
+    result = {
+        "workload": {
+            "config": args.config,
+            "sequences": ids.shape[0],
+            "prompt_tokens": ids.shape[1],
+            "new_tokens": args.new_tokens,
+            "temperature": 1.0,
+            "vocab": len(tok),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "rlvr_generate": {
+            "median_s": round(med["rlvr"], 4),
+            "min_s": round(min(times["rlvr"]), 4),
+            "tokens_per_s": round(tps["rlvr"]),
+        },
+        "hf_model_generate": {
+            "median_s": round(med["hf"], 4),
+            "min_s": round(min(times["hf"]), 4),
+            "tokens_per_s": round(tps["hf"]),
+        },
+        "speedup": round(med["hf"] / med["rlvr"], 2),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "machine": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "loadavg_1min_after": round(os.getloadavg()[0], 2),  # ~1 is this run; more = shared cores
+            "python": platform.python_version(),
+        },
+    }
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

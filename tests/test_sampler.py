@@ -26,10 +26,11 @@ def hf_next_logits(model, ids, mask):
 
 
 @pytest.mark.parametrize("name", MICROS)
+@pytest.mark.parametrize("repeat", [1, 3], ids=["distinct", "grouped"])  # grouped: each prompt prefilled once
 @torch.no_grad()
-def test_fast_decoder_logits_match_hf_forward(policies, name):
+def test_fast_decoder_logits_match_hf_forward(policies, name, repeat):
     model, tok = policies[name]
-    ids, mask = encode_prompts(tok, PROMPTS)
+    ids, mask = encode_prompts(tok, [p for p in PROMPTS for _ in range(repeat)])
     dec = FastDecoder(model, ids, mask, max_new_tokens=6)
     logits = dec.prefill()
     torch.testing.assert_close(logits, hf_next_logits(model, ids, mask)[:, -1], atol=1e-4, rtol=0)
@@ -157,6 +158,17 @@ def test_fallback_for_other_architectures_matches_generate():
     assert torch.equal(out["completion_ids"], ref)
     with pytest.raises(ValueError, match="backend='fast' cannot run"):
         generate(model, tok, ids, mask, max_new_tokens=2, backend="fast")
+
+
+def test_lora_wrapped_policy_falls_back_to_hf_loop(policies):
+    peft = pytest.importorskip("peft")
+    model, tok = load_policy(config="qwen2-micro")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    assert unsupported_reason(lora) is not None  # the fast path would silently drop the adapter
+    ids, mask = encode_prompts(tok, PROMPTS)
+    out = generate(lora, tok, ids, mask, max_new_tokens=6, greedy=True)
+    ref = lora.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=6)[:, ids.shape[1] :]
+    assert torch.equal(out["completion_ids"], ref)
 
 
 def test_bfloat16_policy_samples():

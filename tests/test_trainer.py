@@ -110,3 +110,30 @@ def test_dapo_options_run(tiny_cfg):
     trainer.train(cfg)
     rows = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r]
     assert "dynamic_sampling/rounds" in rows[0] and "kl" in rows[0]
+
+
+def test_lora_run_and_resume(tiny_cfg, monkeypatch):
+    pytest.importorskip("peft")
+    lora = "model.lora={r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}"
+    full = tiny_cfg("name=lora_full", lora, "train.steps=3")
+    trainer.train(full)
+    merged = AutoModelForCausalLM.from_pretrained(full.run_dir / "final")
+    assert merged.config.model_type == "qwen2" and not any("lora" in k for k in merged.state_dict())
+
+    class StopAfterOne(trainer.StopRequest):
+        @property
+        def requested(self):
+            return True
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    part = tiny_cfg("name=lora_part", lora, "train.steps=3")
+    monkeypatch.setattr(trainer, "StopRequest", StopAfterOne)
+    trainer.train(part)
+    monkeypatch.undo()
+    trainer.train(part, resume=True)
+    a = comparable(read_metrics(full.run_dir / "metrics.jsonl"))
+    b = comparable(read_metrics(part.run_dir / "metrics.jsonl"))
+    assert a == b

@@ -40,7 +40,7 @@ class Rollout:
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
-    def select(self, idx: torch.Tensor | list[int]) -> "Rollout":
+    def select(self, idx: torch.Tensor | list[int]) -> Rollout:
         """Rows `idx` of every field, in that order."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         rows = idx.tolist()

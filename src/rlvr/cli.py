@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from rlvr.config import ConfigError, load_config
+from rlvr.errors import TrainingError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +69,8 @@ def cmd_train(args) -> int:
 def _print_summary(summary: dict) -> None:
     before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
     if "eval/accuracy" in before and "eval/accuracy" in after:
-        print(f"held-out greedy accuracy: {before['eval/accuracy']:.3f} before RL -> {after['eval/accuracy']:.3f} after")
+        b, a = before["eval/accuracy"], after["eval/accuracy"]
+        print(f"held-out greedy accuracy: {b:.3f} before RL -> {a:.3f} after")
     print(json.dumps(summary, indent=1, default=str))
 
 
@@ -89,7 +91,10 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"checkpoint folder not found: {args.checkpoint}")
     kwargs = _kv(args.task_kwargs)
     kwargs.setdefault("seed", args.seed) if args.task != "dataset" else None
-    task = TASKS.build(args.task, **kwargs)
+    try:
+        task = TASKS.build(args.task, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--task {args.task}: {err}") from err
     model, tokenizer = load_policy(path=args.checkpoint, tokenizer=args.checkpoint)
     res = evaluate(model, tokenizer, task, size=args.size, max_new_tokens=args.max_new_tokens, k=args.k,
                    temperature=args.temperature)
@@ -127,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"rlvr: error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:
+        print(f"rlvr: stopped: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

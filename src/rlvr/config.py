@@ -103,6 +103,9 @@ class AlgoConfig:
     loss_kwargs: dict[str, Any] = field(default_factory=lambda: {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0})
     aggregation: str = "token_mean"
     aggregation_kwargs: dict[str, Any] = field(default_factory=dict)
+    mismatch: str = "token_truncate"
+    """Train/inference mismatch weight from the sampler's log-probs (specs/grpo_family.md §3.12), or 'none'."""
+    mismatch_kwargs: dict[str, Any] = field(default_factory=lambda: {"c_max": 2.0})
     kl_coef: float = 0.0
     """beta of the KL-to-reference term in the loss; 0 loads no reference model."""
     kl_estimator: str = "k3"
@@ -317,7 +320,7 @@ def save_config(cfg: Config, path: Path) -> None:
 
 def validate(cfg: Config) -> None:
     """Checks that need the registries: every name exists and every keyword is accepted. No model is loaded."""
-    from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+    from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS
     from rlvr.rewards import REWARDS
     from rlvr.tasks import TASKS
 
@@ -327,6 +330,7 @@ def validate(cfg: Config) -> None:
         (LOSSES, a.loss, a.loss_kwargs, "algo.loss"),
         (AGGREGATIONS, a.aggregation, a.aggregation_kwargs, "algo.aggregation"),
         (KL_ESTIMATORS, a.kl_estimator, {}, "algo.kl_estimator"),
+        (MISMATCH_WEIGHTS, a.mismatch, a.mismatch_kwargs, "algo.mismatch"),
     ]:
         _wrap(lambda reg=reg, name=name, kw=kw: reg.bind(name, **kw), key)
     _wrap(lambda: TASKS.lookup(cfg.task.name), "task.name")

@@ -27,24 +27,26 @@ from typing import Any
 
 import torch
 
-from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
-from rlvr.batch import Rollout, concat_rollouts
+from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS
+from rlvr.batch import Rollout
 from rlvr.checkpoint import (
-    latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, save_model_atomic, set_rng_state,
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    save_model_atomic,
+    set_rng_state,
 )
 from rlvr.config import Config, ConfigError, save_config, to_dict, validate
 from rlvr.distributed import World, all_reduce_sum, barrier, init_world, shutdown
+from rlvr.errors import TrainingError
 from rlvr.evaluate import evaluate
-from rlvr.metrics import RunLogger, length_metrics, reward_metrics
-from rlvr.policies import encode_prompts, load_policy
-from rlvr.rewards import REWARDS, combine_rewards
-from rlvr.rollout import generate
+from rlvr.metrics import RunLogger, length_metrics
+from rlvr.policies import load_policy
+from rlvr.rewards import REWARDS
+from rlvr.rollout.collect import collect
 from rlvr.tasks import TASKS
 from rlvr.update import LossFns, UpdateBatch, batched_logp, update
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. repeated non-finite losses); the message names the step."""
 
 
 @dataclass
@@ -117,6 +119,7 @@ def build_loss_fns(cfg: Config) -> LossFns:
         loss=LOSSES.bind(a.loss, **a.loss_kwargs),
         aggregate=AGGREGATIONS.bind(a.aggregation, **a.aggregation_kwargs),
         kl=KL_ESTIMATORS.bind(a.kl_estimator) if a.kl_coef else None,
+        mismatch=None if a.mismatch == "none" else MISMATCH_WEIGHTS.bind(a.mismatch, **a.mismatch_kwargs),
         kl_coef=a.kl_coef,
         entropy_coef=a.entropy_coef,
         temperature=cfg.rollout.temperature,
@@ -152,16 +155,11 @@ def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
     advantage_fn = ADVANTAGES.bind(cfg.algo.advantage, **cfg.algo.advantage_kwargs)
     loss_fns = build_loss_fns(cfg)
     torch.manual_seed(cfg.seed)
-    m = cfg.model
-    path = str(resume_from / "model") if resume_from else m.path
-    model, tokenizer = load_policy(path=path, config=None if path else m.config, config_overrides=m.config_overrides,
-                                   tokenizer=m.tokenizer if m.tokenizer != "char" or not path else path,
-                                   dtype=m.dtype, seed=cfg.seed)
+    model, tokenizer, ref_model = build_policy(cfg, resume_from)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
-    ref_model = _frozen_copy(model) if cfg.algo.kl_coef else None
-    if m.lora:
-        model = apply_lora(model, m.lora)
+    if ref_model is not None:
+        ref_model.to(device)
     optimizer, scheduler = build_optimizer(cfg, model)
     logger = None
     if world.is_main:
@@ -172,6 +170,31 @@ def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
                optimizer, scheduler, logger, device)
 
 
+def build_policy(cfg: Config, resume_from: Path | None):
+    """(model, tokenizer, frozen reference or None). A full-weight resume loads the checkpoint's weights; a LoRA
+    resume loads the base model, then the checkpoint's adapter. The reference is always the starting model."""
+    m = cfg.model
+    full_resume = resume_from is not None and not m.lora
+    path = str(resume_from / "model") if full_resume else m.path
+    tok = m.tokenizer if m.tokenizer != "char" or not path else path
+    model, tokenizer = load_policy(path=path, config=None if path else m.config, config_overrides=m.config_overrides,
+                                   tokenizer=tok, dtype=m.dtype, seed=cfg.seed)
+    ref_model = None
+    if cfg.algo.kl_coef:
+        ref_model = _frozen_copy(model)
+        if full_resume:  # the reference is the run's starting model, not the checkpoint
+            ref_model = _frozen_copy(load_policy(path=m.path, config=None if m.path else m.config,
+                                                 config_overrides=m.config_overrides, tokenizer=tok, dtype=m.dtype,
+                                                 seed=cfg.seed)[0])
+    if m.lora and resume_from is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, resume_from / "model", is_trainable=True)
+    elif m.lora:
+        model = apply_lora(model, m.lora)
+    return model, tokenizer, ref_model
+
+
 def _frozen_copy(model):
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
@@ -180,89 +203,6 @@ def _frozen_copy(model):
 
 
 # ------------------------------------------------------------------ one step
-
-
-def sample_round(run: Run, data_pos: int) -> Rollout:
-    """Generate G completions for this rank's prompts at task positions data_pos + ..."""
-    cfg, world = run.cfg, run.world
-    per_rank = cfg.rollout.prompts_per_step // world.size
-    first = data_pos + world.rank * per_rank
-    positions = [(first + j) % len(run.task) for j in range(per_rank)]
-    samples = [run.task[i] for i in positions]
-    G = cfg.rollout.group_size
-    repeated = [s for s in samples for _ in range(G)]
-    ids, mask = encode_prompts(run.tokenizer, [s.prompt for s in repeated])
-    gen = torch.Generator(device=run.device).manual_seed(cfg.seed * 1_000_003 + data_pos * 7919 + world.rank)
-    run.model.eval()
-    out = generate(run.model, run.tokenizer, ids.to(run.device), mask.to(run.device),
-                   max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                   top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop), generator=gen)
-    group_ids = torch.tensor([first + j for j in range(per_rank) for _ in range(G)], device=run.device)
-    return Rollout(prompt_ids=ids.to(run.device), prompt_mask=mask.to(run.device),
-                   completion_ids=out["completion_ids"], completion_mask=out["completion_mask"], logp=out["logp"],
-                   truncated=out["truncated"], texts=out["texts"], group_ids=group_ids, samples=repeated)
-
-
-def score(run: Run, rollout: Rollout, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-    lengths = rollout.completion_mask.sum(-1).tolist()
-    rewards, _, metrics = combine_rewards(run.reward_fns, rollout.samples, rollout.texts, lengths=lengths,
-                                          on_error=run.cfg.train.on_reward_error)
-    return rewards.to(run.device), metrics
-
-
-def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> list[int]:
-    """Group ids whose finite rewards are not all equal (DAPO dynamic sampling keep rule)."""
-    keep = []
-    for g in torch.unique(group_ids).tolist():
-        r = rewards[group_ids == g]
-        r = r[~torch.isnan(r)]
-        if len(r) > 1 and bool((r != r[0]).any()):
-            keep.append(g)
-    return keep
-
-
-def collect(run: Run, state: State, step: int) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
-    """Rollout + rewards for one step; with dynamic sampling, keep sampling until enough groups vary."""
-    cfg = run.cfg
-    ds = cfg.algo.dynamic_sampling
-    need = cfg.rollout.prompts_per_step // run.world.size
-    kept: list[tuple[Rollout, torch.Tensor]] = []
-    all_rewards, all_groups, timing = [], [], {"time/rollout": 0.0, "time/reward": 0.0}
-    n_kept, rounds, reward_metric_acc = 0, 0, {}
-    for rounds in range(1, (ds.max_rounds if ds.enabled else 1) + 1):
-        t0 = time.perf_counter()
-        rollout = sample_round(run, state.data_pos)
-        state.data_pos += cfg.rollout.prompts_per_step
-        t1 = time.perf_counter()
-        rewards, rmetrics = score(run, rollout, step)
-        timing["time/rollout"] += t1 - t0
-        timing["time/reward"] += time.perf_counter() - t1
-        all_rewards.append(rewards)
-        all_groups.append(rollout.group_ids)
-        for k, v in rmetrics.items():
-            reward_metric_acc[k] = reward_metric_acc.get(k, 0.0) + v
-        if not ds.enabled:
-            kept.append((rollout, rewards))
-            n_kept = need
-            break
-        groups = informative_groups(rewards, rollout.group_ids)[: need - n_kept]
-        if groups:
-            rows = torch.nonzero(torch.isin(rollout.group_ids, torch.tensor(groups, device=run.device))).flatten()
-            kept.append((rollout.select(rows.cpu()), rewards[rows]))
-            n_kept += len(groups)
-        if n_kept >= need:
-            break
-    if n_kept < need and (ds.on_exhaust == "raise" or n_kept == 0):
-        raise TrainingError(f"step {step}: dynamic sampling found {n_kept} of {need} informative groups in "
-                            f"{rounds} rounds; raise algo.dynamic_sampling.max_rounds or set on_exhaust=partial")
-    rollout = concat_rollouts([r for r, _ in kept], run.tokenizer.pad_token_id)
-    rewards = torch.cat([r for _, r in kept])
-    metrics = reward_metrics(torch.cat(all_rewards), torch.cat(all_groups))
-    metrics.update({k: v / rounds for k, v in reward_metric_acc.items()})
-    metrics.update(timing)
-    if ds.enabled:
-        metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/kept_fraction": n_kept / (need * rounds)})
-    return rollout, rewards, metrics
 
 
 def make_update_batch(run: Run, rollout: Rollout, advantages: torch.Tensor) -> UpdateBatch:
@@ -315,7 +255,7 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Rollou
     return metrics, rollout, rewards
 
 
-_SUMMED = ("policy_loss", "kl", "entropy", "clip_ratio/", "ppo_kl")
+_SUMMED = ("policy_loss", "kl", "entropy", "clip_ratio/", "ppo_kl", "mismatch/")
 
 
 def _reduce_metrics(metrics: dict[str, float], world: World) -> dict[str, float]:

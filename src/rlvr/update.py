@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -40,7 +40,7 @@ class UpdateBatch:
     def prompt_len(self) -> int:
         return self.input_ids.shape[1] - self.loss_mask.shape[1]
 
-    def rows(self, idx: torch.Tensor) -> "UpdateBatch":
+    def rows(self, idx: torch.Tensor) -> UpdateBatch:
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         return UpdateBatch(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
 
@@ -52,6 +52,7 @@ class LossFns:
     loss: Callable
     aggregate: Callable
     kl: Callable | None = None
+    mismatch: Callable | None = None  # train/inference mismatch weight (spec §3.12), from the sampler's logp
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     temperature: float = 1.0
@@ -90,6 +91,10 @@ def micro_batch_loss(model, mb: UpdateBatch, fns: LossFns, num_tokens: float, nu
                                 with_entropy=True)
     old_logp = logp.detach() if mb.old_logp is None else mb.old_logp
     per_token, metrics = fns.loss(logp, old_logp, mb.advantages, mb.loss_mask)
+    if fns.mismatch is not None and mb.rollout_logp is not None:
+        weights, mm = fns.mismatch(old_logp.detach(), mb.rollout_logp, mb.loss_mask)  # (B, T), detached
+        per_token = per_token * weights
+        metrics = {**metrics, **mm}
     agg = lambda x: fns.aggregate(x, mb.loss_mask, num_tokens=num_tokens, num_seqs=num_seqs)  # noqa: E731
     policy_loss = agg(per_token)
     loss = policy_loss
@@ -102,8 +107,21 @@ def micro_batch_loss(model, mb: UpdateBatch, fns: LossFns, num_tokens: float, nu
         loss = loss - fns.entropy_coef * agg(entropy)
     n_tok = mb.loss_mask.sum()
     stats["entropy"] = torch.where(mb.loss_mask.bool(), entropy.detach(), 0.0).sum() / num_tokens
-    stats.update({k: torch.as_tensor(v, dtype=torch.float32) * n_tok / num_tokens for k, v in metrics.items()})
+    for k, v in metrics.items():  # means become token-weighted shares of the global mean; extremes stay
+        v = torch.as_tensor(v, dtype=torch.float32)
+        stats[k] = v if k.endswith(_EXTREMES) else v * n_tok / num_tokens
     return loss * world.size, stats
+
+
+_EXTREMES = ("_min", "_max")
+
+
+def _combine(key: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if key.endswith("_min"):
+        return torch.minimum(a, b)
+    if key.endswith("_max"):
+        return torch.maximum(a, b)
+    return a + b
 
 
 def split_micro(n: int, micro_batch_size: int) -> list[slice]:
@@ -123,7 +141,7 @@ def optimizer_step(
                                        num_tokens, num_seqs, world)
         loss.backward()
         for k, v in stats.items():
-            totals[k] = totals.get(k, 0.0) + v
+            totals[k] = _combine(k, totals[k], v) if k in totals else v
     params = [p for p in model.parameters() if p.requires_grad]
     average_gradients(params, world)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))

@@ -3,12 +3,14 @@
 On a small CPU model most of a Hugging Face decode step is per-op dispatch, not matmuls (see
 /work/shared/notes/cpu-performance.md). This decoder runs the same math with fewer, fused ops:
 
-1. per `generate` call (weights change between RL steps) fuse the weights: q/k/v into one ((Hq + 2 Hkv) D, hidden)
-   matrix and gate/up into one (2 I, hidden) matrix; fold each RMSNorm weight into the matrix that follows it
-   (W @ (g * n) == (W * g) @ n) and the attention scale 1/sqrt(D) into the q rows (or Qwen3's q_norm weight);
+1. per `generate` call (weights change between RL steps) fuse the weights, stored input-major (K, N) so each matmul
+   is a plain x @ w (~10% faster than F.linear's transposed operand at these sizes): q/k/v into one
+   (hidden, (Hq + 2 Hkv) D) matrix, gate/up into one (hidden, 2 I); fold each RMSNorm weight into the matrix that
+   follows it ((x * g) @ W == x @ (g[:, None] * W)) and the attention scale 1/sqrt(D) into the q columns;
 2. preallocate the KV cache (layers, N, Hkv, P + T, D); rope cos/sin for every cache slot from the model's own
    `rotary_emb` (rope_theta and rope scaling match), positions counted from 0 at the first real prompt token;
-3. prefill the left-padded prompt with a causal & padding boolean mask (SDPA); logits of the last position only;
+3. prefill the left-padded prompts with a causal & padding boolean mask (SDPA), each distinct prompt once (GRPO
+   repeats every prompt G times) with its K/V copied to the G rows; logits of the last position only;
 4. decode step: embed -> per layer [rms, fused qkv, rope, cache write, attention over the filled cache,
    o_proj + residual in one addmm, rms, fused gate_up, silu * up, down_proj + residual in one addmm] -> lm_head.
    On CPU the one-query attention is baddbmm + softmax + bmm (SDPA's kernel costs ~4x more at this size).
@@ -32,6 +34,15 @@ def unsupported_reason(model) -> str | None:
     cfg = model.config
     if cfg.model_type not in _FAMILIES:
         return f"model_type '{cfg.model_type}' is not one of {_FAMILIES}"
+    try:  # adapters (PEFT LoRA) and quantized layers replace nn.Linear: their weights are not the whole story
+        layer = model.model.layers[0]
+        linears = [getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        linears += [getattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]
+        model.model.rotary_emb  # noqa: B018
+    except (AttributeError, IndexError, TypeError):
+        return "not the plain HF module layout (model.model.layers[i].self_attn/mlp, model.model.rotary_emb)"
+    if any(type(lin) is not torch.nn.Linear for lin in linears):
+        return "projections are not plain nn.Linear (adapter or quantized layers)"
     if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
         return "sliding-window attention layers"
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
@@ -46,14 +57,16 @@ def unsupported_reason(model) -> str | None:
 
 @dataclass
 class _Layer:
-    qkv: torch.Tensor  # ((Hq + 2 Hkv) D, hidden), input_layernorm and q scale folded in
-    qkv_b: torch.Tensor | None  # ((Hq + 2 Hkv) D,)
+    """One decoder layer's weights, fused and stored input-major (K, N) so every matmul is x (M, K) @ w (K, N)."""
+
+    qkv: torch.Tensor  # (hidden, (Hq + 2 Hkv) D), input_layernorm and the q scale folded in
+    qkv_b: torch.Tensor | None  # ((Hq + 2 Hkv) D,), q scale folded in
     qk_norm: torch.Tensor | None  # (Hq + Hkv, D) per-head q/k RMSNorm weight (Qwen3), q scale folded in
-    o_t: torch.Tensor  # (Hq D, hidden) view of o_proj.weight.T
+    o: torch.Tensor  # (Hq D, hidden)
     o_b: torch.Tensor | None
-    gate_up: torch.Tensor  # (2 I, hidden), post_attention_layernorm folded in
+    gate_up: torch.Tensor  # (hidden, 2 I), post_attention_layernorm folded in
     gate_up_b: torch.Tensor | None
-    down_t: torch.Tensor  # (I, hidden) view of down_proj.weight.T
+    down: torch.Tensor  # (I, hidden)
     down_b: torch.Tensor | None
 
 
@@ -63,36 +76,37 @@ def _cat_bias(*linears) -> torch.Tensor | None:
     return torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears])
 
 
-def _fold(weight: torch.Tensor, norm_weight: torch.Tensor, row_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """weight * norm_weight over columns (and * row_scale over rows), computed in fp32."""
-    w = weight.float() * norm_weight.float()
-    return (w if row_scale is None else w * row_scale[:, None]).to(weight.dtype)
+def _input_major(*linears, norm: torch.Tensor) -> torch.Tensor:
+    """cat of the linears' weights as one (K, N) contiguous matrix, rows scaled by the preceding RMSNorm weight.
+
+    (x / rms(x) * g) @ W.T == (x / rms(x)) @ (g[:, None] * W.T); a contiguous (K, N) operand is also ~10% faster
+    than F.linear's transposed one for these small matmuls on CPU.
+    """
+    w = torch.cat([lin.weight.t() for lin in linears], dim=1)  # (K, N), one copy
+    return w.mul_(norm[:, None])
 
 
 def _fuse_layer(layer, n_heads: int, n_kv: int, head_dim: int) -> _Layer:
     att, mlp = layer.self_attn, layer.mlp
     qkv_lins = (att.q_proj, att.k_proj, att.v_proj)
-    w = torch.cat([lin.weight for lin in qkv_lins])
-    scale = head_dim**-0.5
-    row_scale = torch.ones(w.shape[0], device=w.device)  # q rows * 1/sqrt(D): SDPA's scale, applied early
-    qk_norm = None
-    if hasattr(att, "q_norm"):  # Qwen3: RMSNorm over D of each q and k head, before rope
-        q_w, k_w = att.q_norm.weight.float() * scale, att.k_norm.weight.float()
-        qk_norm = torch.cat([q_w.expand(n_heads, -1), k_w.expand(n_kv, -1)]).to(w.dtype)
+    qkv, bias, qk_norm = _input_major(*qkv_lins, norm=layer.input_layernorm.weight), _cat_bias(*qkv_lins), None
+    scale, n_q = head_dim**-0.5, n_heads * head_dim  # SDPA's 1/sqrt(D), applied to q before the dot product
+    if hasattr(att, "q_norm"):  # Qwen3: RMSNorm over D of each q and k head before rope; scale after the norm
+        q_w, k_w = att.q_norm.weight * scale, att.k_norm.weight
+        qk_norm = torch.cat([q_w.expand(n_heads, -1), k_w.expand(n_kv, -1)])  # (Hq + Hkv, D)
     else:
-        row_scale[: n_heads * head_dim] = scale
-    bias = _cat_bias(*qkv_lins)
-    if bias is not None and qk_norm is None:
-        bias = (bias.float() * row_scale).to(bias.dtype)
+        qkv[:, :n_q] *= scale  # rope is linear, so scaling q before it is the same
+        if bias is not None:
+            bias[:n_q] *= scale
     return _Layer(
-        qkv=_fold(w, layer.input_layernorm.weight, row_scale),
+        qkv=qkv,
         qkv_b=bias,
         qk_norm=qk_norm,
-        o_t=att.o_proj.weight.t(),
+        o=att.o_proj.weight.t().contiguous(),
         o_b=att.o_proj.bias,
-        gate_up=_fold(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), layer.post_attention_layernorm.weight),
+        gate_up=_input_major(mlp.gate_proj, mlp.up_proj, norm=layer.post_attention_layernorm.weight),
         gate_up_b=_cat_bias(mlp.gate_proj, mlp.up_proj),
-        down_t=mlp.down_proj.weight.t(),
+        down=mlp.down_proj.weight.t().contiguous(),
         down_b=mlp.down_proj.bias,
     )
 
@@ -109,11 +123,42 @@ def _rope_tables(model, positions: torch.Tensor, dtype: torch.dtype) -> tuple[to
     return cos.unsqueeze(2).contiguous(), sin.unsqueeze(2).contiguous()
 
 
+def _matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) @ w (K, N) (+ b)."""
+    return torch.mm(x, w) if b is None else torch.addmm(b, x, w)
+
+
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
     """x / rms(x) over the last dim, in fp32 as HF does (the norm weight is folded into the next matmul)."""
     xf = x.float()
     inv = (xf * xf).sum(-1, keepdim=True).mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()  # (..., 1)
     return (xf * inv).to(x.dtype)
+
+
+@dataclass
+class _Pass:
+    """What one forward pass over S new positions per row needs besides the weights."""
+
+    n: int  # rows in this pass
+    s: int  # new positions per row
+    lo: int  # cache slot of the first new position
+    cos: torch.Tensor  # (n, s, 1, D)
+    sin: torch.Tensor  # (n, s, 1, D)
+    k: torch.Tensor  # (layers, n, Hkv, >= lo + s, D) cache written at [lo, lo + s) and read at [0, lo + s)
+    v: torch.Tensor
+    mask: torch.Tensor | None  # (n, 1, s, lo + s) bool for SDPA; None: one-query bmm path with decode_bias
+
+
+def _unique_rows(ids: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rows, inverse) such that ids[rows][inverse] == ids, or None when every prompt is distinct.
+
+    GRPO repeats each prompt G times; the prompt is prefilled once and its K/V copied to the G rows.
+    """
+    uniq, inverse = torch.unique(ids.masked_fill(~real, -1), dim=0, return_inverse=True)
+    if len(uniq) == len(ids):
+        return None
+    rows = torch.empty(len(uniq), dtype=torch.long, device=ids.device)
+    return rows.scatter_(0, inverse, torch.arange(len(ids), device=ids.device)), inverse
 
 
 class FastDecoder:
@@ -134,67 +179,77 @@ class FastDecoder:
         L = P + max_new_tokens
         dev, dtype = self.embed.device, self.embed.dtype
         self.prompt_ids, self.P, self.cur = prompt_ids.to(dev), P, 0
-        real = prompt_mask.to(dev).bool()  # (N, P)
-        self.key_valid = torch.cat([real, real.new_ones(N, max_new_tokens)], dim=1)  # (N, L)
-        prompt_pos = (real.long().cumsum(-1) - 1).clamp(min=0)  # (N, P) 0 at the first real token
-        gen_pos = real.sum(-1, keepdim=True) + torch.arange(max_new_tokens, device=dev)  # (N, T)
+        self.real = prompt_mask.to(dev).bool()  # (N, P)
+        prompt_pos = (self.real.long().cumsum(-1) - 1).clamp(min=0)  # (N, P) 0 at the first real token
+        gen_pos = self.real.sum(-1, keepdim=True) + torch.arange(max_new_tokens, device=dev)  # (N, T)
         self.cos, self.sin = _rope_tables(model, torch.cat([prompt_pos, gen_pos], dim=1), dtype)  # (N, L, 1, D)
         if self.cos.shape[-1] != self.head_dim:
             raise ValueError(f"FastDecoder: rope dim {self.cos.shape[-1]} != head_dim {self.head_dim}")
         shape = (len(self.layers), N, self.n_kv, L, self.head_dim)
         self.k_cache = torch.empty(shape, device=dev, dtype=dtype)  # (layers, N, Hkv, L, D)
         self.v_cache = torch.empty(shape, device=dev, dtype=dtype)
-        self.bmm_decode = dev.type == "cpu"
         # additive decode mask, one row per (sequence, kv head): 0 = attend, -inf = left padding
-        self.decode_bias = torch.zeros(N, self.n_kv, 1, L, device=dev, dtype=dtype)
-        self.decode_bias.masked_fill_(~self.key_valid[:, None, None, :], float("-inf"))
-        self.decode_bias = self.decode_bias.view(N * self.n_kv, 1, L)  # (N Hkv, 1, L)
+        bias = torch.zeros(N, self.n_kv, 1, L, device=dev, dtype=dtype)
+        bias[..., :P].masked_fill_(~self.real[:, None, None, :], float("-inf"))
+        self.decode_bias = bias.view(N * self.n_kv, 1, L)  # (N Hkv, 1, L)
+        self.bmm_decode = dev.type == "cpu"  # on GPU, SDPA's fused kernels win
+        self.key_valid = torch.cat([self.real, self.real.new_ones(N, max_new_tokens)], dim=1)  # (N, L)
 
     def prefill(self) -> torch.Tensor:
-        """Run the prompt; return next-token logits (N, V) at the last prompt position."""
-        P, dev = self.P, self.key_valid.device
+        """Run the prompts (each distinct prompt once); return next-token logits (N, V) at the last position."""
+        P, dev = self.P, self.real.device
+        dedup = _unique_rows(self.prompt_ids, self.real)
+        rows = dedup[0] if dedup else slice(None)
+        ids, real = self.prompt_ids[rows], self.real[rows]  # (U, P)
         causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()  # (P, P)
         # A left-pad query sees only itself: an all-False mask row would make NaN that leaks into K/V.
-        mask = (causal & self.key_valid[:, None, None, :P]) | torch.eye(P, dtype=torch.bool, device=dev)
-        return self._forward(self.prompt_ids, mask)  # (N, V)
+        mask = (causal & real[:, None, None, :]) | torch.eye(P, dtype=torch.bool, device=dev)  # (U, 1, P, P)
+        k, v = self.k_cache[:, :, :, :P], self.v_cache[:, :, :, :P]
+        if dedup:
+            k, v = k.new_empty((k.shape[0], len(ids), *k.shape[2:])), v.new_empty((v.shape[0], len(ids), *v.shape[2:]))
+        cos, sin = self.cos[rows, :P], self.sin[rows, :P]
+        logits = self._forward(ids, _Pass(len(ids), P, 0, cos, sin, k, v, mask))  # (U, V)
+        if dedup:
+            self.k_cache[:, :, :, :P] = k[:, dedup[1]]
+            self.v_cache[:, :, :, :P] = v[:, dedup[1]]
+            logits = logits[dedup[1]]
+        self.cur = P
+        return logits  # (N, V)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (N,); return next-token logits (N, V)."""
-        return self._forward(tokens[:, None], None)
+        lo, N = self.cur, len(tokens)
+        cos, sin = self.cos[:, lo : lo + 1], self.sin[:, lo : lo + 1]
+        mask = None if self.bmm_decode else self.key_valid[:, None, None, : lo + 1]
+        self.cur += 1
+        return self._forward(tokens[:, None], _Pass(N, 1, lo, cos, sin, self.k_cache, self.v_cache, mask))
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        N, S = ids.shape
-        x = F.embedding(ids, self.embed).view(N * S, self.hidden)  # (N S, hidden)
+    def _forward(self, ids: torch.Tensor, p: _Pass) -> torch.Tensor:
+        x = F.embedding(ids, self.embed).view(p.n * p.s, self.hidden)  # (n s, hidden)
         for i, w in enumerate(self.layers):
-            x = self._layer(x, w, i, N, S, mask)
-        x = x.view(N, S, self.hidden)[:, -1]  # (N, hidden) last position only
-        self.cur += S
-        return F.linear(_rms(x, self.eps) * self.final_norm, self.lm_head)  # (N, V)
+            x = self._layer(x, w, p, p.k[i], p.v[i])
+        x = x.view(p.n, p.s, self.hidden)[:, -1]  # (n, hidden) last position only
+        return F.linear(_rms(x, self.eps) * self.final_norm, self.lm_head)  # (n, V)
 
-    def _layer(self, x: torch.Tensor, w: _Layer, i: int, N: int, S: int, mask: torch.Tensor | None) -> torch.Tensor:
-        qkv = F.linear(_rms(x, self.eps), w.qkv, w.qkv_b).view(N, S, -1, self.head_dim)  # (N, S, Hq + 2 Hkv, D)
-        q, k = self._rope(qkv[:, :, : self.n_heads + self.n_kv], w.qk_norm)  # (N, S, Hq, D), (N, S, Hkv, D)
-        lo, hi = self.cur, self.cur + S
-        self.k_cache[i, :, :, lo:hi] = k.transpose(1, 2)
-        self.v_cache[i, :, :, lo:hi] = qkv[:, :, self.n_heads + self.n_kv :].transpose(1, 2)
-        k, v = self.k_cache[i, :, :, :hi], self.v_cache[i, :, :, :hi]  # (N, Hkv, hi, D)
-        if S == 1 and self.bmm_decode:
-            a = self._attend_one(q, k, v)
-        else:
-            a = self._attend(q, k, v, mask if mask is not None else self.key_valid[:, None, None, :hi])
-        x = torch.addmm(x, a, w.o_t)  # residual + o_proj in one op; a (N S, Hq D)
+    def _layer(self, x: torch.Tensor, w: _Layer, p: _Pass, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+        Hq, Hkv, hi = self.n_heads, self.n_kv, p.lo + p.s
+        qkv = _matmul(_rms(x, self.eps), w.qkv, w.qkv_b).view(p.n, p.s, -1, self.head_dim)  # (n, s, Hq + 2 Hkv, D)
+        q, k = self._rope(qkv[:, :, : Hq + Hkv], w.qk_norm, p)  # (n, s, Hq, D), (n, s, Hkv, D)
+        kc[:, :, p.lo : hi] = k.transpose(1, 2)  # kc (n, Hkv, L, D)
+        vc[:, :, p.lo : hi] = qkv[:, :, Hq + Hkv :].transpose(1, 2)
+        k, v = kc[:, :, :hi], vc[:, :, :hi]  # (n, Hkv, hi, D)
+        a = self._attend_one(q, k, v) if p.mask is None else self._attend(q, k, v, p.mask)  # (n s, Hq D)
+        x = torch.addmm(x, a, w.o)  # residual + o_proj in one op
         if w.o_b is not None:
             x = x + w.o_b
-        gate, up = F.linear(_rms(x, self.eps), w.gate_up, w.gate_up_b).chunk(2, dim=-1)  # (N S, I) each
-        x = torch.addmm(x, F.silu(gate) * up, w.down_t)  # residual + down_proj
+        gate, up = _matmul(_rms(x, self.eps), w.gate_up, w.gate_up_b).chunk(2, dim=-1)  # (n s, I) each
+        x = torch.addmm(x, F.silu(gate) * up, w.down)  # residual + down_proj
         return x if w.down_b is None else x + w.down_b
 
-    def _rope(self, qk: torch.Tensor, qk_norm: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope(self, qk: torch.Tensor, qk_norm: torch.Tensor | None, p: _Pass) -> tuple[torch.Tensor, torch.Tensor]:
         if qk_norm is not None:
             qk = _rms(qk, self.eps) * qk_norm
-        cos = self.cos[:, self.cur : self.cur + qk.shape[1]]  # (N, S, 1, D)
-        sin = self.sin[:, self.cur : self.cur + qk.shape[1]]
-        qk = torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, dims=-1), sin)  # (N, S, Hq + Hkv, D)
+        qk = torch.addcmul(qk * p.cos, qk.roll(self.head_dim // 2, dims=-1), p.sin)  # (n, s, Hq + Hkv, D)
         return qk[:, :, : self.n_heads], qk[:, :, self.n_heads :]
 
     def _attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -36,8 +36,11 @@ class HFDecoder:
             self.cache = DynamicCache(config=model.config)
         except TypeError:  # older transformers
             self.cache = DynamicCache()
-        params = inspect.signature(model.forward).parameters
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes kwargs through
+        params = inspect.signature(base.forward).parameters
+        self.kwargs = {"cache" if "cache" in params else "past_key_values": self.cache}  # renamed in transformers 5.x
+        if "logits_to_keep" in params:
+            self.kwargs["logits_to_keep"] = 1  # logits of the last position only
         self.next_pos = self.mask.sum(-1, keepdim=True)  # (N, 1) position of the first generated token
 
     def prefill(self) -> torch.Tensor:
@@ -50,14 +53,7 @@ class HFDecoder:
         return self._run(tokens[:, None], pos)
 
     def _run(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        out = self.model(
-            input_ids=ids,
-            attention_mask=self.mask,
-            position_ids=pos,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self.cache_kw: self.cache},
-        )
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, use_cache=True, **self.kwargs)
         return out.logits[:, -1]  # (N, V)
 
 
@@ -77,9 +73,10 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
 def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row from probs (N, V) by inverse-CDF sampling: exact, and ~7x cheaper than multinomial on CPU.
 
-    Token i is chosen when cdf[i-1] <= u < cdf[i]; a zero-probability token has an empty interval.
+    Token i is chosen when cdf[i-1] <= u < cdf[i]; a zero-probability token has an empty interval. The cdf is summed
+    in float64: in float32 a 1e-7 token added to a running sum near 0.5 would be rounded by up to half its size.
     """
-    cdf = probs.cumsum(-1)  # (N, V)
+    cdf = probs.double().cumsum(-1)  # (N, V)
     u = torch.rand(len(probs), 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
     return (cdf <= u).sum(-1).clamp_(max=probs.shape[-1] - 1)  # (N,)
 
@@ -116,15 +113,14 @@ class _StopStrings:
 
     def update(self, tokens: torch.Tensor, done: torch.Tensor, step: int) -> list[int]:
         """Append this step's tokens for rows still running; return rows that just hit a stop string."""
-        hits = []
-        for r, (tok, was_done) in enumerate(zip(tokens.tolist(), done.tolist())):
-            if was_done or r in self.stopped_at:
-                continue
-            self.rows[r].append(tok)
-            tail = self.tokenizer.decode(self.rows[r][-self.window :], skip_special_tokens=True)
-            if any(s in tail for s in self.stop):
-                self.stopped_at[r] = step
-                hits.append(r)
+        toks, was_done = tokens.tolist(), done.tolist()
+        active = [r for r in range(len(toks)) if not was_done[r] and r not in self.stopped_at]
+        for r in active:
+            self.rows[r].append(toks[r])
+        tails = self.tokenizer.batch_decode([self.rows[r][-self.window :] for r in active], skip_special_tokens=True)
+        hits = [r for r, tail in zip(active, tails) if any(s in tail for s in self.stop)]
+        for r in hits:
+            self.stopped_at[r] = step
         return hits
 
     def cut(self, text: str) -> str:
@@ -146,7 +142,9 @@ def _check_args(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top
             f"generate: prompt_ids {tuple(prompt_ids.shape)} and prompt_mask "
             f"{tuple(prompt_mask.shape)} must both be (N, P)"
         )
-    if prompt_ids.shape[1] and not bool(prompt_mask[:, -1].all()):
+    if prompt_ids.shape[0] == 0 or prompt_ids.shape[1] == 0:
+        raise ValueError(f"generate: no prompts or empty prompts, prompt_ids shape {tuple(prompt_ids.shape)}")
+    if not bool(prompt_mask[:, -1].all()):
         raise ValueError("generate: prompts must be left-padded (prompt_mask[:, -1] must be 1); use encode_prompts")
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")

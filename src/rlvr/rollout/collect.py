@@ -1,0 +1,135 @@
+"""collect(): one step's training batch from the policy: prompts -> G completions each -> rewards.
+
+1. Prompts are read from the task in order from the run's data position; with data parallelism rank r takes its
+   slice of the step's prompts. Each prompt is repeated G times (its group id is its task position).
+2. The sampler's generator is seeded from (seed, data position, rank): an interrupted and resumed run samples
+   exactly what an uninterrupted one does, without saving generator state.
+3. Rewards are the weighted sum of the configured reward functions (rlvr.rewards.combine_rewards).
+4. Dynamic sampling (DAPO, arXiv 2503.14476 §3.2): groups whose rewards are all equal carry no signal under a
+   group-relative advantage; they are dropped and more prompts are sampled, up to `max_rounds` rounds.
+   Reward metrics are computed over everything sampled, before filtering (specs/grpo_family.md §3.9).
+
+`run` is the trainer's Run (model, tokenizer, task, reward_fns, cfg, world, device); `state.data_pos` advances.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from rlvr.batch import Rollout, concat_rollouts
+from rlvr.errors import TrainingError
+from rlvr.metrics import reward_metrics
+from rlvr.policies import encode_prompts
+from rlvr.rewards import combine_rewards
+from rlvr.rollout.sampler import generate
+
+if TYPE_CHECKING:
+    from rlvr.trainer import Run, State
+
+
+def sample_round(run: Run, data_pos: int) -> Rollout:
+    """Generate G completions for this rank's prompts at task positions data_pos + ..."""
+    cfg, world = run.cfg, run.world
+    per_rank = cfg.rollout.prompts_per_step // world.size
+    first = data_pos + world.rank * per_rank
+    positions = [(first + j) % len(run.task) for j in range(per_rank)]
+    samples = [run.task[i] for i in positions]
+    G = cfg.rollout.group_size
+    repeated = [s for s in samples for _ in range(G)]
+    ids, mask = encode_prompts(run.tokenizer, [s.prompt for s in repeated])
+    gen = torch.Generator(device=run.device).manual_seed(cfg.seed * 1_000_003 + data_pos * 7919 + world.rank)
+    run.model.eval()
+    out = generate(
+        run.model,
+        run.tokenizer,
+        ids.to(run.device),
+        mask.to(run.device),
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        top_k=cfg.rollout.top_k,
+        stop=tuple(cfg.rollout.stop),
+        generator=gen,
+    )
+    group_ids = torch.tensor([first + j for j in range(per_rank) for _ in range(G)], device=run.device)
+    return Rollout(
+        prompt_ids=ids.to(run.device),
+        prompt_mask=mask.to(run.device),
+        completion_ids=out["completion_ids"],
+        completion_mask=out["completion_mask"],
+        logp=out["logp"],
+        truncated=out["truncated"],
+        texts=out["texts"],
+        group_ids=group_ids,
+        samples=repeated,
+    )
+
+
+def score(run: Run, rollout: Rollout, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    lengths = rollout.completion_mask.sum(-1).tolist()
+    rewards, _, metrics = combine_rewards(
+        run.reward_fns, rollout.samples, rollout.texts, lengths=lengths, on_error=run.cfg.train.on_reward_error
+    )
+    return rewards.to(run.device), metrics
+
+
+def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> list[int]:
+    """Group ids whose finite rewards are not all equal (DAPO dynamic sampling keep rule)."""
+    keep = []
+    for g in torch.unique(group_ids).tolist():
+        r = rewards[group_ids == g]
+        r = r[~torch.isnan(r)]
+        if len(r) > 1 and bool((r != r[0]).any()):
+            keep.append(g)
+    return keep
+
+
+def collect(run: Run, state: State, step: int) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
+    """Rollout + rewards for one step; with dynamic sampling, keep sampling until enough groups vary."""
+    cfg = run.cfg
+    ds = cfg.algo.dynamic_sampling
+    need = cfg.rollout.prompts_per_step // run.world.size
+    kept: list[tuple[Rollout, torch.Tensor]] = []
+    all_rewards, all_groups, timing = [], [], {"time/rollout": 0.0, "time/reward": 0.0}
+    n_kept, rounds, reward_metric_acc = 0, 0, {}
+    max_rounds = ds.max_rounds if ds.enabled else 1
+    while rounds < max_rounds:
+        rounds += 1
+        t0 = time.perf_counter()
+        rollout = sample_round(run, state.data_pos)
+        state.data_pos += cfg.rollout.prompts_per_step
+        t1 = time.perf_counter()
+        rewards, rmetrics = score(run, rollout, step)
+        timing["time/rollout"] += t1 - t0
+        timing["time/reward"] += time.perf_counter() - t1
+        all_rewards.append(rewards)
+        all_groups.append(rollout.group_ids)
+        for k, v in rmetrics.items():
+            reward_metric_acc[k] = reward_metric_acc.get(k, 0.0) + v
+        if not ds.enabled:
+            kept.append((rollout, rewards))
+            n_kept = need
+            break
+        groups = informative_groups(rewards, rollout.group_ids)[: need - n_kept]
+        if groups:
+            rows = torch.nonzero(torch.isin(rollout.group_ids, torch.tensor(groups, device=run.device))).flatten()
+            kept.append((rollout.select(rows.cpu()), rewards[rows]))
+            n_kept += len(groups)
+        if n_kept >= need:
+            break
+    if n_kept < need and (ds.on_exhaust == "raise" or n_kept == 0):
+        raise TrainingError(
+            f"step {step}: dynamic sampling found {n_kept} of {need} informative groups in "
+            f"{rounds} rounds; raise algo.dynamic_sampling.max_rounds or set on_exhaust=partial"
+        )
+    rollout = concat_rollouts([r for r, _ in kept], run.tokenizer.pad_token_id)
+    rewards = torch.cat([r for _, r in kept])
+    metrics = reward_metrics(torch.cat(all_rewards), torch.cat(all_groups))
+    metrics.update({k: v / rounds for k, v in reward_metric_acc.items()})
+    metrics.update(timing)
+    if ds.enabled:
+        metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/kept_fraction": n_kept / (need * rounds)})
+    return rollout, rewards, metrics
