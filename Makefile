@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest tests
 
 demo: setup
 	$(RLVR) sft recipes/quickstart.yaml
