@@ -78,3 +78,28 @@ def test_on_policy_ratio_is_one():
     new, _ = policy_logp(model, batch.input_ids, batch.attention_mask, 7, temperature=0.7)
     m = batch.loss_mask.bool()
     torch.testing.assert_close(old[m], new.detach()[m], rtol=0, atol=1e-5)
+
+
+def test_shared_prefix_equals_plain_forward():
+    """Groups of rows with the same prompt share one prompt forward; log-probs and gradients are unchanged."""
+    model, _ = load_policy(config="qwen2-micro", seed=0)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    P, T, G = 6, 5, 4
+    prompts = torch.randint(3, model.config.vocab_size, (3, P), generator=g)
+    pmask = torch.ones(3, P, dtype=torch.long)
+    pmask[1, :2] = 0  # one left-padded prompt
+    ids = torch.cat([prompts.repeat_interleave(G, 0), torch.randint(3, 50, (3 * G, T), generator=g)], 1)
+    attn = torch.cat([pmask.repeat_interleave(G, 0), torch.ones(3 * G, T, dtype=torch.long)], 1)
+    attn[3, P + 2 :] = 0  # a short completion (right padding)
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        logp, ent = policy_logp(model, ids, attn, T, temperature=0.8, with_entropy=True, share_prefix=share)
+        (logp * attn[:, P:]).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results.append((logp, ent, grads))
+    m = attn[:, P:].bool()
+    torch.testing.assert_close(results[1][0][m], results[0][0][m], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1][m], results[0][1][m], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-4, atol=1e-6)

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,16 +62,58 @@ class LossFns:
 
 def policy_logp(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, T: int, *,
-    temperature: float = 1.0, with_entropy: bool = False,
+    temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (N, T) of the last T tokens of `input_ids` under `model` at temperature T, and entropy."""
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: first real token at 0
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1)
-    logits = out.logits[:, -T - 1 : -1].float() / temperature  # (N, T, V): position t predicts token t + 1
-    targets = input_ids[:, -T:]  # (N, T)
-    logp = token_logprobs(logits, targets)
+    """Log-probs (N, T) of the last T tokens of `input_ids` under `model` at temperature T, and entropy.
+
+    Rows that repeat the previous row's prompt (a GRPO group) share one forward pass over that prompt: its
+    KV cache is computed once per distinct prompt and indexed out to every row (differentiably), so the
+    prompt costs 1/G of its FLOPs in forward and backward. The result equals the unshared forward.
+    """
+    owner, first = _prompt_owners(input_ids, attention_mask, T)
+    if share_prefix and len(first) < len(owner):
+        logits = _shared_prefix_logits(model, input_ids, attention_mask, T, owner, first)
+    else:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: first real token at 0
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    logits_to_keep=T + 1)
+        logits = out.logits[:, -T - 1 : -1]  # (N, T, V): position t predicts token t + 1
+    logits = logits.float() / temperature
+    logp = token_logprobs(logits, input_ids[:, -T:])  # (N, T)
     entropy = entropy_from_logits(logits) if with_entropy else None
     return logp, entropy
+
+
+def _prompt_owners(input_ids: torch.Tensor, attention_mask: torch.Tensor, T: int):
+    """owner (N,): index of each row's distinct prompt; first (U,): the row that holds each distinct prompt."""
+    prompt = torch.where(attention_mask[:, :-T].bool(), input_ids[:, :-T], -1)  # (N, P), padding made uniform
+    starts = torch.ones(len(prompt), dtype=torch.bool, device=prompt.device)
+    starts[1:] = (prompt[1:] != prompt[:-1]).any(-1)
+    return starts.long().cumsum(0) - 1, torch.nonzero(starts).flatten()
+
+
+@functools.cache
+def _cache_keyword_of(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def _cache_keyword(model) -> str:
+    """transformers >= 5.24 names the forward's cache argument `cache`; older releases `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_keyword_of(type(base))
+
+
+def _shared_prefix_logits(model, input_ids, attention_mask, T: int, owner, first) -> torch.Tensor:
+    P = input_ids.shape[1] - T
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, P + T)
+    head = model(input_ids=input_ids[first, :P], attention_mask=attention_mask[first, :P],
+                 position_ids=position_ids[first, :P], use_cache=True, logits_to_keep=1)  # U distinct prompts
+    cache = getattr(head, "cache", None) or head.past_key_values  # renamed `cache` in transformers 5.24
+    cache.reorder_cache(owner)  # (U, ...) -> (N, ...), an index_select that gradients flow back through
+    tail = model(input_ids=input_ids[:, P:-1], attention_mask=attention_mask, position_ids=position_ids[:, P:-1],
+                 use_cache=False, **{_cache_keyword(model): cache})
+    # completion token 0 is predicted by the prompt's last position, token t by completion position t - 1
+    return torch.cat([head.logits[owner, -1:], tail.logits], dim=1)  # (N, T, V)
 
 
 @torch.no_grad()
