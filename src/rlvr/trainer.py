@@ -137,7 +137,8 @@ def apply_lora(model, lora: dict):
 def build_optimizer(cfg: Config, model):
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    # the fused kernel (CPU and CUDA) is one pass over each tensor instead of a dozen small ops per parameter
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
     warm = max(o.warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     return optimizer, scheduler
