@@ -8,9 +8,11 @@ Each seed runs exactly what `make demo` runs (recipes/quickstart.yaml) with `see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -26,13 +28,14 @@ def one_seed(seed: int, recipe: str, output_dir: str) -> dict:
     cfg = load_config(recipe, [f"seed={seed}", f"name={name}", f"output_dir={output_dir}", f"model.path={sft_out}",
                                f"sft.output={sft_out}", "train.progress=false"])
     t0 = time.perf_counter()
-    warm = sft(cfg)
-    t1 = time.perf_counter()
-    summary = train(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr; stdout holds only the JSON
+        warm = sft(cfg)
+        t1 = time.perf_counter()
+        summary = train(cfg)
     t2 = time.perf_counter()
     before = summary["eval_before"]["eval/accuracy"]
     after = summary["eval_after"]["eval/accuracy"]
-    return {"seed": seed, "sft_accuracy": warm["history"][-1][1], "before_rl": before, "after_rl": after,
+    return {"seed": seed, "sft_steps": warm["history"][-1][0], "before_rl": before, "after_rl": after,
             "lift": after - before, "sft_seconds": t1 - t0, "rl_seconds": t2 - t1, "total_seconds": t2 - t0}
 
 

@@ -139,3 +139,17 @@ def test_countdown_rejects_impossible_settings():
     task = TASKS.build("countdown", num_numbers=2, max_number=2, target_range=(90, 100))
     with pytest.raises(ValueError, match="widen target_range"):
         task[0]
+
+
+def test_holdout_split_is_disjoint():
+    """holdout='eval' and holdout='train' items never share a prompt, on a space small enough to collide."""
+    from rlvr.tasks import TASKS
+
+    train = TASKS.build("arithmetic", digits=1, ops="+", seed=0, size=2000, holdout="train")
+    held = TASKS.build("arithmetic", digits=1, ops="+", seed=5, size=200, holdout="eval")
+    plain = TASKS.build("arithmetic", digits=1, ops="+", seed=5, size=200)
+    train_prompts = {s.prompt for s in train}
+    held_prompts = {s.prompt for s in held}
+    assert held_prompts and not train_prompts & held_prompts
+    assert {s.prompt for s in plain} & train_prompts  # without the split the two would overlap
+    assert held[3] == held[3]  # still deterministic per index

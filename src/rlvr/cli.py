@@ -13,6 +13,7 @@ Usage errors (bad config key, unknown name, missing file) print one line and exi
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -90,7 +91,11 @@ def cmd_eval(args) -> int:
     if not Path(args.checkpoint).is_dir():
         raise ConfigError(f"checkpoint folder not found: {args.checkpoint}")
     kwargs = _kv(args.task_kwargs)
-    kwargs.setdefault("seed", args.seed) if args.task != "dataset" else None
+    params = inspect.signature(TASKS.lookup(args.task)).parameters if args.task in TASKS else {}
+    if "seed" in params:
+        kwargs.setdefault("seed", args.seed)
+    if "holdout" in params:  # the problems `rlvr train` holds out of training
+        kwargs.setdefault("holdout", "eval")
     try:
         task = TASKS.build(args.task, **kwargs)
     except (ValueError, TypeError) as err:

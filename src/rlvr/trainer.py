@@ -1,6 +1,6 @@
 """train(cfg): the RL loop. One step = rollout -> reward -> advantage -> update -> log (-> eval, checkpoint).
 
-1. Prompts: step after step the task is read in order (item i is the same on every run); with data
+1. Prompts (rlvr.rollout.collect): the task is read in order (item i is the same on every run); with data
    parallelism rank r takes its slice of each step's prompts. Each prompt is repeated G times.
 2. Rollout: rlvr's KV-cached sampler; the sampling generator is seeded from (seed, data position, rank), so
    an interrupted and resumed run samples exactly what an uninterrupted one does.
@@ -85,9 +85,11 @@ class State:
 
 def build_task(cfg: Config, *, eval_split: bool):
     kwargs = dict(cfg.task.kwargs)
-    fn = TASKS.lookup(cfg.task.name)
-    if "seed" in inspect.signature(fn).parameters:
+    params = inspect.signature(TASKS.lookup(cfg.task.name)).parameters
+    if "seed" in params:
         kwargs["seed"] = cfg.seed + (1_000_003 if eval_split else 0) + kwargs.get("seed", 0)
+    if "holdout" in params:  # procedural tasks: evaluation problems never occur in training
+        kwargs.setdefault("holdout", "eval" if eval_split else "train")
     if eval_split:
         kwargs.update(cfg.task.eval_kwargs)
     try:

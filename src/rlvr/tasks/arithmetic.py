@@ -28,12 +28,13 @@ class Arithmetic(ProceduralTask):
         *,
         seed: int = 0,
         size: int = 10_000,
+        holdout: str | None = None,
         digits: int | list[int] | tuple[int, int] = 2,
         ops: str = "+-",
         terms: int = 2,
         prompt_format: str = "{expr}=",
     ):
-        super().__init__(seed=seed, size=size)
+        super().__init__(seed=seed, size=size, holdout=holdout)
         self.digits = _digit_range(digits)
         if not ops or set(ops) - set("+-*"):
             raise ValueError(f"arithmetic: ops must be a non-empty subset of '+-*', got {ops!r}")

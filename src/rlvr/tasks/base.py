@@ -7,16 +7,23 @@
 
 Procedural tasks follow reasoning-gym: item i is drawn from `random.Random(seed + i)`, so an item never
 depends on which other items were generated, and two processes agree on every item without sharing state.
+
+Small problem spaces (2-digit addition has 8,100 problems) make a different seed no guarantee of held-out
+items. `holdout="train" | "eval"` partitions the space by a stable hash of the prompt: one bucket in
+HOLDOUT_BUCKETS is reserved for evaluation, and item i redraws from its own generator until it lands on its
+side, so the trainer's evaluation problems never occur in training.
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 
 from rlvr.batch import Sample
 from rlvr.registry import Registry
 
 TASKS = Registry("task")
+HOLDOUT_BUCKETS = 10
 
 
 class Task:
@@ -48,21 +55,35 @@ class Task:
 class ProceduralTask(Task):
     """A generated task: item i comes from `random.Random(seed + i)` via `generate(rng, i)`."""
 
-    def __init__(self, *, seed: int = 0, size: int = 10_000):
+    def __init__(self, *, seed: int = 0, size: int = 10_000, holdout: str | None = None):
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"task '{self.name}': size must be a positive integer, got {size!r}")
+        if holdout not in (None, "train", "eval"):
+            raise ValueError(f"task '{self.name}': holdout must be 'train', 'eval' or null, got {holdout!r}")
         self.seed = int(seed)
         self.size = size
+        self.holdout = holdout
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, i: int) -> Sample:
         i = check_index(i, self.size, self.name)
-        return self.generate(random.Random(self.seed + i), i)
+        rng = random.Random(self.seed + i)
+        for _ in range(1000):
+            sample = self.generate(rng, i)
+            if self.holdout is None or (self.holdout == "eval") == is_eval_item(sample):
+                return sample
+        raise ValueError(f"task '{self.name}': item {i} found no problem on the '{self.holdout}' side of the "
+                         "holdout split in 1000 draws; the problem space is too small, set holdout: null")
 
     def generate(self, rng: random.Random, index: int) -> Sample:
         raise NotImplementedError
+
+
+def is_eval_item(sample: Sample) -> bool:
+    """Whether `sample` falls in the evaluation bucket of the holdout split (a stable hash of its prompt)."""
+    return zlib.crc32(str(sample.prompt).encode()) % HOLDOUT_BUCKETS == 0
 
 
 def check_index(i: int, size: int, name: str) -> int:

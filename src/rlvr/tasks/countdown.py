@@ -35,12 +35,13 @@ class Countdown(ProceduralTask):
         *,
         seed: int = 0,
         size: int = 10_000,
+        holdout: str | None = None,
         num_numbers: int = 3,
         max_number: int = 20,
         target_range: tuple[int, int] | list[int] = (1, 100),
         prompt_format: str = "{numbers} -> {target}:",
     ):
-        super().__init__(seed=seed, size=size)
+        super().__init__(seed=seed, size=size, holdout=holdout)
         if not isinstance(num_numbers, int) or not 2 <= num_numbers <= 8:
             raise ValueError(f"countdown: num_numbers must be an integer in [2, 8], got {num_numbers!r}")
         if not isinstance(max_number, int) or max_number < 1:
