@@ -37,6 +37,7 @@ from typing import Any
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from machine import cpu_model
 
 from rlvr.config import load_config  # noqa: E402
 from rlvr.policies import load_policy  # noqa: E402
@@ -58,17 +59,6 @@ DIFFERENCES = [
     "TRL's step includes its own bookkeeping (per-step metric .item() calls, flops and token counting); logging, "
     "saving, evaluation, progress bars and completion logs are off",
 ]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def block_sizes(steps: int, rounds: int) -> list[int]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
 import time
 
 import torch
+from machine import cpu_model
 
 from rlvr.config import load_config
 from rlvr.sft import sft
@@ -53,7 +53,7 @@ def main() -> None:
         "mean_after_rl": statistics.mean(r["after_rl"] for r in rows),
         "mean_lift": statistics.mean(lifts), "min_lift": min(lifts),
         "max_total_seconds": max(r["total_seconds"] for r in rows),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
     }, indent=1))
 

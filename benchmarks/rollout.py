@@ -18,22 +18,12 @@ import statistics
 import time
 
 import torch
+from machine import cpu_model
 
 from rlvr.policies import encode_prompts, load_policy
 from rlvr.rollout import generate
 
 PROMPTS = ["12+34=", "7*8=?", "99-5=", "abc+d", "(3+4)=", "x=5,y=", "hi ok?", "10/2=:"]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_once(fn) -> tuple[float, int]:

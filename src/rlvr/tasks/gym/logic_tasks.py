@@ -1,0 +1,1 @@
+"""Task gym: placeholder, filled in by the gym work (issue 3)."""
