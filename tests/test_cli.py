@@ -61,3 +61,39 @@ train: {{steps: 2, progress: false}}
     (tmp_path / "runs" / "e2e" / "plot.png").unlink()
     assert main(["plot", str(tmp_path / "runs" / "e2e")]) == 0
     assert (tmp_path / "runs" / "e2e" / "plot.png").is_file()
+
+
+def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
+    """SIGINT to a running `rlvr train`: the step in flight finishes, a checkpoint is written, exit code 130;
+    `--resume` then finishes the run from there."""
+    import os
+    import signal
+    import time
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+name: sig
+output_dir: {tmp_path}/runs
+model: {{config: qwen2-micro}}
+task: {{name: arithmetic, kwargs: {{digits: 1, ops: "+"}}, eval_size: 4}}
+rollout: {{prompts_per_step: 2, group_size: 2, max_new_tokens: 3}}
+train: {{steps: 100000, progress: false}}
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rlvr.cli", "train", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    metrics = tmp_path / "runs" / "sig" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "resume with --resume" in out
+    latest = (tmp_path / "runs" / "sig" / "checkpoints" / "latest").read_text().strip()
+    stopped_at = int(latest.split("-")[1])
+    assert stopped_at >= 2
+    done = rlvr("train", str(cfg), f"train.steps={stopped_at + 2}", "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"reward"' in line]
+    assert steps == list(range(1, stopped_at + 3))
