@@ -80,9 +80,9 @@ def rnd(x: float | None, n: int = 4) -> float | None:
 class RlvrBench:
     """rlvr's GRPO step on the standard workload; `run(n, timed)` performs n steps."""
 
-    def __init__(self, tmpdir: str, threads: int):
+    def __init__(self, tmpdir: str, threads: int, bf16: bool = False):
         ov = TASK  # short alias for the overrides below
-        self.cfg = load_config(None, [
+        self.cfg = load_config(None, [f"model.autocast={'bfloat16' if bf16 else 'null'}",
             "name=bench-grpo-step",
             f"seed={SEED}",
             f"output_dir={tmpdir}/rlvr",
@@ -159,7 +159,7 @@ class TrlBench:
     """TRL's GRPOTrainer on the identical workload; `between` maps a step number to work run after it ends."""
 
     def __init__(self, tmpdir: str, total_steps: int, warmup: int, between: dict[int, Callable[[], None]],
-                 threads: int):
+                 threads: int, bf16: bool = False):
         import datasets
         import transformers
         from transformers import TrainerCallback
@@ -181,7 +181,7 @@ class TrlBench:
             output_dir=f"{tmpdir}/trl",
             seed=SEED,
             use_cpu=True,
-            bf16=False,
+            bf16=bf16,  # TRL's own default resolves to True; the fp32 comparison turns it off
             fp16=False,
             gradient_checkpointing=False,  # TRL defaults to True; rlvr does not checkpoint
             max_steps=total_steps,
@@ -319,6 +319,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating timed blocks per framework")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-trl", action="store_true", help="time rlvr only")
+    ap.add_argument("--bf16", action="store_true",
+                    help="mixed precision on both sides: rlvr model.autocast=bfloat16, TRL bf16=True")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")
@@ -332,7 +334,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rlvr-grpo-bench-") as tmpdir:
-        rlvr = RlvrBench(tmpdir, args.threads)
+        rlvr = RlvrBench(tmpdir, args.threads, bf16=args.bf16)
         trl_report = None
         try:
             if have_trl:
@@ -341,7 +343,7 @@ def main() -> None:
                 for size in blocks:
                     between[at] = lambda n=size: rlvr.run(n, timed=True)
                     at += size
-                trl = TrlBench(tmpdir, args.warmup + args.steps, args.warmup, between, args.threads)
+                trl = TrlBench(tmpdir, args.warmup + args.steps, args.warmup, between, args.threads, bf16=args.bf16)
                 torch.set_num_threads(args.threads)
                 rlvr.run(args.warmup, timed=False)
                 if args.warmup == 0:
@@ -386,6 +388,7 @@ def main() -> None:
         "ratio": ratio,
         "target_ratio": TARGET_RATIO,
         "meets_target": None if ratio is None else ratio >= TARGET_RATIO,
+        "precision": "bf16 autocast (both)" if args.bf16 else "fp32 (both)",
         "steps": args.steps,
         "warmup": args.warmup,
         "rounds": len(blocks),

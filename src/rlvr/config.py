@@ -38,6 +38,8 @@ class ModelConfig:
     """'char' (built-in character tokenizer) or a local tokenizer folder; defaults to `path` when it is set."""
     dtype: str = "float32"
     """Parameter dtype: float32 | bfloat16 | float16."""
+    autocast: str | None = None
+    """Mixed precision for the training forward (weights and optimizer stay in `dtype`): bfloat16 | float16."""
     lora: dict[str, Any] = field(default_factory=dict)
     """If non-empty, wrap the model with peft LoRA using these LoraConfig keywords (needs the `lora` extra)."""
 
@@ -352,6 +354,7 @@ def _check_choices(cfg: Config) -> None:
         "train.on_reward_error": (cfg.train.on_reward_error, ["raise", "zero"]),
         "algo.dynamic_sampling.on_exhaust": (cfg.algo.dynamic_sampling.on_exhaust, ["partial", "raise"]),
         "model.dtype": (cfg.model.dtype, ["bfloat16", "float16", "float32"]),
+        "model.autocast": (cfg.model.autocast, [None, "bfloat16", "float16"]),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:

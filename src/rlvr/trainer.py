@@ -125,6 +125,7 @@ def build_loss_fns(cfg: Config) -> LossFns:
         kl_coef=a.kl_coef,
         entropy_coef=a.entropy_coef,
         temperature=cfg.rollout.temperature,
+        autocast=getattr(torch, cfg.model.autocast) if cfg.model.autocast else None,
     )
 
 
@@ -224,9 +225,9 @@ def make_update_batch(run: Run, rollout: Rollout, advantages: torch.Tensor) -> U
     mbs, temp = cfg.algo.micro_batch_size, cfg.rollout.temperature
     if cfg.algo.ppo_epochs > 1 or cfg.algo.mini_batches > 1:  # off-policy steps need pi_old (spec §2 step 6)
         run.model.eval()
-        batch.old_logp = batched_logp(run.model, batch, mbs, temp)
+        batch.old_logp = batched_logp(run.model, batch, mbs, temp, run.loss_fns.autocast)
     if run.ref_model is not None:
-        batch.ref_logp = batched_logp(run.ref_model, batch, mbs, temp)
+        batch.ref_logp = batched_logp(run.ref_model, batch, mbs, temp, run.loss_fns.autocast)
     return batch
 
 

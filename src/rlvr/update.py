@@ -58,26 +58,31 @@ class LossFns:
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     temperature: float = 1.0
+    autocast: torch.dtype | None = None  # mixed-precision compute dtype of the training forward
 
 
 def policy_logp(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, T: int, *,
     temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the last T tokens of `input_ids` under `model` at temperature T, and entropy.
 
     Rows that repeat the previous row's prompt (a GRPO group) share one forward pass over that prompt: its
     KV cache is computed once per distinct prompt and indexed out to every row (differentiably), so the
     prompt costs 1/G of its FLOPs in forward and backward. The result equals the unshared forward.
+    `autocast` (e.g. torch.bfloat16) runs the forward in mixed precision; log-probs are taken in fp32.
     """
     owner, first = _prompt_owners(input_ids, attention_mask, T)
-    if share_prefix and len(first) < len(owner):
-        logits = _shared_prefix_logits(model, input_ids, attention_mask, T, owner, first)
-    else:
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: first real token at 0
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    logits_to_keep=T + 1)
-        logits = out.logits[:, -T - 1 : -1]  # (N, T, V): position t predicts token t + 1
+    device_type = input_ids.device.type
+    with torch.autocast(device_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        if share_prefix and len(first) < len(owner):
+            logits = _shared_prefix_logits(model, input_ids, attention_mask, T, owner, first)
+        else:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: first token at 0
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        logits_to_keep=T + 1)
+            logits = out.logits[:, -T - 1 : -1]  # (N, T, V): position t predicts token t + 1
     logits = logits.float() / temperature
     logp = token_logprobs(logits, input_ids[:, -T:])  # (N, T)
     entropy = entropy_from_logits(logits) if with_entropy else None
@@ -117,13 +122,15 @@ def _shared_prefix_logits(model, input_ids, attention_mask, T: int, owner, first
 
 
 @torch.no_grad()
-def batched_logp(model, batch: UpdateBatch, micro_batch_size: int, temperature: float) -> torch.Tensor:
+def batched_logp(model, batch: UpdateBatch, micro_batch_size: int, temperature: float,
+                 autocast: torch.dtype | None = None) -> torch.Tensor:
     """No-grad log-probs of the completions of `batch` (pi_old recompute, reference model)."""
     T = batch.loss_mask.shape[1]
     parts = []
     for start in range(0, batch.input_ids.shape[0], micro_batch_size):
         sl = slice(start, start + micro_batch_size)
-        logp, _ = policy_logp(model, batch.input_ids[sl], batch.attention_mask[sl], T, temperature=temperature)
+        logp, _ = policy_logp(model, batch.input_ids[sl], batch.attention_mask[sl], T, temperature=temperature,
+                              autocast=autocast)
         parts.append(logp)
     return torch.cat(parts)
 
@@ -132,7 +139,7 @@ def micro_batch_loss(model, mb: UpdateBatch, fns: LossFns, num_tokens: float, nu
     """Loss of one micro-batch, already scaled for global normalisers; metrics as token-weighted sums."""
     T = mb.loss_mask.shape[1]
     logp, entropy = policy_logp(model, mb.input_ids, mb.attention_mask, T, temperature=fns.temperature,
-                                with_entropy=True)
+                                with_entropy=True, autocast=fns.autocast)
     old_logp = logp.detach() if mb.old_logp is None else mb.old_logp
     per_token, metrics = fns.loss(logp, old_logp, mb.advantages, mb.loss_mask)
     if fns.mismatch is not None and mb.rollout_logp is not None:
