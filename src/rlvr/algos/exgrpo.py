@@ -1,0 +1,126 @@
+"""ExGRPO mixed-policy math (arXiv 2510.02245, spec exgrpo.md §3.4-3.5): shaped weight, mixed loss, advantages.
+
+    per_token, metrics = LOSSES.lookup("exgrpo_mixed")(logp, old_logp, advantages, mask, is_replay=is_replay,
+                                                       mixed=True, beta=0.1)
+
+1. Replayed rows (is_replay) carry a trajectory from the experience pool; their `old_logp` must be the log-probs
+   recorded when it was collected (pi_past, spec step 8; see `replay_old_logp`). Their loss is -A f(w) with
+   w = exp(logp - old_logp) and the policy-shaping function f(w) = w / (w + beta); no clip, gradient through w.
+2. Fresh rows: before the switch to mixed mode (`mixed=False`) the PPO clipped surrogate (`ppo_clip`); after it
+   (`mixed=True`) the unclipped -A rho of the reference code (`loss_remove_clip`), unless `on_policy_clip=True`
+   (spec §5 #2), which keeps the clip in both phases.
+3. Advantages are Dr.GRPO's r - mean over the whole group, the replayed row included (`mixed_group_advantages`).
+4. The entropy bonus (0.001) and the L_max normaliser are the trainer's entropy_coef and aggregation, not part
+   of this loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlvr import ops
+from rlvr.algos.advantages import ADVANTAGES
+from rlvr.algos.losses import LOSSES, _mean, _prepare, ppo_clip, reinforce
+
+_CLIP_KEYS = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
+
+
+def shaped_weight(log_w: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
+    """f(w) = w / (w + beta) from log w, written as sigmoid(log w - log beta) so w = exp(log w) never overflows.
+
+    d f / d w = beta / (w + beta)^2, hence d f / d log w = f (1 - f) = w beta / (w + beta)^2 (spec §3.5).
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0 (the reference uses 0.1), got {beta}")
+    return torch.sigmoid(log_w - math.log(beta))
+
+
+def _replay_rows(is_replay, logp: torch.Tensor) -> torch.Tensor:
+    """(B,) or (B, T) bool -> (B, T) bool; None means no replayed row."""
+    if is_replay is None:
+        return torch.zeros_like(logp, dtype=torch.bool)
+    is_replay = torch.as_tensor(is_replay, device=logp.device).bool()
+    if is_replay.shape == logp.shape[:1]:
+        return is_replay.unsqueeze(-1).expand_as(logp)  # (B,) -> (B, T)
+    if is_replay.shape == logp.shape:
+        return is_replay
+    raise ValueError(f"is_replay must be (B,) or (B, T) = {tuple(logp.shape)}, got {tuple(is_replay.shape)}")
+
+
+@LOSSES.register("exgrpo_mixed")
+def exgrpo_mixed(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    is_replay=None,
+    mixed: bool = False,
+    beta: float = 0.1,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    on_policy_clip: bool = False,
+) -> tuple[torch.Tensor, dict]:
+    """ExGRPO mixed-policy loss, arXiv 2510.02245: PPO on fresh rows, -A w/(w+beta) on replayed rows (no clip).
+
+    is_replay: (B,) bool (or (B, T) for prefix-style replay), passed by the trainer per call; None = no replay.
+    mixed: per call, True once the run has switched to mixed mode; fresh rows are then unclipped as in the
+    reference code unless on_policy_clip=True. clip_low / clip_high as ppo_clip (reference: 0.2 / 0.2).
+    Clip metrics and ppo_kl are over fresh tokens; exgrpo/* metrics over replayed tokens (w = pi_theta/pi_past).
+    """
+    replay = _replay_rows(is_replay, logp)  # (B, T) bool
+    m, adv, log_ratio = _prepare(logp, old_logp, advantages, mask)  # validates shapes, log w clamped to +-20
+    fresh_mask, replay_mask = m & ~replay, m & replay
+    clip = on_policy_clip or not mixed
+    if clip:
+        fresh_loss, metrics = ppo_clip(logp, old_logp, advantages, fresh_mask, clip_low=clip_low, clip_high=clip_high)
+    else:
+        fresh_loss, metrics = reinforce(logp, old_logp, advantages, fresh_mask)
+        metrics.update({k: torch.zeros((), device=logp.device) for k in _CLIP_KEYS})  # nothing is clipped
+    f_w = shaped_weight(log_ratio, beta=beta)  # (B, T)
+    loss = torch.where(replay_mask, -adv * f_w, fresh_loss)
+    rows = m.any(-1)  # (B,) non-empty rows
+    metrics.update({
+        "exgrpo/replay_frac": _mean(replay.any(-1), rows),
+        "exgrpo/replay_token_frac": _mean(replay_mask, m),
+        "exgrpo/fw_mean": _mean(f_w, replay_mask),
+        "exgrpo/w_mean": _mean(log_ratio.exp(), replay_mask),
+        "exgrpo/replay_kl": _mean(-log_ratio, replay_mask),
+    })
+    return torch.where(m, loss, 0), metrics
+
+
+@torch.no_grad()
+def replay_old_logp(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, is_replay: torch.Tensor) -> torch.Tensor:
+    """Spec step 8 (IS correction): (B, T) old_logp with replayed rows' tokens replaced by the recorded pi_past."""
+    if behaviour_logp.shape != old_logp.shape:
+        raise ValueError(f"behaviour_logp must be (B, T) = {tuple(old_logp.shape)}, got {tuple(behaviour_logp.shape)}")
+    return torch.where(_replay_rows(is_replay, old_logp), behaviour_logp.to(old_logp.dtype), old_logp)
+
+
+@torch.no_grad()
+def mixed_group_advantages(rewards, group_ids, is_replay=None) -> tuple[torch.Tensor, dict]:
+    """Spec §3.4: A_i = r_i - mean of its group's K rewards, the replayed row included (Dr.GRPO, no std).
+
+    A replayed question's group is its stored trajectory plus K - 1 fresh samples under one group id; at most one
+    replayed row per group. Metrics: the fraction of zero-variance groups among fresh and among replayed groups.
+    """
+    adv = ADVANTAGES.lookup("dr_grpo")(rewards, group_ids)
+    is_replay = torch.zeros_like(rewards, dtype=torch.bool) if is_replay is None else is_replay.bool()
+    if is_replay.shape != rewards.shape:
+        raise ValueError(f"is_replay must be (N,) like rewards, got {tuple(is_replay.shape)}")
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(inv.max()) + 1 if inv.numel() else 0
+    per_group = torch.zeros(n_groups, dtype=torch.long, device=rewards.device).index_add_(0, inv, is_replay.long())
+    if bool((per_group > 1).any()):
+        raise ValueError("a group holds more than one replayed row; each replayed question gets 1 stored + K-1 fresh")
+    _, std, _ = ops.group_mean_std(rewards, group_ids)
+    flat = torch.zeros(n_groups, dtype=torch.bool, device=rewards.device).index_put_((inv,), std == 0)  # (G,)
+    replay_group = per_group > 0
+    return adv, {
+        "exgrpo/zero_var_frac_fresh": _mean(flat, ~replay_group),
+        "exgrpo/zero_var_frac_replay": _mean(flat, replay_group),
+        "exgrpo/replay_adv_mean": _mean(adv, is_replay),
+    }
