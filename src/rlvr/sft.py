@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from rlvr.checkpoint import save_model_atomic
 from rlvr.config import Config, ConfigError
@@ -59,13 +60,16 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     ev = lambda: evaluate(model, tokenizer, eval_task, size=cfg.task.eval_size,  # noqa: E731
                           max_new_tokens=cfg.rollout.max_new_tokens, batch_size=128)
     history, t0 = [], time.perf_counter()
-    for step in range(1, s.steps + 1):
+    bar = tqdm(range(1, s.steps + 1), desc=f"rlvr sft {cfg.name}", unit="step", disable=not cfg.train.progress,
+               dynamic_ncols=True)
+    for step in bar:
         loss = _sft_step(model, tokenizer, task, optimizer, step, s.batch_size)
         row = {"sft/loss": loss}
+        bar.set_postfix(loss=f"{loss:.3f}")
         if step % s.eval_every == 0 or step == s.steps:
             row.update({f"eval/{k}": v for k, v in ev().items()})
             history.append((step, row["eval/accuracy"]))
-            print(f"sft step {step}: loss {loss:.3f}, held-out greedy accuracy {row['eval/accuracy']:.3f}")
+            bar.write(f"sft step {step}: loss {loss:.3f}, held-out greedy accuracy {row['eval/accuracy']:.3f}")
             if s.target_accuracy and row["eval/accuracy"] >= s.target_accuracy:
                 logger.log(step, row)
                 break
