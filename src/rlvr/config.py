@@ -45,6 +45,14 @@ class ModelConfig:
 
 
 @dataclass
+class RewardConfig:
+    name: str = "task"
+    """A registered reward: task, exact, numeric, math, format, overlong, length_penalty, python."""
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TaskConfig:
     name: str = "arithmetic"
     """A registered task (`rlvr recipes` lists them), e.g. arithmetic, countdown, dataset."""
@@ -54,14 +62,15 @@ class TaskConfig:
     """Overrides for the held-out copy of the task (default: same options, seed + 1_000_003)."""
     eval_size: int = 200
     """Held-out items for greedy evaluation."""
-
-
-@dataclass
-class RewardConfig:
-    name: str = "task"
-    """A registered reward: task, exact, numeric, math, format, overlong, length_penalty, python."""
+    key: str | None = None
+    """Name of this task in a mixture (metrics, reward routing); default: `name`, numbered if repeated."""
     weight: float = 1.0
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Sampling weight in a mixture (`tasks:`)."""
+    rewards: list[RewardConfig] = field(default_factory=list)
+    """This task's own reward sources in a mixture (mixture of rewards); empty: the top-level `rewards`."""
+    keep_pass_rate: list[float] = field(default_factory=list)
+    """[lo, hi]: keep a group only if lo < its pass rate (task score >= 1) < hi, e.g. [0.25, 1.0] as Intern-S1
+    does offline; dropped groups are replaced by new samples (dynamic-sampling rounds). Empty: keep all."""
 
 
 @dataclass
@@ -125,6 +134,13 @@ class AlgoConfig:
 
 
 @dataclass
+class MixtureConfig:
+    normalize: str = "none"
+    """none | per_source: z-score each reward source's values over the batch before weighting and summing, so
+    sources of different scales (0/1 verifiers, reward models) add up comparably (arXiv 2508.15763 §MoR)."""
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
@@ -179,6 +195,9 @@ class Config:
     output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    tasks: list[TaskConfig] = field(default_factory=list)
+    """Several tasks at once (a mixture); when given, `task` is not used."""
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
     rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -335,11 +354,23 @@ def validate(cfg: Config) -> None:
         (MISMATCH_WEIGHTS, a.mismatch, a.mismatch_kwargs, "algo.mismatch"),
     ]:
         _wrap(lambda reg=reg, name=name, kw=kw: reg.bind(name, **kw), key)
-    _wrap(lambda: TASKS.lookup(cfg.task.name), "task.name")
+    for key, t in task_configs(cfg):
+        _wrap(lambda t=t: TASKS.lookup(t.name), f"{key}.name")
+        for i, r in enumerate(t.rewards):
+            _wrap(lambda r=r: REWARDS.lookup(r.name), f"{key}.rewards[{i}].name")
+        if t.keep_pass_rate and (len(t.keep_pass_rate) != 2 or not t.keep_pass_rate[0] < t.keep_pass_rate[1]):
+            raise ConfigError(f"{key}.keep_pass_rate must be [lo, hi] with lo < hi, got {t.keep_pass_rate}")
     for i, r in enumerate(cfg.rewards):
         _wrap(lambda r=r: REWARDS.lookup(r.name), f"rewards[{i}].name")
     _check_choices(cfg)
     _check_ranges(cfg)
+
+
+def task_configs(cfg: Config) -> list[tuple[str, TaskConfig]]:
+    """(config path, TaskConfig) of every task of the run: `tasks[i]` entries, or the single `task`."""
+    if cfg.tasks:
+        return [(f"tasks[{i}]", t) for i, t in enumerate(cfg.tasks)]
+    return [("task", cfg.task)]
 
 
 def _wrap(fn, key: str) -> None:
@@ -355,6 +386,7 @@ def _check_choices(cfg: Config) -> None:
         "algo.dynamic_sampling.on_exhaust": (cfg.algo.dynamic_sampling.on_exhaust, ["partial", "raise"]),
         "model.dtype": (cfg.model.dtype, ["bfloat16", "float16", "float32"]),
         "model.autocast": (cfg.model.autocast, [None, "bfloat16", "float16"]),
+        "mixture.normalize": (cfg.mixture.normalize, ["none", "per_source"]),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:
@@ -383,5 +415,5 @@ def _check_ranges(cfg: Config) -> None:
             f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "
             f"algo.mini_batches ({cfg.algo.mini_batches})"
         )
-    if not cfg.rewards:
+    if not cfg.rewards and not all(t.rewards for _, t in task_configs(cfg)):
         raise ConfigError("rewards: give at least one reward, e.g. [{name: task}]")

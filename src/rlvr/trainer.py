@@ -37,7 +37,7 @@ from rlvr.checkpoint import (
     save_model_atomic,
     set_rng_state,
 )
-from rlvr.config import Config, ConfigError, save_config, to_dict, validate
+from rlvr.config import Config, ConfigError, TaskConfig, save_config, to_dict, validate
 from rlvr.distributed import World, all_reduce_sum, barrier, init_world, shutdown
 from rlvr.errors import TrainingError
 from rlvr.evaluate import evaluate
@@ -46,6 +46,7 @@ from rlvr.policies import load_policy
 from rlvr.rewards import REWARDS
 from rlvr.rollout.collect import collect
 from rlvr.tasks import TASKS
+from rlvr.tasks.mixture import MixtureTask
 from rlvr.update import LossFns, UpdateBatch, batched_logp, update
 
 
@@ -60,13 +61,14 @@ class Run:
     ref_model: Any
     task: Any
     eval_task: Any
-    reward_fns: list
+    reward_routes: dict  # task key -> [(name, weight, fn)]: the mixture of rewards (one route for one task)
     advantage_fn: Any
     loss_fns: LossFns
     optimizer: torch.optim.Optimizer
     scheduler: Any
     logger: RunLogger | None
     device: torch.device
+    pass_filters: dict = field(default_factory=dict)  # task key -> (lo, hi) pass-rate band of kept groups
 
 
 @dataclass
@@ -83,36 +85,74 @@ class State:
 # ------------------------------------------------------------------ set-up
 
 
-def build_task(cfg: Config, *, eval_split: bool):
-    kwargs = dict(cfg.task.kwargs)
-    params = inspect.signature(TASKS.lookup(cfg.task.name)).parameters
+def _one_task(cfg: Config, t: TaskConfig, where: str, *, eval_split: bool):
+    kwargs = dict(t.kwargs)
+    params = inspect.signature(TASKS.lookup(t.name)).parameters
     if "seed" in params:
         kwargs["seed"] = cfg.seed + (1_000_003 if eval_split else 0) + kwargs.get("seed", 0)
     if "holdout" in params:  # procedural tasks: evaluation problems never occur in training
         kwargs.setdefault("holdout", "eval" if eval_split else "train")
     if eval_split:
-        kwargs.update(cfg.task.eval_kwargs)
+        kwargs.update(t.eval_kwargs)
     try:
-        return TASKS.build(cfg.task.name, **kwargs)
+        return TASKS.build(t.name, **kwargs)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"task '{cfg.task.name}': {err}") from err
+        raise ConfigError(f"{where} '{t.name}': {err}") from err
 
 
-def build_rewards(cfg: Config, task) -> list[tuple[str, float, Any]]:
+def task_keys(cfg: Config) -> list[str]:
+    """The key of each task of a mixture: `key`, else `name`, numbered when a name repeats."""
+    names = [t.key or t.name for t in cfg.tasks]
+    return [n if names.count(n) == 1 else f"{n}#{names[:i].count(n)}" for i, n in enumerate(names)]
+
+
+def build_tasks(cfg: Config, *, eval_split: bool) -> dict[str, Any]:
+    """key -> task; a single `task` is keyed by its own name (what its samples carry in Sample.task)."""
+    if not cfg.tasks:
+        task = _one_task(cfg, cfg.task, "task", eval_split=eval_split)
+        return {task.name: task}
+    return {key: _one_task(cfg, t, f"tasks[{i}]", eval_split=eval_split)
+            for i, (key, t) in enumerate(zip(task_keys(cfg), cfg.tasks))}
+
+
+def build_task(cfg: Config, *, eval_split: bool):
+    """The run's task: the single `task`, or a MixtureTask over `tasks` weighted by their `weight`."""
+    tasks = build_tasks(cfg, eval_split=eval_split)
+    if not cfg.tasks:
+        return next(iter(tasks.values()))
+    weights = dict(zip(tasks, (t.weight for t in cfg.tasks)))
+    return MixtureTask(tasks, weights, seed=cfg.seed + (1_000_003 if eval_split else 0))
+
+
+def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict) -> list[tuple[str, float, Any]]:
     fns = []
-    for i, r in enumerate(cfg.rewards):
+    for i, r in enumerate(rewards):
         kwargs = dict(r.kwargs)
         if r.name == "task":
-            kwargs.setdefault("tasks", {task.name: task})
+            kwargs.setdefault("tasks", tasks)
         try:
             fns.append((r.name, r.weight, REWARDS.build(r.name, **kwargs)))
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"rewards[{i}] ({r.name}): {err}") from err
+            raise ConfigError(f"{where}[{i}] ({r.name}): {err}") from err
     ov = cfg.algo.overlong
     if ov.enabled:
         fns.append(("overlong", ov.coef, REWARDS.build("overlong", max_len=cfg.rollout.max_new_tokens,
                                                           cache=ov.cache)))
     return fns
+
+
+def build_rewards(cfg: Config, task) -> dict[str, list[tuple[str, float, Any]]]:
+    """Reward routes: task key -> its (name, weight, fn) sources (its own `rewards`, else the top-level ones)."""
+    tasks = task.tasks if isinstance(task, MixtureTask) else {task.name: task}
+    configs = cfg.tasks or [cfg.task]
+    return {key: _reward_fns(cfg, t.rewards or cfg.rewards, f"tasks[{i}].rewards" if t.rewards else "rewards",
+                             {key: tasks[key]})
+            for i, (key, t) in enumerate(zip(tasks, configs))}
+
+
+def pass_filters(cfg: Config, task) -> dict[str, tuple[float, float]]:
+    keys = list(task.tasks) if isinstance(task, MixtureTask) else [task.name]
+    return {k: tuple(t.keep_pass_rate) for k, t in zip(keys, cfg.tasks or [cfg.task]) if t.keep_pass_rate}
 
 
 def build_loss_fns(cfg: Config) -> LossFns:
@@ -155,7 +195,7 @@ def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task, eval_task = build_task(cfg, eval_split=False), build_task(cfg, eval_split=True)
-    reward_fns = build_rewards(cfg, task)
+    reward_routes = build_rewards(cfg, task)
     advantage_fn = ADVANTAGES.bind(cfg.algo.advantage, **cfg.algo.advantage_kwargs)
     loss_fns = build_loss_fns(cfg)
     torch.manual_seed(cfg.seed)
@@ -170,8 +210,8 @@ def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
         logger = RunLogger(cfg.run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            project=cfg.logging.wandb_project, config=to_dict(cfg), resume=resume_from is not None)
         save_config(cfg, cfg.run_dir / "config.yaml")
-    return Run(cfg, world, model, tokenizer, ref_model, task, eval_task, reward_fns, advantage_fn, loss_fns,
-               optimizer, scheduler, logger, device)
+    return Run(cfg, world, model, tokenizer, ref_model, task, eval_task, reward_routes, advantage_fn, loss_fns,
+               optimizer, scheduler, logger, device, pass_filters(cfg, task))
 
 
 def build_policy(cfg: Config, resume_from: Path | None):
@@ -296,12 +336,21 @@ class StopRequest:
 
 
 def run_eval(run: Run, step: int) -> dict[str, float]:
+    """Greedy held-out metrics; for a mixture, per task (eval/<key>/...) and their mean (eval/accuracy)."""
     cfg = run.cfg
     if not run.world.is_main:
         return {}
-    res = evaluate(run.model, run.tokenizer, run.eval_task, size=cfg.task.eval_size,
-                   max_new_tokens=cfg.rollout.max_new_tokens, stop=tuple(cfg.rollout.stop), batch_size=128)
-    return {f"eval/{k}": v for k, v in res.items()}
+    tasks = run.eval_task.tasks if isinstance(run.eval_task, MixtureTask) else {"": run.eval_task}
+    sizes = [t.eval_size for t in cfg.tasks] if cfg.tasks else [cfg.task.eval_size]
+    out: dict[str, float] = {}
+    for (key, task), size in zip(tasks.items(), sizes):
+        res = evaluate(run.model, run.tokenizer, task, size=size, max_new_tokens=cfg.rollout.max_new_tokens,
+                       stop=tuple(cfg.rollout.stop), batch_size=128)
+        out.update({f"eval/{key + '/' if key else ''}{k}": v for k, v in res.items()})
+    if len(tasks) > 1:
+        for metric in ("accuracy", "mean_length"):
+            out[f"eval/{metric}"] = sum(out[f"eval/{k}/{metric}"] for k in tasks) / len(tasks)
+    return out
 
 
 def checkpoint(run: Run, state: State) -> Path | None:

@@ -11,3 +11,4 @@ from rlvr.algos.mismatch import MISMATCH_WEIGHTS
 from rlvr.algos.token_weights import TOKEN_WEIGHTS
 
 __all__ = ["ADVANTAGES", "AGGREGATIONS", "KL_ESTIMATORS", "LOSSES", "MISMATCH_WEIGHTS", "TOKEN_WEIGHTS"]
+from rlvr.algos import exgrpo  # noqa: E402,F401  (registers exgrpo_mixed)

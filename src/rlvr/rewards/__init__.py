@@ -5,6 +5,7 @@ fns = [("math", 1.0, REWARDS.build("math")), ("format", 0.1, REWARDS.build("form
 rewards, per_fn, metrics = combine_rewards(fns, samples, completions, lengths)   # rewards: (N,)
 """
 
+from rlvr.rewards import diversity as _diversity  # noqa: F401  (registers "diversity", DIVER)
 from rlvr.rewards import library as _library  # noqa: F401  (registers the built-in rewards)
 from rlvr.rewards.core import REWARDS, RewardError, RewardFn, combine_rewards
 from rlvr.rewards.library import load_function

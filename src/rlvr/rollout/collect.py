@@ -9,7 +9,8 @@
    group-relative advantage; they are dropped and more prompts are sampled, up to `max_rounds` rounds.
    Reward metrics are computed over everything sampled, before filtering (specs/grpo_family.md §3.9).
 
-`run` is the trainer's Run (model, tokenizer, task, reward_fns, cfg, world, device); `state.data_pos` advances.
+`run` is the trainer's Run (model, tokenizer, task, reward_routes, pass_filters, cfg, world, device);
+`state.data_pos` advances.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rlvr.errors import TrainingError
 from rlvr.metrics import reward_metrics
 from rlvr.policies import encode_prompts
 from rlvr.rewards import combine_rewards
+from rlvr.rewards.router import route_rewards
 from rlvr.rollout.sampler import generate
 
 if TYPE_CHECKING:
@@ -69,21 +71,35 @@ def sample_round(run: Run, data_pos: int) -> Rollout:
 
 
 def score(run: Run, rollout: Rollout, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Rewards (N,) of a rollout: one task's sources, or each sample routed to its own task's (mixture)."""
     lengths = rollout.completion_mask.sum(-1).tolist()
-    rewards, _, metrics = combine_rewards(
-        run.reward_fns, rollout.samples, rollout.texts, lengths=lengths, on_error=run.cfg.train.on_reward_error
-    )
+    on_error = run.cfg.train.on_reward_error
+    if len(run.reward_routes) == 1:
+        (fns,) = run.reward_routes.values()
+        rewards, _, metrics = combine_rewards(fns, rollout.samples, rollout.texts, lengths=lengths,
+                                              on_error=on_error, step=step)
+    else:
+        rewards, metrics = route_rewards(run.reward_routes, rollout.samples, rollout.texts, lengths=lengths,
+                                         on_error=on_error, step=step, normalize=run.cfg.mixture.normalize)
     return rewards.to(run.device), metrics
 
 
-def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> list[int]:
-    """Group ids whose finite rewards are not all equal (DAPO dynamic sampling keep rule)."""
+def keep_groups(run: Run, rollout: Rollout, rewards: torch.Tensor, *, need_variance: bool) -> list[int]:
+    """Group ids to train on: rewards not all equal (DAPO dynamic sampling) when `need_variance`, and the
+    group's pass rate (task score >= 1) inside its task's `keep_pass_rate` band (Intern-S1 filtering)."""
     keep = []
-    for g in torch.unique(group_ids).tolist():
-        r = rewards[group_ids == g]
+    for g in torch.unique(rollout.group_ids).tolist():
+        rows = torch.nonzero(rollout.group_ids == g).flatten().tolist()
+        r = rewards[rows]
         r = r[~torch.isnan(r)]
-        if len(r) > 1 and bool((r != r[0]).any()):
-            keep.append(g)
+        if need_variance and not (len(r) > 1 and bool((r != r[0]).any())):
+            continue
+        band = run.pass_filters.get(rollout.samples[rows[0]].task) or run.pass_filters.get(run.task.name)
+        if band:
+            passed = [run.task.score(rollout.samples[i], rollout.texts[i]) >= 1.0 for i in rows]
+            if not band[0] < sum(passed) / len(passed) < band[1]:
+                continue
+        keep.append(g)
     return keep
 
 
@@ -95,7 +111,8 @@ def collect(run: Run, state: State, step: int) -> tuple[Rollout, torch.Tensor, d
     kept: list[tuple[Rollout, torch.Tensor]] = []
     all_rewards, all_groups, timing = [], [], {"time/rollout": 0.0, "time/reward": 0.0}
     n_kept, rounds, reward_metric_acc = 0, 0, {}
-    max_rounds = ds.max_rounds if ds.enabled else 1
+    filtering = ds.enabled or bool(run.pass_filters)
+    max_rounds = ds.max_rounds if filtering else 1
     while rounds < max_rounds:
         rounds += 1
         t0 = time.perf_counter()
@@ -109,11 +126,11 @@ def collect(run: Run, state: State, step: int) -> tuple[Rollout, torch.Tensor, d
         all_groups.append(rollout.group_ids)
         for k, v in rmetrics.items():
             reward_metric_acc[k] = reward_metric_acc.get(k, 0.0) + v
-        if not ds.enabled:
+        if not filtering:
             kept.append((rollout, rewards))
             n_kept = need
             break
-        groups = informative_groups(rewards, rollout.group_ids)[: need - n_kept]
+        groups = keep_groups(run, rollout, rewards, need_variance=ds.enabled)[: need - n_kept]
         if groups:
             rows = torch.nonzero(torch.isin(rollout.group_ids, torch.tensor(groups, device=run.device))).flatten()
             kept.append((rollout.select(rows.cpu()), rewards[rows]))
@@ -130,6 +147,6 @@ def collect(run: Run, state: State, step: int) -> tuple[Rollout, torch.Tensor, d
     metrics = reward_metrics(torch.cat(all_rewards), torch.cat(all_groups))
     metrics.update({k: v / rounds for k, v in reward_metric_acc.items()})
     metrics.update(timing)
-    if ds.enabled:
+    if filtering:
         metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/kept_fraction": n_kept / (need * rounds)})
     return rollout, rewards, metrics
