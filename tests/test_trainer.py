@@ -141,7 +141,7 @@ def test_lora_run_and_resume(tiny_cfg, monkeypatch):
     assert a == b
 
 
-@pytest.mark.parametrize("recipe", ["grpo", "dapo", "dr_grpo", "gspo"])
+@pytest.mark.parametrize("recipe", ["grpo", "dapo", "dr_grpo", "gspo", "diver_td", "diver_ed"])
 def test_recipes_run(recipe, tmp_path):
     """Each recipe's algorithm settings run end to end (on a micro model instead of the quickstart's, with a dense
     reward so that every group is informative and dynamic sampling keeps all of them)."""
@@ -157,3 +157,27 @@ def test_recipes_run(recipe, tmp_path):
     assert summary["steps"] == 1
     row = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r][0]
     assert row["optimizer_steps"] == cfg.algo.mini_batches * cfg.algo.ppo_epochs
+
+
+@pytest.mark.parametrize("recipe", ["diver_td", "diver_ed"])
+def test_diver_recipes_score_diversity(recipe, tmp_path):
+    """The DIVER recipes run with their own rewards: the diversity reward gets group ids and the step from the
+    loop, and gates on the task's verifier (a random model is never correct, so its bonus is 0 here)."""
+    from rlvr.config import load_config
+
+    path = Path(__file__).parents[1] / "recipes" / f"{recipe}.yaml"
+    cfg = load_config(path, [f"output_dir={tmp_path}", "model.path=null", "model.config=qwen2-micro",
+                             "task.kwargs={digits: 1, ops: '+'}", "task.eval_size=4", "rollout.prompts_per_step=2",
+                             "rollout.group_size=4", "rollout.max_new_tokens=4", "train.steps=1", "train.eval_every=0",
+                             "train.save_every=0", "train.progress=false", "train.threads=0"])
+    trainer.train(cfg)
+    row = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r][0]
+    assert row["rewards/diversity/mean"] == 0.0 and row["rewards/diversity/errors"] == 0
+
+
+def test_diversity_weight_zero_refused(tiny_cfg):
+    from rlvr.config import ConfigError
+
+    cfg = tiny_cfg("rewards=[{name: task}, {name: diversity, weight: 0, kwargs: {correctness: task}}]")
+    with pytest.raises(ConfigError, match="lambda"):
+        trainer.train(cfg)

@@ -165,6 +165,10 @@ class TrainConfig:
     num_samples_logged: int = 4
     """Completions written to samples.jsonl per step."""
     progress: bool = True
+    diversity_metrics: bool = True
+    """Log distinct-1/2 and self-BLEU of each step's groups (diversity/*; arXiv 2509.26209 §metrics)."""
+    diversity_unit: str = "word"
+    """Tokens for those metrics: word | char (char suits character-level toy models; slower)."""
 
 
 @dataclass
@@ -387,6 +391,7 @@ def _check_choices(cfg: Config) -> None:
         "model.dtype": (cfg.model.dtype, ["bfloat16", "float16", "float32"]),
         "model.autocast": (cfg.model.autocast, [None, "bfloat16", "float16"]),
         "mixture.normalize": (cfg.mixture.normalize, ["none", "per_source"]),
+        "train.diversity_unit": (cfg.train.diversity_unit, ["char", "word"]),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:

@@ -44,6 +44,7 @@ from rlvr.evaluate import evaluate
 from rlvr.metrics import RunLogger, length_metrics
 from rlvr.policies import load_policy
 from rlvr.rewards import REWARDS
+from rlvr.rewards.diversity import group_diversity_metrics
 from rlvr.rollout.collect import collect
 from rlvr.tasks import TASKS
 from rlvr.tasks.mixture import MixtureTask
@@ -130,6 +131,10 @@ def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict) -> list[tup
         kwargs = dict(r.kwargs)
         if r.name == "task":
             kwargs.setdefault("tasks", tasks)
+        if r.name == "diversity" and kwargs.get("correctness") == "task":  # DIVER gates on the task's verifier
+            kwargs["correctness_kwargs"] = {"tasks": tasks, **(kwargs.get("correctness_kwargs") or {})}
+        if r.name == "diversity" and r.weight == 0:  # specs/diver.md §5 #1: the reference launch script did this
+            raise ConfigError(f"{where}[{i}] (diversity): weight (lambda) is 0, so DIVER would do nothing")
         try:
             fns.append((r.name, r.weight, REWARDS.build(r.name, **kwargs)))
         except (ValueError, TypeError) as err:
@@ -286,6 +291,8 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Rollou
                  grad_clip=cfg.optim.grad_clip, world=run.world, generator=gen)
     t_end = time.perf_counter()
     metrics.update(length_metrics(rollout.completion_mask, rollout.truncated))
+    if cfg.train.diversity_metrics:
+        metrics.update(group_diversity_metrics(rollout.texts, rollout.group_ids, unit=cfg.train.diversity_unit))
     metrics.update({k: v for k, v in upd.items() if k not in ("skipped",)})
     metrics["adv_abs_mean"] = float(advantages.abs().mean())
     metrics["lr"] = run.scheduler.get_last_lr()[0]

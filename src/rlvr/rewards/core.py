@@ -5,8 +5,11 @@ A reward function has the contract (DESIGN.md)
     fn(samples: list[Sample], completions: list[str], **kw) -> list[float | None]     # None = not applicable
 
 and is made by a registered factory that takes keyword config, so `REWARDS.build("format", tags=[...])`
-rejects a misspelt option before any compute. Keywords passed at call time:
+rejects a misspelt option before any compute. Keywords passed at call time (to functions that name them
+or take **kwargs):
     lengths: list[int] | None   completion lengths in tokens (overlong, length_penalty need them)
+    group_ids: list[int] | None the group (prompt) of each completion (group-level rewards such as diversity)
+    step: int | None            the training step (reward schedules)
 
 `combine_rewards`:
 1. Calls each fn on the whole batch; if it raises, re-runs it one sample at a time to find the culprit.
@@ -43,6 +46,7 @@ def combine_rewards(
     *,
     on_error: str = "raise",
     step: int | None = None,
+    group_ids: list[int] | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, list[float | None]], dict[str, float]]:
     """Weighted, None-aware sum of reward functions -> (rewards (N,) float32, per-fn values, metrics).
 
@@ -55,11 +59,14 @@ def combine_rewards(
         raise ValueError(f"got {len(samples)} samples but {len(completions)} completions")
     if isinstance(lengths, torch.Tensor):
         lengths = lengths.tolist()
+    if isinstance(group_ids, torch.Tensor):
+        group_ids = group_ids.tolist()
+    extra = {"lengths": lengths, "group_ids": group_ids, "step": step}
     total: list[float | None] = [None] * len(samples)  # None until some fn applies to the sample
     per_fn: dict[str, list[float | None]] = {}
     metrics: dict[str, float] = {}
     for name, weight, fn in fns:
-        values, errors = _run(name, fn, samples, completions, lengths, on_error, step)
+        values, errors = _run(name, fn, samples, completions, extra, on_error, step)
         per_fn[name] = values
         for i, v in enumerate(values):
             if v is not None:
@@ -72,14 +79,14 @@ def combine_rewards(
     return rewards, per_fn, metrics
 
 
-def _run(name, fn, samples, completions, lengths, on_error, step) -> tuple[list[float | None], int]:
+def _run(name, fn, samples, completions, extra, on_error, step) -> tuple[list[float | None], int]:
     """Values of one reward fn on the batch, and how many samples failed (only with on_error='zero')."""
     try:
-        outs = _call(name, fn, samples, completions, lengths)
+        outs = _call(name, fn, samples, completions, extra)
     except _ShapeError:
         raise  # a broken contract is a bug in the function, never a per-sample failure
     except Exception as exc:  # noqa: BLE001 - located and reported per sample below
-        outs = _call_each(name, fn, samples, completions, lengths, exc, step)
+        outs = _call_each(name, fn, samples, completions, extra, exc, step)
     values, errors = [], 0
     for i, v in enumerate(outs):
         try:
@@ -92,13 +99,13 @@ def _run(name, fn, samples, completions, lengths, on_error, step) -> tuple[list[
     return values, errors
 
 
-def _call_each(name, fn, samples, completions, lengths, batch_exc, step) -> list[Any]:
+def _call_each(name, fn, samples, completions, extra, batch_exc, step) -> list[Any]:
     """Re-run fn one sample at a time to find which samples make it fail; exceptions are kept as values."""
     outs = []
     for i in range(len(samples)):
-        one_len = None if lengths is None else lengths[i : i + 1]
+        one = {k: v[i : i + 1] if isinstance(v, list) else v for k, v in extra.items()}
         try:
-            outs += _call(name, fn, samples[i : i + 1], completions[i : i + 1], one_len)
+            outs += _call(name, fn, samples[i : i + 1], completions[i : i + 1], one)
         except Exception as exc:  # noqa: BLE001 - reported by the caller
             outs.append(exc)
     if not any(isinstance(o, Exception) for o in outs):  # fails on the batch, works on each sample
@@ -110,8 +117,8 @@ def _call_each(name, fn, samples, completions, lengths, batch_exc, step) -> list
     return outs
 
 
-def _call(name, fn, samples, completions, lengths) -> list[Any]:
-    out = fn(samples, completions, **_call_kwargs(fn, lengths))
+def _call(name, fn, samples, completions, extra) -> list[Any]:
+    out = fn(samples, completions, **_call_kwargs(fn, extra))
     if not isinstance(out, (list, tuple)) or len(out) != len(completions):
         got = f"{type(out).__name__} of length {len(out)}" if hasattr(out, "__len__") else type(out).__name__
         raise _ShapeError(f"reward '{name}' must return a list of {len(completions)} float | None, got {got}")
@@ -139,15 +146,16 @@ class _ShapeError(RewardError):
     """The function returned the wrong type or number of values."""
 
 
-def _call_kwargs(fn: RewardFn, lengths) -> dict[str, Any]:
-    """Pass `lengths` only to functions that can take it, so plain user functions (samples, completions) work."""
+def _call_kwargs(fn: RewardFn, extra: dict[str, Any]) -> dict[str, Any]:
+    """The call-time keywords `fn` can take (by name or **kwargs), so plain `(samples, completions)` fns work."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
-        return {"lengths": lengths}
-    if any(p.kind is p.VAR_KEYWORD or p.name == "lengths" for p in params):
-        return {"lengths": lengths}
-    return {}
+        return dict(extra)
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return dict(extra)
+    names = {p.name for p in params}
+    return {k: v for k, v in extra.items() if k in names}
 
 
 def _error(name: str, i: int, sample: Sample, text: str, exc: Exception, step: int | None) -> RewardError:

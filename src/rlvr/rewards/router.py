@@ -22,7 +22,8 @@ from rlvr.rewards.core import combine_rewards
 
 
 def route_rewards(routes: dict, samples: list, completions: list[str], *, lengths=None, on_error: str = "raise",
-                  step: int | None = None, normalize: str = "none") -> tuple[torch.Tensor, dict[str, float]]:
+                  step: int | None = None, normalize: str = "none",
+                  group_ids=None) -> tuple[torch.Tensor, dict[str, float]]:
     """Rewards (N,) (NaN = no source applied) and per-task metrics."""
     rows_by_task: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
@@ -30,11 +31,13 @@ def route_rewards(routes: dict, samples: list, completions: list[str], *, length
             raise ValueError(f"no reward route for task '{s.task}' (sample {i}); routes: {sorted(routes)}")
         rows_by_task[s.task].append(i)
     lengths = lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths
+    group_ids = group_ids.tolist() if isinstance(group_ids, torch.Tensor) else group_ids
     values: dict[tuple[str, str], dict[int, float]] = {}  # (task, source) -> row -> value
     metrics: dict[str, float] = {}
     for key, rows in rows_by_task.items():
         _, per_fn, m = combine_rewards(routes[key], _pick(samples, rows), _pick(completions, rows),
-                                       _pick(lengths, rows), on_error=on_error, step=step)
+                                       _pick(lengths, rows), on_error=on_error, step=step,
+                                       group_ids=_pick(group_ids, rows))
         metrics.update({f"tasks/{key}/{k}": v for k, v in m.items()})
         for name, vals in per_fn.items():
             values[(key, name)] = {r: v for r, v in zip(rows, vals) if v is not None}

@@ -77,10 +77,11 @@ def score(run: Run, rollout: Rollout, step: int) -> tuple[torch.Tensor, dict[str
     if len(run.reward_routes) == 1:
         (fns,) = run.reward_routes.values()
         rewards, _, metrics = combine_rewards(fns, rollout.samples, rollout.texts, lengths=lengths,
-                                              on_error=on_error, step=step)
+                                              on_error=on_error, step=step, group_ids=rollout.group_ids)
     else:
         rewards, metrics = route_rewards(run.reward_routes, rollout.samples, rollout.texts, lengths=lengths,
-                                         on_error=on_error, step=step, normalize=run.cfg.mixture.normalize)
+                                         on_error=on_error, step=step, normalize=run.cfg.mixture.normalize,
+                                         group_ids=rollout.group_ids)
     return rewards.to(run.device), metrics
 
 
