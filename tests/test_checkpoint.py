@@ -46,3 +46,13 @@ def test_save_model_atomic_replaces(tmp_path):
     save_model_atomic(model, tok, out)
     assert (out / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["final"]
+
+
+def test_reloaded_model_has_the_same_padding_idx(tmp_path):
+    """A model built from a config and the same model reloaded from its checkpoint must train identically: the
+    embedding's padding_idx (whose row gets no gradient) comes from the config in both cases. Found through an
+    ExGRPO resume whose gradients differed only in the pad row of the tied embedding."""
+    model, tok = load_policy(config="qwen2-micro", seed=0)
+    save_model_atomic(model, tok, tmp_path / "m")
+    loaded, _ = load_policy(path=tmp_path / "m")
+    assert model.model.embed_tokens.padding_idx == loaded.model.embed_tokens.padding_idx == tok.pad_token_id

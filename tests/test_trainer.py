@@ -141,7 +141,7 @@ def test_lora_run_and_resume(tiny_cfg, monkeypatch):
     assert a == b
 
 
-@pytest.mark.parametrize("recipe", ["grpo", "dapo", "dr_grpo", "gspo", "diver_td", "diver_ed"])
+@pytest.mark.parametrize("recipe", ["grpo", "dapo", "dr_grpo", "gspo", "diver_td", "diver_ed", "exgrpo"])
 def test_recipes_run(recipe, tmp_path):
     """Each recipe's algorithm settings run end to end (on a micro model instead of the quickstart's, with a dense
     reward so that every group is informative and dynamic sampling keeps all of them)."""
@@ -181,3 +181,39 @@ def test_diversity_weight_zero_refused(tiny_cfg):
     cfg = tiny_cfg("rewards=[{name: task}, {name: diversity, weight: 0, kwargs: {correctness: task}}]")
     with pytest.raises(ConfigError, match="lambda"):
         trainer.train(cfg)
+
+
+def test_exgrpo_replays_and_resumes(tiny_cfg, monkeypatch):
+    """ExGRPO in the loop: once more than start_threshold of a step's trajectories are correct, stored correct
+    trajectories are replayed in mixed groups (G - 1 fresh + 1 stored) with the exgrpo_mixed loss; the buffer is
+    checkpointed, so an interrupted and resumed run equals an uninterrupted one."""
+    overrides = ["buffer={name: exgrpo, kwargs: {replay_ratio: 0.5, start_threshold: 0.0}}",
+                 "algo.loss=exgrpo_mixed", "algo.loss_kwargs={beta: 0.1}", "algo.advantage=dr_grpo",
+                 f"rewards=[{{name: python, kwargs: {{function: '{DENSE}:digit_fraction'}}}}]",
+                 "buffer.kwargs.correct_threshold=0.2", "train.steps=4"]
+    full = tiny_cfg("name=ex_full", *overrides)
+    trainer.train(full)
+    rows = [r for r in read_metrics(full.run_dir / "metrics.jsonl") if "reward" in r]
+    assert rows[0]["exgrpo/replayed_questions"] == 0  # nothing stored before the switch
+    assert any(r["exgrpo/replayed_questions"] > 0 for r in rows[1:])
+    assert any(r.get("exgrpo/replay_frac", 0) > 0 for r in rows)
+
+    class StopAfterTwo(trainer.StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfterTwo.checks += 1
+            return StopAfterTwo.checks == 2
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    part = tiny_cfg("name=ex_part", *overrides)
+    monkeypatch.setattr(trainer, "StopRequest", StopAfterTwo)
+    trainer.train(part)
+    monkeypatch.undo()
+    trainer.train(part, resume=True)
+    assert comparable(read_metrics(full.run_dir / "metrics.jsonl")) == comparable(
+        read_metrics(part.run_dir / "metrics.jsonl"))

@@ -134,6 +134,14 @@ class AlgoConfig:
 
 
 @dataclass
+class BufferConfig:
+    name: str = "none"
+    """Replay buffer between advantages and the loss: none | exgrpo (arXiv 2510.02245)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options of the buffer (exgrpo: replay_ratio, start_threshold, weighting, max_per_question ...)."""
+
+
+@dataclass
 class MixtureConfig:
     normalize: str = "none"
     """none | per_source: z-score each reward source's values over the batch before weighting and summing, so
@@ -202,6 +210,7 @@ class Config:
     tasks: list[TaskConfig] = field(default_factory=list)
     """Several tasks at once (a mixture); when given, `task` is not used."""
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
     rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -366,8 +375,22 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}.keep_pass_rate must be [lo, hi] with lo < hi, got {t.keep_pass_rate}")
     for i, r in enumerate(cfg.rewards):
         _wrap(lambda r=r: REWARDS.lookup(r.name), f"rewards[{i}].name")
+    _check_buffer(cfg)
     _check_choices(cfg)
     _check_ranges(cfg)
+
+
+def _check_buffer(cfg: Config) -> None:
+    from rlvr.buffers import BUFFERS
+
+    kwargs = {"group_size": cfg.rollout.group_size, **cfg.buffer.kwargs} if cfg.buffer.name != "none" else {}
+    _wrap(lambda: BUFFERS.build(cfg.buffer.name, **kwargs), "buffer")
+    if cfg.buffer.name == "none":
+        return
+    if cfg.algo.dynamic_sampling.enabled or any(t.keep_pass_rate for _, t in task_configs(cfg)):
+        raise ConfigError("buffer: experience replay with dynamic sampling / pass-rate filters is not supported yet")
+    if cfg.buffer.kwargs.get("replay_ratio", 0.5) >= 1:
+        raise ConfigError("buffer.kwargs.replay_ratio must be < 1: every step needs fresh questions")
 
 
 def task_configs(cfg: Config) -> list[tuple[str, TaskConfig]]:

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS
-from rlvr.batch import Rollout
+from rlvr.batch import Rollout, concat_rollouts
+from rlvr.buffers import BUFFERS
 from rlvr.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -45,7 +46,8 @@ from rlvr.metrics import RunLogger, length_metrics
 from rlvr.policies import load_policy
 from rlvr.rewards import REWARDS
 from rlvr.rewards.diversity import group_diversity_metrics
-from rlvr.rollout.collect import collect
+from rlvr.rollout.collect import collect, score
+from rlvr.rollout.replay import observe, replay_rollout
 from rlvr.tasks import TASKS
 from rlvr.tasks.mixture import MixtureTask
 from rlvr.update import LossFns, UpdateBatch, batched_logp, update
@@ -70,6 +72,7 @@ class Run:
     logger: RunLogger | None
     device: torch.device
     pass_filters: dict = field(default_factory=dict)  # task key -> (lo, hi) pass-rate band of kept groups
+    buffer: Any = None  # experience replay (ExGRPO) or None
 
 
 @dataclass
@@ -160,6 +163,14 @@ def pass_filters(cfg: Config, task) -> dict[str, tuple[float, float]]:
     return {k: tuple(t.keep_pass_rate) for k, t in zip(keys, cfg.tasks or [cfg.task]) if t.keep_pass_rate}
 
 
+def build_buffer(cfg: Config, world: World):
+    if cfg.buffer.name == "none":
+        return None
+    if world.size > 1:
+        raise ConfigError("buffer: experience replay with data parallelism is not supported yet")
+    return BUFFERS.build(cfg.buffer.name, **{"group_size": cfg.rollout.group_size, **cfg.buffer.kwargs})
+
+
 def build_loss_fns(cfg: Config) -> LossFns:
     a = cfg.algo
     return LossFns(
@@ -171,6 +182,7 @@ def build_loss_fns(cfg: Config) -> LossFns:
         entropy_coef=a.entropy_coef,
         temperature=cfg.rollout.temperature,
         autocast=getattr(torch, cfg.model.autocast) if cfg.model.autocast else None,
+        replay_aware="is_replay" in inspect.signature(LOSSES.lookup(a.loss)).parameters,
     )
 
 
@@ -216,7 +228,7 @@ def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
                            project=cfg.logging.wandb_project, config=to_dict(cfg), resume=resume_from is not None)
         save_config(cfg, cfg.run_dir / "config.yaml")
     return Run(cfg, world, model, tokenizer, ref_model, task, eval_task, reward_routes, advantage_fn, loss_fns,
-               optimizer, scheduler, logger, device, pass_filters(cfg, task))
+               optimizer, scheduler, logger, device, pass_filters(cfg, task), build_buffer(cfg, world))
 
 
 def build_policy(cfg: Config, resume_from: Path | None):
@@ -254,6 +266,32 @@ def _frozen_copy(model):
 # ------------------------------------------------------------------ one step
 
 
+def collect_with_replay(run: Run, state: State, step: int):
+    """collect(), plus ExGRPO's mixed groups when a buffer is on: (rollout, rewards, is_replay | None, metrics)."""
+    if run.buffer is None:
+        return _no_replay(run, state, step)
+    started = run.buffer.started
+    gen = torch.Generator().manual_seed(run.cfg.seed * 104_729 + step)
+    questions = run.buffer.sample_questions(run.cfg.rollout.prompts_per_step, generator=gen)
+    rollout, rewards, metrics = collect(run, state, step, n_prompts=run.cfg.rollout.prompts_per_step - len(questions))
+    is_replay = torch.zeros(len(rollout), dtype=torch.bool, device=run.device)
+    if questions:
+        replayed, replay_flags, sel_metrics = replay_rollout(run, questions, step)
+        replay_rewards, _ = score(run, replayed, step)
+        rollout = concat_rollouts([rollout, replayed], run.tokenizer.pad_token_id)
+        rewards, is_replay = torch.cat([rewards, replay_rewards]), torch.cat([is_replay, replay_flags])
+        metrics.update(sel_metrics)
+    metrics.update(observe(run, rollout, rewards, is_replay, step))
+    metrics["exgrpo/replayed_questions"] = float(len(questions))
+    metrics["_mixed"] = started
+    return rollout, rewards, is_replay, metrics
+
+
+def _no_replay(run: Run, state: State, step: int):
+    rollout, rewards, metrics = collect(run, state, step)
+    return rollout, rewards, None, metrics
+
+
 def make_update_batch(run: Run, rollout: Rollout, advantages: torch.Tensor) -> UpdateBatch:
     cfg = run.cfg
     loss_mask = rollout.completion_mask.float()
@@ -279,11 +317,13 @@ def make_update_batch(run: Run, rollout: Rollout, advantages: torch.Tensor) -> U
 def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Rollout, torch.Tensor]:
     cfg = run.cfg
     t_start = time.perf_counter()
-    rollout, rewards, metrics = collect(run, state, step)
+    rollout, rewards, is_replay, metrics = collect_with_replay(run, state, step)
     lengths = rollout.completion_mask.sum(-1).float()
     kwargs = {"lengths": lengths} if "lengths" in inspect.signature(run.advantage_fn).parameters else {}
     advantages = run.advantage_fn(rewards, rollout.group_ids, **kwargs)  # (N,)
     batch = make_update_batch(run, rollout, advantages)
+    if run.buffer is not None:  # ExGRPO: replayed rows, and the loss's mixed mode once replay has started
+        batch.is_replay, batch.loss_kwargs = is_replay, {"mixed": metrics.pop("_mixed")}
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
     upd = update(run.model, run.optimizer, run.scheduler, batch, run.loss_fns, ppo_epochs=cfg.algo.ppo_epochs,
@@ -367,6 +407,7 @@ def checkpoint(run: Run, state: State) -> Path | None:
     trainer_state = {
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
         "state": state.__dict__.copy(), "config": to_dict(run.cfg),
+        "buffer": None if run.buffer is None else run.buffer.state_dict(),
     }
     path = save_checkpoint(run.cfg.run_dir / "checkpoints", state.step, run.model, run.tokenizer, trainer_state)
     barrier(run.world)
@@ -378,6 +419,8 @@ def restore(run: Run, folder: Path) -> State:
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
+    if run.buffer is not None:
+        run.buffer.load_state_dict(saved["buffer"])
     return State(**saved["state"])
 
 

@@ -17,7 +17,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,14 +36,16 @@ class UpdateBatch:
     group_ids: torch.Tensor  # (N,)
     old_logp: torch.Tensor | None = None  # (N, T) pi_old; None = on-policy shortcut (rho = 1)
     ref_logp: torch.Tensor | None = None  # (N, T) frozen reference, when KL is on
-    rollout_logp: torch.Tensor | None = None  # (N, T) the sampler's log-probs, for metrics
+    rollout_logp: torch.Tensor | None = None  # (N, T) the sampler's log-probs (the recorded ones for replayed rows)
+    is_replay: torch.Tensor | None = None  # (N,) bool: rows replayed from an experience buffer (ExGRPO)
+    loss_kwargs: dict = field(default_factory=dict)  # per-step keywords for a loss that takes them (not per row)
 
     @property
     def prompt_len(self) -> int:
         return self.input_ids.shape[1] - self.loss_mask.shape[1]
 
     def rows(self, idx: torch.Tensor) -> UpdateBatch:
-        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        pick = lambda t: t[idx] if isinstance(t, torch.Tensor) else t  # noqa: E731
         return UpdateBatch(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
 
 
@@ -59,6 +61,7 @@ class LossFns:
     entropy_coef: float = 0.0
     temperature: float = 1.0
     autocast: torch.dtype | None = None  # mixed-precision compute dtype of the training forward
+    replay_aware: bool = False  # the loss takes `is_replay` (and per-step keywords such as ExGRPO's `mixed`)
 
 
 def policy_logp(
@@ -141,9 +144,15 @@ def micro_batch_loss(model, mb: UpdateBatch, fns: LossFns, num_tokens: float, nu
     logp, entropy = policy_logp(model, mb.input_ids, mb.attention_mask, T, temperature=fns.temperature,
                                 with_entropy=True, autocast=fns.autocast)
     old_logp = logp.detach() if mb.old_logp is None else mb.old_logp
-    per_token, metrics = fns.loss(logp, old_logp, mb.advantages, mb.loss_mask)
+    replay = None if mb.is_replay is None else mb.is_replay.bool()[:, None]  # (B, 1)
+    if replay is not None:  # replayed rows: the recorded behaviour policy is pi_old (ExGRPO spec step 8)
+        old_logp = torch.where(replay, mb.rollout_logp, old_logp)
+    extra = {"is_replay": mb.is_replay, **mb.loss_kwargs} if fns.replay_aware and replay is not None else {}
+    per_token, metrics = fns.loss(logp, old_logp, mb.advantages, mb.loss_mask, **extra)
     if fns.mismatch is not None and mb.rollout_logp is not None:
         weights, mm = fns.mismatch(old_logp.detach(), mb.rollout_logp, mb.loss_mask)  # (B, T), detached
+        if replay is not None:  # replayed rows are off-policy on purpose; the loss handles them
+            weights = torch.where(replay, 1.0, weights)
         per_token = per_token * weights
         metrics = {**metrics, **mm}
     agg = lambda x: fns.aggregate(x, mb.loss_mask, num_tokens=num_tokens, num_seqs=num_seqs)  # noqa: E731

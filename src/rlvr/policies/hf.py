@@ -136,6 +136,10 @@ def load_policy(
     else:
         tok = _load_tokenizer(tokenizer, None)
         cfg = _tiny_config(config, config_overrides, vocab_size=len(tok))
+        # the special ids go into the config before the model is built, as from_pretrained sees them: the
+        # embedding's padding_idx (no gradient to the pad row) must not change when a checkpoint is reloaded
+        cfg.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        cfg.eos_token_id = tok.eos_token_id
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)

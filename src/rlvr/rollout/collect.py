@@ -32,31 +32,26 @@ if TYPE_CHECKING:
     from rlvr.trainer import Run, State
 
 
-def sample_round(run: Run, data_pos: int) -> Rollout:
+def sample_round(run: Run, data_pos: int, n_prompts: int | None = None) -> Rollout:
     """Generate G completions for this rank's prompts at task positions data_pos + ..."""
     cfg, world = run.cfg, run.world
-    per_rank = cfg.rollout.prompts_per_step // world.size
+    per_rank = (cfg.rollout.prompts_per_step if n_prompts is None else n_prompts) // world.size
     first = data_pos + world.rank * per_rank
-    positions = [(first + j) % len(run.task) for j in range(per_rank)]
-    samples = [run.task[i] for i in positions]
-    G = cfg.rollout.group_size
-    repeated = [s for s in samples for _ in range(G)]
+    samples = [run.task[(first + j) % len(run.task)] for j in range(per_rank)]
+    seed = cfg.seed * 1_000_003 + data_pos * 7919 + world.rank
+    return generate_for(run, samples, [first + j for j in range(per_rank)], cfg.rollout.group_size, seed)
+
+
+def generate_for(run: Run, samples: list, group_ids: list[int], n: int, seed: int) -> Rollout:
+    """n completions of each sample (its rows share `group_ids[i]`), from a generator seeded with `seed`."""
+    cfg = run.cfg
+    repeated = [s for s in samples for _ in range(n)]
     ids, mask = encode_prompts(run.tokenizer, [s.prompt for s in repeated])
-    gen = torch.Generator(device=run.device).manual_seed(cfg.seed * 1_000_003 + data_pos * 7919 + world.rank)
     run.model.eval()
-    out = generate(
-        run.model,
-        run.tokenizer,
-        ids.to(run.device),
-        mask.to(run.device),
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        top_k=cfg.rollout.top_k,
-        stop=tuple(cfg.rollout.stop),
-        generator=gen,
-    )
-    group_ids = torch.tensor([first + j for j in range(per_rank) for _ in range(G)], device=run.device)
+    out = generate(run.model, run.tokenizer, ids.to(run.device), mask.to(run.device),
+                   max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                   top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop),
+                   generator=torch.Generator(device=run.device).manual_seed(seed))
     return Rollout(
         prompt_ids=ids.to(run.device),
         prompt_mask=mask.to(run.device),
@@ -65,7 +60,7 @@ def sample_round(run: Run, data_pos: int) -> Rollout:
         logp=out["logp"],
         truncated=out["truncated"],
         texts=out["texts"],
-        group_ids=group_ids,
+        group_ids=torch.tensor(group_ids, device=run.device).repeat_interleave(n),
         samples=repeated,
     )
 
@@ -104,11 +99,14 @@ def keep_groups(run: Run, rollout: Rollout, rewards: torch.Tensor, *, need_varia
     return keep
 
 
-def collect(run: Run, state: State, step: int) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
-    """Rollout + rewards for one step; with dynamic sampling, keep sampling until enough groups vary."""
+def collect(run: Run, state: State, step: int, n_prompts: int | None = None
+            ) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
+    """Rollout + rewards for one step (`n_prompts` fresh prompts, default rollout.prompts_per_step); with dynamic
+    sampling or pass-rate filters, keep sampling until enough groups are kept."""
     cfg = run.cfg
     ds = cfg.algo.dynamic_sampling
-    need = cfg.rollout.prompts_per_step // run.world.size
+    n_prompts = cfg.rollout.prompts_per_step if n_prompts is None else n_prompts
+    need = n_prompts // run.world.size
     kept: list[tuple[Rollout, torch.Tensor]] = []
     all_rewards, all_groups, timing = [], [], {"time/rollout": 0.0, "time/reward": 0.0}
     n_kept, rounds, reward_metric_acc = 0, 0, {}
@@ -117,8 +115,8 @@ def collect(run: Run, state: State, step: int) -> tuple[Rollout, torch.Tensor, d
     while rounds < max_rounds:
         rounds += 1
         t0 = time.perf_counter()
-        rollout = sample_round(run, state.data_pos)
-        state.data_pos += cfg.rollout.prompts_per_step
+        rollout = sample_round(run, state.data_pos, n_prompts)
+        state.data_pos += n_prompts
         t1 = time.perf_counter()
         rewards, rmetrics = score(run, rollout, step)
         timing["time/rollout"] += t1 - t0
