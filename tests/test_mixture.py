@@ -99,3 +99,22 @@ def test_bad_mixture_config_fails_before_training():
     cfg = load_config(None, ["model.config=qwen2-micro", "task.keep_pass_rate=[1.0, 0.2]"])
     with pytest.raises(ConfigError, match="keep_pass_rate"):
         validate(cfg)
+
+
+def test_exgrpo_diver_and_mixture_in_one_run(tiny_cfg):
+    """The three issue-3 recipes compose: a two-task mixture, each task with its own rewards including DIVER's
+    diversity bonus, trained with ExGRPO's buffer and mixed loss."""
+    from pathlib import Path
+
+    dense = Path(__file__).parent / "gpu" / "digit_reward.py"
+    digits = f"{{name: python, kwargs: {{function: '{dense}:digit_fraction'}}}}"
+    div = "{name: diversity, weight: 0.1, kwargs: {kind: textual, correctness: task, schedule: constant, unit: char}}"
+    add = f"{{name: arithmetic, key: add, kwargs: {{digits: 1, ops: '+'}}, eval_size: 4, rewards: [{digits}, {div}]}}"
+    cfg = tiny_cfg(
+        f"tasks=[{add}, {{name: string_reverse, key: rev, eval_size: 4, rewards: [{digits}]}}]",
+        "buffer={name: exgrpo, kwargs: {start_threshold: 0.0, correct_threshold: 0.2}}",
+        "algo.loss=exgrpo_mixed", "algo.loss_kwargs={beta: 0.1}", "algo.advantage=dr_grpo", "train.steps=4")
+    trainer.train(cfg)
+    rows = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r]
+    assert "tasks/add/rewards/diversity/mean" in rows[0] and "tasks/rev/reward" in rows[0]
+    assert any(r["exgrpo/replayed_questions"] > 0 for r in rows)
