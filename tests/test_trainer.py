@@ -26,6 +26,24 @@ def _nan_after_four(logp, old_logp, advantages, mask):
     return (loss * math.nan if _calls["n"] > 4 else loss), {}
 
 
+def stop_after(n):
+    """A StopRequest that asks to stop (as a first Ctrl-C would) at the end of step n."""
+
+    class StopAfter(trainer.StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfter.checks += 1
+            return StopAfter.checks == n
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    return StopAfter
+
+
 def comparable(rows):
     drop = ("time/", "tokens_per_second", "completions_per_second")
     return [{k: v for k, v in r.items() if not k.startswith(drop)} for r in rows]
@@ -55,20 +73,8 @@ def test_resume_equals_uninterrupted(tiny_cfg, monkeypatch):
     full = tiny_cfg("name=full", *overrides)
     trainer.train(full)
 
-    class StopAfterTwo(trainer.StopRequest):
-        checks = 0
-
-        @property
-        def requested(self):
-            StopAfterTwo.checks += 1
-            return StopAfterTwo.checks == 2
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
     part = tiny_cfg("name=part", *overrides)
-    monkeypatch.setattr(trainer, "StopRequest", StopAfterTwo)
+    monkeypatch.setattr(trainer, "StopRequest", stop_after(2))
     out = trainer.train(part)
     assert out["interrupted"] and out["step"] == 2
     monkeypatch.undo()
@@ -122,17 +128,8 @@ def test_lora_run_and_resume(tiny_cfg, monkeypatch):
     merged = AutoModelForCausalLM.from_pretrained(full.run_dir / "final")
     assert merged.config.model_type == "qwen2" and not any("lora" in k for k in merged.state_dict())
 
-    class StopAfterOne(trainer.StopRequest):
-        @property
-        def requested(self):
-            return True
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
     part = tiny_cfg("name=lora_part", lora, "train.steps=3")
-    monkeypatch.setattr(trainer, "StopRequest", StopAfterOne)
+    monkeypatch.setattr(trainer, "StopRequest", stop_after(1))
     trainer.train(part)
     monkeypatch.undo()
     trainer.train(part, resume=True)
@@ -198,20 +195,8 @@ def test_exgrpo_replays_and_resumes(tiny_cfg, monkeypatch):
     assert any(r["exgrpo/replayed_questions"] > 0 for r in rows[1:])
     assert any(r.get("exgrpo/replay_frac", 0) > 0 for r in rows)
 
-    class StopAfterTwo(trainer.StopRequest):
-        checks = 0
-
-        @property
-        def requested(self):
-            StopAfterTwo.checks += 1
-            return StopAfterTwo.checks == 2
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
     part = tiny_cfg("name=ex_part", *overrides)
-    monkeypatch.setattr(trainer, "StopRequest", StopAfterTwo)
+    monkeypatch.setattr(trainer, "StopRequest", stop_after(2))
     trainer.train(part)
     monkeypatch.undo()
     trainer.train(part, resume=True)
