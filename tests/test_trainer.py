@@ -50,7 +50,7 @@ def comparable(rows):
 
 
 def test_smoke_run_writes_everything(tiny_cfg):
-    cfg = tiny_cfg("train.eval_every=2")
+    cfg = tiny_cfg("train.eval_every=2", "train.eval_pass_k=4")
     summary = trainer.train(cfg)
     run = cfg.run_dir
     rows = read_metrics(run / "metrics.jsonl")
@@ -61,6 +61,7 @@ def test_smoke_run_writes_everything(tiny_cfg):
                 "time/reward", "time/update", "tokens_per_second", "clip_ratio/region_mean"):
         assert key in steps[0], key
     assert "eval/accuracy" in rows[0] and "eval/accuracy" in steps[1]
+    assert 0.0 <= rows[0]["eval/pass@4"] <= 1.0 and "eval/pass@4" in steps[1]
     assert (run / "plot.png").stat().st_size > 1000
     samples = [json.loads(line) for line in open(run / "samples.jsonl")]
     assert samples and {"prompt", "completion", "reward"} <= set(samples[0])

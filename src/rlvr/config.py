@@ -162,6 +162,8 @@ class TrainConfig:
     steps: int = 100
     eval_every: int = 0
     """Greedy held-out evaluation every N steps (0: only before and after)."""
+    eval_pass_k: int = 0
+    """Also report pass@k on the held-out items at each evaluation, from k samples each (0: off)."""
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end and on Ctrl-C)."""
     max_bad_steps: int = 3

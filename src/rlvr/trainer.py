@@ -392,10 +392,12 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for (key, task), size in zip(tasks.items(), sizes):
         res = evaluate(run.model, run.tokenizer, task, size=size, max_new_tokens=cfg.rollout.max_new_tokens,
-                       stop=tuple(cfg.rollout.stop), batch_size=128)
+                       stop=tuple(cfg.rollout.stop), batch_size=128, k=cfg.train.eval_pass_k,
+                       temperature=cfg.rollout.temperature, seed=cfg.seed + step)
         out.update({f"eval/{key + '/' if key else ''}{k}": v for k, v in res.items()})
     if len(tasks) > 1:
-        for metric in ("accuracy", "mean_length"):
+        k = cfg.train.eval_pass_k
+        for metric in ("accuracy", "mean_length") + ((f"pass@{k}",) if k else ()):
             out[f"eval/{metric}"] = sum(out[f"eval/{k}/{metric}"] for k in tasks) / len(tasks)
     return out
 
