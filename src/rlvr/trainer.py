@@ -281,6 +281,7 @@ def collect_with_replay(run: Run, state: State, step: int):
         rollout = concat_rollouts([rollout, replayed], run.tokenizer.pad_token_id)
         rewards, is_replay = torch.cat([rewards, replay_rewards]), torch.cat([is_replay, replay_flags])
         metrics.update(sel_metrics)
+        metrics["rollouts/generated"] += float(len(questions) * (run.cfg.rollout.group_size - 1))
     metrics.update(observe(run, rollout, rewards, is_replay, step))
     metrics["exgrpo/replayed_questions"] = float(len(questions))
     metrics["_mixed"] = started

@@ -146,6 +146,7 @@ def collect(run: Run, state: State, step: int, n_prompts: int | None = None
     metrics = reward_metrics(torch.cat(all_rewards), torch.cat(all_groups))
     metrics.update({k: v / rounds for k, v in reward_metric_acc.items()})
     metrics.update(timing)
+    metrics["rollouts/generated"] = float(rounds * need * cfg.rollout.group_size * run.world.size)
     if filtering:
         metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/kept_fraction": n_kept / (need * rounds)})
     return rollout, rewards, metrics
