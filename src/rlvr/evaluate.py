@@ -1,4 +1,5 @@
-"""Held-out evaluation: greedy accuracy, pass@k from k samples per prompt, mean completion length.
+"""Held-out evaluation: greedy accuracy (fully correct answers), mean score (with partial credit), pass@k from
+k samples per prompt (fully correct), mean completion length.
 
 pass@k uses the unbiased estimator of Chen et al. (arXiv 2107.03374): with n samples of which c are
 correct, pass@k = 1 - C(n - c, k) / C(n, k); here n = k samples per prompt, so it is 1 if any is correct.
@@ -36,7 +37,11 @@ def evaluate(
         out = _generate(model, tokenizer, chunk, max_new_tokens, greedy=True, stop=stop)
         scores += [task.score(s, t) for s, t in zip(chunk, out["texts"])]
         lengths += out["completion_mask"].sum(-1).tolist()
-    result = {"accuracy": sum(scores) / len(scores), "mean_length": sum(lengths) / len(lengths)}
+    result = {
+        "accuracy": sum(sc >= 1.0 for sc in scores) / len(scores),  # fully correct, the same bar as pass@k
+        "mean_score": sum(scores) / len(scores),  # with the task's partial credit
+        "mean_length": sum(lengths) / len(lengths),
+    }
     if k > 0:
         result[f"pass@{k}"] = _pass_at_k(model, tokenizer, task, samples, k, max_new_tokens, batch_size,
                                           temperature, stop, seed)

@@ -276,7 +276,9 @@ def collect_with_replay(run: Run, state: State, step: int):
     rollout, rewards, metrics = collect(run, state, step, n_prompts=run.cfg.rollout.prompts_per_step - len(questions))
     is_replay = torch.zeros(len(rollout), dtype=torch.bool, device=run.device)
     if questions:
+        t0 = time.perf_counter()
         replayed, replay_flags, sel_metrics = replay_rollout(run, questions, step)
+        metrics["time/rollout"] += time.perf_counter() - t0  # selection pass + G - 1 fresh samples each
         replay_rewards, _ = score(run, replayed, step)
         rollout = concat_rollouts([rollout, replayed], run.tokenizer.pad_token_id)
         rewards, is_replay = torch.cat([rewards, replay_rewards]), torch.cat([is_replay, replay_flags])
@@ -398,7 +400,7 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
         out.update({f"eval/{key + '/' if key else ''}{k}": v for k, v in res.items()})
     if len(tasks) > 1:
         k = cfg.train.eval_pass_k
-        for metric in ("accuracy", "mean_length") + ((f"pass@{k}",) if k else ()):
+        for metric in ("accuracy", "mean_score", "mean_length") + ((f"pass@{k}",) if k else ()):
             out[f"eval/{metric}"] = sum(out[f"eval/{k}/{metric}"] for k in tasks) / len(tasks)
     return out
 
