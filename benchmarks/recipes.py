@@ -31,7 +31,7 @@ from rlvr.metrics import read_metrics
 from rlvr.sft import sft
 from rlvr.trainer import train
 
-TASKS = ("[{name: arithmetic, key: add, kwargs: {digits: 2, ops: '+'}, eval_size: 96},"
+TASKS = ("[{name: arithmetic, key: add, kwargs: {digits: 1, ops: '+'}, eval_size: 96},"
          " {name: string_reverse, key: rev, kwargs: {difficulty: 1}, eval_size: 96},"
          " {name: sorting, key: sort, kwargs: {difficulty: 1}, eval_size: 96}]")
 RECIPES = {"grpo": "recipes/grpo.yaml", "exgrpo": "recipes/exgrpo.yaml", "diver_td": "recipes/diver_td.yaml",
