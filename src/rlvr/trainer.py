@@ -39,7 +39,7 @@ from rlvr.checkpoint import (
     set_rng_state,
 )
 from rlvr.config import Config, ConfigError, TaskConfig, save_config, to_dict, validate
-from rlvr.distributed import World, all_reduce_sum, barrier, init_world, shutdown
+from rlvr.distributed import World, all_reduce, barrier, init_world, shutdown
 from rlvr.errors import TrainingError
 from rlvr.evaluate import evaluate
 from rlvr.metrics import RunLogger, length_metrics
@@ -269,8 +269,8 @@ def _frozen_copy(model):
 def collect_with_replay(run: Run, state: State, step: int):
     """collect(), plus ExGRPO's mixed groups when a buffer is on: (rollout, rewards, is_replay | None, metrics)."""
     if run.buffer is None:
-        return _no_replay(run, state, step)
-    started = run.buffer.started
+        rollout, rewards, metrics = collect(run, state, step)
+        return rollout, rewards, None, metrics
     gen = torch.Generator().manual_seed(run.cfg.seed * 104_729 + step)
     questions = run.buffer.sample_questions(run.cfg.rollout.prompts_per_step, generator=gen)
     rollout, rewards, metrics = collect(run, state, step, n_prompts=run.cfg.rollout.prompts_per_step - len(questions))
@@ -286,13 +286,7 @@ def collect_with_replay(run: Run, state: State, step: int):
         metrics["rollouts/generated"] += float(len(questions) * (run.cfg.rollout.group_size - 1))
     metrics.update(observe(run, rollout, rewards, is_replay, step))
     metrics["exgrpo/replayed_questions"] = float(len(questions))
-    metrics["_mixed"] = started
     return rollout, rewards, is_replay, metrics
-
-
-def _no_replay(run: Run, state: State, step: int):
-    rollout, rewards, metrics = collect(run, state, step)
-    return rollout, rewards, None, metrics
 
 
 def make_update_batch(run: Run, rollout: Rollout, advantages: torch.Tensor) -> UpdateBatch:
@@ -320,13 +314,14 @@ def make_update_batch(run: Run, rollout: Rollout, advantages: torch.Tensor) -> U
 def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Rollout, torch.Tensor]:
     cfg = run.cfg
     t_start = time.perf_counter()
+    mixed = run.buffer is not None and run.buffer.started  # ExGRPO's loss mode for this batch, before it updates
     rollout, rewards, is_replay, metrics = collect_with_replay(run, state, step)
     lengths = rollout.completion_mask.sum(-1).float()
     kwargs = {"lengths": lengths} if "lengths" in inspect.signature(run.advantage_fn).parameters else {}
     advantages = run.advantage_fn(rewards, rollout.group_ids, **kwargs)  # (N,)
     batch = make_update_batch(run, rollout, advantages)
     if run.buffer is not None:  # ExGRPO: replayed rows, and the loss's mixed mode once replay has started
-        batch.is_replay, batch.loss_kwargs = is_replay, {"mixed": metrics.pop("_mixed")}
+        batch.is_replay, batch.loss_kwargs = is_replay, {"mixed": mixed}
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
     upd = update(run.model, run.optimizer, run.scheduler, batch, run.loss_fns, ppo_epochs=cfg.algo.ppo_epochs,
@@ -353,12 +348,23 @@ _SUMMED = ("policy_loss", "kl", "entropy", "clip_ratio/", "ppo_kl", "mismatch/")
 
 
 def _reduce_metrics(metrics: dict[str, float], world: World) -> dict[str, float]:
-    """Rank-average every metric; update statistics are already shares of the global mean, so they sum."""
+    """Rank-average every metric; update statistics are already shares of the global mean, so they sum;
+    extremes (`*_min`, `*_max`) take the min / max over ranks."""
     if world.size == 1:
         return metrics
-    keys = sorted(metrics)
-    values = all_reduce_sum(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64), world)
-    return {k: float(v) if k.startswith(_SUMMED) else float(v) / world.size for k, v in zip(keys, values)}
+    out = {}
+    for op, keys in _by_reduction(metrics).items():
+        values = all_reduce(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64), world, op)
+        out.update({k: float(v) / (world.size if op == "mean" else 1) for k, v in zip(keys, values)})
+    return out
+
+
+def _by_reduction(metrics: dict[str, float]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {"sum": [], "mean": [], "min": [], "max": []}
+    for k in sorted(metrics):
+        op = k.rsplit("_", 1)[-1] if k.endswith(("_min", "_max")) else "sum" if k.startswith(_SUMMED) else "mean"
+        groups[op].append(k)
+    return {op: keys for op, keys in groups.items() if keys}
 
 
 # ------------------------------------------------------------------ loop

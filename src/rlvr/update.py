@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlvr.distributed import World, all_reduce_sum, average_gradients
+from rlvr.distributed import World, all_reduce, average_gradients
 from rlvr.ops import entropy_from_logits, token_logprobs
 
 
@@ -194,7 +194,7 @@ def optimizer_step(
 ) -> dict[str, float]:
     """One optimizer step over a mini-batch; returns metrics (with `skipped` = 1.0 if non-finite)."""
     counts = torch.stack([mb_batch.loss_mask.sum(), (mb_batch.loss_mask.sum(-1) > 0).sum().float()])
-    num_tokens, num_seqs = all_reduce_sum(counts.float(), world).clamp(min=1).tolist()
+    num_tokens, num_seqs = all_reduce(counts.float(), world).clamp(min=1).tolist()
     totals: dict[str, torch.Tensor] = {}
     for sl in split_micro(mb_batch.input_ids.shape[0], micro_batch_size):
         loss, stats = micro_batch_loss(model, mb_batch.rows(torch.arange(sl.start, sl.stop)), fns,

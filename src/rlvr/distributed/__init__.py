@@ -36,12 +36,15 @@ def init_world() -> World:
     return World(rank=dist.get_rank(), size=dist.get_world_size())
 
 
-def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
-    """Sum a tensor over ranks (returns a new tensor; identity for one process)."""
+_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+
+def all_reduce(values: torch.Tensor, world: World, op: str = "sum") -> torch.Tensor:
+    """Reduce a tensor over ranks with op sum | mean (the sum; the caller divides) | min | max."""
     if world.size == 1:
         return values
     out = values.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=_OPS[op])
     return out
 
 
