@@ -62,6 +62,8 @@ def test_range_checks():
         validate(load_config(None, ["model.config=qwen2-micro", "rollout.group_size=0"]))
     with pytest.raises(ConfigError, match="model.path"):
         validate(load_config(None, []))
+    with pytest.raises(ConfigError, match=r"rollout.dtype must be one of .*'bfloat16'.*got 'bf16'"):
+        validate(load_config(None, ["model.config=qwen2-micro", "rollout.dtype=bf16"]))
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

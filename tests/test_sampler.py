@@ -179,6 +179,25 @@ def test_bfloat16_policy_samples():
     assert out["completion_ids"].shape == (4, 5)
 
 
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+@pytest.mark.parametrize("name", MICROS)
+def test_bf16_compute_dtype_tracks_fp32(policies, name, backend):
+    """dtype=bfloat16 on fp32 weights: the fast decoder's cast copy / the HF loop's autocast stay close to fp32,
+    leave the parameters untouched, and return fp32 log-probs."""
+    model, tok = policies[name]
+    before = [p.detach().clone() for p in model.parameters()]
+    ids, mask = encode_prompts(tok, PROMPTS)
+    ref = generate(model, tok, ids, mask, max_new_tokens=6, greedy=True, backend=backend)
+    out = generate(model, tok, ids, mask, max_new_tokens=6, greedy=True, backend=backend, dtype=torch.bfloat16)
+    assert out["logp"].dtype == torch.float32
+    same = out["completion_ids"] == ref["completion_ids"]
+    assert same[:, 0].all()  # the first token comes from the same prompt in both
+    first = (~same).long().cumsum(-1) == 0  # positions before the first disagreement share their prefix
+    diff = (out["logp"] - ref["logp"]).abs()[first]
+    assert 0 < diff.max() < 0.1  # really computed in bf16 (not silently fp32), and close to it
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

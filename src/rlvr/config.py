@@ -85,6 +85,8 @@ class RolloutConfig:
     top_k: int = 0
     stop: list[str] = field(default_factory=list)
     """Stop strings (the completion is cut before them); EOS always stops."""
+    dtype: str | None = None
+    """Compute dtype of the sampler's forward passes: float32 | bfloat16 | float16; None follows model.autocast."""
 
 
 @dataclass
@@ -415,6 +417,7 @@ def _check_choices(cfg: Config) -> None:
         "algo.dynamic_sampling.on_exhaust": (cfg.algo.dynamic_sampling.on_exhaust, ["partial", "raise"]),
         "model.dtype": (cfg.model.dtype, ["bfloat16", "float16", "float32"]),
         "model.autocast": (cfg.model.autocast, [None, "bfloat16", "float16"]),
+        "rollout.dtype": (cfg.rollout.dtype, [None, "float32", "bfloat16", "float16"]),
         "mixture.normalize": (cfg.mixture.normalize, ["none", "per_source"]),
         "train.diversity_unit": (cfg.train.diversity_unit, ["char", "word"]),
     }

@@ -42,6 +42,12 @@ def sample_round(run: Run, data_pos: int, n_prompts: int | None = None) -> Rollo
     return generate_for(run, samples, [first + j for j in range(per_rank)], cfg.rollout.group_size, seed)
 
 
+def rollout_dtype(cfg) -> torch.dtype | None:
+    """The sampler's compute dtype: rollout.dtype, else model.autocast (sample in the precision that trains)."""
+    name = cfg.rollout.dtype or cfg.model.autocast
+    return getattr(torch, name) if name else None
+
+
 def generate_for(run: Run, samples: list, group_ids: list[int], n: int, seed: int) -> Rollout:
     """n completions of each sample (its rows share `group_ids[i]`), from a generator seeded with `seed`."""
     cfg = run.cfg
@@ -51,7 +57,8 @@ def generate_for(run: Run, samples: list, group_ids: list[int], n: int, seed: in
     out = generate(run.model, run.tokenizer, ids.to(run.device), mask.to(run.device),
                    max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                    top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop),
-                   generator=torch.Generator(device=run.device).manual_seed(seed))
+                   generator=torch.Generator(device=run.device).manual_seed(seed),
+                   dtype=rollout_dtype(cfg))
     return Rollout(
         prompt_ids=ids.to(run.device),
         prompt_mask=mask.to(run.device),

@@ -3,7 +3,8 @@
 On a small CPU model most of a Hugging Face decode step is per-op dispatch, not matmuls (see
 /work/shared/notes/cpu-performance.md). This decoder runs the same math with fewer, fused ops:
 
-1. per `generate` call (weights change between RL steps) fuse the weights, stored input-major (K, N) so each matmul
+1. per `generate` call (weights change between RL steps) fuse the weights (then cast them to the compute dtype when
+   one is given, e.g. bf16 for CPUs with AMX / GPUs), stored input-major (K, N) so each matmul
    is a plain x @ w (~10% faster than F.linear's transposed operand at these sizes): q/k/v into one
    (hidden, (Hq + 2 Hkv) D) matrix, gate/up into one (hidden, 2 I); fold each RMSNorm weight into the matrix that
    follows it ((x * g) @ W == x @ (g[:, None] * W)) and the attention scale 1/sqrt(D) into the q columns;
@@ -164,7 +165,8 @@ def _unique_rows(ids: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, t
 class FastDecoder:
     """Prefill once, then one token per row per `step`. Call under torch.no_grad()."""
 
-    def __init__(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int):
+    def __init__(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+                 dtype: torch.dtype | None = None):
         cfg = model.config
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -174,6 +176,9 @@ class FastDecoder:
         self.lm_head = model.get_output_embeddings().weight  # (V, hidden), the same tensor when tied
         self.final_norm = model.model.norm.weight  # (hidden,) not folded: lm_head may be the (shared) embedding
         self.hidden = self.embed.shape[1]
+        if dtype is not None and dtype != self.embed.dtype:  # compute copy, fused (and folded) in the weights' dtype
+            self.layers = [_Layer(*(None if t is None else t.to(dtype) for t in vars(w).values())) for w in self.layers]
+            self.embed, self.lm_head, self.final_norm = (t.to(dtype) for t in (self.embed, self.lm_head, self.final_norm))
 
         N, P = prompt_ids.shape
         L = P + max_new_tokens

@@ -27,7 +27,8 @@ BACKENDS = ("auto", "fast", "hf")
 class HFDecoder:
     """The same contract as FastDecoder, through `model(...)` with a DynamicCache (any HF causal LM)."""
 
-    def __init__(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int):
+    def __init__(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+                 dtype: torch.dtype | None = None):
         from transformers import DynamicCache
 
         dev = model.get_input_embeddings().weight.device
@@ -42,6 +43,8 @@ class HFDecoder:
         if "logits_to_keep" in params:
             self.kwargs["logits_to_keep"] = 1  # logits of the last position only
         self.next_pos = self.mask.sum(-1, keepdim=True)  # (N, 1) position of the first generated token
+        param_dtype = model.get_input_embeddings().weight.dtype
+        self.autocast = dtype if dtype is not None and dtype != param_dtype else None  # mixed precision
 
     def prefill(self) -> torch.Tensor:
         pos = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (N, P) 0 at the first real token
@@ -53,7 +56,9 @@ class HFDecoder:
         return self._run(tokens[:, None], pos)
 
     def _run(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, use_cache=True, **self.kwargs)
+        dev = ids.device.type
+        with torch.autocast(dev, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, use_cache=True, **self.kwargs)
         return out.logits[:, -1]  # (N, V)
 
 
@@ -156,13 +161,13 @@ def _check_args(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top
         raise ValueError(f"generate: unknown backend '{backend}'; choose from {list(BACKENDS)}")
 
 
-def _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, backend: str):
+def _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, backend: str, dtype=None):
     reason = unsupported_reason(model)
     if backend == "fast" and reason:
         raise ValueError(f"generate: backend='fast' cannot run this model ({reason}); use backend='auto' or 'hf'")
     use_fast = backend == "fast" or (backend == "auto" and reason is None)
     cls = FastDecoder if use_fast else HFDecoder
-    return cls(model, prompt_ids, prompt_mask, max_new_tokens)
+    return cls(model, prompt_ids, prompt_mask, max_new_tokens, dtype)
 
 
 def _finish(tokens, logps, stops, eos, tokenizer, pad_id) -> dict:
@@ -203,6 +208,7 @@ def generate(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     backend: str = "auto",
+    dtype: torch.dtype | None = None,
 ) -> dict:
     """Sample completions for left-padded prompts (N, P).
 
@@ -211,10 +217,12 @@ def generate(
     texts list[str] cut before the stop string, without EOS). T <= max_new_tokens (early exit when all rows end).
     backend: "auto" (fast path when the model supports it), "fast" (error if not), "hf" (plain HF forward loop).
     generator: a torch.Generator on the model's device, for reproducible samples.
+    dtype: compute dtype of the forward passes (e.g. torch.bfloat16: the fast decoder casts its fused weights once
+    per call, the HF loop runs under autocast); None = the parameters' dtype. Sampling and logp are in fp32.
     """
     _check_args(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k, backend)
     stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    decoder = _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens, backend)
+    decoder = _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens, backend, dtype)
     pick = _Picker(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
     device = model.get_input_embeddings().weight.device
     eos = torch.tensor(_eos_ids(model, tokenizer), dtype=torch.long, device=device)
