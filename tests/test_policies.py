@@ -124,3 +124,15 @@ def test_encode_prompts_uses_chat_template_when_present():
 def test_encode_prompts_rejects_empty_prompt():
     with pytest.raises(ValueError, match="prompt 1 encodes to no tokens"):
         encode_prompts(char_tokenizer(), ["ok", ""])
+
+
+def test_checkpoint_folder_reloads_the_char_tokenizer_not_the_model_types(tmp_path):
+    """A model and its char tokenizer saved in one folder (every SFT output and checkpoint): transformers 5's
+    AutoTokenizer would build Qwen2Tokenizer from config.json, whose byte-level pre-tokenizer drops spaces."""
+    model, tok = load_policy(config="qwen2-micro")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    _, loaded = load_policy(path=tmp_path)
+    text = "3 4 2 -> 10: $3 * 4 - 2 = 10$"
+    assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+    assert loaded.decode(loaded(text)["input_ids"]) == text and loaded.padding_side == "left"

@@ -1,5 +1,8 @@
 """Tasks: items are deterministic in (seed, index); each task's reference scores 1.0 and wrong answers do not;
-countdown's scorer accepts only the given numbers, each once, and never evaluates model text as Python."""
+countdown's scorer accepts only the given numbers, each once, and never evaluates model text as Python; its
+options (ops, parentheses, equation answers) and the countdown_lite preset of DIVER's learning check."""
+
+import itertools
 
 import pytest
 
@@ -12,11 +15,14 @@ PROCEDURAL = [
     ("arithmetic", {"digits": [1, 3], "ops": "+-*", "terms": 3}),
     ("countdown", {}),
     ("countdown", {"num_numbers": 4, "max_number": 30, "target_range": [50, 500]}),
+    ("countdown", {"ops": "+-", "parentheses": False}),
+    ("countdown", {"ops": "*-+", "answer_format": "equation"}),
+    ("countdown_lite", {}),
 ]
 
 
 def test_registered_names():
-    assert {"arithmetic", "countdown", "dataset"} <= set(TASKS.names())
+    assert {"arithmetic", "countdown", "countdown_lite", "dataset"} <= set(TASKS.names())
     with pytest.raises(ValueError, match="choose from"):
         TASKS.build("arithmetc")
 
@@ -139,6 +145,91 @@ def test_countdown_rejects_impossible_settings():
     task = TASKS.build("countdown", num_numbers=2, max_number=2, target_range=(90, 100))
     with pytest.raises(ValueError, match="widen target_range"):
         task[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match", [({"ops": "+^"}, "ops"), ({"ops": ""}, "ops"), ({"answer_format": "latex"}, "answer_format")]
+)
+def test_countdown_rejects_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TASKS.build("countdown", **kwargs)
+
+
+def lite_sample(numbers, target):
+    return Sample(prompt="", answer="", task="countdown_lite", meta={"numbers": numbers, "target": target})
+
+
+@pytest.mark.parametrize(
+    "numbers,target,text,expected",
+    [
+        ([3, 4, 2], 10, "$3 * 4 - 2 = 10$", 1.0),
+        ([3, 4, 2], 10, "3 * 4 - 2 = 10", 1.0),  # the $ pair is optional
+        ([3, 4, 2], 10, "$4*3-2=10$\nmore", 1.0),  # spacing free, first line only
+        ([3, 4, 2], 10, "$3 * 4 - 2$", 0.0),  # the "= target" part is required
+        ([3, 4, 2], 10, "3 * 4 - 2", 0.0),
+        ([3, 4, 2], 10, "$3 * 4 - 2 = 11$", 0.0),  # a wrong stated target
+        ([3, 4, 2], 10, "$3 * 4 - 2 = 5 + 5$", 0.0),  # the right-hand side is the target itself
+        ([3, 4, 2], 10, "$3 * 4 + 2 = 10$", 0.0),  # wrong value (14)
+        ([3, 4, 2], 10, "$4 + 4 + 2 = 10$", 0.0),  # 4 used twice
+        ([3, 4, 2], 10, "$5 * 2 = 10$", 0.0),  # 5 is not given
+        ([3, 4, 2], 10, "$3 * 4 - 2 = 10", 0.0),  # unbalanced $
+        ([3, 2, 2], 10, "$(3 + 2) * 2 = 10$", 0.0),  # parentheses are not allowed
+        ([8, 4, 6], 8, "$8 / 4 + 6 = 8$", 0.0),  # '/' is not allowed
+        ([3, 4, 2], 10, "", 0.0),
+    ],
+)
+def test_countdown_lite_scoring(numbers, target, text, expected):
+    assert TASKS.build("countdown_lite").score(lite_sample(numbers, target), text) == expected
+
+
+def test_options_gate_operators_and_parentheses():
+    with_parens = TASKS.build("countdown", answer_format="equation")
+    assert with_parens.score(lite_sample([3, 2, 2], 10), "$(3 + 2) * 2 = 10$") == 1.0
+    assert with_parens.score(lite_sample([8, 4, 6], 8), "$8 / 4 + 6 = 8$") == 1.0
+    assert TASKS.build("countdown", ops="+*").score(countdown_sample([3, 5, 7], 8), "3-5+7") == 0.0
+    for name, kwargs, banned in [("countdown_lite", {}, "/()"), ("countdown", {"ops": "+-"}, "*/")]:
+        task = TASKS.build(name, size=200, **kwargs)
+        assert all(not set(s.answer) & set(banned) for s in task), (name, kwargs)
+
+
+def test_equation_answers_round_trip_and_give_ed_one_equation():
+    from rlvr.rewards.diversity import extract_equations
+
+    task = TASKS.build("countdown_lite", size=200)
+    for s in task:
+        assert s.answer.startswith("$") and s.answer.endswith(f" = {s.meta['target']}$")
+        (eq,) = extract_equations(s.answer)  # DIVER-ED sees exactly one equation, the whole answer
+        assert eq == s.answer[1:-1]
+        lhs = eq.rsplit(" = ", 1)[0]
+        value, used = parse_expression(lhs)
+        assert value == s.meta["target"] and sorted(used) == sorted(s.meta["numbers"])
+        assert 10 <= s.meta["target"] <= 40 and all(1 <= n <= 9 for n in s.meta["numbers"])
+        assert all(tok in "+-*" for tok in lhs.split()[1::2])  # spaces around every operator
+
+
+def flat_solutions(numbers, target, ops="+-*"):
+    """Brute force: every parenthesis-free expression over >= 2 of the numbers (each once) equal to target."""
+    out = set()
+    for r in range(2, len(numbers) + 1):
+        for idx in itertools.permutations(range(len(numbers)), r):
+            for chosen in itertools.product(ops, repeat=r - 1):
+                text = str(numbers[idx[0]]) + "".join(f" {op} {numbers[i]}" for op, i in zip(chosen, idx[1:]))
+                if parse_expression(text)[0] == target:
+                    out.add(text)
+    return out
+
+
+def test_countdown_lite_has_several_correct_answers():
+    """The learning check needs many correct answers: most prompts have >= 2 (commuted or different numbers and
+    operators), and the scorer accepts every one the enumerator finds."""
+    task = TASKS.build("countdown_lite", size=50)
+    counts = []
+    for s in task:
+        found = flat_solutions(s.meta["numbers"], s.meta["target"])
+        assert s.answer[1:-1].rsplit(" = ", 1)[0] in found
+        assert all(task.score(s, f"${e} = {s.meta['target']}$") == 1.0 for e in found)
+        counts.append(len(found))
+    assert sum(c >= 2 for c in counts) >= 45, counts
 
 
 def test_holdout_split_is_disjoint():

@@ -139,7 +139,8 @@ def test_lora_run_and_resume(tiny_cfg, monkeypatch):
     assert a == b
 
 
-@pytest.mark.parametrize("recipe", ["grpo", "dapo", "dr_grpo", "gspo", "diver_td", "diver_ed", "exgrpo"])
+@pytest.mark.parametrize("recipe", ["grpo", "dapo", "dr_grpo", "gspo", "diver_td", "diver_ed", "exgrpo",
+                                    "exgrpo_replay_only"])
 def test_recipes_run(recipe, tmp_path):
     """Each recipe's algorithm settings run end to end (on a micro model instead of the quickstart's, with a dense
     reward so that every group is informative and dynamic sampling keeps all of them)."""
@@ -203,3 +204,40 @@ def test_exgrpo_replays_and_resumes(tiny_cfg, monkeypatch):
     trainer.train(part, resume=True)
     assert comparable(read_metrics(full.run_dir / "metrics.jsonl")) == comparable(
         read_metrics(part.run_dir / "metrics.jsonl"))
+
+
+def _recipe_cfg(recipe: str, tmp_path, *overrides):
+    from rlvr.config import load_config
+
+    path = Path(__file__).parents[1] / "recipes" / f"{recipe}.yaml"
+    dense = f"rewards=[{{name: python, kwargs: {{function: '{DENSE}:digit_fraction'}}}}]"
+    return load_config(path, [f"output_dir={tmp_path}", "model.path=null", "model.config=qwen2-micro",
+                              "task.kwargs={digits: 1, ops: '+'}", "task.eval_size=4", "rollout.prompts_per_step=4",
+                              "rollout.group_size=4", "rollout.max_new_tokens=4", "train.steps=3",
+                              "train.eval_every=0", "train.save_every=0", "train.progress=false", "train.threads=0",
+                              "optim.lr=1e-3", dense, *overrides])
+
+
+def test_exgrpo_replay_only_equals_grpo_until_replay_starts(tmp_path):
+    """recipes/exgrpo_replay_only.yaml is GRPO plus ExGRPO's buffer and f(w) on replayed rows: while the buffer never
+    switches on (start_threshold 1.0: the switch needs a solved fraction > 1), metrics and weights equal grpo.yaml's
+    exactly; with replay on from the start, it replays and the runs part."""
+    grpo = _recipe_cfg("grpo", tmp_path, "name=grpo")
+    never = _recipe_cfg("exgrpo_replay_only", tmp_path, "name=never", "buffer.kwargs.start_threshold=1.0")
+    trainer.train(grpo)
+    trainer.train(never)
+    a, b = (comparable(read_metrics(c.run_dir / "metrics.jsonl")) for c in (grpo, never))
+    a = [{k: v for k, v in r.items() if k != "clip_ratio/dual_mean"} for r in a]  # exgrpo_mixed has no dual clip
+    b = [{k: v for k, v in r.items() if not k.startswith("exgrpo/")} for r in b]
+    assert a == b and len(a) == 5  # eval before, 3 steps, eval after
+    wa = AutoModelForCausalLM.from_pretrained(grpo.run_dir / "final").state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(never.run_dir / "final").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    replay = _recipe_cfg("exgrpo_replay_only", tmp_path, "name=replay", "buffer.kwargs.start_threshold=0.0",
+                         "buffer.kwargs.correct_threshold=0.2")
+    trainer.train(replay)
+    rows = [r for r in read_metrics(replay.run_dir / "metrics.jsonl") if "reward" in r]
+    assert any(r["exgrpo/replayed_questions"] > 0 for r in rows[1:]) and any(r["exgrpo/replay_frac"] > 0 for r in rows)
+    wr = AutoModelForCausalLM.from_pretrained(replay.run_dir / "final").state_dict()
+    assert not all(torch.equal(wa[k], wr[k]) for k in wa)

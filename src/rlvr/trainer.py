@@ -182,6 +182,7 @@ def build_loss_fns(cfg: Config) -> LossFns:
         entropy_coef=a.entropy_coef,
         temperature=cfg.rollout.temperature,
         autocast=getattr(torch, cfg.model.autocast) if cfg.model.autocast else None,
+        lean=cfg.model.lean_forward,
         replay_aware="is_replay" in inspect.signature(LOSSES.lookup(a.loss)).parameters,
     )
 
@@ -305,9 +306,9 @@ def make_update_batch(run: Run, rollout: Rollout, advantages: torch.Tensor) -> U
     mbs, temp = cfg.algo.micro_batch_size, cfg.rollout.temperature
     if cfg.algo.ppo_epochs > 1 or cfg.algo.mini_batches > 1:  # off-policy steps need pi_old (spec §2 step 6)
         run.model.eval()
-        batch.old_logp = batched_logp(run.model, batch, mbs, temp, run.loss_fns.autocast)
+        batch.old_logp = batched_logp(run.model, batch, mbs, temp, run.loss_fns.autocast, run.loss_fns.lean)
     if run.ref_model is not None:
-        batch.ref_logp = batched_logp(run.ref_model, batch, mbs, temp, run.loss_fns.autocast)
+        batch.ref_logp = batched_logp(run.ref_model, batch, mbs, temp, run.loss_fns.autocast, run.loss_fns.lean)
     return batch
 
 

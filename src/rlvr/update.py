@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlvr.distributed import World, all_reduce, average_gradients
+from rlvr.lean import lean_completion_logits, lean_reason
 from rlvr.ops import entropy_from_logits, token_logprobs
 
 
@@ -61,25 +62,31 @@ class LossFns:
     entropy_coef: float = 0.0
     temperature: float = 1.0
     autocast: torch.dtype | None = None  # mixed-precision compute dtype of the training forward
+    lean: bool = True  # rlvr's lean forward (rlvr/lean.py) when the model supports it, else the HF forward
     replay_aware: bool = False  # the loss takes `is_replay` (and per-step keywords such as ExGRPO's `mixed`)
 
 
 def policy_logp(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, T: int, *,
     temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True,
-    autocast: torch.dtype | None = None,
+    autocast: torch.dtype | None = None, lean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the last T tokens of `input_ids` under `model` at temperature T, and entropy.
 
     Rows that repeat the previous row's prompt (a GRPO group) share one forward pass over that prompt: its
     KV cache is computed once per distinct prompt and indexed out to every row (differentiably), so the
     prompt costs 1/G of its FLOPs in forward and backward. The result equals the unshared forward.
+    `lean` (default) runs rlvr's lean forward (rlvr/lean.py: prompts shared the same way, padding never computed,
+    fused projections) when `lean_reason(model)` allows it; values at completion positions that are padding are
+    then those of zero logits (any value is fine there: every consumer masks them).
     `autocast` (e.g. torch.bfloat16) runs the forward in mixed precision; log-probs are taken in fp32.
     """
     owner, first = _prompt_owners(input_ids, attention_mask, T)
     device_type = input_ids.device.type
     with torch.autocast(device_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        if share_prefix and len(first) < len(owner):
+        if lean and lean_reason(model) is None:
+            logits = lean_completion_logits(model, input_ids, attention_mask, T, owner, first)
+        elif share_prefix and len(first) < len(owner):
             logits = _shared_prefix_logits(model, input_ids, attention_mask, T, owner, first)
         else:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: first token at 0
@@ -126,14 +133,14 @@ def _shared_prefix_logits(model, input_ids, attention_mask, T: int, owner, first
 
 @torch.no_grad()
 def batched_logp(model, batch: UpdateBatch, micro_batch_size: int, temperature: float,
-                 autocast: torch.dtype | None = None) -> torch.Tensor:
+                 autocast: torch.dtype | None = None, lean: bool = True) -> torch.Tensor:
     """No-grad log-probs of the completions of `batch` (pi_old recompute, reference model)."""
     T = batch.loss_mask.shape[1]
     parts = []
     for start in range(0, batch.input_ids.shape[0], micro_batch_size):
         sl = slice(start, start + micro_batch_size)
         logp, _ = policy_logp(model, batch.input_ids[sl], batch.attention_mask[sl], T, temperature=temperature,
-                              autocast=autocast)
+                              autocast=autocast, lean=lean)
         parts.append(logp)
     return torch.cat(parts)
 
@@ -142,7 +149,7 @@ def micro_batch_loss(model, mb: UpdateBatch, fns: LossFns, num_tokens: float, nu
     """Loss of one micro-batch, already scaled for global normalisers; metrics as token-weighted sums."""
     T = mb.loss_mask.shape[1]
     logp, entropy = policy_logp(model, mb.input_ids, mb.attention_mask, T, temperature=fns.temperature,
-                                with_entropy=True, autocast=fns.autocast)
+                                with_entropy=True, autocast=fns.autocast, lean=fns.lean)
     old_logp = logp.detach() if mb.old_logp is None else mb.old_logp
     replay = None if mb.is_replay is None else mb.is_replay.bool()[:, None]  # (B, 1)
     if replay is not None:  # replayed rows: the recorded behaviour policy is pi_old (ExGRPO spec step 8)

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,10 +73,26 @@ def _load_tokenizer(tokenizer: Any, path: str | None):
         return char_tokenizer()
     if not os.path.isdir(tokenizer):
         raise ValueError(f"load_policy: tokenizer '{tokenizer}' is neither 'char' nor an existing local folder")
-    tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+    cls = AutoTokenizer
+    if _saved_tokenizer_class(tokenizer) in _PLAIN_TOKENIZERS:
+        # transformers 5 picks the class from a config.json beside the tokenizer (model_type qwen2 -> Qwen2Tokenizer,
+        # whose byte-level pre-tokenizer drops the char tokenizer's spaces): a plain tokenizer.json loads as itself
+        from transformers import PreTrainedTokenizerFast as cls
+    tok = cls.from_pretrained(tokenizer, local_files_only=True)
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # batched left padding needs a pad id; it is always masked out
     return tok
+
+
+_PLAIN_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # the class names save_pretrained writes
+
+
+def _saved_tokenizer_class(folder: str | os.PathLike) -> str | None:
+    """tokenizer_class from a tokenizer folder's tokenizer_config.json (None when absent or unreadable)."""
+    try:
+        return json.loads((Path(folder) / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        return None
 
 
 def _tiny_config(name: str, overrides: dict[str, Any] | None, vocab_size: int):

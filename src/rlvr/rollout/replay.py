@@ -38,7 +38,7 @@ def trajectory_entropies(run: Run, trajs: list) -> torch.Tensor:
     T = t["completion_ids"].shape[1]
     run.model.eval()
     _, ent = policy_logp(run.model, ids, attn, T, temperature=run.cfg.rollout.temperature, with_entropy=True,
-                         autocast=run.loss_fns.autocast)
+                         autocast=run.loss_fns.autocast, lean=run.loss_fns.lean)
     return trajectory_entropy(ent, t["completion_mask"].to(run.device))
 
 
