@@ -178,7 +178,8 @@ class FastDecoder:
         self.hidden = self.embed.shape[1]
         if dtype is not None and dtype != self.embed.dtype:  # compute copy, fused (and folded) in the weights' dtype
             self.layers = [_Layer(*(None if t is None else t.to(dtype) for t in vars(w).values())) for w in self.layers]
-            self.embed, self.lm_head, self.final_norm = (t.to(dtype) for t in (self.embed, self.lm_head, self.final_norm))
+            to = lambda t: t.to(dtype)  # noqa: E731
+            self.embed, self.lm_head, self.final_norm = to(self.embed), to(self.lm_head), to(self.final_norm)
 
         N, P = prompt_ids.shape
         L = P + max_new_tokens
