@@ -42,8 +42,9 @@ from rlvr.config import load_config
 from rlvr.evaluate import evaluate_sampled
 from rlvr.metrics import read_metrics
 from rlvr.policies import load_policy
+from rlvr.run import build_task
 from rlvr.sft import sft
-from rlvr.trainer import build_task, train
+from rlvr.trainer import train
 
 RECIPES = {"grpo": "recipes/grpo.yaml", "diver_td": "recipes/diver_td.yaml", "diver_ed": "recipes/diver_ed.yaml"}
 T_CUT = 100  # the DIVER recipes' t_cut: the bonus phase is steps [0, 100)

@@ -41,8 +41,9 @@ from machine import cpu_model
 
 from rlvr.config import load_config  # noqa: E402
 from rlvr.policies import load_policy  # noqa: E402
+from rlvr.run import State, setup  # noqa: E402
 from rlvr.tasks import TASKS  # noqa: E402
-from rlvr.trainer import State, rl_step, setup  # noqa: E402
+from rlvr.trainer import rl_step  # noqa: E402
 
 TARGET_RATIO = 1.5
 MODEL = "qwen2-tiny"

@@ -41,7 +41,7 @@ def sft_batch(tokenizer, samples, references: list[str]) -> tuple[torch.Tensor, 
 
 def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     """Run the warm start; returns accuracy history and the saved model folder."""
-    from rlvr.trainer import build_task
+    from rlvr.run import build_task
 
     s = cfg.sft
     if cfg.train.threads:

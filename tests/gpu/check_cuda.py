@@ -20,7 +20,8 @@ import torch
 from rlvr.config import load_config
 from rlvr.policies import encode_prompts, load_policy
 from rlvr.rollout import generate
-from rlvr.trainer import State, rl_step, setup
+from rlvr.run import State, setup
+from rlvr.trainer import rl_step
 
 DIGIT_REWARD = Path(__file__).with_name("digit_reward.py")
 results: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "checks": {}}

@@ -29,7 +29,7 @@ from rlvr.rewards.router import route_rewards
 from rlvr.rollout.sampler import generate
 
 if TYPE_CHECKING:
-    from rlvr.trainer import Run, State
+    from rlvr.run import Run, State
 
 
 def sample_round(run: Run, data_pos: int, n_prompts: int | None = None) -> Rollout:

@@ -20,7 +20,7 @@ from rlvr.rollout.collect import generate_for
 from rlvr.update import policy_logp
 
 if TYPE_CHECKING:
-    from rlvr.trainer import Run
+    from rlvr.run import Run
 
 REPLAY_GROUP_BASE = 1 << 40  # replayed groups' ids, above every data position of fresh groups
 
