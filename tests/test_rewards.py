@@ -305,3 +305,59 @@ def test_costly_expression_guard():
     assert V._is_costly(parse("$10^{10^{10}}$")[0])
     assert V._is_costly(parse("$(10^{100})!$")[0])
     assert not V._is_costly(parse("$2^{10} + 3! + \\frac{x^2}{7}$")[0])
+
+
+class Stage:
+    """A reward stage that returns fixed values per completion and records which completions it scored."""
+
+    def __init__(self, table):
+        self.table, self.seen = table, []
+
+    def __call__(self, samples, completions, lengths=None):
+        self.seen.append((list(completions), lengths))
+        return [self.table[c] for c in completions]
+
+
+def test_cascade_keeps_the_first_confident_verdict_and_spares_later_stages():
+    rule = Stage({"a": 1.0, "b": 0.0, "c": None, "d": 0.0})
+    judge = Stage({"b": 1.0, "c": -1.0, "d": None})
+    fn = REWARDS.build("cascade", stages=[("rule", 1.0, rule), ("judge", 1.0, judge)])
+    assert fn(samples(1, 2, 3, 4), ["a", "b", "c", "d"], lengths=[5, 6, 7, 8]) == [1.0, 1.0, -1.0, None]
+    # the judge saw only what the rule did not confirm, with those rows' lengths
+    assert judge.seen == [(["b", "c", "d"], [6, 7, 8])]
+    assert fn(samples(1), ["a"]) == [1.0] and len(judge.seen) == 1  # all confirmed: the judge is not called
+
+
+def test_cascade_weights_and_accept_threshold():
+    rule = Stage({"x": 0.6, "y": 0.4})
+    judge = Stage({"y": 0.5})
+    fn = REWARDS.build("cascade", stages=[("rule", 2.0, rule), ("judge", 0.5, judge)], accept=1.0)
+    assert fn(samples(1, 2), ["x", "y"]) == [1.2, 0.25]  # 2 * 0.6 >= 1 accepted; 2 * 0.4 < 1 -> 0.5 * 0.5
+    with pytest.raises(ValueError, match="at least one source"):
+        REWARDS.build("cascade", stages=[])
+
+
+def test_cascade_stage_crash_names_the_sample():
+    fn = REWARDS.build("cascade", stages=[("rule", 1.0, Stage({"ok": 0.0, "bad": 0.0})),
+                                          ("judge", 1.0, crash_on_bad)])
+    with pytest.raises(RewardError, match=r"'cascade'.*sample 1.*'bad'"):
+        combine_rewards([("cascade", 1.0, fn)], samples(1, 2), ["ok", "bad"])
+
+
+def test_cascade_in_a_config_builds_its_sources_like_rewards(tiny_cfg, tmp_path):
+    from rlvr.config import ConfigError
+    from rlvr.run import build_rewards, build_task
+
+    judge = tmp_path / "judge.py"
+    judge.write_text("def judge(samples, completions):\n    return [0.5 for _ in completions]\n")
+    src = f"[{{name: task}}, {{name: python, kwargs: {{function: '{judge}:judge'}}}}]"
+    cfg = tiny_cfg(f"rewards=[{{name: cascade, kwargs: {{sources: {src}}}}}]")
+    task = build_task(cfg, eval_split=False)
+    ((name, weight, fn),) = build_rewards(cfg, task)["arithmetic"]
+    s = [task[0], task[1]]
+    assert name == "cascade" and fn(s, [task.reference(s[0]), "wrong"]) == [1.0, 0.5]
+    bad = tiny_cfg("rewards=[{name: cascade, kwargs: {sources: [{name: task}, {name: maths}]}}]")
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.kwargs\.sources\[1\] \(maths\).*did you mean 'math'"):
+        build_rewards(bad, task)
+    with pytest.raises(ConfigError, match=r"rewards\[0\] \(cascade\): kwargs.sources must be a non-empty list"):
+        build_rewards(tiny_cfg("rewards=[{name: cascade}]"), task)

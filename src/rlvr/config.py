@@ -50,7 +50,8 @@ class ModelConfig:
 @dataclass
 class RewardConfig:
     name: str = "task"
-    """A registered reward: task, exact, numeric, math, format, overlong, length_penalty, python."""
+    """A registered reward: task, exact, numeric, math, format, overlong, length_penalty, python, diversity,
+    reward_model, cascade (kwargs.sources: rewards tried in order, the first confident verdict wins)."""
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
 

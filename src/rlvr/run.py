@@ -21,7 +21,7 @@ import torch
 
 from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS
 from rlvr.buffers import BUFFERS
-from rlvr.config import Config, ConfigError, TaskConfig, save_config, to_dict, validate
+from rlvr.config import Config, ConfigError, RewardConfig, TaskConfig, save_config, to_dict, validate
 from rlvr.distributed import World, init_world
 from rlvr.metrics import RunLogger
 from rlvr.policies import load_policy
@@ -106,10 +106,20 @@ def build_task(cfg: Config, *, eval_split: bool):
     return MixtureTask(tasks, weights, seed=cfg.seed + (1_000_003 if eval_split else 0))
 
 
-def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict) -> list[tuple[str, float, Any]]:
+def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict, *, shaping: bool = True):
+    """[(name, weight, fn)] of reward configs; `cascade` sources are built the same way, recursively."""
     fns = []
     for i, r in enumerate(rewards):
         kwargs = dict(r.kwargs)
+        if r.name == "cascade":
+            sources = kwargs.pop("sources", None)
+            if not isinstance(sources, list) or not sources:
+                raise ConfigError(f"{where}[{i}] (cascade): kwargs.sources must be a non-empty list of rewards")
+            try:
+                configs = [s if isinstance(s, RewardConfig) else RewardConfig(**s) for s in sources]
+            except TypeError as err:
+                raise ConfigError(f"{where}[{i}] (cascade): kwargs.sources: {err}") from err
+            kwargs["stages"] = _reward_fns(cfg, configs, f"{where}[{i}].kwargs.sources", tasks, shaping=False)
         if r.name == "task":
             kwargs.setdefault("tasks", tasks)
         if r.name == "diversity" and kwargs.get("correctness") == "task":  # DIVER gates on the task's verifier
@@ -121,7 +131,7 @@ def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict) -> list[tup
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{where}[{i}] ({r.name}): {err}") from err
     ov = cfg.algo.overlong
-    if ov.enabled:
+    if ov.enabled and shaping:
         fns.append(("overlong", ov.coef, REWARDS.build("overlong", max_len=cfg.rollout.max_new_tokens,
                                                           cache=ov.cache)))
     return fns

@@ -5,6 +5,7 @@ fns = [("math", 1.0, REWARDS.build("math")), ("format", 0.1, REWARDS.build("form
 rewards, per_fn, metrics = combine_rewards(fns, samples, completions, lengths)   # rewards: (N,)
 """
 
+from rlvr.rewards import cascade as _cascade  # noqa: F401  (registers "cascade": rule first, then a judge)
 from rlvr.rewards import diversity as _diversity  # noqa: F401  (registers "diversity", DIVER)
 from rlvr.rewards import library as _library  # noqa: F401  (registers the built-in rewards)
 from rlvr.rewards import reward_model as _reward_model  # noqa: F401  (registers "reward_model")
