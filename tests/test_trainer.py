@@ -241,3 +241,13 @@ def test_exgrpo_replay_only_equals_grpo_until_replay_starts(tmp_path):
     assert any(r["exgrpo/replayed_questions"] > 0 for r in rows[1:]) and any(r["exgrpo/replay_frac"] > 0 for r in rows)
     wr = AutoModelForCausalLM.from_pretrained(replay.run_dir / "final").state_dict()
     assert not all(torch.equal(wa[k], wr[k]) for k in wa)
+
+
+def test_metric_reduction_over_ranks_by_name():
+    """Extremes take min / max over data-parallel ranks (incl. TRL's completions/min_length), the rest averages."""
+    keys = ["reward", "clip_ratio/low_min", "clip_ratio/high_max", "completions/min_length",
+            "completions/max_length", "completions/mean_length"]
+    groups = trainer._by_reduction(dict.fromkeys(keys, 1.0))
+    assert groups["min"] == ["clip_ratio/low_min", "completions/min_length"]
+    assert groups["max"] == ["clip_ratio/high_max", "completions/max_length"]
+    assert {"reward", "completions/mean_length"} <= set(groups.get("mean", []) + groups.get("sum", []))

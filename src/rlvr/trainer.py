@@ -132,7 +132,7 @@ _SUMMED = ("policy_loss", "kl", "entropy", "clip_ratio/", "ppo_kl", "mismatch/")
 
 def _reduce_metrics(metrics: dict[str, float], world: World) -> dict[str, float]:
     """Rank-average every metric; update statistics are already shares of the global mean, so they sum;
-    extremes (`*_min`, `*_max`) take the min / max over ranks."""
+    extremes (`*_min`, `*_max`, `completions/min_length`, `completions/max_length`) take the min / max over ranks."""
     if world.size == 1:
         return metrics
     out = {}
@@ -145,7 +145,10 @@ def _reduce_metrics(metrics: dict[str, float], world: World) -> dict[str, float]
 def _by_reduction(metrics: dict[str, float]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {"sum": [], "mean": [], "min": [], "max": []}
     for k in sorted(metrics):
-        op = k.rsplit("_", 1)[-1] if k.endswith(("_min", "_max")) else "sum" if k.startswith(_SUMMED) else "mean"
+        if k.endswith(("_min", "_max", "/min_length", "/max_length")):  # TRL's completions/min_length too
+            op = "min" if k.endswith(("_min", "/min_length")) else "max"
+        else:
+            op = "sum" if k.startswith(_SUMMED) else "mean"
         groups[op].append(k)
     return {op: keys for op, keys in groups.items() if keys}
 
