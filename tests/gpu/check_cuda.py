@@ -5,6 +5,8 @@
 1. The fast decode path matches the Hugging Face forward on CUDA (fp32 and bf16) for qwen2 and llama configs.
 2. rlvr's sampler vs `model.generate` on CUDA: tokens per second on the standard workload and a larger model.
 3. A few full GRPO steps on CUDA in bf16 and fp32 with KL and several mini-batches: finite metrics, weights move.
+4. The lean training forward (rlvr/lean.py) equals the HF forward on CUDA: log-probs and parameter gradients, fp32
+   and bf16 autocast, on a batch with groups, left and right padding; and its forward + backward time vs HF's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rlvr.policies import encode_prompts, load_policy
 from rlvr.rollout import generate
 from rlvr.run import State, setup
 from rlvr.trainer import rl_step
+from rlvr.update import policy_logp
 
 DIGIT_REWARD = Path(__file__).with_name("digit_reward.py")
 results: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "checks": {}}
@@ -91,6 +94,36 @@ def train_steps(dtype):
         return moved, finite, rows[-1]
 
 
+def lean_vs_hf(config, autocast):
+    """Max |logp| and relative gradient differences of the lean forward against HF's, and their fwd+bwd times."""
+    model, tok = load_policy(config=config, seed=0)
+    model.to("cuda").train()
+    g = torch.Generator().manual_seed(0)
+    prompts = [p for p in ("12+34=", "7+8=", "123+45=", "1+1=") for _ in range(8)]
+    ids, mask = encode_prompts(tok, prompts)
+    T = 16
+    comp = torch.randint(4, model.config.vocab_size, (len(prompts), T), generator=g)
+    cmask = (torch.arange(T)[None] < torch.randint(1, T + 1, (len(prompts), 1), generator=g)).long()
+    ids, attn = torch.cat([ids, comp], 1).cuda(), torch.cat([mask, cmask], 1).cuda()
+    weights = torch.randn(len(prompts), T, generator=g).cuda() * cmask.cuda()
+    out = {}
+    for lean in (False, True):
+        model.zero_grad(set_to_none=True)
+        logp, _ = policy_logp(model, ids, attn, T, autocast=autocast, lean=lean)
+        (logp * weights).sum().backward()
+        out[lean] = (logp.detach() * cmask.cuda(), [p.grad.detach().clone() for p in model.parameters()])
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            lp, _ = policy_logp(model, ids, attn, T, autocast=autocast, lean=lean)
+            (lp * weights).sum().backward()
+        torch.cuda.synchronize()
+        out[f"s{lean}"] = (time.perf_counter() - t0) / 10
+    logp_diff = (out[True][0] - out[False][0]).abs().max().item()
+    grad_rel = max(((a - b).norm() / b.norm().clamp(min=1e-12)).item() for a, b in zip(out[True][1], out[False][1]))
+    return logp_diff, grad_rel, out["sFalse"], out["sTrue"]
+
+
 def speed_checks() -> None:
     s = speed("qwen2-tiny", 64, 16)
     check("speed/standard", s["ratio"] > 1.0, **s)
@@ -109,6 +142,11 @@ def main() -> int:
             same, diff = greedy_equal(config, dtype)
             tol_same = 1.0 if dtype == "float32" else 0.9  # bf16 ties can flip a greedy choice
             check(f"fast_vs_hf/{config}/{dtype}", same >= tol_same, token_agreement=same, max_logp_diff=diff)
+    for config in () if only_train else ("qwen2-tiny", "qwen3-micro"):
+        for name, autocast, tol in (("float32", None, (1e-4, 1e-3)), ("bf16_autocast", torch.bfloat16, (0.1, 0.1))):
+            logp_diff, grad_rel, hf_s, lean_s = lean_vs_hf(config, autocast)
+            check(f"lean_vs_hf/{config}/{name}", logp_diff < tol[0] and grad_rel < tol[1], max_logp_diff=logp_diff,
+                  max_grad_rel_diff=grad_rel, hf_fwd_bwd_s=hf_s, lean_fwd_bwd_s=lean_s)
     if not only_train:
         speed_checks()
     for dtype in ("float32", "bfloat16"):
