@@ -3,6 +3,8 @@
     python benchmarks/diver.py                        # 3 seeds x 3 recipes x 400 steps; JSON on stdout, docs/results/
     python benchmarks/diver.py --seeds 0 --steps 100  # fewer seeds / steps
     python benchmarks/diver.py --quick                # a smoke run of a few steps (checks the script, not claims)
+    python benchmarks/diver.py --recipes diver_td,diver_ed --diver-set rewards.1.kwargs.schedule=constant \
+        --name diver_constant                        # DIVER's bonus kept on for all steps (an ablation)
 
 1. Task `countdown_lite`: 3 numbers in 1-9 and a target in 10-40, answers such as `$3 * 4 - 2 = 10$`. Most prompts
    have several correct answers, and every answer is one `$...$` equation, so DIVER-ED's equational diversity fires.
@@ -77,7 +79,9 @@ def run_recipe(args, name: str, seed: int, out: Path, warm_eval: dict) -> dict[s
     shutil.rmtree(out / f"{name}-s{seed}", ignore_errors=True)
     heldout, stops = [{"step": 0, **warm_eval}], list(range(args.eval_every, args.steps, args.eval_every))
     for i, stop in enumerate(stops + [args.steps]):
-        cfg = load_config(RECIPES[name], common(args, seed, out) + [f"name={name}-s{seed}", f"train.steps={stop}"])
+        extra = args.diver_set if name != "grpo" else []
+        cfg = load_config(RECIPES[name], common(args, seed, out) + extra + [f"name={name}-s{seed}",
+                                                                          f"train.steps={stop}"])
         summary = train(cfg, resume=i > 0)
         heldout.append({"step": stop, **held_out(args, cfg, summary["final_model"])})
     rows = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r]
@@ -115,14 +119,14 @@ def summarise(args, results: dict) -> dict:
 
 
 def write_outputs(args, results: dict, warm: list, docs: Path) -> None:
-    (docs / "diver.json").write_text(json.dumps({"args": vars(args), "warm_start": warm, "curves": results},
+    (docs / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "warm_start": warm, "curves": results},
                                                 indent=1))
     held = {n: [r["heldout"] for r in seeds] for n, seeds in results.items()}
     keys = [k for k in held[next(iter(held))][0][0] if k.startswith(("pass@", "distinct"))]
-    plot(held, docs, keys, prefix="diver", x="step", xlabel="RL step")
+    plot(held, docs, keys, prefix=args.name, x="step", xlabel="RL step")
     width = max(1, args.steps // 40)
     curves = {n: [smoothed(r["train"], TRAIN_KEYS, width) for r in seeds] for n, seeds in results.items()}
-    plot(curves, docs, list(TRAIN_KEYS), prefix="diver_train", x="step", xlabel="RL step")
+    plot(curves, docs, list(TRAIN_KEYS), prefix=f"{args.name}_train", x="step", xlabel="RL step")
 
 
 def main() -> None:
@@ -138,24 +142,31 @@ def main() -> None:
     p.add_argument("--sft-lr", type=float, default=3e-3)
     p.add_argument("--out", default="runs/diver-bench")
     p.add_argument("--docs", default="docs/results")
+    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of " + ", ".join(RECIPES))
+    p.add_argument("--diver-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the DIVER recipes only, e.g. rewards.1.kwargs.schedule=constant")
+    p.add_argument("--name", default="diver", help="output names: docs/results/<name>.json, <name>_*.png")
     p.add_argument("--quick", action="store_true", help="a few steps: checks that the script works")
     args = p.parse_args()
     if args.quick:
         args.steps, args.eval_every, args.eval_prompts, args.n, args.sft_steps = 4, 2, 8, 8, 50
         args.seeds = args.seeds[:1]
+    args.recipes = args.recipes.split(",")
+    if unknown := [r for r in args.recipes if r not in RECIPES]:
+        p.error(f"--recipes: unknown {unknown}; choose from {list(RECIPES)}")
     if args.eval_every < 1 or args.steps < 1:
         p.error("--steps and --eval-every must be >= 1")
     torch.set_num_threads(2)
     out, docs = Path(args.out), Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
-    t0, results, warm = time.perf_counter(), {n: [] for n in RECIPES}, []
+    t0, results, warm = time.perf_counter(), {n: [] for n in args.recipes}, []
     with contextlib.redirect_stdout(sys.stderr):
         for seed in args.seeds:
             base = load_config(RECIPES["grpo"], common(args, seed, out) + [f"name=warm-s{seed}"])
             w = sft(base)
             warm_eval = held_out(args, base, w["model"])
             warm.append({"seed": seed, "history": w["history"], "seconds": w["seconds"], "heldout": warm_eval})
-            for name in RECIPES:
+            for name in args.recipes:
                 results[name].append(run_recipe(args, name, seed, out, warm_eval))
     write_outputs(args, results, warm, docs)
     warm_summary = [{"seed": w["seed"], "sft_steps": w["history"][-1][0], "greedy_accuracy": w["history"][-1][1],

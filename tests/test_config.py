@@ -78,3 +78,15 @@ def test_recipes_load_and_validate():
 
     for p in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
         validate(load_config(p))
+
+
+def test_overrides_reach_into_lists_by_index():
+    cfg = load_config("recipes/diver_td.yaml", ["rewards.1.kwargs.t_cut=400", "rewards.0.weight=2.0"])
+    assert cfg.rewards[1].kwargs["t_cut"] == 400 and cfg.rewards[1].kwargs["kind"] == "textual"
+    assert cfg.rewards[0].weight == 2.0
+    cfg = load_config("recipes/diver_td.yaml", ["rewards.1={name: format}"])
+    assert cfg.rewards[1].name == "format" and cfg.rewards[1].kwargs == {}
+    with pytest.raises(ConfigError, match=r"override 'rewards.5.weight=1': '5' is not an index of a list of 2"):
+        load_config("recipes/diver_td.yaml", ["rewards.5.weight=1"])
+    with pytest.raises(ConfigError, match="'x' is not an index"):
+        load_config("recipes/diver_td.yaml", ["rewards.x.weight=1"])

@@ -277,10 +277,21 @@ def _apply_override(raw: dict, item: str) -> None:
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        node = _list_item(node, part, item) if isinstance(node, list) else node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
             raise ConfigError(f"override '{item}': '{part}' is not a section")
-    node[parts[-1]] = value
+    if isinstance(node, list):  # e.g. rewards.1=... replaces a whole list item
+        _list_item(node, parts[-1], item)
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _list_item(node: list, part: str, item: str):
+    """node[int(part)] for a list index in a dotted override (rewards.1.kwargs.t_cut=400), else a clear error."""
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override '{item}': '{part}' is not an index of a list of {len(node)} items")
+    return node[int(part)]
 
 
 def from_dict(cls: type, data: Any, where: str) -> Any:
