@@ -251,3 +251,26 @@ def test_metric_reduction_over_ranks_by_name():
     assert groups["min"] == ["clip_ratio/low_min", "completions/min_length"]
     assert groups["max"] == ["clip_ratio/high_max", "completions/max_length"]
     assert {"reward", "completions/mean_length"} <= set(groups.get("mean", []) + groups.get("sum", []))
+
+
+def test_hf_forward_option_trains_like_the_lean_forward(tiny_cfg, monkeypatch):
+    """model.lean_forward=false (the HF forward) and the default lean forward: the same first rollout and the same
+    update up to float rounding (one step: 2 PPO epochs x 2 mini-batches, so pi_old and clipping are exercised)."""
+    import rlvr.update
+
+    calls, real = [], rlvr.update.lean_completion_logits
+    monkeypatch.setattr(rlvr.update, "lean_completion_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    runs, used = {}, {}
+    for lean in ("true", "false"):
+        calls.clear()
+        cfg = tiny_cfg(f"name=lean-{lean}", f"model.lean_forward={lean}", "train.steps=1", "algo.ppo_epochs=2",
+                       "algo.mini_batches=2", "rewards=[{name: python, kwargs: {function: "
+                       f"'{Path(__file__).parent / 'gpu' / 'digit_reward.py'}:digit_fraction'}}}}]")
+        trainer.train(cfg)
+        runs[lean] = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r][0]
+        used[lean] = len(calls)
+    assert used["true"] > 0 and used["false"] == 0  # the option really switches the forward
+    a, b = runs["true"], runs["false"]
+    assert a["reward"] == b["reward"] and a["reward_std"] > 0  # same samples, and advantages that are not all 0
+    for key in ("policy_loss", "grad_norm", "entropy"):
+        assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), key

@@ -93,16 +93,19 @@ def test_shared_prefix_equals_plain_forward():
     attn = torch.cat([pmask.repeat_interleave(G, 0), torch.ones(3 * G, T, dtype=torch.long)], 1)
     attn[3, P + 2 :] = 0  # a short completion (right padding)
     results = []
-    for share in (False, True):
+    # the plain HF forward (reference), the HF forward with a shared prompt cache, and the lean forward
+    for share, lean in ((False, False), (True, False), (True, True)):
         model.zero_grad()
-        logp, ent = policy_logp(model, ids, attn, T, temperature=0.8, with_entropy=True, share_prefix=share)
+        logp, ent = policy_logp(model, ids, attn, T, temperature=0.8, with_entropy=True, share_prefix=share,
+                                lean=lean)
         (logp * attn[:, P:]).sum().backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
         results.append((logp, ent, grads))
     m = attn[:, P:].bool()
-    torch.testing.assert_close(results[1][0][m], results[0][0][m], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(results[1][1][m], results[0][1][m], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(results[1][2], results[0][2], rtol=1e-4, atol=1e-6)
+    for other in results[1:]:
+        torch.testing.assert_close(other[0][m], results[0][0][m], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(other[1][m], results[0][1][m], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(other[2], results[0][2], rtol=1e-4, atol=1e-6)
 
 
 def test_bf16_autocast_forward_close_to_fp32():

@@ -63,7 +63,7 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     bar = tqdm(range(1, s.steps + 1), desc=f"rlvr sft {cfg.name}", unit="step", disable=not cfg.train.progress,
                dynamic_ncols=True)
     for step in bar:
-        loss = _sft_step(model, tokenizer, task, optimizer, step, s.batch_size)
+        loss = _sft_step(model, tokenizer, task, optimizer, step, s.batch_size, lean=cfg.model.lean_forward)
         row = {"sft/loss": loss}
         bar.set_postfix(loss=f"{loss:.3f}")
         if step % s.eval_every == 0 or step == s.steps:
@@ -79,12 +79,12 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     return {"model": str(out_dir), "history": history, "seconds": time.perf_counter() - t0}
 
 
-def _sft_step(model, tokenizer, task, optimizer, step: int, batch_size: int) -> float:
+def _sft_step(model, tokenizer, task, optimizer, step: int, batch_size: int, *, lean: bool = True) -> float:
     model.train()
     idx = [((step - 1) * batch_size + j) % len(task) for j in range(batch_size)]
     samples = [task[i] for i in idx]
     ids, attn, loss_mask = sft_batch(tokenizer, samples, [task.reference(x) for x in samples])
-    logp, _ = policy_logp(model, ids, attn, loss_mask.shape[1])
+    logp, _ = policy_logp(model, ids, attn, loss_mask.shape[1], lean=lean)
     loss = -(logp * loss_mask).sum() / loss_mask.sum()
     loss.backward()
     loss = loss.detach()
