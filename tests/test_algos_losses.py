@@ -123,7 +123,8 @@ def test_gspo_token_gradient_equals_sequence_gradient_under_seq_mean_token_mean(
     kw = {"clip_low": 0.01, "clip_high": 0.015}  # some sequences clip, some do not
     seq_loss, metrics = LOSSES.lookup("gspo")(logp, old, adv, mask, **kw)
     tok_loss, _ = LOSSES.lookup("gspo_token")(logp, old, adv, mask, **kw)
-    assert 0 < metrics["clip_ratio/region_mean"].item() < 1
+    region = metrics["clip_ratio/region_mean"]  # a fraction of sequences, with their count (a Mean)
+    assert 0 < region.value.item() < 1 and region.weight.item() == 5
     (g_seq,) = torch.autograd.grad(agg(seq_loss, mask), logp)
     (g_tok,) = torch.autograd.grad(agg(tok_loss, mask), logp)
     assert torch.allclose(agg(seq_loss, mask), agg(tok_loss, mask), atol=1e-12)

@@ -4,14 +4,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlvr.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_model_atomic
-from rlvr.policies import load_policy
+from rlvr.policies import HFCausalLM, load_policy
 
 
 def test_save_and_reload(tmp_path):
-    model, tok = load_policy(config="qwen2-micro", seed=0)
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
+    model = policy.model
     root = tmp_path / "ckpt"
     for step in (1, 2, 3):
-        save_checkpoint(root, step, model, tok, {"step": step}, keep=2)
+        save_checkpoint(root, step, policy, {"step": step}, keep=2)
     assert sorted(p.name for p in root.glob("step-*")) == ["step-000002", "step-000003"]
     latest = latest_checkpoint(root)
     assert latest.name == "step-000003" and load_trainer_state(latest)["step"] == 3
@@ -21,16 +22,16 @@ def test_save_and_reload(tmp_path):
 
 
 def test_crash_mid_write_keeps_last_good(tmp_path, monkeypatch):
-    model, tok = load_policy(config="qwen2-micro", seed=0)
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
     root = tmp_path / "ckpt"
-    save_checkpoint(root, 1, model, tok, {"step": 1})
+    save_checkpoint(root, 1, policy, {"step": 1})
 
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
     try:
-        save_checkpoint(root, 2, model, tok, {"step": 2})
+        save_checkpoint(root, 2, policy, {"step": 2})
     except OSError:
         pass
     monkeypatch.undo()
@@ -40,10 +41,10 @@ def test_crash_mid_write_keeps_last_good(tmp_path, monkeypatch):
 
 
 def test_save_model_atomic_replaces(tmp_path):
-    model, tok = load_policy(config="qwen2-micro", seed=0)
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
     out = tmp_path / "final"
-    save_model_atomic(model, tok, out)
-    save_model_atomic(model, tok, out)
+    save_model_atomic(policy, out)
+    save_model_atomic(policy, out)
     assert (out / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["final"]
 
@@ -52,7 +53,8 @@ def test_reloaded_model_has_the_same_padding_idx(tmp_path):
     """A model built from a config and the same model reloaded from its checkpoint must train identically: the
     embedding's padding_idx (whose row gets no gradient) comes from the config in both cases. Found through an
     ExGRPO resume whose gradients differed only in the pad row of the tied embedding."""
-    model, tok = load_policy(config="qwen2-micro", seed=0)
-    save_model_atomic(model, tok, tmp_path / "m")
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
+    model, tok = policy.model, policy.tokenizer
+    save_model_atomic(policy, tmp_path / "m")
     loaded, _ = load_policy(path=tmp_path / "m")
     assert model.model.embed_tokens.padding_idx == loaded.model.embed_tokens.padding_idx == tok.pad_token_id

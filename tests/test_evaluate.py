@@ -33,6 +33,8 @@ def test_distinct_correct_counts_different_correct_first_lines():
 def test_evaluate_sampled_counts_pass_at_k_and_distinct_answers():
     """A fake task and sampler with known outcomes: prompt 0 gets answers a, a, b, x (3 correct, 2 distinct),
     prompt 1 gets x, x, x, x (none correct); pass@k is the unbiased estimate from those n = 4 samples."""
+    from types import SimpleNamespace
+
     import torch
 
     from rlvr import evaluate as ev
@@ -49,17 +51,15 @@ def test_evaluate_sampled_counts_pass_at_k_and_distinct_answers():
         def score(self, sample, text):
             return float(text.strip() in ("a", "b"))
 
-    def fake_generate(model, tokenizer, samples, max_new_tokens, **kw):
-        texts = [outcomes[s.prompt][i % 4] for i, s in enumerate(samples)]
-        return {"texts": texts, "completion_mask": torch.ones(len(texts), 3)}
+    class Sampler:  # rlvr.rollout.collect.Sampler: generate(samples, group_ids, seeds) -> a Batch-like object
+        def generate(self, samples, group_ids, seeds):
+            texts = [outcomes[s.prompt][i % 4] for i, s in enumerate(samples)]
+            return SimpleNamespace(texts=texts, completion_mask=torch.ones(len(texts), 3))
 
-    model = torch.nn.Linear(1, 1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ev, "_generate", fake_generate)
-        out = ev.evaluate_sampled(model, None, Task(), size=2, n=4, ks=(1, 2, 4), max_new_tokens=3, batch_size=8)
+    out = ev.evaluate_sampled(Sampler(), Task(), size=2, n=4, ks=(1, 2, 4), batch_size=8)
     assert out["pass@1"] == pytest.approx((3 / 4 + 0) / 2)
     assert out["pass@2"] == pytest.approx((pass_at_k(4, 3, 2) + 0) / 2) and out["pass@4"] == pytest.approx(0.5)
     assert out["distinct_correct"] == 1.0 and out["distinct_correct_solved"] == 2.0  # (2 + 0) / 2 and 2 / 1
     assert out["mean_length"] == 3.0
     with pytest.raises(ValueError, match="k must be"):
-        ev.evaluate_sampled(model, None, Task(), size=2, n=4, ks=(8,), max_new_tokens=3)
+        ev.evaluate_sampled(Sampler(), Task(), size=2, n=4, ks=(8,))

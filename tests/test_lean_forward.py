@@ -1,5 +1,5 @@
-"""rlvr.lean: the lean training forward equals the HF forward at every real completion position (shared-prefix and
-plain forward, grouped and all-distinct rows, left-padded prompts, right-padded completions, GQA and MHA, tied and
+"""rlvr.policies.lean: the lean training forward equals the HF forward at every real completion position (shared-prefix
+and plain forward, grouped and all-distinct rows, left-padded prompts, right-padded completions, GQA and MHA, tied and
 untied heads, qkv biases, Qwen3 q/k norms); the gradients of every parameter match; padded positions are finite and
 garbage there changes nothing; bf16 autocast stays close to fp32; `lean_reason` accepts the plain family and refuses
 PEFT, dropout, gradient checkpointing and other architectures."""
@@ -8,10 +8,14 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlvr.lean import lean_completion_logits, lean_reason
 from rlvr.ops import token_logprobs
-from rlvr.policies import load_policy
-from rlvr.update import _prompt_owners, _shared_prefix_logits
+from rlvr.policies import load_policy, prompt_owners
+from rlvr.policies.hf_forward import shared_prefix_logits
+from rlvr.policies.lean import lean_completion_logits, lean_reason
+
+
+def owners(ids, mask):
+    return prompt_owners(ids[:, :-T], mask[:, :-T])
 
 MODELS = {
     "qwen2-micro": {},  # GQA 4 q / 2 kv heads, qkv biases, tied head
@@ -62,15 +66,15 @@ def make_batch(V: int, prompts: int, group: int, seed: int = 0):
 
 
 def reference_logits(model, ids, mask, shared: bool):
-    """HF: the shared-prefix path of rlvr.update, or the plain forward over the whole rows."""
+    """HF: the shared-prefix path (rlvr.policies.hf_forward), or the plain forward over the whole rows."""
     if shared:
-        return _shared_prefix_logits(model, ids, mask, T, *_prompt_owners(ids, mask, T))
+        return shared_prefix_logits(model, ids, mask, T, *owners(ids, mask))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -T - 1 : -1]
 
 
 def lean_logits(model, ids, mask):
-    return lean_completion_logits(model, ids, mask, T, *_prompt_owners(ids, mask, T))
+    return lean_completion_logits(model, ids, mask, T, *owners(ids, mask))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -145,7 +149,7 @@ def test_one_completion_token(models):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -2:-1]
-        out = lean_completion_logits(model, ids, mask, 1, *_prompt_owners(ids, mask, 1))
+        out = lean_completion_logits(model, ids, mask, 1, *prompt_owners(ids[:, :-1], mask[:, :-1]))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 

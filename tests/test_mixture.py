@@ -10,7 +10,7 @@ import torch
 from rlvr import trainer
 from rlvr.batch import Sample
 from rlvr.errors import TrainingError
-from rlvr.metrics import read_metrics
+from rlvr.metrics import Metrics, read_metrics
 from rlvr.rewards.router import route_rewards
 from rlvr.tasks import TASKS
 from rlvr.tasks.mixture import MixtureTask
@@ -42,11 +42,28 @@ def const(value):
 def test_route_rewards_sends_each_sample_to_its_task():
     samples = [Sample("p", task="a"), Sample("p", task="b"), Sample("p", task="a")]
     routes = {"a": [("one", 2.0, const(1.0))], "b": [("ten", 1.0, const(10.0)), ("none", 1.0, const(None))]}
-    rewards, metrics = route_rewards(routes, samples, ["x"] * 3)
+    log = Metrics()
+    rewards, sources = route_rewards(routes, samples, ["x"] * 3, log=log)
+    metrics = log.local()
     assert rewards.tolist() == [2.0, 10.0, 2.0]
     assert metrics["tasks/a/reward"] == 2.0 and metrics["tasks/b/reward"] == 10.0
+    assert sources["one"].tolist()[::2] == [1.0, 1.0] and math.isnan(sources["one"][1])
     with pytest.raises(ValueError, match="no reward route for task 'c'"):
         route_rewards(routes, [Sample("p", task="c")], ["x"])
+
+
+def test_two_sources_with_one_name_keep_their_own_values_and_weights():
+    """Two `python` rewards (or two DIVER `diversity` entries) in one route used to collapse into the last one."""
+    samples = [Sample("p", task="a"), Sample("p", task="b")]
+    routes = {"a": [("python", 1.0, const(1.0)), ("python", 0.5, const(4.0))], "b": [("python", 1.0, const(3.0))]}
+    log = Metrics()
+    rewards, sources = route_rewards(routes, samples, ["x"] * 2, log=log)
+    assert rewards.tolist() == [1.0 + 0.5 * 4.0, 3.0]
+    assert sources["python"].tolist() == [1.0, 3.0] and sources["python#1"].tolist()[0] == 4.0
+    assert log.local()["tasks/a/rewards/python#1/mean"] == 4.0
+    single = {"a": routes["a"]}  # one task: the same, without the tasks/ prefix
+    rewards, _ = route_rewards(single, samples[:1], ["x"], log=(log := Metrics()))
+    assert rewards.tolist() == [3.0] and log.local()["rewards/python#1/mean"] == 4.0
 
 
 def test_per_source_normalisation():

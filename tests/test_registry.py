@@ -38,3 +38,24 @@ def test_double_registration_fails():
     reg = make()
     with pytest.raises(ValueError, match="twice"):
         reg.register("alpha")(lambda x: x)
+
+
+def test_needs_are_declared_not_read_from_signatures():
+    reg = Registry("widget")
+
+    @reg.register("plain")
+    def plain(x, *, lengths=None):  # takes `lengths` but did not declare it: the loop will not pass it
+        return x
+
+    @reg.register("declared", needs=("lengths",))
+    def declared(x, *, lengths):
+        return x
+
+    class Seeded:
+        needs = ("seed", "holdout")
+
+    reg.register("seeded")(Seeded)
+    assert reg.needs("plain") == () and reg.needs("declared") == ("lengths",)
+    assert reg.needs("seeded") == ("seed", "holdout")
+    with pytest.raises(ValueError, match="unknown widget"):
+        reg.needs("nope")

@@ -6,7 +6,6 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from rlvr.batch import Sample
-from rlvr.checkpoint import save_model_atomic
 from rlvr.config import ConfigError
 from rlvr.policies import char_tokenizer, load_policy
 from rlvr.rewards import REWARDS
@@ -21,7 +20,8 @@ def rm_path(tmp_path_factory):
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(cfg)
     path = tmp_path_factory.mktemp("rm") / "rm"
-    save_model_atomic(model, tok, path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
     return path
 
 
@@ -45,7 +45,8 @@ def test_polar_template_uses_the_reference(rm_path):
 
 def test_checkpoint_without_classification_head_fails_before_training(tmp_path, tiny_cfg):
     model, tok = load_policy(config="qwen2-micro")
-    save_model_atomic(model, tok, tmp_path / "lm")
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
     with pytest.raises(ValueError, match="no sequence-classification head"):
         REWARDS.build("reward_model", path=str(tmp_path / "lm"))
     with pytest.raises(ValueError, match="does not exist"):

@@ -1,17 +1,25 @@
-"""rlvr.rollout: the fast Llama/Qwen decoder matches the HF forward (prefill and every decode step, left-padded
-prompts, GQA, tied/untied heads, Qwen3 q/k norms); greedy decoding equals `model.generate`; logp equals a
+"""rlvr.policies.sampling: the fast Llama/Qwen decoder matches the HF forward (prefill and every decode step,
+left-padded prompts, GQA, tied/untied heads, Qwen3 q/k norms); greedy decoding equals `model.generate`; logp equals a
 recomputed log_softmax(logits / temperature); masks, EOS, stop strings, truncation and early exit; top-k/top-p;
-seeded reproducibility; the plain HF fallback for other architectures; argument errors."""
+seeded reproducibility: a row samples the same tokens whatever other rows share its batch (counter-based streams);
+the plain HF fallback for other architectures; argument errors."""
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlvr.policies import encode_prompts, load_policy
-from rlvr.rollout import FastDecoder, generate, unsupported_reason
+from rlvr.policies.family import family_reason as unsupported_reason
+from rlvr.policies.fast_decode import FastDecoder
+from rlvr.policies.sampling import generate
+from rlvr.seeding import row_seeds
 
 PROMPTS = ["1+1=", "hello world 12*3=", "a", "(7-2)*x"]
 MICROS = ["qwen2-micro", "llama-micro", "qwen3-micro"]
+
+
+def seeds(seed: int, n: int) -> torch.Tensor:
+    return row_seeds(seed, "test", torch.arange(n))
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +64,8 @@ def test_greedy_equals_model_generate(policies, name, backend):
 def test_logp_equals_recomputed_log_softmax(policies, backend):
     model, tok = policies["llama-micro"]
     ids, mask = encode_prompts(tok, PROMPTS * 2)
-    gen = torch.Generator().manual_seed(1)
-    out = generate(model, tok, ids, mask, max_new_tokens=8, temperature=0.7, generator=gen, backend=backend)
+    out = generate(model, tok, ids, mask, max_new_tokens=8, temperature=0.7, seeds=seeds(1, len(ids)),
+                   backend=backend)
     full = torch.cat([ids, out["completion_ids"]], 1)
     logits = hf_next_logits(model, full, torch.cat([mask, out["completion_mask"]], 1))[:, ids.shape[1] - 1 : -1]
     ref = (logits / 0.7).log_softmax(-1).gather(-1, out["completion_ids"][..., None])[..., 0]
@@ -71,9 +79,7 @@ def test_same_seed_same_samples_and_backends_agree(policies):
     ids, mask = encode_prompts(tok, PROMPTS * 2)
 
     def run(seed, backend="auto"):
-        return generate(
-            model, tok, ids, mask, max_new_tokens=8, generator=torch.Generator().manual_seed(seed), backend=backend
-        )
+        return generate(model, tok, ids, mask, max_new_tokens=8, seeds=seeds(seed, len(ids)), backend=backend)
 
     a, b, c, h = run(0), run(0), run(1), run(0, "hf")
     assert torch.equal(a["completion_ids"], b["completion_ids"]) and a["texts"] == b["texts"]
@@ -82,15 +88,36 @@ def test_same_seed_same_samples_and_backends_agree(policies):
     torch.testing.assert_close(a["logp"], h["logp"], atol=1e-4, rtol=0)
 
 
+def test_a_row_samples_the_same_whatever_shares_its_batch(policies):
+    """Counter-based sampling: rows drawn alone, in another order or next to other prompts (different padding) get
+    the same tokens as in the full batch; an offset continues a row's stream where an earlier call left it."""
+    model, tok = policies["qwen2-micro"]
+    prompts = PROMPTS * 2
+    ids, mask = encode_prompts(tok, prompts)
+    s = seeds(3, len(prompts))
+    full = generate(model, tok, ids, mask, max_new_tokens=8, seeds=s)
+    for rows in ([5], [7, 2], [6, 1, 0]):
+        sub_ids, sub_mask = encode_prompts(tok, [prompts[r] for r in rows])  # re-padded to the subset
+        part = generate(model, tok, sub_ids, sub_mask, max_new_tokens=8, seeds=s[rows])
+        assert part["texts"] == [full["texts"][r] for r in rows]
+    head = generate(model, tok, ids[:1], mask[:1], max_new_tokens=3, seeds=s[:1])
+    assert head["completion_mask"].all()  # no early end: the continuation below starts at draw 3
+    ctx = torch.cat([ids[:1], head["completion_ids"]], 1)
+    tail = generate(model, tok, ctx, torch.cat([mask[:1], head["completion_mask"]], 1), max_new_tokens=5,
+                    seeds=s[:1], offsets=torch.tensor([3]))
+    resumed = tok.decode(torch.cat([head["completion_ids"][0], tail["completion_ids"][0]]).tolist())
+    assert resumed.startswith(full["texts"][0])
+
+
 @torch.no_grad()
 def test_top_k_and_top_p_restrict_the_samples(policies):
     model, tok = policies["llama-micro"]
     ids, mask = encode_prompts(tok, PROMPTS * 4)
     greedy = generate(model, tok, ids, mask, max_new_tokens=6, greedy=True)["completion_ids"]
     for kw in (dict(top_k=1), dict(top_p=1e-6)):
-        out = generate(model, tok, ids, mask, max_new_tokens=6, generator=torch.Generator().manual_seed(0), **kw)
+        out = generate(model, tok, ids, mask, max_new_tokens=6, seeds=seeds(0, len(ids)), **kw)
         assert torch.equal(out["completion_ids"], greedy), kw
-    out = generate(model, tok, ids, mask, max_new_tokens=6, top_k=3, generator=torch.Generator().manual_seed(0))
+    out = generate(model, tok, ids, mask, max_new_tokens=6, top_k=3, seeds=seeds(0, len(ids)))
     full = torch.cat([ids, out["completion_ids"]], 1)
     logits = hf_next_logits(model, full, torch.cat([mask, out["completion_mask"]], 1))[:, ids.shape[1] - 1 : -1]
     top3 = logits.topk(3, dim=-1).indices  # (N, T, 3)
@@ -174,7 +201,7 @@ def test_lora_wrapped_policy_falls_back_to_hf_loop(policies):
 def test_bfloat16_policy_samples():
     model, tok = load_policy(config="qwen2-micro", dtype="bfloat16")
     ids, mask = encode_prompts(tok, PROMPTS)
-    out = generate(model, tok, ids, mask, max_new_tokens=5, generator=torch.Generator().manual_seed(0))
+    out = generate(model, tok, ids, mask, max_new_tokens=5, seeds=seeds(0, len(ids)))
     assert out["logp"].dtype == torch.float32 and torch.isfinite(out["logp"]).all()
     assert out["completion_ids"].shape == (4, 5)
 

@@ -243,23 +243,13 @@ def test_exgrpo_replay_only_equals_grpo_until_replay_starts(tmp_path):
     assert not all(torch.equal(wa[k], wr[k]) for k in wa)
 
 
-def test_metric_reduction_over_ranks_by_name():
-    """Extremes take min / max over data-parallel ranks (incl. TRL's completions/min_length), the rest averages."""
-    keys = ["reward", "clip_ratio/low_min", "clip_ratio/high_max", "completions/min_length",
-            "completions/max_length", "completions/mean_length"]
-    groups = trainer._by_reduction(dict.fromkeys(keys, 1.0))
-    assert groups["min"] == ["clip_ratio/low_min", "completions/min_length"]
-    assert groups["max"] == ["clip_ratio/high_max", "completions/max_length"]
-    assert {"reward", "completions/mean_length"} <= set(groups.get("mean", []) + groups.get("sum", []))
-
-
 def test_hf_forward_option_trains_like_the_lean_forward(tiny_cfg, monkeypatch):
     """model.lean_forward=false (the HF forward) and the default lean forward: the same first rollout and the same
     update up to float rounding (one step: 2 PPO epochs x 2 mini-batches, so pi_old and clipping are exercised)."""
-    import rlvr.update
+    import rlvr.policies.hf_forward as hf_forward
 
-    calls, real = [], rlvr.update.lean_completion_logits
-    monkeypatch.setattr(rlvr.update, "lean_completion_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, real = [], hf_forward.lean_completion_logits
+    monkeypatch.setattr(hf_forward, "lean_completion_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     runs, used = {}, {}
     for lean in ("true", "false"):
         calls.clear()

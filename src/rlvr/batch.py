@@ -1,11 +1,27 @@
-"""The data that flows between the boxes of the loop: Sample (a task item), Rollout (sampled completions).
+"""The data that flows through one RL step: Sample (a task item) and Batch (rows of completions that grow fields).
 
-Shapes: N = number of completions (prompts x group size G), P = prompt length, T = completion length.
-Prompts are left-padded, completions right-padded, so position P is the first generated token of every row.
+    batch = policy.generate(samples, group_ids=..., seeds=..., params=...)   # ids, masks, rollout_logp, texts
+    batch = score(...)            # + rewards, reward_sources
+    batch = advantages(...)       # + advantages
+    batch = logprobs(...)         # + old_logp / ref_logp / old_entropy where a later stage needs them
+    batch = token_weights(...)    # + token_weights
+    update(policy, batch, ...)    # reads them; a tensor keeps one name from rollout to loss
+
+Shapes: N rows (completions), P prompt and T completion positions. Prompts are left-padded and completions
+right-padded, so position P is the first completion token of every row. A completion may hold tokens the policy did
+not sample (a multi-turn environment's observations): they are attended to (`completion_mask` 1) but never trained
+on (`loss_mask` 0), and their `rollout_logp` is 0.
+
+`select`, `concat` and padding are generic over every field: a tensor field is indexed on its first dim; a list
+field (texts, samples) per item; `reward_sources` and `extras` per entry. On concat, prompt fields are re-padded on
+the left, every other tensor with more than one dim on the right (with `pad_id` for token ids, 0 elsewhere); an
+extra that only some parts carry is filled with zeros (tensors) or None (lists) in the others.
+`extras` holds what a modality or recipe adds per row: pixel values, replay flags, per-turn rewards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,62 +40,126 @@ class Sample:
 
 
 @dataclass
-class Rollout:
-    """G sampled completions for each of several prompts, with everything the update needs."""
+class Batch:
+    """Rows of sampled completions and everything the later stages add to them (see the module docstring)."""
 
-    prompt_ids: torch.Tensor  # (N, P) long, left-padded with pad_token_id
-    prompt_mask: torch.Tensor  # (N, P) 1 = real prompt token
+    prompt_ids: torch.Tensor  # (N, P) long, left-padded with the pad id
+    prompt_mask: torch.Tensor  # (N, P) long, 1 = real prompt token
     completion_ids: torch.Tensor  # (N, T) long, right-padded
-    completion_mask: torch.Tensor  # (N, T) 1 = generated token (incl. the EOS that ended it), 0 = padding
-    logp: torch.Tensor  # (N, T) sampler log-probs of the chosen tokens (0 where mask is 0)
-    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS / stop string
-    texts: list[str]  # N decoded completions (cut at the stop string, without EOS)
-    group_ids: torch.Tensor  # (N,) long, the prompt each completion answers
-    samples: list[Sample]  # N task items (each prompt's Sample repeated G times)
+    completion_mask: torch.Tensor  # (N, T) long, 1 = a token of the sequence (sampled or observed), attended to
+    loss_mask: torch.Tensor  # (N, T) float, 1 = a sampled token that is trained on
+    rollout_logp: torch.Tensor  # (N, T) float, the sampler's log-probs of its tokens (0 elsewhere)
+    truncated: torch.Tensor  # (N,) bool: ended by the length / turn budget, not by EOS or a stop
+    texts: list[str]  # N decoded completions (observations included, EOS and stop string not)
+    group_ids: torch.Tensor  # (N,) long: rows with one id answer one prompt (a GRPO group)
+    samples: list[Sample]  # N task items (a group's Sample repeated)
+    rewards: torch.Tensor | None = None  # (N,) total reward; NaN = no source applied
+    reward_sources: dict[str, torch.Tensor] = field(default_factory=dict)  # source key -> (N,) values, NaN = n/a
+    advantages: torch.Tensor | None = None  # (N,) or (N, T)
+    old_logp: torch.Tensor | None = None  # (N, T) pi_old recomputed by the trainer; None = the update's own
+    old_entropy: torch.Tensor | None = None  # (N, T) token entropy under pi_old, when a stage needs it
+    ref_logp: torch.Tensor | None = None  # (N, T) frozen reference policy, when KL is on
+    token_weights: torch.Tensor | None = None  # (N, T) per-token loss weights (high_entropy, perception ...)
+    extras: dict[str, Any] = field(default_factory=dict)  # per-row additions: (N, ...) tensors or N-lists
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
-    def select(self, idx: torch.Tensor | list[int]) -> Rollout:
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)  # (N, P + T)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)  # (N, P + T)
+
+    @property
+    def device(self) -> torch.device:
+        return self.completion_ids.device
+
+    def replace(self, **fields: Any) -> Batch:
+        return dataclasses.replace(self, **fields)
+
+    def select(self, idx: torch.Tensor | list[int]) -> Batch:
         """Rows `idx` of every field, in that order."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         rows = idx.tolist()
-        return Rollout(
-            prompt_ids=self.prompt_ids[idx],
-            prompt_mask=self.prompt_mask[idx],
-            completion_ids=self.completion_ids[idx],
-            completion_mask=self.completion_mask[idx],
-            logp=self.logp[idx],
-            truncated=self.truncated[idx],
-            texts=[self.texts[i] for i in rows],
-            group_ids=self.group_ids[idx],
-            samples=[self.samples[i] for i in rows],
-        )
+        return Batch(**{f.name: _pick(getattr(self, f.name), idx, rows) for f in dataclasses.fields(self)})
+
+    def mask_truncated(self) -> Batch:
+        """Rows ended by the length / turn budget keep no trained token (TRL mask_truncated_completions)."""
+        return self.replace(loss_mask=self.loss_mask * (~self.truncated).to(self.loss_mask.dtype)[:, None])
+
+    def groups(self) -> torch.Tensor:
+        """The distinct group ids in order of first appearance, (G,)."""
+        ids = self.group_ids.tolist()
+        return torch.tensor(list(dict.fromkeys(ids)), dtype=torch.long)
+
+    def rows_of(self, groups: torch.Tensor | list[int]) -> torch.Tensor:
+        """Indices of the rows whose group is in `groups`, in row order."""
+        keep = torch.as_tensor(groups, dtype=torch.long, device=self.group_ids.device)
+        return torch.nonzero(torch.isin(self.group_ids, keep)).flatten().cpu()
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{f.name: _to(getattr(self, f.name), device) for f in dataclasses.fields(self)})
+
+    @staticmethod
+    def concat(parts: list[Batch], pad_id: int) -> Batch:
+        """Rows of `parts` stacked (re-padded to the widest prompt and completion)."""
+        parts = [p for p in parts if len(p)] or parts[:1]
+        if len(parts) == 1:
+            return parts[0]
+        out = {}
+        for f in dataclasses.fields(Batch):
+            values = [getattr(p, f.name) for p in parts]
+            out[f.name] = _cat(f.name, values, pad_id, [len(p) for p in parts])
+        return Batch(**out)
 
 
-def _pad_to(x: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
-    extra = width - x.shape[1]
-    if extra == 0:
+def _pick(value: Any, idx: torch.Tensor, rows: list[int]) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value[idx.to(value.device)]
+    if isinstance(value, dict):
+        return {k: _pick(v, idx, rows) for k, v in value.items()}
+    return [value[i] for i in rows]
+
+
+def _to(value: Any, device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def pad_to(x: torch.Tensor, shape: list[int], value: float, *, left: bool = False) -> torch.Tensor:
+    """`x` padded with `value` to `shape` (its first dim kept): on the left of dim 1 when `left`, else at the end
+    of every dim."""
+    if list(x.shape[1:]) == list(shape[1:]):
         return x
-    pad = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
-    return torch.cat([pad, x] if left else [x, pad], dim=1)
+    out = torch.full([x.shape[0], *shape[1:]], value, dtype=x.dtype, device=x.device)
+    if left:
+        out[:, shape[1] - x.shape[1] :] = x
+    else:
+        out[tuple(slice(0, n) for n in x.shape)] = x
+    return out
 
 
-def concat_rollouts(parts: list[Rollout], pad_token_id: int) -> Rollout:
-    """Stack rollouts of different prompt/completion widths (prompts re-padded left, completions right)."""
-    if len(parts) == 1:
-        return parts[0]
-    P = max(r.prompt_ids.shape[1] for r in parts)
-    T = max(r.completion_ids.shape[1] for r in parts)
-    cat = lambda f, w, v, left: torch.cat([_pad_to(getattr(r, f), w, v, left) for r in parts])  # noqa: E731
-    return Rollout(
-        prompt_ids=cat("prompt_ids", P, pad_token_id, True),
-        prompt_mask=cat("prompt_mask", P, 0, True),
-        completion_ids=cat("completion_ids", T, pad_token_id, False),
-        completion_mask=cat("completion_mask", T, 0, False),
-        logp=cat("logp", T, 0.0, False),
-        truncated=torch.cat([r.truncated for r in parts]),
-        texts=[t for r in parts for t in r.texts],
-        group_ids=torch.cat([r.group_ids for r in parts]),
-        samples=[s for r in parts for s in r.samples],
-    )
+def _cat(name: str, values: list[Any], pad_id: int, sizes: list[int]) -> Any:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if isinstance(present[0], dict):
+        keys = list(dict.fromkeys(k for v in present for k in v))
+        return {k: _cat(k, [None if v is None else v.get(k) for v in values], pad_id, sizes) for k in keys}
+    if isinstance(present[0], torch.Tensor):
+        like = present[0]
+        values = [v if v is not None else like.new_zeros([n, *like.shape[1:]]) for v, n in zip(values, sizes)]
+        if like.dim() == 1:
+            return torch.cat(values)
+        shape = [0] + [max(v.shape[d] for v in values) for d in range(1, like.dim())]
+        fill = pad_id if name.endswith("_ids") else 0
+        return torch.cat([pad_to(v, shape, fill, left=name.startswith("prompt_")) for v in values])
+    return [x for v, n in zip(values, sizes) for x in (v if v is not None else [None] * n)]

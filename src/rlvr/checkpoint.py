@@ -42,18 +42,13 @@ def _write_atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_model(model, tokenizer, folder: Path) -> None:
-    """A Hugging Face folder: `AutoModelForCausalLM.from_pretrained(folder)` loads it (LoRA merged first)."""
-    to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    to_save.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-
-
-def save_model_atomic(model, tokenizer, folder: Path) -> None:
+def save_model_atomic(policy, folder: Path) -> None:
+    """`policy.save` into a temporary sibling, then renamed into place: a Hugging Face folder that
+    `AutoModelForCausalLM.from_pretrained(folder)` loads (LoRA merged first)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    save_model(model, tokenizer, tmp)
+    policy.save(tmp)
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         os.replace(folder, old)
@@ -63,13 +58,13 @@ def save_model_atomic(model, tokenizer, folder: Path) -> None:
         os.replace(tmp, folder)
 
 
-def save_checkpoint(root: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically under `root`; return its folder."""
+def save_checkpoint(root: Path, step: int, policy, trainer_state: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoint `step` atomically under `root` (the policy's folder, LoRA as its adapter; trainer.pt);
+    return its folder."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}.tmp-"))
-    model.save_pretrained(tmp / "model", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "model")
+    policy.save(tmp / "model", merge_adapters=False)
     torch.save(trainer_state, tmp / "trainer.pt")
     if final.exists():
         shutil.rmtree(final)

@@ -13,7 +13,6 @@ Usage errors (bad config key, unknown name, missing file) print one line and exi
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -42,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--temperature", type=float, default=1.0)
     e.add_argument("--seed", type=int, default=1_000_003, help="task seed (default: the held-out split)")
+    e.add_argument("--env", default="none", help="multi-turn environment to evaluate in (e.g. calculator)")
+    e.add_argument("--env-kwargs", nargs="*", default=[], help="key=value options of the environment")
+    e.add_argument("--max-turns", type=int, default=4, help="model turns per episode (with --env)")
+    e.add_argument("--max-tokens", type=int, default=64, help="completion tokens per episode (with --env)")
     pl = sub.add_parser("plot", help="redraw a run's curves")
     pl.add_argument("run")
     sub.add_parser("recipes", help="list recipes and registered names")
@@ -84,26 +87,31 @@ def cmd_sft(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from rlvr.evaluate import evaluate
-    from rlvr.policies import load_policy
+    from rlvr.envs import ENVS, EnvSampler
+    from rlvr.evaluate import evaluate, text_sampler
+    from rlvr.policies import HFCausalLM
     from rlvr.tasks import TASKS
 
     if not Path(args.checkpoint).is_dir():
         raise ConfigError(f"checkpoint folder not found: {args.checkpoint}")
-    kwargs = _kv(args.task_kwargs)
-    params = inspect.signature(TASKS.lookup(args.task)).parameters if args.task in TASKS else {}
-    if "seed" in params:
+    kwargs, env_kwargs = _kv(args.task_kwargs), _kv(args.env_kwargs)
+    needs = TASKS.needs(args.task) if args.task in TASKS else ()
+    if "seed" in needs:
         kwargs.setdefault("seed", args.seed)
-    if "holdout" in params:  # the problems `rlvr train` holds out of training
+    if "holdout" in needs:  # the problems `rlvr train` holds out of training
         kwargs.setdefault("holdout", "eval")
     try:
         task = TASKS.build(args.task, **kwargs)
+        if args.env != "none":
+            ENVS.build(args.env, **env_kwargs)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"--task {args.task}: {err}") from err
-    model, tokenizer = load_policy(path=args.checkpoint, tokenizer=args.checkpoint)
-    res = evaluate(model, tokenizer, task, size=args.size, max_new_tokens=args.max_new_tokens, k=args.k,
-                   temperature=args.temperature)
-    print(json.dumps(res))
+        raise ConfigError(f"--task {args.task} / --env {args.env}: {err}") from err
+    policy = HFCausalLM.load(path=args.checkpoint, tokenizer=args.checkpoint)
+    sampler = text_sampler(policy, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    if args.env != "none":
+        sampler = EnvSampler(policy, sampler.params, 1, make_env=lambda: ENVS.build(args.env, **env_kwargs),
+                             max_turns=args.max_turns, max_tokens=args.max_tokens)
+    print(json.dumps(evaluate(sampler, task, size=args.size, k=args.k)))
     return 0
 
 
@@ -115,14 +123,17 @@ def cmd_plot(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+    from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, TOKEN_WEIGHTS
+    from rlvr.buffers import BUFFERS
+    from rlvr.envs import ENVS
     from rlvr.rewards import REWARDS
+    from rlvr.rollout.filters import FILTERS
     from rlvr.tasks import TASKS
 
     recipes = Path(__file__).resolve().parents[2] / "recipes"
     if recipes.is_dir():
         print("recipes:", " ".join(sorted(p.stem for p in recipes.glob("*.yaml"))))
-    for reg in (TASKS, REWARDS, ADVANTAGES, LOSSES, AGGREGATIONS, KL_ESTIMATORS):
+    for reg in (TASKS, ENVS, REWARDS, FILTERS, ADVANTAGES, LOSSES, AGGREGATIONS, KL_ESTIMATORS, TOKEN_WEIGHTS, BUFFERS):
         print(f"{reg.kind}s: {' '.join(reg.names())}")
     return 0
 

@@ -113,6 +113,18 @@ class OverlongConfig:
 
 
 @dataclass
+class EnvConfig:
+    name: str = "none"
+    """Multi-turn environment (rlvr.envs): none | calculator | guess_number. With one, rollout.max_new_tokens caps
+    each model turn and the completion holds every turn and observation."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = 4
+    """Model turns per episode."""
+    max_tokens: int = 64
+    """Tokens per completion, model turns and observations together."""
+
+
+@dataclass
 class AlgoConfig:
     advantage: str = "grpo"
     advantage_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -135,6 +147,9 @@ class AlgoConfig:
     """Sequences per forward/backward (gradient accumulation does not change the update)."""
     mask_truncated: bool = False
     """Zero the loss mask of completions that hit max_new_tokens (TRL mask_truncated_completions)."""
+    token_weights: str = "none"
+    """Per-token loss weights (TOKEN_WEIGHTS): none | high_entropy (the 80/20 forking-token rule, arXiv 2506.01939)."""
+    token_weights_kwargs: dict[str, Any] = field(default_factory=dict)
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
@@ -218,6 +233,7 @@ class Config:
     tasks: list[TaskConfig] = field(default_factory=list)
     """Several tasks at once (a mixture); when given, `task` is not used."""
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -373,7 +389,7 @@ def save_config(cfg: Config, path: Path) -> None:
 
 def validate(cfg: Config) -> None:
     """Checks that need the registries: every name exists and every keyword is accepted. No model is loaded."""
-    from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS
+    from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS, TOKEN_WEIGHTS
     from rlvr.rewards import REWARDS
     from rlvr.tasks import TASKS
 
@@ -384,6 +400,7 @@ def validate(cfg: Config) -> None:
         (AGGREGATIONS, a.aggregation, a.aggregation_kwargs, "algo.aggregation"),
         (KL_ESTIMATORS, a.kl_estimator, {}, "algo.kl_estimator"),
         (MISMATCH_WEIGHTS, a.mismatch, a.mismatch_kwargs, "algo.mismatch"),
+        (TOKEN_WEIGHTS, a.token_weights, a.token_weights_kwargs, "algo.token_weights"),
     ]:
         _wrap(lambda reg=reg, name=name, kw=kw: reg.bind(name, **kw), key)
     for key, t in task_configs(cfg):
@@ -395,21 +412,59 @@ def validate(cfg: Config) -> None:
     for i, r in enumerate(cfg.rewards):
         _wrap(lambda r=r: REWARDS.lookup(r.name), f"rewards[{i}].name")
     _check_buffer(cfg)
+    _check_env(cfg)
     _check_choices(cfg)
     _check_ranges(cfg)
+    _check_world(cfg)
+
+
+def buffer_context(cfg: Config, task=None) -> dict[str, Any]:
+    """What a buffer may declare it needs to be built with (BUFFERS.needs), besides its config keywords."""
+    return {"task": task, "group_size": cfg.rollout.group_size, "seed": cfg.seed,
+            "temperature": cfg.rollout.temperature, "micro_batch_size": cfg.algo.micro_batch_size}
 
 
 def _check_buffer(cfg: Config) -> None:
     from rlvr.buffers import BUFFERS
 
-    kwargs = {"group_size": cfg.rollout.group_size, **cfg.buffer.kwargs} if cfg.buffer.name != "none" else {}
-    _wrap(lambda: BUFFERS.build(cfg.buffer.name, **kwargs), "buffer")
-    if cfg.buffer.name == "none":
+    b = cfg.buffer
+    _wrap(lambda: BUFFERS.lookup(b.name), "buffer.name")
+    context = {k: v for k, v in buffer_context(cfg).items() if k in BUFFERS.needs(b.name)}
+    _wrap(lambda: BUFFERS.build(b.name, **context, **b.kwargs), "buffer")
+    if b.name == "none":
         return
     if cfg.algo.dynamic_sampling.enabled or any(t.keep_pass_rate for _, t in task_configs(cfg)):
         raise ConfigError("buffer: experience replay with dynamic sampling / pass-rate filters is not supported yet")
-    if cfg.buffer.kwargs.get("replay_ratio", 0.5) >= 1:
+    if b.kwargs.get("replay_ratio", 0.5) >= 1:
         raise ConfigError("buffer.kwargs.replay_ratio must be < 1: every step needs fresh questions")
+
+
+def _check_env(cfg: Config) -> None:
+    from rlvr.envs import ENVS
+
+    e = cfg.env
+    if e.name == "none":
+        return
+    _wrap(lambda: ENVS.build(e.name, **e.kwargs), "env")
+    for key, value in (("env.max_turns", e.max_turns), ("env.max_tokens", e.max_tokens)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+
+
+def _check_world(cfg: Config) -> None:
+    """What data parallelism (torchrun) cannot run, refused before any process group or model exists."""
+    from rlvr.buffers import BUFFERS
+    from rlvr.distributed import requested_world_size
+
+    size = requested_world_size()
+    if size == 1:
+        return
+    if cfg.rollout.prompts_per_step % size:
+        raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by the "
+                          f"number of data-parallel ranks ({size})")
+    if not getattr(BUFFERS.lookup(cfg.buffer.name), "data_parallel", True):
+        raise ConfigError(f"buffer.name: '{cfg.buffer.name}' keeps one experience pool per process and does not run "
+                          f"under data parallelism yet (torchrun with {size} ranks); run it in one process")
 
 
 def task_configs(cfg: Config) -> list[tuple[str, TaskConfig]]:

@@ -7,6 +7,10 @@
 
     fn = ADVANTAGES.lookup("grpo")               # unknown name -> ValueError listing the valid names
     fn = ADVANTAGES.bind("grpo", eps=1e-4)       # checks keyword names now, before any compute
+
+A registered function declares what the loop must hand it besides its positional tensors (`needs`): e.g.
+`@ADVANTAGES.register("reinforce_pp_baseline", needs=("lengths",))`. The loop reads `ADVANTAGES.needs(name)` and
+passes exactly those keywords; nobody inspects signatures to guess. A class may declare them as `needs = (...)`.
 """
 
 from __future__ import annotations
@@ -24,16 +28,25 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, Callable[..., Any]] = {}
+        self._needs: dict[str, tuple[str, ...]] = {}
 
-    def register(self, name: str | None = None) -> Callable[[Callable], Callable]:
+    def register(self, name: str | None = None, *, needs: tuple[str, ...] | None = None) -> Callable:
+        """Decorator; `needs` names the keywords the loop must pass at call time (default: the object's `needs`)."""
+
         def deco(obj: Callable) -> Callable:
             key = name or obj.__name__
             if key in self._items:
                 raise ValueError(f"{self.kind} '{key}' is registered twice")
             self._items[key] = obj
+            self._needs[key] = tuple(getattr(obj, "needs", ()) if needs is None else needs)
             return obj
 
         return deco
+
+    def needs(self, name: str) -> tuple[str, ...]:
+        """The call-time keywords `name` declared at registration (see the module docstring)."""
+        self.lookup(name)
+        return self._needs[name]
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -1,34 +1,49 @@
 """setup(cfg) -> Run: everything a training run builds once at start-up, from a validated config.
 
-1. Tasks (one, or a weighted mixture), each with its reward route (task key -> [(name, weight, fn)]) and
-   pass-rate band; the held-out split of the same tasks for evaluation.
-2. The algorithm's registry functions with their keywords bound (advantage; loss, aggregation, KL, mismatch
-   weight as LossFns), the policy (local checkpoint or tiny config, optional LoRA), a frozen reference when
-   KL is on, AdamW with warm-up, and the experience buffer when one is configured.
-3. The run folder's logger and config.yaml (main rank only).
-`State` is what a checkpoint restores besides weights and optimizer; rlvr.trainer runs the loop over both.
+1. Tasks (one, or a weighted mixture), each with its reward route (task key -> [(name, weight, fn)]) and pass-rate
+   band; the held-out split of the same tasks for evaluation; the prompt stream over the training task.
+2. The stages' settings: the sampler (single-turn, or a multi-turn environment loop), the scorer, the group filters,
+   the advantage, the no-grad passes later stages need, the buffer, the token weights and the loss functions, each
+   registered function bound with its config keywords and the batch values it declared it needs.
+3. The policy (local checkpoint or tiny config, optional LoRA), a frozen reference when KL is on, AdamW with warm-up.
+4. The run folder's logger and config.yaml (main rank only).
+`State` is what a checkpoint restores besides weights, optimizer and buffer; rlvr.trainer runs the loop over both.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS
-from rlvr.buffers import BUFFERS
-from rlvr.config import Config, ConfigError, RewardConfig, TaskConfig, save_config, to_dict, validate
+from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS, TOKEN_WEIGHTS
+from rlvr.buffers import BUFFERS, Buffer
+from rlvr.config import (
+    Config,
+    ConfigError,
+    RewardConfig,
+    TaskConfig,
+    buffer_context,
+    save_config,
+    to_dict,
+    validate,
+)
 from rlvr.distributed import World, init_world
+from rlvr.envs import ENVS, EnvSampler
 from rlvr.metrics import RunLogger
-from rlvr.policies import load_policy
+from rlvr.policies import HFCausalLM, SamplingParams
 from rlvr.rewards import REWARDS
+from rlvr.rollout.collect import PromptStream, Sampler, TextSampler
+from rlvr.rollout.filters import FILTERS, GroupFilters
+from rlvr.rollout.score import Scorer
+from rlvr.stages import AdvantageStage, LogprobNeeds, TokenWeightStage
 from rlvr.tasks import TASKS
 from rlvr.tasks.mixture import MixtureTask
 from rlvr.update import LossFns
+
+EVAL_SEED_OFFSET = 1_000_003  # the held-out copy of a task is seeded seed + this
 
 
 @dataclass
@@ -37,25 +52,27 @@ class Run:
 
     cfg: Config
     world: World
-    model: Any
-    tokenizer: Any
-    ref_model: Any
+    policy: Any  # rlvr.policies.base.Policy
+    ref_policy: Any  # frozen reference Policy, or None
     task: Any
     eval_task: Any
-    reward_routes: dict  # task key -> [(name, weight, fn)]: the mixture of rewards (one route for one task)
-    advantage_fn: Any
-    loss_fns: LossFns
+    stream: PromptStream
+    sampler: Sampler
+    scorer: Scorer
+    filters: GroupFilters
+    advantage: AdvantageStage
+    logprobs: LogprobNeeds
+    buffer: Buffer
+    weights: TokenWeightStage
+    loss: LossFns
     optimizer: torch.optim.Optimizer
     scheduler: Any
     logger: RunLogger | None
-    device: torch.device
-    pass_filters: dict = field(default_factory=dict)  # task key -> (lo, hi) pass-rate band of kept groups
-    buffer: Any = None  # experience replay (ExGRPO) or None
 
 
 @dataclass
 class State:
-    """What a checkpoint must restore besides weights and optimizer."""
+    """What a checkpoint must restore besides weights, optimizer and buffer."""
 
     step: int = 0
     data_pos: int = 0
@@ -64,15 +81,15 @@ class State:
     history: dict[str, Any] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------ set-up
+# ------------------------------------------------------------------ tasks and rewards
 
 
 def _one_task(cfg: Config, t: TaskConfig, where: str, *, eval_split: bool):
     kwargs = dict(t.kwargs)
-    params = inspect.signature(TASKS.lookup(t.name)).parameters
-    if "seed" in params:
-        kwargs["seed"] = cfg.seed + (1_000_003 if eval_split else 0) + kwargs.get("seed", 0)
-    if "holdout" in params:  # procedural tasks: evaluation problems never occur in training
+    needs = TASKS.needs(t.name)
+    if "seed" in needs:
+        kwargs["seed"] = cfg.seed + (EVAL_SEED_OFFSET if eval_split else 0) + kwargs.get("seed", 0)
+    if "holdout" in needs:  # procedural tasks: evaluation problems never occur in training
         kwargs.setdefault("holdout", "eval" if eval_split else "train")
     if eval_split:
         kwargs.update(t.eval_kwargs)
@@ -103,7 +120,7 @@ def build_task(cfg: Config, *, eval_split: bool):
     if not cfg.tasks:
         return next(iter(tasks.values()))
     weights = dict(zip(tasks, (t.weight for t in cfg.tasks)))
-    return MixtureTask(tasks, weights, seed=cfg.seed + (1_000_003 if eval_split else 0))
+    return MixtureTask(tasks, weights, seed=cfg.seed + (EVAL_SEED_OFFSET if eval_split else 0))
 
 
 def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict, *, shaping: bool = True):
@@ -146,17 +163,33 @@ def build_rewards(cfg: Config, task) -> dict[str, list[tuple[str, float, Any]]]:
             for i, (key, t) in enumerate(zip(tasks, configs))}
 
 
-def pass_filters(cfg: Config, task) -> dict[str, tuple[float, float]]:
+def build_filters(cfg: Config, task) -> GroupFilters:
+    """DAPO dynamic sampling and the tasks' pass-rate bands, as group filters."""
     keys = list(task.tasks) if isinstance(task, MixtureTask) else [task.name]
-    return {k: tuple(t.keep_pass_rate) for k, t in zip(keys, cfg.tasks or [cfg.task]) if t.keep_pass_rate}
+    bands = {k: tuple(t.keep_pass_rate) for k, t in zip(keys, cfg.tasks or [cfg.task]) if t.keep_pass_rate}
+    ds = cfg.algo.dynamic_sampling
+    filters = ([FILTERS.build("informative")] if ds.enabled else []) + (
+        [FILTERS.build("pass_rate", bands=bands, task=task)] if bands else [])
+    return GroupFilters(filters, max_rounds=ds.max_rounds if filters else 1, on_exhaust=ds.on_exhaust)
 
 
-def build_buffer(cfg: Config, world: World):
-    if cfg.buffer.name == "none":
-        return None
-    if world.size > 1:
-        raise ConfigError("buffer: experience replay with data parallelism is not supported yet")
-    return BUFFERS.build(cfg.buffer.name, **{"group_size": cfg.rollout.group_size, **cfg.buffer.kwargs})
+# ------------------------------------------------------------------ the stages' settings
+
+
+def sampling_params(cfg: Config) -> SamplingParams:
+    r = cfg.rollout
+    name = r.dtype or cfg.model.autocast  # sample in the precision that trains, unless rollout.dtype says otherwise
+    return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                          stop=tuple(r.stop), dtype=getattr(torch, name) if name else None)
+
+
+def build_sampler(cfg: Config, policy) -> Sampler:
+    params, G = sampling_params(cfg), cfg.rollout.group_size
+    if cfg.env.name == "none":
+        return TextSampler(policy, params, G, mask_truncated=cfg.algo.mask_truncated)
+    e = cfg.env
+    return EnvSampler(policy, params, G, make_env=lambda: ENVS.build(e.name, **e.kwargs), max_turns=e.max_turns,
+                      max_tokens=e.max_tokens, mask_truncated=cfg.algo.mask_truncated)
 
 
 def build_loss_fns(cfg: Config) -> LossFns:
@@ -169,10 +202,30 @@ def build_loss_fns(cfg: Config) -> LossFns:
         kl_coef=a.kl_coef,
         entropy_coef=a.entropy_coef,
         temperature=cfg.rollout.temperature,
-        autocast=getattr(torch, cfg.model.autocast) if cfg.model.autocast else None,
-        lean=cfg.model.lean_forward,
-        replay_aware="is_replay" in inspect.signature(LOSSES.lookup(a.loss)).parameters,
+        loss_needs=LOSSES.needs(a.loss),
     )
+
+
+def build_token_weights(cfg: Config) -> TokenWeightStage:
+    a = cfg.algo
+    if a.token_weights == "none":
+        return TokenWeightStage()
+    return TokenWeightStage(TOKEN_WEIGHTS.bind(a.token_weights, **a.token_weights_kwargs),
+                            TOKEN_WEIGHTS.needs(a.token_weights))
+
+
+def logprob_needs(cfg: Config, buffer: Buffer, weights: TokenWeightStage) -> LogprobNeeds:
+    """pi_old before the update: for several optimizer steps per batch (spec §2 step 6) or a buffer that stores it;
+    its entropy: for entropy-based token weights."""
+    a = cfg.algo
+    return LogprobNeeds(old_logp=a.ppo_epochs > 1 or a.mini_batches > 1 or "old_logp" in buffer.reads,
+                        entropy="entropy" in weights.needs, temperature=cfg.rollout.temperature,
+                        micro_batch_size=a.micro_batch_size)
+
+
+def build_buffer(cfg: Config, task) -> Buffer:
+    context = {k: v for k, v in buffer_context(cfg, task).items() if k in BUFFERS.needs(cfg.buffer.name)}
+    return BUFFERS.build(cfg.buffer.name, **context, **cfg.buffer.kwargs)
 
 
 def apply_lora(model, lora: dict):
@@ -183,9 +236,9 @@ def apply_lora(model, lora: dict):
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
 
 
-def build_optimizer(cfg: Config, model):
+def build_optimizer(cfg: Config, policy):
     o = cfg.optim
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in policy.parameters() if p.requires_grad]
     # the fused kernel (CPU and CUDA) is one pass over each tensor instead of a dozen small ops per parameter
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
     warm = max(o.warmup_steps, 0)
@@ -196,57 +249,49 @@ def build_optimizer(cfg: Config, model):
 def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
     validate(cfg)
     world = init_world()
-    if cfg.rollout.prompts_per_step % world.size:
-        raise ConfigError(f"rollout.prompts_per_step must be divisible by the world size {world.size}")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task, eval_task = build_task(cfg, eval_split=False), build_task(cfg, eval_split=True)
-    reward_routes = build_rewards(cfg, task)
-    advantage_fn = ADVANTAGES.bind(cfg.algo.advantage, **cfg.algo.advantage_kwargs)
-    loss_fns = build_loss_fns(cfg)
+    scorer = Scorer(build_rewards(cfg, task), cfg.mixture.normalize, cfg.train.on_reward_error)
+    buffer, weights = build_buffer(cfg, task), build_token_weights(cfg)
     torch.manual_seed(cfg.seed)
-    model, tokenizer, ref_model = build_policy(cfg, resume_from)
+    policy, ref_policy = build_policy(cfg, resume_from)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    model.to(device)
-    if ref_model is not None:
-        ref_model.to(device)
-    optimizer, scheduler = build_optimizer(cfg, model)
+    policy.to(device)
+    if ref_policy is not None:
+        ref_policy.to(device)
+    optimizer, scheduler = build_optimizer(cfg, policy)
     logger = None
     if world.is_main:
         logger = RunLogger(cfg.run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            project=cfg.logging.wandb_project, config=to_dict(cfg), resume=resume_from is not None)
         save_config(cfg, cfg.run_dir / "config.yaml")
-    return Run(cfg, world, model, tokenizer, ref_model, task, eval_task, reward_routes, advantage_fn, loss_fns,
-               optimizer, scheduler, logger, device, pass_filters(cfg, task), build_buffer(cfg, world))
+    return Run(cfg, world, policy, ref_policy, task, eval_task, PromptStream(task, world, cfg.seed),
+               build_sampler(cfg, policy), scorer, build_filters(cfg, task),
+               AdvantageStage(ADVANTAGES.bind(cfg.algo.advantage, **cfg.algo.advantage_kwargs),
+                              ADVANTAGES.needs(cfg.algo.advantage)),
+               logprob_needs(cfg, buffer, weights), buffer, weights, build_loss_fns(cfg), optimizer, scheduler,
+               logger)
 
 
 def build_policy(cfg: Config, resume_from: Path | None):
-    """(model, tokenizer, frozen reference or None). A full-weight resume loads the checkpoint's weights; a LoRA
-    resume loads the base model, then the checkpoint's adapter. The reference is always the starting model."""
+    """(policy, frozen reference or None). A full-weight resume loads the checkpoint's weights; a LoRA resume loads the
+    base model, then the checkpoint's adapter. The reference is always the starting model."""
     m = cfg.model
     full_resume = resume_from is not None and not m.lora
     path = str(resume_from / "model") if full_resume else m.path
     tok = m.tokenizer if m.tokenizer != "char" or not path else path
-    model, tokenizer = load_policy(path=path, config=None if path else m.config, config_overrides=m.config_overrides,
-                                   tokenizer=tok, dtype=m.dtype, seed=cfg.seed)
-    ref_model = None
-    if cfg.algo.kl_coef:
-        ref_model = _frozen_copy(model)
-        if full_resume:  # the reference is the run's starting model, not the checkpoint
-            ref_model = _frozen_copy(load_policy(path=m.path, config=None if m.path else m.config,
-                                                 config_overrides=m.config_overrides, tokenizer=tok, dtype=m.dtype,
-                                                 seed=cfg.seed)[0])
+    options = dict(config_overrides=m.config_overrides, tokenizer=tok, dtype=m.dtype, seed=cfg.seed,
+                   autocast=getattr(torch, m.autocast) if m.autocast else None, lean=m.lean_forward)
+    policy = HFCausalLM.load(path=path, config=None if path else m.config, **options)
+    ref_policy = None
+    if cfg.algo.kl_coef:  # the reference is the run's starting model, not a checkpoint
+        start = HFCausalLM.load(path=m.path, config=None if m.path else m.config, **options) if full_resume else policy
+        ref_policy = start.frozen_copy()
     if m.lora and resume_from is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, resume_from / "model", is_trainable=True)
+        policy.model = PeftModel.from_pretrained(policy.model, resume_from / "model", is_trainable=True)
     elif m.lora:
-        model = apply_lora(model, m.lora)
-    return model, tokenizer, ref_model
-
-
-def _frozen_copy(model):
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
+        policy.model = apply_lora(policy.model, m.lora)
+    return policy, ref_policy

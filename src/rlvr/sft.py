@@ -2,9 +2,11 @@
 
 1. Build the policy from `sft.init` (a tiny config name or a local checkpoint; default: the `model` section).
 2. Each step takes the next `batch_size` task items, appends the reference answer and EOS to the prompt,
-   and minimises the token-mean cross-entropy of the answer tokens (the prompt is not trained on).
-3. Evaluate greedily every `eval_every` steps; stop at `steps` or once accuracy reaches `target_accuracy`,
-   so RL can start from a model that is right only part of the time.
+   and minimises the token-mean cross-entropy of the answer tokens (the prompt is not trained on). A multi-turn
+   task's reference interleaves the environment's replies (`Task.reference_turns`): they are attended to, never
+   trained on, exactly as in RL.
+3. Evaluate greedily every `eval_every` steps, through the run's sampler (its environment, if any); stop at `steps`
+   or once accuracy reaches `target_accuracy`, so RL can start from a model that is right only part of the time.
 4. Save a Hugging Face folder (`sft.output`, default runs/<name>-sft/model) that `rlvr train` loads via
    `model.path`.
 """
@@ -18,30 +20,43 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from rlvr.batch import Batch
 from rlvr.checkpoint import save_model_atomic
 from rlvr.config import Config, ConfigError
 from rlvr.evaluate import evaluate
 from rlvr.metrics import RunLogger
-from rlvr.policies import encode_prompts, load_policy
-from rlvr.update import policy_logp
+from rlvr.policies import HFCausalLM
 
 
-def sft_batch(tokenizer, samples, references: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, loss_mask) for prompt + reference + EOS, completions right-padded."""
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, [s.prompt for s in samples])
-    answers = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in references]
-    T = max(len(a) for a in answers)
-    comp = torch.full((len(answers), T), tokenizer.pad_token_id, dtype=torch.long)
-    comp_mask = torch.zeros((len(answers), T), dtype=torch.long)
-    for i, a in enumerate(answers):
-        comp[i, : len(a)] = torch.tensor(a)
-        comp_mask[i, : len(a)] = 1
-    return torch.cat([prompt_ids, comp], 1), torch.cat([prompt_mask, comp_mask], 1), comp_mask.float()
+def sft_batch(policy, samples, turns: list[list[tuple[str, bool]]]) -> Batch:
+    """Prompt + reference segments + EOS as a Batch: loss_mask 1 on trained segments and EOS, completions
+    right-padded. Each segment is tokenized on its own, as the multi-turn loop tokenizes turns and observations."""
+    tok = policy.tokenizer
+    prompt_ids, prompt_mask = policy.encode(samples)
+    rows, flags = [], []
+    for segments in turns:
+        ids, trained = [], []
+        for text, train in segments:
+            piece = tok(text, add_special_tokens=False)["input_ids"]
+            ids, trained = ids + piece, trained + [float(train)] * len(piece)
+        rows.append(ids + [tok.eos_token_id])
+        flags.append(trained + [1.0])
+    T = max(len(r) for r in rows)
+    comp = torch.full((len(rows), T), policy.pad_id, dtype=torch.long)
+    comp_mask, loss_mask = torch.zeros((len(rows), T), dtype=torch.long), torch.zeros(len(rows), T)
+    for i, (r, f) in enumerate(zip(rows, flags)):
+        comp[i, : len(r)], comp_mask[i, : len(r)], loss_mask[i, : len(r)] = torch.tensor(r), 1, torch.tensor(f)
+    dev = policy.device
+    return Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=comp.to(dev),
+                 completion_mask=comp_mask.to(dev), loss_mask=loss_mask.to(dev), rollout_logp=torch.zeros_like(
+                     loss_mask, device=dev), truncated=torch.zeros(len(rows), dtype=torch.bool, device=dev),
+                 texts=["".join(t for t, _ in seg) for seg in turns],
+                 group_ids=torch.arange(len(rows), device=dev), samples=list(samples))
 
 
 def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     """Run the warm start; returns accuracy history and the saved model folder."""
-    from rlvr.run import build_task
+    from rlvr.run import build_sampler, build_task
 
     s = cfg.sft
     if cfg.train.threads:
@@ -50,20 +65,20 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     if not init:
         raise ConfigError("sft.init: name a tiny config (e.g. qwen2-tiny) or a local checkpoint folder")
     is_path = Path(init).exists()
-    model, tokenizer = load_policy(path=init if is_path else None, config=None if is_path else init,
-                                   config_overrides=cfg.model.config_overrides, tokenizer=cfg.model.tokenizer,
-                                   seed=cfg.seed)
+    policy = HFCausalLM.load(path=init if is_path else None, config=None if is_path else init,
+                             config_overrides=cfg.model.config_overrides, tokenizer=cfg.model.tokenizer, seed=cfg.seed,
+                             lean=cfg.model.lean_forward)
     task, eval_task = build_task(cfg, eval_split=False), build_task(cfg, eval_split=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=s.lr, weight_decay=0.0)
     out_dir = Path(out or s.output or cfg.run_dir.with_name(cfg.name + "-sft") / "model")
     logger = RunLogger(out_dir.parent)
-    ev = lambda: evaluate(model, tokenizer, eval_task, size=cfg.task.eval_size,  # noqa: E731
-                          max_new_tokens=cfg.rollout.max_new_tokens, batch_size=128)
+    sampler = build_sampler(cfg, policy)
+    ev = lambda: evaluate(sampler, eval_task, size=cfg.task.eval_size, batch_size=128)  # noqa: E731
     history, t0 = [], time.perf_counter()
     bar = tqdm(range(1, s.steps + 1), desc=f"rlvr sft {cfg.name}", unit="step", disable=not cfg.train.progress,
                dynamic_ncols=True)
     for step in bar:
-        loss = _sft_step(model, tokenizer, task, optimizer, step, s.batch_size, lean=cfg.model.lean_forward)
+        loss = _sft_step(policy, task, optimizer, step, s.batch_size)
         row = {"sft/loss": loss}
         bar.set_postfix(loss=f"{loss:.3f}")
         if step % s.eval_every == 0 or step == s.steps:
@@ -75,20 +90,20 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
                 break
         logger.log(step, row)
     logger.close()
-    save_model_atomic(model, tokenizer, out_dir)
+    save_model_atomic(policy, out_dir)
     return {"model": str(out_dir), "history": history, "seconds": time.perf_counter() - t0}
 
 
-def _sft_step(model, tokenizer, task, optimizer, step: int, batch_size: int, *, lean: bool = True) -> float:
-    model.train()
+def _sft_step(policy, task, optimizer, step: int, batch_size: int) -> float:
+    policy.train()
     idx = [((step - 1) * batch_size + j) % len(task) for j in range(batch_size)]
     samples = [task[i] for i in idx]
-    ids, attn, loss_mask = sft_batch(tokenizer, samples, [task.reference(x) for x in samples])
-    logp, _ = policy_logp(model, ids, attn, loss_mask.shape[1], lean=lean)
-    loss = -(logp * loss_mask).sum() / loss_mask.sum()
+    batch = sft_batch(policy, samples, [task.reference_turns(x) for x in samples])
+    logp, _ = policy.logp(batch)
+    loss = -(logp * batch.loss_mask).sum() / batch.loss_mask.sum()
     loss.backward()
     loss = loss.detach()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()

@@ -1,31 +1,28 @@
-"""train(cfg): the RL loop. One step = rollout -> reward -> advantage -> update -> log (-> eval, checkpoint).
+"""train(cfg): the RL loop. One step names its stages in order; each is a function of the batch and its settings.
 
-1. Prompts (rlvr.rollout.collect): the task is read in order (item i is the same on every run); with data
-   parallelism rank r takes its slice of each step's prompts. Each prompt is repeated G times.
-2. Rollout: rlvr's KV-cached sampler; the sampling generator is seeded from (seed, data position, rank), so
-   an interrupted and resumed run samples exactly what an uninterrupted one does.
-3. Rewards: the weighted sum of the configured reward functions (plus DAPO overlong shaping). With
-   dynamic sampling (DAPO), groups whose rewards are all equal are dropped and more prompts are sampled.
-   Reward metrics are logged before filtering.
-4. Advantages by name (ADVANTAGES registry), from rewards and group ids.
-5. Update (rlvr.update): PPO epochs x mini-batches, exact global normalisers, gradient averaging over ranks.
-   With one epoch and one mini-batch pi_old is the detached current log-prob (rho = 1, as TRL and verl do).
-6. Log metrics (TRL names + time per stage), samples; evaluate greedily every `eval_every` steps;
-   checkpoint every `save_every` steps, at the end, and on Ctrl-C (the step in flight finishes first).
+    plan     the buffer's plan: how many fresh prompts, which stored rows to replay (rlvr.buffers)
+    collect  prompts -> G completions each, through the multi-turn environment when one is set (rlvr.rollout.collect)
+    score    reward sources -> rewards, each row by its own task's sources (rlvr.rollout.score)
+    filter   group filters (dynamic sampling, pass-rate bands), decided over every rank; collect, score and filter
+             repeat while groups are missing (rlvr.rollout.filters)
+    advantages, pi_old / reference log-probs where needed, buffer.observe, token weights (rlvr.stages)
+    update   PPO epochs x mini-batches with global normalisers (rlvr.update)
+    log      metrics with declared reductions over ranks (rlvr.metrics); evaluation and checkpoints in the loop
+
+Sampling is counter-based per row (rlvr.seeding), so an interrupted and resumed run, and any data-parallel layout,
+samples exactly what an uninterrupted single process does. Ctrl-C finishes the step in flight and checkpoints.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from rlvr.batch import Rollout, concat_rollouts
+from rlvr.batch import Batch
+from rlvr.buffers import Plan
 from rlvr.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -35,122 +32,76 @@ from rlvr.checkpoint import (
     set_rng_state,
 )
 from rlvr.config import Config, to_dict
-from rlvr.distributed import World, all_reduce, barrier, shutdown
+from rlvr.distributed import barrier, shutdown
 from rlvr.errors import TrainingError
 from rlvr.evaluate import evaluate
-from rlvr.metrics import length_metrics
+from rlvr.metrics import Metrics, length_metrics
 from rlvr.rewards.diversity import group_diversity_metrics
-from rlvr.rollout.collect import collect, score
-from rlvr.rollout.replay import observe, replay_rollout
+from rlvr.rollout.collect import collect
+from rlvr.rollout.score import score
 from rlvr.run import Run, State, setup
+from rlvr.seeding import generator
+from rlvr.stages import advantages, logprobs, token_weights
 from rlvr.tasks.mixture import MixtureTask
-from rlvr.update import UpdateBatch, batched_logp, update
+from rlvr.update import update
 
 # ------------------------------------------------------------------ one step
 
 
-def collect_with_replay(run: Run, state: State, step: int):
-    """collect(), plus ExGRPO's mixed groups when a buffer is on: (rollout, rewards, is_replay | None, metrics)."""
-    if run.buffer is None:
-        rollout, rewards, metrics = collect(run, state, step)
-        return rollout, rewards, None, metrics
-    gen = torch.Generator().manual_seed(run.cfg.seed * 104_729 + step)
-    questions = run.buffer.sample_questions(run.cfg.rollout.prompts_per_step, generator=gen)
-    rollout, rewards, metrics = collect(run, state, step, n_prompts=run.cfg.rollout.prompts_per_step - len(questions))
-    is_replay = torch.zeros(len(rollout), dtype=torch.bool, device=run.device)
-    if questions:
-        t0 = time.perf_counter()
-        replayed, replay_flags, sel_metrics = replay_rollout(run, questions, step)
-        metrics["time/rollout"] += time.perf_counter() - t0  # selection pass + G - 1 fresh samples each
-        replay_rewards, _ = score(run, replayed, step)
-        rollout = concat_rollouts([rollout, replayed], run.tokenizer.pad_token_id)
-        rewards, is_replay = torch.cat([rewards, replay_rewards]), torch.cat([is_replay, replay_flags])
-        metrics.update(sel_metrics)
-        metrics["rollouts/generated"] += float(len(questions) * (run.cfg.rollout.group_size - 1))
-    metrics.update(observe(run, rollout, rewards, is_replay, step))
-    metrics["exgrpo/replayed_questions"] = float(len(questions))
-    return rollout, rewards, is_replay, metrics
+def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]:
+    """One RL step over this rank's rows; returns the metrics (reduced over ranks) and the trained batch."""
+    cfg, log, t_start = run.cfg, Metrics(), time.perf_counter()
+    with log.timer("time/rollout"):
+        plan = run.buffer.plan(step, cfg.rollout.prompts_per_step, run.policy, log)
+    batch = gather(run, state, plan, step, log)
+    batch = advantages(run.advantage, batch, run.world, log)
+    batch = logprobs(run.logprobs, run.policy, run.ref_policy, batch)
+    batch = run.buffer.observe(batch, step, log)
+    batch = token_weights(run.weights, batch, run.world, log)
+    with log.timer("time/update"):
+        a = cfg.algo
+        skipped = update(run.policy, run.optimizer, run.scheduler, batch, run.loss, ppo_epochs=a.ppo_epochs,
+                         mini_batches=a.mini_batches, micro_batch_size=a.micro_batch_size,
+                         grad_clip=cfg.optim.grad_clip, world=run.world,
+                         generator=generator(cfg.seed, "minibatch", step), log=log)
+    describe(run, batch, log, time.perf_counter() - t_start)
+    metrics = log.reduce(run.world)
+    metrics["skipped_steps"] = float(skipped)
+    return metrics, batch
 
 
-def make_update_batch(run: Run, rollout: Rollout, advantages: torch.Tensor) -> UpdateBatch:
-    cfg = run.cfg
-    loss_mask = rollout.completion_mask.float()
-    if cfg.algo.mask_truncated:
-        loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(-1)  # TRL mask_truncated_completions
-    batch = UpdateBatch(
-        input_ids=torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1),
-        attention_mask=torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1),
-        loss_mask=loss_mask,
-        advantages=advantages,
-        group_ids=rollout.group_ids,
-        rollout_logp=rollout.logp,
-    )
-    mbs, temp = cfg.algo.micro_batch_size, cfg.rollout.temperature
-    if cfg.algo.ppo_epochs > 1 or cfg.algo.mini_batches > 1:  # off-policy steps need pi_old (spec §2 step 6)
-        run.model.eval()
-        batch.old_logp = batched_logp(run.model, batch, mbs, temp, run.loss_fns.autocast, run.loss_fns.lean)
-    if run.ref_model is not None:
-        batch.ref_logp = batched_logp(run.ref_model, batch, mbs, temp, run.loss_fns.autocast, run.loss_fns.lean)
-    return batch
+def gather(run: Run, state: State, plan: Plan, step: int, log: Metrics) -> Batch:
+    """collect -> score -> filter, in rounds while the group filters leave groups missing (DAPO dynamic sampling)."""
+    parts, wanted = [], plan.fresh
+    need = wanted
+    for round_ in range(run.filters.max_rounds):
+        with log.timer("time/rollout"):
+            fresh, state.data_pos = collect(run.sampler, run.stream, plan if round_ == 0 else plan.later_round(),
+                                            state.data_pos, step, log)
+        with log.timer("time/reward"):
+            fresh = score(run.scorer, fresh, step, run.world, log)
+        fresh, need = run.filters.keep(fresh, need, run.world, log)
+        parts.append(fresh)
+        if not need:
+            break
+    return run.filters.finish(parts, need, wanted, round_ + 1, step, run.policy.pad_id, log)
 
 
-def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Rollout, torch.Tensor]:
-    cfg = run.cfg
-    t_start = time.perf_counter()
-    mixed = run.buffer is not None and run.buffer.started  # ExGRPO's loss mode for this batch, before it updates
-    rollout, rewards, is_replay, metrics = collect_with_replay(run, state, step)
-    lengths = rollout.completion_mask.sum(-1).float()
-    kwargs = {"lengths": lengths} if "lengths" in inspect.signature(run.advantage_fn).parameters else {}
-    advantages = run.advantage_fn(rewards, rollout.group_ids, **kwargs)  # (N,)
-    batch = make_update_batch(run, rollout, advantages)
-    if run.buffer is not None:  # ExGRPO: replayed rows, and the loss's mixed mode once replay has started
-        batch.is_replay, batch.loss_kwargs = is_replay, {"mixed": mixed}
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
-    upd = update(run.model, run.optimizer, run.scheduler, batch, run.loss_fns, ppo_epochs=cfg.algo.ppo_epochs,
-                 mini_batches=cfg.algo.mini_batches, micro_batch_size=cfg.algo.micro_batch_size,
-                 grad_clip=cfg.optim.grad_clip, world=run.world, generator=gen)
-    t_end = time.perf_counter()
-    metrics.update(length_metrics(rollout.completion_mask, rollout.truncated))
-    if cfg.train.diversity_metrics:
-        metrics.update(group_diversity_metrics(rollout.texts, rollout.group_ids, unit=cfg.train.diversity_unit))
-    metrics.update({k: v for k, v in upd.items() if k not in ("skipped",)})
-    metrics["adv_abs_mean"] = float(advantages.abs().mean())
-    metrics["lr"] = run.scheduler.get_last_lr()[0]
-    metrics["time/update"] = t_end - t0
-    metrics["time/step"] = t_end - t_start
-    n_tokens = float(rollout.completion_mask.sum())
-    metrics["tokens_per_second"] = n_tokens * run.world.size / max(metrics["time/rollout"], 1e-9)
-    metrics["completions_per_second"] = len(rollout) * run.world.size / metrics["time/step"]
-    metrics = _reduce_metrics(metrics, run.world)
-    metrics["skipped_steps"] = upd["skipped"]
-    return metrics, rollout, rewards
-
-
-_SUMMED = ("policy_loss", "kl", "entropy", "clip_ratio/", "ppo_kl", "mismatch/")
-
-
-def _reduce_metrics(metrics: dict[str, float], world: World) -> dict[str, float]:
-    """Rank-average every metric; update statistics are already shares of the global mean, so they sum;
-    extremes (`*_min`, `*_max`, `completions/min_length`, `completions/max_length`) take the min / max over ranks."""
-    if world.size == 1:
-        return metrics
-    out = {}
-    for op, keys in _by_reduction(metrics).items():
-        values = all_reduce(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64), world, op)
-        out.update({k: float(v) / (world.size if op == "mean" else 1) for k, v in zip(keys, values)})
-    return out
-
-
-def _by_reduction(metrics: dict[str, float]) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {"sum": [], "mean": [], "min": [], "max": []}
-    for k in sorted(metrics):
-        if k.endswith(("_min", "_max", "/min_length", "/max_length")):  # TRL's completions/min_length too
-            op = "min" if k.endswith(("_min", "/min_length")) else "max"
-        else:
-            op = "sum" if k.startswith(_SUMMED) else "mean"
-        groups[op].append(k)
-    return {op: keys for op, keys in groups.items() if keys}
+def describe(run: Run, batch: Batch, log: Metrics, seconds: float) -> None:
+    """What the trained batch looked like: lengths, group diversity, environment turns, throughput."""
+    length_metrics(log, batch.completion_mask, batch.truncated)
+    if run.cfg.train.diversity_metrics and len(batch):
+        n_groups = len(batch.groups())
+        log.update(group_diversity_metrics(batch.texts, batch.group_ids, unit=run.cfg.train.diversity_unit),
+                   weight=n_groups)
+    for key, name in (("turns", "env/turns"), ("env_rewards", "env/reward")):
+        if key in batch.extras and len(batch):
+            log.mean(name, float(batch.extras[key].float().mean()), weight=len(batch))
+    log.mean("lr", run.scheduler.get_last_lr()[0])
+    log.add("time/step", seconds, "time")
+    rollout_time = max(log.local()["time/rollout"], 1e-9)
+    log.sum("tokens_per_second", float(batch.completion_mask.sum()) / rollout_time)
+    log.sum("completions_per_second", len(batch) / seconds)
 
 
 # ------------------------------------------------------------------ loop
@@ -186,9 +137,7 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     sizes = [t.eval_size for t in cfg.tasks] if cfg.tasks else [cfg.task.eval_size]
     out: dict[str, float] = {}
     for (key, task), size in zip(tasks.items(), sizes):
-        res = evaluate(run.model, run.tokenizer, task, size=size, max_new_tokens=cfg.rollout.max_new_tokens,
-                       stop=tuple(cfg.rollout.stop), batch_size=128, k=cfg.train.eval_pass_k,
-                       temperature=cfg.rollout.temperature, seed=cfg.seed + step)
+        res = evaluate(run.sampler, task, size=size, batch_size=128, k=cfg.train.eval_pass_k, seed=cfg.seed + step)
         out.update({f"eval/{key + '/' if key else ''}{k}": v for k, v in res.items()})
     if len(tasks) > 1:
         k = cfg.train.eval_pass_k
@@ -203,10 +152,9 @@ def checkpoint(run: Run, state: State) -> Path | None:
         return None
     trainer_state = {
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
-        "state": state.__dict__.copy(), "config": to_dict(run.cfg),
-        "buffer": None if run.buffer is None else run.buffer.state_dict(),
+        "state": state.__dict__.copy(), "config": to_dict(run.cfg), "buffer": run.buffer.state_dict(),
     }
-    path = save_checkpoint(run.cfg.run_dir / "checkpoints", state.step, run.model, run.tokenizer, trainer_state)
+    path = save_checkpoint(run.cfg.run_dir / "checkpoints", state.step, run.policy, trainer_state)
     barrier(run.world)
     return path
 
@@ -216,18 +164,17 @@ def restore(run: Run, folder: Path) -> State:
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
-    if run.buffer is not None:
-        run.buffer.load_state_dict(saved["buffer"])
+    run.buffer.load_state_dict(saved["buffer"] or {})
     return State(**saved["state"])
 
 
-def _sample_rows(rollout: Rollout, rewards: torch.Tensor, n: int) -> list[dict[str, Any]]:
+def _sample_rows(batch: Batch, n: int) -> list[dict[str, Any]]:
     rows = []
-    for i in range(min(n, len(rollout))):
-        s = rollout.samples[i]
+    for i in range(min(n, len(batch))):
+        s, reward = batch.samples[i], float(batch.rewards[i])
         prompt = s.prompt if isinstance(s.prompt, str) else s.prompt[-1]["content"]
-        rows.append({"prompt": prompt, "completion": rollout.texts[i], "answer": str(s.answer),
-                     "reward": None if math.isnan(float(rewards[i])) else float(rewards[i])})
+        rows.append({"prompt": prompt, "completion": batch.texts[i], "answer": str(s.answer),
+                     "reward": None if math.isnan(reward) else reward})
     return rows
 
 
@@ -256,13 +203,13 @@ def _loop(run: Run, state: State) -> dict[str, Any]:
     bar = _progress(run, state.step)
     with StopRequest() as stop:
         while state.step < cfg.train.steps:
-            metrics, rollout, rewards = rl_step(run, state, state.step)
+            metrics, batch = rl_step(run, state, state.step)
             state.step += 1
             if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < cfg.train.steps:
                 metrics.update(run_eval(run, state.step))
             if log:
                 log.log(state.step, metrics)
-                log.samples(state.step, _sample_rows(rollout, rewards, cfg.train.num_samples_logged))
+                log.samples(state.step, _sample_rows(batch, cfg.train.num_samples_logged))
             _count_bad(run, state, metrics)
             if bar:
                 bar.update(1)
@@ -305,7 +252,7 @@ def _finish(run: Run, state: State) -> dict[str, Any]:
         run.logger.log(state.step, after)
         checkpoint(run, state)
         final = run.cfg.run_dir / "final"
-        save_model_atomic(run.model, run.tokenizer, final)
+        save_model_atomic(run.policy, final)
         summary.update({"eval_before": state.history.get("eval_before", {}), "eval_after": after,
                         "final_model": str(final)})
         _plot(run)

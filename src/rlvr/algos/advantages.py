@@ -98,7 +98,7 @@ def rloo(rewards, group_ids, *, eps: float = 1e-6, normalize: bool = False) -> t
     return adv
 
 
-@ADVANTAGES.register("reinforce_pp_baseline")
+@ADVANTAGES.register("reinforce_pp_baseline", needs=("lengths",))
 @torch.no_grad()
 def reinforce_pp_baseline(
     rewards, group_ids, *, lengths=None, eps: float = 1e-8, whiten: str = "verl", singleton: str = "zero"

@@ -1,14 +1,15 @@
 """ExGRPO mixed-policy math (arXiv 2510.02245, spec exgrpo.md §3.4-3.5): shaped weight, mixed loss, advantages.
 
     per_token, metrics = LOSSES.lookup("exgrpo_mixed")(logp, old_logp, advantages, mask, is_replay=is_replay,
-                                                       mixed=True, beta=0.1)
+                                                       mixed_mode=True, beta=0.1)
 
 1. Replayed rows (is_replay) carry a trajectory from the experience pool; their `old_logp` must be the log-probs
    recorded when it was collected (pi_past, spec step 8; see `replay_old_logp`). Their loss is -A f(w) with
    w = exp(logp - old_logp) and the policy-shaping function f(w) = w / (w + beta); no clip, gradient through w.
-2. Fresh rows: before the switch to mixed mode (`mixed=False`) the PPO clipped surrogate (`ppo_clip`); after it
-   (`mixed=True`) the unclipped -A rho of the reference code (`loss_remove_clip`), unless `on_policy_clip=True`
-   (spec §5 #2), which keeps the clip in both phases.
+2. Fresh rows: before the switch to mixed mode (`mixed_mode=False`) the PPO clipped surrogate (`ppo_clip`); after
+   it (`mixed_mode=True`) the unclipped -A rho of the reference code (`loss_remove_clip`), unless
+   `on_policy_clip=True` (spec §5 #2), which keeps the clip in both phases. The loop passes both flags per row
+   (Batch extras `is_replay`, `mixed_mode`, set by rlvr.buffers.exgrpo); the mode is the same for every row of a call.
 3. Advantages are Dr.GRPO's r - mean over the whole group, the replayed row included (`mixed_group_advantages`).
 4. The entropy bonus (0.001) and the L_max normaliser are the trainer's entropy_coef and aggregation, not part
    of this loss.
@@ -22,7 +23,8 @@ import torch
 
 from rlvr import ops
 from rlvr.algos.advantages import ADVANTAGES
-from rlvr.algos.losses import LOSSES, _mean, _prepare, ppo_clip, reinforce
+from rlvr.algos.losses import LOSSES, masked_metric, ppo_clip, prepare, reinforce
+from rlvr.metrics import Mean
 
 _CLIP_KEYS = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
 
@@ -49,7 +51,16 @@ def _replay_rows(is_replay, logp: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"is_replay must be (B,) or (B, T) = {tuple(logp.shape)}, got {tuple(is_replay.shape)}")
 
 
-@LOSSES.register("exgrpo_mixed")
+def _mode(mixed_mode) -> bool:
+    """The call's loss mode from a bool or a per-row (B,) bool tensor (all rows alike)."""
+    if not isinstance(mixed_mode, torch.Tensor):
+        return bool(mixed_mode)
+    if mixed_mode.numel() and bool((mixed_mode != mixed_mode.flatten()[0]).any()):
+        raise ValueError("exgrpo_mixed: rows of one call must share the loss mode (mixed_mode)")
+    return bool(mixed_mode.any())
+
+
+@LOSSES.register("exgrpo_mixed", needs=("is_replay", "mixed_mode"))
 def exgrpo_mixed(
     logp,
     old_logp,
@@ -57,7 +68,7 @@ def exgrpo_mixed(
     mask,
     *,
     is_replay=None,
-    mixed: bool = False,
+    mixed_mode: bool | torch.Tensor = False,
     beta: float = 0.1,
     clip_low: float = 0.2,
     clip_high: float | None = None,
@@ -65,15 +76,16 @@ def exgrpo_mixed(
 ) -> tuple[torch.Tensor, dict]:
     """ExGRPO mixed-policy loss, arXiv 2510.02245: PPO on fresh rows, -A w/(w+beta) on replayed rows (no clip).
 
-    is_replay: (B,) bool (or (B, T) for prefix-style replay), passed by the trainer per call; None = no replay.
-    mixed: per call, True once the run has switched to mixed mode; fresh rows are then unclipped as in the
-    reference code unless on_policy_clip=True. clip_low / clip_high as ppo_clip (reference: 0.2 / 0.2).
-    Clip metrics and ppo_kl are over fresh tokens; exgrpo/* metrics over replayed tokens (w = pi_theta/pi_past).
+    is_replay: (B,) bool (or (B, T) for prefix-style replay), per row; None = no replay.
+    mixed_mode: True once the run has switched to mixed mode (a bool, or (B,) the same for every row); fresh rows
+    are then unclipped as in the reference code unless on_policy_clip=True. clip_low / clip_high as ppo_clip
+    (reference: 0.2 / 0.2). Clip metrics and ppo_kl are means over fresh tokens, exgrpo/* over replayed tokens
+    (w = pi_theta / pi_past), each with its own count (`Mean`), so micro-batching does not bias them.
     """
     replay = _replay_rows(is_replay, logp)  # (B, T) bool
-    m, adv, log_ratio = _prepare(logp, old_logp, advantages, mask)  # validates shapes, log w clamped to +-20
+    m, adv, log_ratio = prepare(logp, old_logp, advantages, mask)  # validates shapes, log w clamped to +-20
     fresh_mask, replay_mask = m & ~replay, m & replay
-    clip = on_policy_clip or not mixed
+    clip = on_policy_clip or not _mode(mixed_mode)
     if clip:
         fresh_loss, metrics = ppo_clip(logp, old_logp, advantages, fresh_mask, clip_low=clip_low, clip_high=clip_high)
     else:
@@ -82,12 +94,13 @@ def exgrpo_mixed(
     f_w = shaped_weight(log_ratio, beta=beta)  # (B, T)
     loss = torch.where(replay_mask, -adv * f_w, fresh_loss)
     rows = m.any(-1)  # (B,) non-empty rows
+    metrics = {k: Mean(v, fresh_mask.sum()) for k, v in metrics.items()}  # over fresh tokens
     metrics.update({
-        "exgrpo/replay_frac": _mean(replay.any(-1), rows),
-        "exgrpo/replay_token_frac": _mean(replay_mask, m),
-        "exgrpo/fw_mean": _mean(f_w, replay_mask),
-        "exgrpo/w_mean": _mean(log_ratio.exp(), replay_mask),
-        "exgrpo/replay_kl": _mean(-log_ratio, replay_mask),
+        "exgrpo/replay_frac": masked_metric(replay.any(-1), rows),
+        "exgrpo/replay_token_frac": masked_metric(replay_mask, m),
+        "exgrpo/fw_mean": masked_metric(f_w, replay_mask),
+        "exgrpo/w_mean": masked_metric(log_ratio.exp(), replay_mask),
+        "exgrpo/replay_kl": masked_metric(-log_ratio, replay_mask),
     })
     return torch.where(m, loss, 0), metrics
 
@@ -120,7 +133,7 @@ def mixed_group_advantages(rewards, group_ids, is_replay=None) -> tuple[torch.Te
     flat = torch.zeros(n_groups, dtype=torch.bool, device=rewards.device).index_put_((inv,), std == 0)  # (G,)
     replay_group = per_group > 0
     return adv, {
-        "exgrpo/zero_var_frac_fresh": _mean(flat, ~replay_group),
-        "exgrpo/zero_var_frac_replay": _mean(flat, replay_group),
-        "exgrpo/replay_adv_mean": _mean(adv, is_replay),
+        "exgrpo/zero_var_frac_fresh": masked_metric(flat, ~replay_group),
+        "exgrpo/zero_var_frac_replay": masked_metric(flat, replay_group),
+        "exgrpo/replay_adv_mean": masked_metric(adv, is_replay),
     }

@@ -6,7 +6,9 @@
 2. log rho = logp - old_logp is taken only where mask is true (torch.where, so garbage in padding never reaches
    an exp or a gradient) and clamped to [-20, 20] as verl/OpenRLHF/EasyR1 do.
 3. The returned loss is 0 at masked positions; aggregate it with an AGGREGATIONS entry.
-4. Metrics are detached 0-d tensors averaged over this call's valid tokens (TRL names where TRL has one).
+4. Metrics are detached 0-d tensors averaged over this call's valid tokens (TRL names where TRL has one); a
+   metric over another set (sequences, a subset of tokens) is a `Mean(value, count)`, so the update weighs it by
+   its own count when it accumulates micro-batches and ranks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from rlvr import ops
+from rlvr.metrics import Mean
 from rlvr.registry import Registry
 
 LOSSES = Registry("loss")
@@ -22,7 +25,7 @@ LOG_RATIO_CLAMP = 20.0  # verl / OpenRLHF / EasyR1 clamp log rho before exp (TRL
 GSPO_LOG_RATIO_MAX = 10.0  # verl caps the GSPO log sequence ratio at 10
 
 
-def _prepare(logp, old_logp, advantages, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepare(logp, old_logp, advantages, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate shapes; return (bool mask, (B, T) advantages, (B, T) clamped log-ratio, 0 where masked)."""
     if logp.ndim != 2 or old_logp.shape != logp.shape or mask.shape != logp.shape:
         raise ValueError(
@@ -50,6 +53,11 @@ def _clip_widths(clip_low: float, clip_high: float | None) -> tuple[float, float
 
 def _mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return ops.masked_mean(x.to(torch.float32), m).detach()
+
+
+def masked_metric(x: torch.Tensor, m: torch.Tensor) -> Mean:
+    """The mean of x over the positions m, with their count (a metric over something else than all valid tokens)."""
+    return Mean(_mean(x, m), m.sum())
 
 
 def _clip_metrics(ratio, adv, m, lo: float, hi: float, log_ratio) -> dict[str, torch.Tensor]:
@@ -91,7 +99,7 @@ def ppo_clip(
         raise ValueError(f"dual_clip must be > 1 (verl/DAPO use 3.0/10.0), got {dual_clip}")
     if delta is not None and delta <= 1:
         raise ValueError(f"delta must be > 1 (TRL suggests > 1 + clip_high), got {delta}")
-    m, adv, log_ratio = _prepare(logp, old_logp, advantages, mask)
+    m, adv, log_ratio = prepare(logp, old_logp, advantages, mask)
     ratio = log_ratio.exp()  # (B, T)
     capped = ratio if delta is None else ratio.clamp(max=delta)
     loss = torch.maximum(-adv * capped, -adv * ratio.clamp(1 - lo, 1 + hi))
@@ -111,7 +119,7 @@ def _seq_log_ratio(log_ratio, m) -> torch.Tensor:
 def _seq_metrics(s, adv_seq, m, lo, hi, log_ratio) -> dict[str, torch.Tensor]:
     """Clip fractions over non-empty sequences (not tokens) for the sequence-level ratio."""
     nonempty = m.any(-1)  # (B,)
-    metrics = _clip_metrics(s, adv_seq, nonempty, lo, hi, s.log())
+    metrics = {k: Mean(v, nonempty.sum()) for k, v in _clip_metrics(s, adv_seq, nonempty, lo, hi, s.log()).items()}
     metrics["ppo_kl"] = _mean(-log_ratio, m)
     return metrics
 
@@ -128,7 +136,7 @@ def gspo(
     if advantages.ndim != 1:
         raise ValueError("gspo needs per-sequence advantages (B,); use 'gspo_token' for per-token (B, T) advantages")
     lo, hi = _clip_widths(clip_low, clip_high)
-    m, adv, log_ratio = _prepare(logp, old_logp, advantages, mask)
+    m, adv, log_ratio = prepare(logp, old_logp, advantages, mask)
     s = _seq_log_ratio(log_ratio, m).exp()  # (B,)
     adv_seq = torch.where(m.any(-1), advantages.detach().to(logp.dtype), 0)  # (B,)
     loss_seq = _clipped_surrogate(s, adv_seq, lo, hi)  # (B,)
@@ -145,7 +153,7 @@ def gspo_token(
     With (B,) advantages and seq_mean_token_mean its gradient equals gspo's; also accepts (B, T) advantages.
     """
     lo, hi = _clip_widths(clip_low, clip_high)
-    m, adv, log_ratio = _prepare(logp, old_logp, advantages, mask)
+    m, adv, log_ratio = prepare(logp, old_logp, advantages, mask)
     safe_logp = torch.where(m, logp, 0)
     log_s = _seq_log_ratio(log_ratio, m).detach().unsqueeze(-1)  # (B, 1)
     s_tok = (log_s + safe_logp - safe_logp.detach()).clamp(max=GSPO_LOG_RATIO_MAX).exp()  # (B, T), value s_i
@@ -174,7 +182,7 @@ def cispo(
     if variant not in ("two_sided", "upper_only"):
         raise ValueError(f"cispo variant must be 'two_sided' or 'upper_only', got {variant!r}")
     lo, hi = _clip_widths(clip_low, clip_high)
-    m, adv, log_ratio = _prepare(logp, old_logp, advantages, mask)
+    m, adv, log_ratio = prepare(logp, old_logp, advantages, mask)
     ratio = log_ratio.exp().detach()
     weight = ratio.clamp(min=1 - lo if variant == "two_sided" else None, max=1 + hi)  # (B, T), detached
     loss = -weight * adv * torch.where(m, logp, 0)
@@ -195,7 +203,7 @@ def sapo(logp, old_logp, advantages, mask, *, tau_pos: float = 1.0, tau_neg: flo
     """
     if tau_pos <= 0 or tau_neg <= 0:
         raise ValueError(f"tau_pos and tau_neg must be > 0, got {tau_pos}, {tau_neg}")
-    m, adv, log_ratio = _prepare(logp, old_logp, advantages, mask)
+    m, adv, log_ratio = prepare(logp, old_logp, advantages, mask)
     ratio = log_ratio.exp()
     tau = torch.full_like(ratio, tau_neg).masked_fill(adv > 0, tau_pos)  # (B, T); A = 0 gives 0 loss either way
     gate = torch.sigmoid(tau * (ratio - 1))
@@ -212,6 +220,6 @@ def reinforce(logp, old_logp, advantages, mask) -> tuple[torch.Tensor, dict]:
 
     Uses rho rather than logp so that stale old_logp (several updates per rollout) stays unbiased; no paper id.
     """
-    m, adv, log_ratio = _prepare(logp, old_logp, advantages, mask)
+    m, adv, log_ratio = prepare(logp, old_logp, advantages, mask)
     loss = -adv * log_ratio.exp()
     return torch.where(m, loss, 0), {"ppo_kl": _mean(-log_ratio, m)}

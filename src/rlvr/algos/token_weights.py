@@ -1,9 +1,12 @@
-"""Per-token loss weights from token entropy, (B, T), multiplied into the per-token loss (spec §3.8).
+"""Per-token loss weights (N, T), multiplied into the per-token loss in the update (specs/grpo_family.md §3.8).
 
-    w = TOKEN_WEIGHTS.lookup("high_entropy")(entropy, mask, quantile=0.2)   # 1 on the top 20% entropy tokens
+    w = TOKEN_WEIGHTS.lookup("high_entropy")(mask, entropy=entropy, quantile=0.2)   # 1 on the top 20% entropy tokens
 
-The weights are detached. The entropy bonus, if on, should use the same effective mask (TRL).
-TODO: `perception` (VPPO, specs/vppo.md) registers here once the VLM policy exists.
+A weight function takes the trained-token mask (N, T) positionally and the batch values it declared at registration
+as keywords (`TOKEN_WEIGHTS.needs(name)`; rlvr.stages.token_weights passes them, gathered over every data-parallel
+rank, so a quantile is taken over the whole step). The weights are detached; loss normalisers are unchanged (TRL).
+`none` is no weighting at all: the loop skips the stage. `perception` (VPPO, arXiv 2510.09285) registers here with
+the vision-language policy.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ TOKEN_WEIGHTS = Registry("token weight")
 
 
 @TOKEN_WEIGHTS.register("none")
-def none(entropy, mask) -> torch.Tensor:
-    """All tokens weigh 1 (no selection); no paper id."""
-    return torch.ones_like(entropy, dtype=torch.float32)
+def none(mask) -> torch.Tensor:
+    """Every token weighs 1 (no selection); no paper id."""
+    return torch.ones_like(mask, dtype=torch.float32)
 
 
 def entropy_threshold(entropy: torch.Tensor, mask: torch.Tensor, *, quantile: float) -> torch.Tensor:
@@ -31,12 +34,13 @@ def entropy_threshold(entropy: torch.Tensor, mask: torch.Tensor, *, quantile: fl
     return torch.quantile(valid, 1 - quantile)
 
 
-@TOKEN_WEIGHTS.register("high_entropy")
-def high_entropy(entropy, mask, *, quantile: float = 0.2, threshold: float | None = None) -> torch.Tensor:
+@TOKEN_WEIGHTS.register("high_entropy", needs=("entropy",))
+def high_entropy(mask, *, entropy, quantile: float = 0.2, threshold: float | None = None) -> torch.Tensor:
     """1 on tokens with entropy >= the (1 - quantile) quantile, else 0; arXiv 2506.01939 (TRL top_entropy_quantile).
 
-    The paper takes the quantile over all valid tokens of all processes: compute it globally with
-    `entropy_threshold` on the gathered entropies and pass it as `threshold`; otherwise it is local.
+    The paper takes the quantile over all valid tokens of all processes, as the loop does (it passes the gathered
+    batch); `threshold` fixes it instead. Entropy is pi_old's, computed before the update (TRL takes each
+    micro-batch's current entropy; with one optimizer step per batch the two are equal).
     """
     tau = entropy_threshold(entropy, mask, quantile=quantile) if threshold is None else threshold
     keep = mask.bool() & (entropy.detach() >= tau)

@@ -1,15 +1,18 @@
 """Data parallelism over torch.distributed (gloo on CPU, nccl on GPU), started by `torchrun`.
 
-Each rank samples its own share of the step's prompts and runs the same update on its share. Loss
-normalisers are all-reduced before any backward (global token and sequence counts), and gradients are
-averaged with one all-reduce per optimizer step, so D ranks x B/D sequences give the update of one process
-with B sequences (tests/test_distributed.py checks it with two CPU ranks).
+Each rank samples its own share of the step's prompts and runs the same update on its share. Every decision that
+changes how much work a rank does (filters, dynamic-sampling rounds, data positions, mini-batch membership) is
+made from gathered values, so all ranks agree; batch statistics (advantage whitening, per-source reward
+normalisation, entropy quantiles) are computed on the gathered batch; loss normalisers are all-reduced before any
+backward, and gradients are averaged with one all-reduce per optimizer step. D ranks x B/D sequences therefore
+give the update of one process with B sequences (tests/test_distributed.py runs whole trainings both ways).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,9 +28,14 @@ class World:
         return self.rank == 0
 
 
+def requested_world_size() -> int:
+    """The world size torchrun asks for (1 without torchrun); known before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_world() -> World:
     """Join the process group torchrun describes in the environment; a single process needs nothing."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = requested_world_size()
     if size == 1:
         return World()
     if not dist.is_initialized():
@@ -48,11 +56,47 @@ def all_reduce(values: torch.Tensor, world: World, op: str = "sum") -> torch.Ten
     return out
 
 
+def all_gather_object(obj: Any, world: World) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (small Python objects: keys, counts, decisions)."""
+    if world.size == 1:
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_rows(x: torch.Tensor, world: World) -> tuple[torch.Tensor, slice]:
+    """Rows of every rank stacked in rank order (other dims zero-padded to the largest), and this rank's slice.
+
+    Ranks may hold different numbers of rows (after filters) and widths; the sizes are agreed first.
+    """
+    if world.size == 1:
+        return x, slice(0, x.shape[0])
+    shapes = all_gather_object(tuple(x.shape), world)
+    full = [max(s[d] for s in shapes) for d in range(x.dim())]
+    padded = x.new_zeros([full[0], *full[1:]])
+    padded[tuple(slice(0, n) for n in x.shape)] = x
+    parts = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(parts, padded)
+    rows = torch.cat([p[: s[0]] for p, s in zip(parts, shapes)])
+    start = sum(s[0] for s in shapes[: world.rank])
+    return rows, slice(start, start + x.shape[0])
+
+
 def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
-    """Average .grad over ranks with a single flattened all-reduce."""
+    """Average .grad over ranks with a single flattened all-reduce. A rank without a gradient for a parameter that
+    another rank has (no rows in this mini-batch) contributes zeros; a parameter no rank touched keeps None, as in
+    one process (AdamW skips it)."""
     if world.size == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    has = all_reduce(torch.tensor([p.grad is not None for p in params], dtype=torch.int32), world, "max")
+    params = [p for p, h in zip(params, has.tolist()) if h]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not params:
+        return
+    grads = [p.grad for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= world.size

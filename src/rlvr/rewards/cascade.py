@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlvr.rewards.core import REWARDS, RewardFn, _call, _value
+from rlvr.rewards.core import REWARDS, RewardFn, call_reward, reward_value
 
 
 @REWARDS.register("cascade")
@@ -38,10 +38,10 @@ def cascade(*, stages: list[tuple[str, float, RewardFn]], accept: float = 1.0) -
         for k, (name, weight, stage) in enumerate(stages):
             last = k == len(stages) - 1
             picked = {key: [v[i] for i in pending] if isinstance(v, list) else v for key, v in extra.items()}
-            values = _call(name, stage, [samples[i] for i in pending], [completions[i] for i in pending], picked)
+            values = call_reward(name, stage, [samples[i] for i in pending], [completions[i] for i in pending], picked)
             still = []
             for row, v in zip(pending, values):
-                v = _value(v)
+                v = reward_value(v)
                 v = None if v is None else weight * v
                 if last or (v is not None and v >= accept):
                     out[row] = v

@@ -16,6 +16,8 @@ or take **kwargs):
 2. on_error="raise": RewardError naming the reward, the sample and its completion (chained to the cause);
    on_error="zero": that sample gets 0 and the metric "rewards/<name>/errors" counts it. Never a silent zero.
 3. rewards[i] = sum_k w_k * r_k[i] over the fns whose r_k[i] is not None; NaN where all are None.
+4. Each source is keyed by its name, numbered when a name repeats (`python`, `python#1`): two sources with one
+   name never collapse into one (metrics `rewards/<key>/...`).
 """
 
 from __future__ import annotations
@@ -65,13 +67,13 @@ def combine_rewards(
     total: list[float | None] = [None] * len(samples)  # None until some fn applies to the sample
     per_fn: dict[str, list[float | None]] = {}
     metrics: dict[str, float] = {}
-    for name, weight, fn in fns:
-        values, errors = _run(name, fn, samples, completions, extra, on_error, step)
-        per_fn[name] = values
+    for key, (name, weight, fn) in zip(source_keys([f[0] for f in fns]), fns):
+        values, errors = run_reward(name, fn, samples, completions, extra, on_error, step)
+        per_fn[key] = values
         for i, v in enumerate(values):
             if v is not None:
                 total[i] = (total[i] or 0.0) + weight * v
-        metrics.update(_fn_metrics(name, values, errors))
+        metrics.update(_fn_metrics(key, values, errors))
     rewards = torch.tensor([math.nan if t is None else t for t in total], dtype=torch.float32)  # (N,)
     applied = [t for t in total if t is not None]
     if applied:
@@ -79,10 +81,17 @@ def combine_rewards(
     return rewards, per_fn, metrics
 
 
-def _run(name, fn, samples, completions, extra, on_error, step) -> tuple[list[float | None], int]:
+def source_keys(names: list[str]) -> list[str]:
+    """A unique key per reward source: its name, numbered when the name repeats (python, python#1, python#2)."""
+    return [n if not names[:i].count(n) else f"{n}#{names[:i].count(n)}" for i, n in enumerate(names)]
+
+
+def run_reward(name, fn, samples, completions, extra, on_error, step) -> tuple[list[float | None], int]:
     """Values of one reward fn on the batch, and how many samples failed (only with on_error='zero')."""
+    if on_error not in ("raise", "zero"):
+        raise ValueError(f"on_error must be 'raise' or 'zero', got {on_error!r}")
     try:
-        outs = _call(name, fn, samples, completions, extra)
+        outs = call_reward(name, fn, samples, completions, extra)
     except _ShapeError:
         raise  # a broken contract is a bug in the function, never a per-sample failure
     except Exception as exc:  # noqa: BLE001 - located and reported per sample below
@@ -90,7 +99,7 @@ def _run(name, fn, samples, completions, extra, on_error, step) -> tuple[list[fl
     values, errors = [], 0
     for i, v in enumerate(outs):
         try:
-            values.append(_value(v) if not isinstance(v, Exception) else _reraise(v))
+            values.append(reward_value(v) if not isinstance(v, Exception) else _reraise(v))
         except Exception as exc:
             if on_error == "raise":
                 raise _error(name, i, samples[i], completions[i], exc, step) from exc
@@ -105,7 +114,7 @@ def _call_each(name, fn, samples, completions, extra, batch_exc, step) -> list[A
     for i in range(len(samples)):
         one = {k: v[i : i + 1] if isinstance(v, list) else v for k, v in extra.items()}
         try:
-            outs += _call(name, fn, samples[i : i + 1], completions[i : i + 1], one)
+            outs += call_reward(name, fn, samples[i : i + 1], completions[i : i + 1], one)
         except Exception as exc:  # noqa: BLE001 - reported by the caller
             outs.append(exc)
     if not any(isinstance(o, Exception) for o in outs):  # fails on the batch, works on each sample
@@ -117,7 +126,8 @@ def _call_each(name, fn, samples, completions, extra, batch_exc, step) -> list[A
     return outs
 
 
-def _call(name, fn, samples, completions, extra) -> list[Any]:
+def call_reward(name, fn, samples, completions, extra) -> list[Any]:
+    """fn(samples, completions, **the call-time keywords it takes); a wrong return type or length is an error."""
     out = fn(samples, completions, **_call_kwargs(fn, extra))
     if not isinstance(out, (list, tuple)) or len(out) != len(completions):
         got = f"{type(out).__name__} of length {len(out)}" if hasattr(out, "__len__") else type(out).__name__
@@ -129,7 +139,7 @@ def _reraise(exc: Exception):
     raise exc
 
 
-def _value(v: Any) -> float | None:
+def reward_value(v: Any) -> float | None:
     """float(v) for a finite real number (Python, NumPy or 0-d torch), None for None, else ValueError."""
     if v is None:
         return None

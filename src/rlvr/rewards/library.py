@@ -36,6 +36,18 @@ def _task_of(tasks: dict[str, Any], sample: Sample):
     return tasks[sample.task]
 
 
+@REWARDS.register("env")
+def env_reward() -> RewardFn:
+    """The multi-turn environment's own reward: the sum of its per-turn rewards for the row (rlvr.envs)."""
+
+    def fn(samples: list[Sample], completions: list[str], *, env_rewards: list[float] | None = None, **kw):
+        if env_rewards is None:
+            raise ValueError("the env reward needs a multi-turn environment (set env.name, e.g. calculator)")
+        return [float(r) for r in env_rewards]
+
+    return fn
+
+
 @REWARDS.register("exact")
 def exact(*, extract: str = "auto", case_sensitive: bool = False) -> RewardFn:
     """Normalised string equality of the extracted answer with sample.answer.

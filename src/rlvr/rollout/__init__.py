@@ -1,6 +1,3 @@
-"""Rollout engines: `generate` samples completions from a policy (fast KV-cached path for the Llama/Qwen family)."""
-
-from rlvr.rollout.fast import FastDecoder, unsupported_reason
-from rlvr.rollout.sampler import HFDecoder, generate
-
-__all__ = ["FastDecoder", "HFDecoder", "generate", "unsupported_reason"]
+"""Rollout: one step's rows from the policy. `collect` (prompts -> groups of completions, through a multi-turn
+environment when one is configured), `score` (reward sources -> rewards), group filters (dynamic sampling,
+pass-rate bands), and the prompt stream they read from."""

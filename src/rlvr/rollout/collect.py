@@ -1,159 +1,121 @@
-"""collect(): one step's training batch from the policy: prompts -> G completions each -> rewards.
+"""collect(): one round of a step's rows. The buffer's plan names how many fresh prompts to draw (and which stored
+rows join their groups); the prompt stream draws them; the sampler writes G completions each.
 
-1. Prompts are read from the task in order from the run's data position; with data parallelism rank r takes its
-   slice of the step's prompts. Each prompt is repeated G times (its group id is its task position).
-2. The sampler's generator is seeded from (seed, data position, rank): an interrupted and resumed run samples
-   exactly what an uninterrupted one does, without saving generator state.
-3. Rewards are the weighted sum of the configured reward functions (rlvr.rewards.combine_rewards).
-4. Dynamic sampling (DAPO, arXiv 2503.14476 §3.2): groups whose rewards are all equal carry no signal under a
-   group-relative advantage; they are dropped and more prompts are sampled, up to `max_rounds` rounds.
-   Reward metrics are computed over everything sampled, before filtering (specs/grpo_family.md §3.9).
-
-`run` is the trainer's Run (model, tokenizer, task, reward_routes, pass_filters, cfg, world, device);
-`state.data_pos` advances.
+1. Prompts are read from the task in order from the run's data position (`PromptStream`): data position p is item
+   p % len(task), its group id is p. Every rank draws the same positions (skipping items the plan excludes, e.g.
+   ExGRPO's retired questions) and takes its contiguous share, so data positions never diverge across ranks.
+2. Row j of group p samples from the stream `row_seeds(seed, "rollout", p, j)` (rlvr.seeding): an interrupted and
+   resumed run, and any data-parallel layout, sample exactly the same completions.
+3. Stored rows of the plan (experience replay) join their groups: each such group gets G minus its stored rows fresh
+   completions, from the stream `row_seeds(seed, "replay", group, step, j)`; a group's rows are kept together.
+The sampler is single-turn (`TextSampler`) or a multi-turn environment loop (rlvr.envs.loop.EnvSampler).
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING
+import dataclasses
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from rlvr.batch import Rollout, concat_rollouts
-from rlvr.errors import TrainingError
-from rlvr.metrics import reward_metrics
-from rlvr.policies import encode_prompts
-from rlvr.rewards import combine_rewards
-from rlvr.rewards.router import route_rewards
-from rlvr.rollout.sampler import generate
-
-if TYPE_CHECKING:
-    from rlvr.run import Run, State
+from rlvr.batch import Batch, Sample
+from rlvr.buffers.base import Plan
+from rlvr.distributed import World
+from rlvr.metrics import Metrics
+from rlvr.policies.base import Policy, SamplingParams
+from rlvr.seeding import row_seeds
 
 
-def sample_round(run: Run, data_pos: int, n_prompts: int | None = None) -> Rollout:
-    """Generate G completions for this rank's prompts at task positions data_pos + ..."""
-    cfg, world = run.cfg, run.world
-    per_rank = (cfg.rollout.prompts_per_step if n_prompts is None else n_prompts) // world.size
-    first = data_pos + world.rank * per_rank
-    samples = [run.task[(first + j) % len(run.task)] for j in range(per_rank)]
-    seed = cfg.seed * 1_000_003 + data_pos * 7919 + world.rank
-    return generate_for(run, samples, [first + j for j in range(per_rank)], cfg.rollout.group_size, seed)
+class Sampler(Protocol):
+    policy: Policy
+    group_size: int
+
+    def generate(self, samples: list[Sample], group_ids: torch.Tensor, seeds: torch.Tensor) -> Batch: ...
+
+    def with_params(self, params: SamplingParams) -> Sampler: ...
 
 
-def rollout_dtype(cfg) -> torch.dtype | None:
-    """The sampler's compute dtype: rollout.dtype, else model.autocast (sample in the precision that trains)."""
-    name = cfg.rollout.dtype or cfg.model.autocast
-    return getattr(torch, name) if name else None
+@dataclass
+class TextSampler:
+    """One completion per row, straight from the policy; `mask_truncated` drops the trained tokens of rows that hit
+    max_new_tokens."""
+
+    policy: Policy
+    params: SamplingParams
+    group_size: int
+    mask_truncated: bool = False
+
+    def with_params(self, params: SamplingParams) -> TextSampler:
+        return dataclasses.replace(self, params=params)
+
+    def generate(self, samples: list[Sample], group_ids: torch.Tensor, seeds: torch.Tensor) -> Batch:
+        batch = self.policy.generate(samples, group_ids=group_ids, seeds=seeds, params=self.params)
+        return batch.mask_truncated() if self.mask_truncated else batch
 
 
-def generate_for(run: Run, samples: list, group_ids: list[int], n: int, seed: int) -> Rollout:
-    """n completions of each sample (its rows share `group_ids[i]`), from a generator seeded with `seed`."""
-    cfg = run.cfg
-    repeated = [s for s in samples for _ in range(n)]
-    ids, mask = encode_prompts(run.tokenizer, [s.prompt for s in repeated])
-    run.model.eval()
-    out = generate(run.model, run.tokenizer, ids.to(run.device), mask.to(run.device),
-                   max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                   top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop),
-                   generator=torch.Generator(device=run.device).manual_seed(seed),
-                   dtype=rollout_dtype(cfg))
-    return Rollout(
-        prompt_ids=ids.to(run.device),
-        prompt_mask=mask.to(run.device),
-        completion_ids=out["completion_ids"],
-        completion_mask=out["completion_mask"],
-        logp=out["logp"],
-        truncated=out["truncated"],
-        texts=out["texts"],
-        group_ids=torch.tensor(group_ids, device=run.device).repeat_interleave(n),
-        samples=repeated,
-    )
+class PromptStream:
+    """The task read in order: data position p holds item p % len(task); each step's prompts split over ranks."""
+
+    def __init__(self, task, world: World, seed: int):
+        self.task, self.world, self.seed = task, world, seed
+
+    def draw(self, data_pos: int, n: int, skip: frozenset = frozenset()) -> tuple[list[int], int]:
+        """n data positions from `data_pos` on, passing over items in `skip`; and the next data position."""
+        if n and len(skip) >= len(self.task):
+            raise ValueError(f"every one of the task's {len(self.task)} items is excluded; nothing left to draw")
+        positions = []
+        while len(positions) < n:
+            if data_pos % len(self.task) not in skip:
+                positions.append(data_pos)
+            data_pos += 1
+        return positions, data_pos
+
+    def shard(self, positions: list[int]) -> list[int]:
+        """This rank's contiguous share of a round's positions (rank order is data order)."""
+        if len(positions) % self.world.size:
+            raise ValueError(f"{len(positions)} prompts cannot be split evenly over {self.world.size} ranks")
+        per = len(positions) // self.world.size
+        return positions[self.world.rank * per : (self.world.rank + 1) * per]
+
+    def item(self, position: int) -> Sample:
+        return self.task[position % len(self.task)]
 
 
-def score(run: Run, rollout: Rollout, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """Rewards (N,) of a rollout: one task's sources, or each sample routed to its own task's (mixture)."""
-    lengths = rollout.completion_mask.sum(-1).tolist()
-    on_error = run.cfg.train.on_reward_error
-    if len(run.reward_routes) == 1:
-        (fns,) = run.reward_routes.values()
-        rewards, _, metrics = combine_rewards(fns, rollout.samples, rollout.texts, lengths=lengths,
-                                              on_error=on_error, step=step, group_ids=rollout.group_ids)
-    else:
-        rewards, metrics = route_rewards(run.reward_routes, rollout.samples, rollout.texts, lengths=lengths,
-                                         on_error=on_error, step=step, normalize=run.cfg.mixture.normalize,
-                                         group_ids=rollout.group_ids)
-    return rewards.to(run.device), metrics
+def collect(sampler: Sampler, stream: PromptStream, plan: Plan, data_pos: int, step: int,
+            log: Metrics) -> tuple[Batch, int]:
+    """This rank's rows of one round (fresh groups, then the plan's stored rows with their groups' fresh rows) and
+    the next data position."""
+    positions, data_pos = stream.draw(data_pos, plan.fresh, plan.skip)
+    mine = stream.shard(positions)
+    G = sampler.group_size
+    group_ids = torch.tensor(mine, dtype=torch.long).repeat_interleave(G)  # (n G,)
+    members = torch.arange(G).repeat(len(mine))
+    batch = sampler.generate([stream.item(p) for p in mine for _ in range(G)], group_ids,
+                             row_seeds(stream.seed, "rollout", group_ids, members))
+    log.sum("rollouts/generated", len(batch))
+    if plan.replay is not None and len(plan.replay):
+        batch = Batch.concat([batch, join_groups(sampler, plan.replay, stream.seed, step, log)], sampler.policy.pad_id)
+    return batch, data_pos
 
 
-def keep_groups(run: Run, rollout: Rollout, rewards: torch.Tensor, *, need_variance: bool) -> list[int]:
-    """Group ids to train on: rewards not all equal (DAPO dynamic sampling) when `need_variance`, and the
-    group's pass rate (task score >= 1) inside its task's `keep_pass_rate` band (Intern-S1 filtering)."""
-    keep = []
-    for g in torch.unique(rollout.group_ids).tolist():
-        rows = torch.nonzero(rollout.group_ids == g).flatten().tolist()
-        r = rewards[rows]
-        r = r[~torch.isnan(r)]
-        if need_variance and not (len(r) > 1 and bool((r != r[0]).any())):
-            continue
-        band = run.pass_filters.get(rollout.samples[rows[0]].task) or run.pass_filters.get(run.task.name)
-        if band:
-            passed = [run.task.score(rollout.samples[i], rollout.texts[i]) >= 1.0 for i in rows]
-            if not band[0] < sum(passed) / len(passed) < band[1]:
-                continue
-        keep.append(g)
-    return keep
-
-
-def collect(run: Run, state: State, step: int, n_prompts: int | None = None
-            ) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
-    """Rollout + rewards for one step (`n_prompts` fresh prompts, default rollout.prompts_per_step); with dynamic
-    sampling or pass-rate filters, keep sampling until enough groups are kept."""
-    cfg = run.cfg
-    ds = cfg.algo.dynamic_sampling
-    n_prompts = cfg.rollout.prompts_per_step if n_prompts is None else n_prompts
-    need = n_prompts // run.world.size
-    kept: list[tuple[Rollout, torch.Tensor]] = []
-    all_rewards, all_groups, timing = [], [], {"time/rollout": 0.0, "time/reward": 0.0}
-    n_kept, rounds, reward_metric_acc = 0, 0, {}
-    filtering = ds.enabled or bool(run.pass_filters)
-    max_rounds = ds.max_rounds if filtering else 1
-    while rounds < max_rounds:
-        rounds += 1
-        t0 = time.perf_counter()
-        rollout = sample_round(run, state.data_pos, n_prompts)
-        state.data_pos += n_prompts
-        t1 = time.perf_counter()
-        rewards, rmetrics = score(run, rollout, step)
-        timing["time/rollout"] += t1 - t0
-        timing["time/reward"] += time.perf_counter() - t1
-        all_rewards.append(rewards)
-        all_groups.append(rollout.group_ids)
-        for k, v in rmetrics.items():
-            reward_metric_acc[k] = reward_metric_acc.get(k, 0.0) + v
-        if not filtering:
-            kept.append((rollout, rewards))
-            n_kept = need
-            break
-        groups = keep_groups(run, rollout, rewards, need_variance=ds.enabled)[: need - n_kept]
-        if groups:
-            rows = torch.nonzero(torch.isin(rollout.group_ids, torch.tensor(groups, device=run.device))).flatten()
-            kept.append((rollout.select(rows.cpu()), rewards[rows]))
-            n_kept += len(groups)
-        if n_kept >= need:
-            break
-    if n_kept < need and (ds.on_exhaust == "raise" or n_kept == 0):
-        raise TrainingError(
-            f"step {step}: dynamic sampling found {n_kept} of {need} informative groups in "
-            f"{rounds} rounds; raise algo.dynamic_sampling.max_rounds or set on_exhaust=partial"
-        )
-    rollout = concat_rollouts([r for r, _ in kept], run.tokenizer.pad_token_id)
-    rewards = torch.cat([r for _, r in kept])
-    metrics = reward_metrics(torch.cat(all_rewards), torch.cat(all_groups))
-    metrics.update({k: v / rounds for k, v in reward_metric_acc.items()})
-    metrics.update(timing)
-    metrics["rollouts/generated"] = float(rounds * need * cfg.rollout.group_size * run.world.size)
-    if filtering:
-        metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/kept_fraction": n_kept / (need * rounds)})
-    return rollout, rewards, metrics
+def join_groups(sampler: Sampler, stored: Batch, seed: int, step: int, log: Metrics) -> Batch:
+    """Each group of `stored` completed to G rows with fresh completions of its sample; rows grouped together."""
+    groups = stored.groups().tolist()
+    ids, samples, members = [], [], []
+    for g in groups:
+        rows = stored.rows_of([g])
+        for j in range(sampler.group_size - len(rows)):
+            ids.append(g)
+            samples.append(stored.samples[int(rows[0])])
+            members.append(j)
+    stored = stored.to(sampler.policy.device)
+    if not ids:
+        return stored
+    group_ids = torch.tensor(ids, dtype=torch.long)
+    fresh = sampler.generate(samples, group_ids, row_seeds(seed, "replay", group_ids, torch.full_like(group_ids, step),
+                                                           torch.tensor(members, dtype=torch.long)))
+    log.sum("rollouts/generated", len(fresh))
+    both = Batch.concat([fresh, stored], sampler.policy.pad_id)
+    order = torch.argsort(both.group_ids.cpu(), stable=True)  # each group's rows together (prompt sharing)
+    return both.select(order)

@@ -9,3 +9,5 @@ from rlvr.tasks import arithmetic, countdown, dataset, gym  # noqa: F401  (regis
 from rlvr.tasks.base import TASKS, ProceduralTask, Task
 
 __all__ = ["TASKS", "ProceduralTask", "Task"]
+
+from rlvr import envs  # noqa: F401,E402  (registers the multi-turn environments' tasks: tool_arithmetic, guess_number)

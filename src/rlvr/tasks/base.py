@@ -4,6 +4,8 @@
     sample = task[3]                      # Sample(prompt="23+45=", answer="68", task="arithmetic", index=3)
     task.score(sample, "68")              # 1.0; any float in [0, 1]
     task.reference(sample)                # a completion that scores 1.0 (supervised warm start, tests)
+    task.reference_turns(sample)          # the same as (text, trained) segments; multi-turn tasks interleave the
+                                          # environment's replies (trained=False), which SFT attends to, never learns
 
 Procedural tasks follow reasoning-gym: item i is drawn from `random.Random(seed + i)`, so an item never
 depends on which other items were generated, and two processes agree on every item without sharing state.
@@ -30,6 +32,7 @@ class Task:
     """Base class. Subclasses set `name` and implement `__len__`, `__getitem__`, `score`, `reference`."""
 
     name: str = ""
+    needs: tuple[str, ...] = ()  # keywords rlvr.run passes when it builds the task (seed, holdout)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -45,6 +48,10 @@ class Task:
         """A completion text for `sample` that `score` rates 1.0."""
         raise NotImplementedError
 
+    def reference_turns(self, sample: Sample) -> list[tuple[str, bool]]:
+        """The reference as (text, trained) segments: one trained segment unless the task is multi-turn."""
+        return [(self.reference(sample), True)]
+
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
@@ -54,6 +61,8 @@ class Task:
 
 class ProceduralTask(Task):
     """A generated task: item i comes from `random.Random(seed + i)` via `generate(rng, i)`."""
+
+    needs = ("seed", "holdout")
 
     def __init__(self, *, seed: int = 0, size: int = 10_000, holdout: str | None = None):
         if not isinstance(size, int) or size < 1:

@@ -206,6 +206,8 @@ def _numpy():
 class ReasoningGym(Task):
     """A reasoning-gym dataset (open-thought/reasoning-gym, optional extra `rlvr[gym]`) as a Task."""
 
+    needs = ("seed",)
+
     def __init__(
         self,
         *,

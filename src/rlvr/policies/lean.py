@@ -1,7 +1,7 @@
 """A lean, differentiable training forward for the Llama / Qwen2 / Qwen3 family: completion logits of an update batch.
 
-The training counterpart of the inference decoder rlvr/rollout/fast.py: the same weights and math as the Hugging Face
-forward (and as rlvr.update._shared_prefix_logits), with fewer FLOPs and ops:
+The training counterpart of the inference decoder policies/fast_decode.py: the same weights and math as the Hugging
+Face forward (and as its shared-prefix form, policies/hf_forward.py), with fewer FLOPs and ops:
 
 1. pack: only tokens whose output or K/V matters are computed: the real tokens of each distinct prompt once (GRPO
    repeats a prompt G times), and each completion input that precedes a real completion token. Left padding, right
@@ -24,7 +24,7 @@ RMSNorm runs in fp32 and, under autocast, the residual stream stays in the param
 the HF forward at every real completion position, and of the gradients: tests/test_lean_forward.py.
 `lean_reason(model)` says why a model must use the HF forward instead:
 
-    owner, first = rlvr.update._prompt_owners(input_ids, attention_mask, T)
+    owner, first = prompt_owners(...)  # rlvr.policies.base: rows that share a prompt forward
     if lean_reason(model) is None:
         logits = lean_completion_logits(model, input_ids, attention_mask, T, owner, first)  # (N, T, V)
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlvr.rollout.fast import _rms, _rope_tables, unsupported_reason
+from rlvr.policies.family import family_reason, rms, rope_tables
 
 
 def lean_reason(model) -> str | None:
@@ -47,7 +47,7 @@ def lean_reason(model) -> str | None:
         return "not a Hugging Face model (no .config)"
     if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
         return "PEFT-wrapped model (adapter layers are not plain weights)"
-    reason = unsupported_reason(model)
+    reason = family_reason(model)
     if reason:
         return reason
     modules = list(model.modules())
@@ -85,7 +85,7 @@ def lean_completion_logits(model, input_ids, attention_mask, T: int, owner, firs
     """Logits (N, T, V) that predict the last T tokens of `input_ids`, in the compute dtype; differentiable.
 
     input_ids, attention_mask (N, P + T): left-padded prompt then right-padded completion. owner (N,): index of
-    each row's distinct prompt; first (U,): the row holding each distinct prompt (rlvr.update._prompt_owners).
+    each row's distinct prompt; first (U,): the row holding each distinct prompt (rlvr.policies.base.prompt_owners).
     Logits that predict a padding token are 0. Check `lean_reason(model)` first.
     """
     emb, device_type = model.get_input_embeddings(), input_ids.device.type
@@ -112,7 +112,7 @@ def _layer(x: torch.Tensor, layer, t: _Tables, cfg, autocast: bool) -> torch.Ten
     qk, v = _linear(h, att.q_proj, att.k_proj).view(M, Hq + Hkv, D), _linear(h, att.v_proj)
     if hasattr(att, "q_norm"):  # Qwen3: RMSNorm over D of each q and k head, before rope
         g = torch.cat([att.q_norm.weight.expand(Hq, D), att.k_norm.weight.expand(Hkv, D)])  # (Hq + Hkv, D)
-        qk = g * _rms(qk, cfg.rms_norm_eps)
+        qk = g * rms(qk, cfg.rms_norm_eps)
     qk = torch.addcmul(qk * t.cos, qk.roll(D // 2, dims=-1), t.sin)  # (M, Hq + Hkv, D)
     nq, nk = U * Hq * P, U * Hkv * P  # prompt part of the gathered q, k
     q1, q2, k1, k2 = qk.view(-1, D).index_select(0, t.qk_idx).split([nq, N * Hq * S, nk, N * Hkv * (P + S)])
@@ -136,7 +136,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
 
 def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's RMSNorm: normalise in fp32, back to x's dtype, times the weight."""
-    return weight * _rms(x, eps)
+    return weight * rms(x, eps)
 
 
 def _linear(x: torch.Tensor, *linears) -> torch.Tensor:
@@ -169,7 +169,7 @@ def _tables(model, input_ids, attention_mask, T: int, owner, first, bias_dtype: 
     slot_row = (slot_real.long().cumsum(0) - 1).clamp(min=0)  # row of each slot; a padded slot reads some real row
     ids = torch.cat([input_ids[first, :P].flatten(), input_ids[:, P:-1].flatten()])[keep]  # (M,)
     positions = torch.cat([pos[first, :P].flatten(), pos[:, P:-1].flatten()])[keep]  # (M,)
-    cos, sin = _rope_tables(model, positions[None], model.get_input_embeddings().weight.dtype)  # (1, M, 1, D)
+    cos, sin = rope_tables(model, positions[None], model.get_input_embeddings().weight.dtype)  # (1, M, 1, D)
     p_rows, t_rows = slot_row[: U * P].view(U, P), slot_row[U * P :].view(N, S)
     qk_idx, v_idx, out_idx = _attention_index(p_rows, t_rows, owner, keep, Hq, Hkv)
     pred_slot = torch.cat([owner[:, None] * P + P - 1, U * P + torch.arange(N * S, device=dev).view(N, S)], 1)  # (N, T)

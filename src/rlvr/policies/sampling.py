@@ -1,9 +1,11 @@
 """Batched, KV-cached sampling from a Hugging Face causal LM: `generate(model, tokenizer, prompt_ids, ...)`.
 
-1. Pick a decoder: FastDecoder (rlvr/rollout/fast.py) for the Llama/Qwen family, else a plain HF loop with a
+1. Pick a decoder: FastDecoder (policies/fast_decode.py) for the Llama/Qwen family, else a plain HF loop with a
    DynamicCache. Both expose prefill() -> logits (N, V) and step(tokens (N,)) -> logits (N, V).
 2. Each step: logp = log_softmax(logits / temperature); sample from that distribution after optional top-k / top-p
-   truncation (or argmax when greedy); record the token and its logp.
+   truncation (or argmax when greedy); record the token and its logp. Row r's t-th token uses the uniform draw
+   `rlvr.seeding.uniform(seeds[r], offsets[r] + t)`: what a row samples does not depend on the other rows of the
+   batch, on the data-parallel rank that holds it, or on a resume.
 3. A row is done at its first EOS or when its decoded text contains a stop string; stop when every row is done.
 4. Masks are built at the end from the recorded tokens: 1 up to and including the token that ended the row.
 
@@ -19,7 +21,9 @@ from collections.abc import Sequence
 
 import torch
 
-from rlvr.rollout.fast import FastDecoder, unsupported_reason
+from rlvr.policies.family import family_reason
+from rlvr.policies.fast_decode import FastDecoder
+from rlvr.seeding import row_seeds, uniform
 
 BACKENDS = ("auto", "fast", "hf")
 
@@ -75,35 +79,39 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
-def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row from probs (N, V) by inverse-CDF sampling: exact, and ~7x cheaper than multinomial on CPU.
+def _sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row from probs (N, V) by inverse-CDF sampling with uniforms u (N,): exact, and ~7x cheaper than
+    multinomial on CPU.
 
     Token i is chosen when cdf[i-1] <= u < cdf[i]; a zero-probability token has an empty interval. The cdf is summed
     in float64: in float32 a 1e-7 token added to a running sum near 0.5 would be rounded by up to half its size.
     """
     cdf = probs.double().cumsum(-1)  # (N, V)
-    u = torch.rand(len(probs), 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    u = u.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
     return (cdf <= u).sum(-1).clamp_(max=probs.shape[-1] - 1)  # (N,)
 
 
 class _Picker:
     """Chooses the next token per row and returns it with its logp under softmax(logits / temperature)."""
 
-    def __init__(self, *, temperature: float, top_k: int, top_p: float, greedy: bool, generator):
+    def __init__(self, *, temperature: float, top_k: int, top_p: float, greedy: bool, seeds: torch.Tensor,
+                 offsets: torch.Tensor):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.greedy, self.generator = greedy, generator
+        self.greedy, self.seeds, self.counter = greedy, seeds, offsets
 
     def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scaled = logits.float()  # (N, V)
         if self.temperature != 1.0:
             scaled = scaled / self.temperature
         logp_all = scaled.log_softmax(-1)
+        u = uniform(self.seeds, self.counter)  # (N,) this step's draw of each row's stream
+        self.counter = self.counter + 1
         if self.greedy:
             tokens = scaled.argmax(-1)  # (N,)
         elif self.top_k or self.top_p < 1.0:
-            tokens = _sample(_filter_logits(scaled, self.top_k, self.top_p).softmax(-1), self.generator)
+            tokens = _sample(_filter_logits(scaled, self.top_k, self.top_p).softmax(-1), u)
         else:
-            tokens = _sample(logp_all.exp(), self.generator)
+            tokens = _sample(logp_all.exp(), u)
         return tokens, logp_all.gather(-1, tokens[:, None])[:, 0]
 
 
@@ -162,7 +170,7 @@ def _check_args(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top
 
 
 def _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, backend: str, dtype=None):
-    reason = unsupported_reason(model)
+    reason = family_reason(model)
     if backend == "fast" and reason:
         raise ValueError(f"generate: backend='fast' cannot run this model ({reason}); use backend='auto' or 'hf'")
     use_fast = backend == "fast" or (backend == "auto" and reason is None)
@@ -184,11 +192,13 @@ def _finish(tokens, logps, stops, eos, tokenizer, pad_id) -> dict:
     if stops:
         texts = [stops.cut(t) for t in texts]
     truncated = ~ends.any(-1)  # (N,) no EOS / stop string before max_new_tokens
+    eos_ended = (torch.isin(ids, eos) & mask).any(-1) if len(eos) else torch.zeros_like(truncated)  # (N,)
     return dict(
         completion_ids=ids,
         completion_mask=mask.long(),
         logp=logp.masked_fill(~mask, 0.0),
         truncated=truncated,
+        eos_ended=eos_ended,
         texts=texts,
     )
 
@@ -206,7 +216,8 @@ def generate(
     top_k: int = 0,
     stop: str | Sequence[str] | None = (),
     greedy: bool = False,
-    generator: torch.Generator | None = None,
+    seeds: torch.Tensor | None = None,
+    offsets: torch.Tensor | None = None,
     backend: str = "auto",
     dtype: torch.dtype | None = None,
 ) -> dict:
@@ -214,17 +225,23 @@ def generate(
 
     Returns dict(completion_ids (N, T) long right-padded with pad id, completion_mask (N, T) long (1 = generated,
     incl. the EOS/stop token that ended the row), logp (N, T) float32 (0 where mask is 0), truncated (N,) bool,
-    texts list[str] cut before the stop string, without EOS). T <= max_new_tokens (early exit when all rows end).
+    eos_ended (N,) bool (the row ended with EOS, not a stop string), texts list[str] cut before the stop string,
+    without EOS). T <= max_new_tokens (early exit when all rows end).
     backend: "auto" (fast path when the model supports it), "fast" (error if not), "hf" (plain HF forward loop).
-    generator: a torch.Generator on the model's device, for reproducible samples.
+    seeds: (N,) int64 sampling stream of each row (rlvr.seeding.row_seeds; default: the row index, stream
+    "generate"); offsets: (N,) index of each row's first draw in its stream (a multi-turn row continues its stream).
     dtype: compute dtype of the forward passes (e.g. torch.bfloat16: the fast decoder casts its fused weights once
     per call, the HF loop runs under autocast); None = the parameters' dtype. Sampling and logp are in fp32.
     """
     _check_args(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k, backend)
     stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
     decoder = _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens, backend, dtype)
-    pick = _Picker(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator)
     device = model.get_input_embeddings().weight.device
+    n = len(prompt_ids)
+    seeds = row_seeds(0, "generate", torch.arange(n)) if seeds is None else seeds
+    offsets = torch.zeros(n, dtype=torch.long) if offsets is None else offsets
+    pick = _Picker(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seeds=seeds.to(device),
+                   offsets=offsets.to(device))
     eos = torch.tensor(_eos_ids(model, tokenizer), dtype=torch.long, device=device)
     stops = _StopStrings(tokenizer, stop, len(prompt_ids)) if any(stop) else None
     done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)  # (N,)

@@ -1,7 +1,7 @@
 """A lean KV-cached decoder for the Llama / Qwen2 / Qwen3 family: same weights, far fewer ops than the HF forward.
 
 On a small CPU model most of a Hugging Face decode step is per-op dispatch, not matmuls (see
-/work/shared/notes/cpu-performance.md). This decoder runs the same math with fewer, fused ops:
+docs/BENCHMARKS.md). This decoder runs the same math with fewer, fused ops:
 
 1. per `generate` call (weights change between RL steps) fuse the weights (then cast them to the compute dtype when
    one is given, e.g. bf16 for CPUs with AMX / GPUs), stored input-major (K, N) so each matmul
@@ -17,7 +17,8 @@ On a small CPU model most of a Hugging Face decode step is per-op dispatch, not 
    On CPU the one-query attention is baddbmm + softmax + bmm (SDPA's kernel costs ~4x more at this size).
 
 Grouped-query attention needs no repeat_kv: the rep = Hq / Hkv query heads of a group share one kv head, so they are
-laid along the query axis of that group. `unsupported_reason(model)` says why a model must use the HF loop instead.
+laid along the query axis of that group. `rlvr.policies.family.family_reason(model)` says why a model must use the HF
+loop instead.
 """
 
 from __future__ import annotations
@@ -27,33 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-_FAMILIES = ("llama", "qwen2", "qwen3")
-
-
-def unsupported_reason(model) -> str | None:
-    """None if FastDecoder can run `model`, else a short reason (the sampler then uses the HF loop)."""
-    cfg = model.config
-    if cfg.model_type not in _FAMILIES:
-        return f"model_type '{cfg.model_type}' is not one of {_FAMILIES}"
-    try:  # adapters (PEFT LoRA) and quantized layers replace nn.Linear: their weights are not the whole story
-        layer = model.model.layers[0]
-        linears = [getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        linears += [getattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]
-        model.model.rotary_emb  # noqa: B018
-    except (AttributeError, IndexError, TypeError):
-        return "not the plain HF module layout (model.model.layers[i].self_attn/mlp, model.model.rotary_emb)"
-    if any(type(lin) is not torch.nn.Linear for lin in linears):
-        return "projections are not plain nn.Linear (adapter or quantized layers)"
-    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
-        return "sliding-window attention layers"
-    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
-    if any(k in str(rope.get("rope_type", rope.get("type", "default"))) for k in ("dynamic", "longrope")):
-        return "position-dependent rope scaling (dynamic / longrope)"
-    if getattr(cfg, "pretraining_tp", 1) != 1:
-        return "pretraining_tp > 1"
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        return f"hidden_act '{cfg.hidden_act}'"
-    return None
+from rlvr.policies.family import rms, rope_tables
 
 
 @dataclass
@@ -112,28 +87,9 @@ def _fuse_layer(layer, n_heads: int, n_kv: int, head_dim: int) -> _Layer:
     )
 
 
-def _rope_tables(model, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, signed sin (N, L, 1, D) from the model's rotary_emb, laid out for `x * cos + roll(x, D/2) * sin`.
-
-    rotate_half(x) = cat(-x2, x1) = roll(x, D/2) * cat(-1, +1), so the sign is folded into the sin table once.
-    """
-    probe = torch.empty(0, device=positions.device, dtype=dtype)
-    cos, sin = model.model.rotary_emb(probe, positions)  # (N, L, D) each
-    half = sin.shape[-1] // 2
-    sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    return cos.unsqueeze(2).contiguous(), sin.unsqueeze(2).contiguous()
-
-
 def _matmul(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """x (M, K) @ w (K, N) (+ b)."""
     return torch.mm(x, w) if b is None else torch.addmm(b, x, w)
-
-
-def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / rms(x) over the last dim, in fp32 as HF does (the norm weight is folded into the next matmul)."""
-    xf = x.float()
-    inv = (xf * xf).sum(-1, keepdim=True).mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()  # (..., 1)
-    return (xf * inv).to(x.dtype)
 
 
 @dataclass
@@ -188,7 +144,7 @@ class FastDecoder:
         self.real = prompt_mask.to(dev).bool()  # (N, P)
         prompt_pos = (self.real.long().cumsum(-1) - 1).clamp(min=0)  # (N, P) 0 at the first real token
         gen_pos = self.real.sum(-1, keepdim=True) + torch.arange(max_new_tokens, device=dev)  # (N, T)
-        self.cos, self.sin = _rope_tables(model, torch.cat([prompt_pos, gen_pos], dim=1), dtype)  # (N, L, 1, D)
+        self.cos, self.sin = rope_tables(model, torch.cat([prompt_pos, gen_pos], dim=1), dtype)  # (N, L, 1, D)
         if self.cos.shape[-1] != self.head_dim:
             raise ValueError(f"FastDecoder: rope dim {self.cos.shape[-1]} != head_dim {self.head_dim}")
         shape = (len(self.layers), N, self.n_kv, L, self.head_dim)
@@ -235,11 +191,11 @@ class FastDecoder:
         for i, w in enumerate(self.layers):
             x = self._layer(x, w, p, p.k[i], p.v[i])
         x = x.view(p.n, p.s, self.hidden)[:, -1]  # (n, hidden) last position only
-        return F.linear(_rms(x, self.eps) * self.final_norm, self.lm_head)  # (n, V)
+        return F.linear(rms(x, self.eps) * self.final_norm, self.lm_head)  # (n, V)
 
     def _layer(self, x: torch.Tensor, w: _Layer, p: _Pass, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
         Hq, Hkv, hi = self.n_heads, self.n_kv, p.lo + p.s
-        qkv = _matmul(_rms(x, self.eps), w.qkv, w.qkv_b).view(p.n, p.s, -1, self.head_dim)  # (n, s, Hq + 2 Hkv, D)
+        qkv = _matmul(rms(x, self.eps), w.qkv, w.qkv_b).view(p.n, p.s, -1, self.head_dim)  # (n, s, Hq + 2 Hkv, D)
         q, k = self._rope(qkv[:, :, : Hq + Hkv], w.qk_norm, p)  # (n, s, Hq, D), (n, s, Hkv, D)
         kc[:, :, p.lo : hi] = k.transpose(1, 2)  # kc (n, Hkv, L, D)
         vc[:, :, p.lo : hi] = qkv[:, :, Hq + Hkv :].transpose(1, 2)
@@ -248,13 +204,13 @@ class FastDecoder:
         x = torch.addmm(x, a, w.o)  # residual + o_proj in one op
         if w.o_b is not None:
             x = x + w.o_b
-        gate, up = _matmul(_rms(x, self.eps), w.gate_up, w.gate_up_b).chunk(2, dim=-1)  # (n s, I) each
+        gate, up = _matmul(rms(x, self.eps), w.gate_up, w.gate_up_b).chunk(2, dim=-1)  # (n s, I) each
         x = torch.addmm(x, F.silu(gate) * up, w.down)  # residual + down_proj
         return x if w.down_b is None else x + w.down_b
 
     def _rope(self, qk: torch.Tensor, qk_norm: torch.Tensor | None, p: _Pass) -> tuple[torch.Tensor, torch.Tensor]:
         if qk_norm is not None:
-            qk = _rms(qk, self.eps) * qk_norm
+            qk = rms(qk, self.eps) * qk_norm
         qk = torch.addcmul(qk * p.cos, qk.roll(self.head_dim // 2, dims=-1), p.sin)  # (n, s, Hq + Hkv, D)
         return qk[:, :, : self.n_heads], qk[:, :, self.n_heads :]
 

@@ -1,0 +1,30 @@
+"""The environment protocol for multi-turn rollouts, and its registry.
+
+    env = ENVS.build("calculator")          # one instance per episode (row)
+    obs = env.reset(sample)                 # text the model sees before its first turn, or None
+    obs, reward, done = env.step(turn)      # the model's turn (decoded text, stop string included) -> the reply
+
+1. Token in, token out: the loop (rlvr.envs.loop) keeps every row's context as token ids; an observation is tokenized
+   once and appended, and the history is never re-rendered (no chat template rewrites past turns).
+2. A turn ends at EOS, at one of the environment's `stop` strings (and rollout.stop), or at the per-turn length cap;
+   an EOS ends the episode whatever the environment says.
+3. `reward` is per turn (0 when the environment has nothing to say); the loop sums them per row into
+   `Batch.extras["env_rewards"]`, which the reward `env` reads. The task's own scorer sees the whole transcript.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from rlvr.batch import Sample
+from rlvr.registry import Registry
+
+ENVS = Registry("environment")
+
+
+class Env(Protocol):
+    stop: tuple[str, ...]  # strings that end a model turn besides EOS (kept in the turn's tokens and text)
+
+    def reset(self, sample: Sample) -> str | None: ...
+
+    def step(self, turn: str) -> tuple[str | None, float, bool]: ...

@@ -1,0 +1,117 @@
+"""A Hugging Face causal LM as a Policy (rlvr.policies.base): Qwen2 / Qwen3 / Llama with rlvr's lean training forward
+and fast decoder where the model allows, the HF forward and decode loop otherwise (LoRA, other architectures).
+
+    policy = HFCausalLM.load(config="qwen2-micro")              # or path="/models/Qwen2.5-0.5B-Instruct"
+    batch = policy.generate(samples, group_ids=ids, seeds=seeds, params=SamplingParams(max_new_tokens=8))
+    logp, entropy = policy.logp(batch, with_entropy=True)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import torch
+
+from rlvr.batch import Batch, Sample
+from rlvr.policies.base import SamplingParams, batch_owners
+from rlvr.policies.hf import encode_prompts, load_policy
+from rlvr.policies.hf_forward import completion_logp
+from rlvr.policies.sampling import generate
+
+
+class HFCausalLM:
+    """The policy: a transformers causal LM, its tokenizer, and how its training forward runs.
+
+    autocast: mixed-precision compute dtype of the training forward (weights stay in their dtype); lean: use the
+    lean forward when `lean_reason(model)` allows it.
+    """
+
+    prompt_inputs: tuple[str, ...] = ()  # a text model's prompt forward reads its tokens only
+
+    def __init__(self, model, tokenizer, *, autocast: torch.dtype | None = None, lean: bool = True):
+        self.model, self.tokenizer, self.autocast, self.lean = model, tokenizer, autocast, lean
+
+    @classmethod
+    def load(cls, *, path: str | os.PathLike | None = None, config: str | None = None,
+             config_overrides: dict[str, Any] | None = None, tokenizer: Any = None, dtype: str = "float32",
+             seed: int = 0, autocast: torch.dtype | None = None, lean: bool = True) -> HFCausalLM:
+        """A local checkpoint (`path`) or a tiny random-weight model (`config`); see rlvr.policies.hf.load_policy."""
+        model, tok = load_policy(path=path, config=config, config_overrides=config_overrides, tokenizer=tokenizer,
+                                 dtype=dtype, seed=seed)
+        return cls(model, tok, autocast=autocast, lean=lean)
+
+    # ---- what the loop asks -------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def encode(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and mask (N, P) on the policy's device (chat template when the tokenizer has one)."""
+        ids, mask = encode_prompts(self.tokenizer, [s.prompt for s in samples])
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, seeds: torch.Tensor,
+               params: SamplingParams, offsets: torch.Tensor | None = None) -> dict:
+        """Completions of token contexts (see rlvr.policies.sampling.generate for the returned dict)."""
+        self.model.eval()
+        return generate(self.model, self.tokenizer, prompt_ids, prompt_mask, max_new_tokens=params.max_new_tokens,
+                        temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, stop=params.stop,
+                        greedy=params.greedy, seeds=seeds, offsets=offsets, dtype=params.dtype)
+
+    def generate(self, samples: list[Sample], *, group_ids: torch.Tensor, seeds: torch.Tensor,
+                 params: SamplingParams) -> Batch:
+        """One completion per sample (repeat a sample G times for a group), as a Batch."""
+        ids, mask = self.encode(samples)
+        out = self.sample(ids, mask, seeds=seeds, params=params)
+        return Batch(prompt_ids=ids, prompt_mask=mask, completion_ids=out["completion_ids"],
+                     completion_mask=out["completion_mask"], loss_mask=out["completion_mask"].float(),
+                     rollout_logp=out["logp"], truncated=out["truncated"], texts=out["texts"],
+                     group_ids=group_ids.to(self.device), samples=list(samples))
+
+    def logp(self, batch: Batch, *, temperature: float = 1.0,
+             with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs (N, T) of the batch's completion tokens (differentiable), and their entropy when asked."""
+        return completion_logp(self.model, batch.input_ids, batch.attention_mask, batch.completion_ids.shape[1],
+                               temperature=temperature, with_entropy=with_entropy, autocast=self.autocast,
+                               lean=self.lean, owners=batch_owners(self, batch))
+
+    # ---- the module underneath ----------------------------------------------------------------------------------
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def train(self, mode: bool = True) -> HFCausalLM:
+        self.model.train(mode)
+        return self
+
+    def eval(self) -> HFCausalLM:
+        return self.train(False)
+
+    def to(self, device) -> HFCausalLM:
+        self.model.to(device)
+        return self
+
+    def save(self, folder, *, merge_adapters: bool = True) -> None:
+        """A Hugging Face folder (model and tokenizer): AutoModelForCausalLM.from_pretrained loads it. LoRA adapters
+        are merged into the weights for good (the final model) unless merge_adapters=False (the adapter only, as
+        checkpoints keep it)."""
+        if merge_adapters and hasattr(self.model, "merge_and_unload"):
+            self.model = self.model.merge_and_unload()
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+
+    def frozen_copy(self) -> HFCausalLM:
+        """A copy with frozen weights in eval mode (a KL reference)."""
+        model = copy.deepcopy(self.model).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return HFCausalLM(model, self.tokenizer, autocast=self.autocast, lean=self.lean)

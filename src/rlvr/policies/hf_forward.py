@@ -1,0 +1,75 @@
+"""Log-probs of completions under a Hugging Face causal LM: the lean forward, the HF forward with a shared prompt
+cache, or the plain HF forward; all give the same values and gradients (tests/test_lean_forward.py, test_update.py).
+
+    logp, entropy = completion_logp(model, input_ids, attention_mask, T, temperature=0.7, with_entropy=True)
+
+1. Rows that repeat the previous row's prompt (a GRPO group) share one forward pass over that prompt (`owner`,
+   `first` from rlvr.policies.base.prompt_owners): its KV cache is computed once per distinct prompt and indexed out
+   to every row (differentiably), so the prompt costs 1/G of its FLOPs in forward and backward.
+2. `lean` (default) runs rlvr's lean forward (policies/lean.py: prompts shared the same way, padding never computed,
+   fused projections) when `lean_reason(model)` allows it; values at completion positions that are padding are
+   then those of zero logits (any value is fine there: every consumer masks them).
+3. `autocast` (e.g. torch.bfloat16) runs the forward in mixed precision; log-probs are taken in fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from rlvr.ops import entropy_from_logits, token_logprobs
+from rlvr.policies.base import prompt_owners
+from rlvr.policies.lean import lean_completion_logits, lean_reason
+
+
+def completion_logp(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, T: int, *,
+    temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True,
+    autocast: torch.dtype | None = None, lean: bool = True, owners: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (N, T) of the last T tokens of `input_ids` under `model` at `temperature`, and entropy (N, T).
+
+    owners: (owner (N,), first (U,)) of rows that may share a prompt forward; default: equal prompt tokens.
+    """
+    owner, first = owners or prompt_owners(input_ids[:, :-T], attention_mask[:, :-T])
+    with torch.autocast(input_ids.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        if lean and lean_reason(model) is None:
+            logits = lean_completion_logits(model, input_ids, attention_mask, T, owner, first)
+        elif share_prefix and len(first) < len(owner):
+            logits = shared_prefix_logits(model, input_ids, attention_mask, T, owner, first)
+        else:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: first token at 0
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        logits_to_keep=T + 1)
+            logits = out.logits[:, -T - 1 : -1]  # (N, T, V): position t predicts token t + 1
+    logits = logits.float() / temperature
+    logp = token_logprobs(logits, input_ids[:, -T:])  # (N, T)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logp, entropy
+
+
+@functools.cache
+def _cache_keyword_of(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def cache_keyword(model) -> str:
+    """transformers >= 5.24 names the forward's cache argument `cache`; older releases `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_keyword_of(type(base))
+
+
+def shared_prefix_logits(model, input_ids, attention_mask, T: int, owner, first) -> torch.Tensor:
+    """The HF forward with each distinct prompt run once and its KV cache indexed out to its rows; (N, T, V)."""
+    P = input_ids.shape[1] - T
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, P + T)
+    head = model(input_ids=input_ids[first, :P], attention_mask=attention_mask[first, :P],
+                 position_ids=position_ids[first, :P], use_cache=True, logits_to_keep=1)  # U distinct prompts
+    cache = getattr(head, "cache", None) or head.past_key_values  # renamed `cache` in transformers 5.24
+    cache.reorder_cache(owner)  # (U, ...) -> (N, ...), an index_select that gradients flow back through
+    tail = model(input_ids=input_ids[:, P:-1], attention_mask=attention_mask, position_ids=position_ids[:, P:-1],
+                 use_cache=False, **{cache_keyword(model): cache})
+    # completion token 0 is predicted by the prompt's last position, token t by completion position t - 1
+    return torch.cat([head.logits[owner, -1:], tail.logits], dim=1)  # (N, T, V)
