@@ -247,7 +247,7 @@ def _count_bad(run: Run, state: State, metrics: dict[str, float]) -> None:
 
 def _finish(run: Run, state: State) -> dict[str, Any]:
     after = run_eval(run, state.step)
-    summary: dict[str, Any] = {"steps": state.step, "skipped_steps": state.skipped_total}
+    summary: dict[str, Any] = {"steps": state.step, "skipped_steps": state.skipped_total, "data_pos": state.data_pos}
     if run.world.is_main:
         run.logger.log(state.step, after)
         checkpoint(run, state)

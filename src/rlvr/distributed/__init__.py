@@ -11,7 +11,7 @@ give the update of one process with B sequences (tests/test_distributed.py runs 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ import torch.distributed as dist
 class World:
     rank: int = 0
     size: int = 1
+    owned: bool = field(default=False, compare=False)  # init_world created the process group (shutdown ends it)
 
     @property
     def is_main(self) -> bool:
@@ -34,14 +35,16 @@ def requested_world_size() -> int:
 
 
 def init_world() -> World:
-    """Join the process group torchrun describes in the environment; a single process needs nothing."""
+    """Join the process group torchrun describes in the environment (or the one the caller already made); a single
+    process needs nothing."""
     size = requested_world_size()
     if size == 1:
         return World()
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
-    return World(rank=dist.get_rank(), size=dist.get_world_size())
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), owned=owned)
 
 
 _OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
@@ -112,5 +115,6 @@ def barrier(world: World) -> None:
 
 
 def shutdown(world: World) -> None:
-    if world.size > 1 and dist.is_initialized():
+    """End the process group if init_world made it (a caller's group, e.g. several runs in one job, stays)."""
+    if world.owned and dist.is_initialized():
         dist.destroy_process_group()
