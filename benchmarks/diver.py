@@ -41,9 +41,9 @@ from machine import cpu_model
 
 from recipes import plot, seed_stats
 from rlvr.config import load_config
-from rlvr.evaluate import evaluate_sampled
+from rlvr.evaluate import evaluate_sampled, text_sampler
 from rlvr.metrics import read_metrics
-from rlvr.policies import load_policy
+from rlvr.policies import HFCausalLM
 from rlvr.run import build_task
 from rlvr.sft import sft
 from rlvr.trainer import train
@@ -67,10 +67,10 @@ def common(args, seed: int, out: Path) -> list[str]:
 
 def held_out(args, cfg, model_dir: str) -> dict[str, float]:
     """n samples on each held-out prompt of the saved model (same sampling seed for every recipe and step)."""
-    model, tokenizer = load_policy(path=model_dir, tokenizer=model_dir)
+    policy = HFCausalLM.load(path=model_dir, tokenizer=model_dir)
     ks = tuple(k for k in (1, 8, 16, 32) if k <= args.n)
-    return evaluate_sampled(model, tokenizer, build_task(cfg, eval_split=True), size=args.eval_prompts, n=args.n,
-                            ks=ks, max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+    sampler = text_sampler(policy, max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature)
+    return evaluate_sampled(sampler, build_task(cfg, eval_split=True), size=args.eval_prompts, n=args.n, ks=ks,
                             seed=10_007 + cfg.seed)
 
 

@@ -115,7 +115,7 @@ class RlvrBench:
     def run(self, n: int, *, timed: bool) -> None:
         for _ in range(n):
             t0 = time.perf_counter()
-            metrics, rollout, rewards = rl_step(self.run_, self.state, self.step)
+            metrics, batch = rl_step(self.run_, self.state, self.step)
             dt = time.perf_counter() - t0
             self.step += 1
             self.state.step = self.step
@@ -126,8 +126,8 @@ class RlvrBench:
             for k, v in parts.items():
                 self.stages[k].append(v)
             self.stages["other"].append(dt - sum(parts.values()))  # advantages, batch assembly, metrics
-            self.tokens.append(float(rollout.completion_mask.sum()) / len(rollout))
-            self.rewards.append(float(rewards.nanmean()))
+            self.tokens.append(float(batch.completion_mask.sum()) / len(batch))
+            self.rewards.append(float(batch.rewards.nanmean()))
 
     def close(self) -> None:
         if self.run_.logger:

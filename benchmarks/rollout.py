@@ -21,7 +21,8 @@ import torch
 from machine import cpu_model
 
 from rlvr.policies import encode_prompts, load_policy
-from rlvr.rollout import generate
+from rlvr.policies.sampling import generate
+from rlvr.seeding import row_seeds
 
 PROMPTS = ["12+34=", "7*8=?", "99-5=", "abc+d", "(3+4)=", "x=5,y=", "hi ok?", "10/2=:"]
 
@@ -45,11 +46,12 @@ def main() -> None:
 
     model, tok = load_policy(config=args.config)
     ids, mask = encode_prompts(tok, [p for p in PROMPTS for _ in range(args.group)])  # (64, P)
-    gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
+    calls = iter(range(1 << 30))
 
     def rlvr_run() -> int:
-        return generate(model, tok, ids, mask, max_new_tokens=args.new_tokens, temperature=1.0, generator=gen)[
+        seeds = row_seeds(0, "bench", torch.arange(len(ids)), torch.full((len(ids),), next(calls)))  # fresh draws
+        return generate(model, tok, ids, mask, max_new_tokens=args.new_tokens, temperature=1.0, seeds=seeds)[
             "completion_ids"
         ].numel()
 

@@ -41,8 +41,8 @@ class ModelConfig:
     autocast: str | None = None
     """Mixed precision for the training forward (weights and optimizer stay in `dtype`): bfloat16 | float16."""
     lean_forward: bool = True
-    """Log-probs for the update through rlvr's lean forward (rlvr/lean.py: no padding computed, fused projections)
-    when the model allows it (Llama / Qwen2 / Qwen3 without adapters or dropout); false = the HF forward."""
+    """Log-probs for the update through rlvr's lean forward (rlvr/policies/lean.py: no padding computed, fused
+    projections) when the model allows it (Llama / Qwen2 / Qwen3 without adapters or dropout); false: the HF forward."""
     lora: dict[str, Any] = field(default_factory=dict)
     """If non-empty, wrap the model with peft LoRA using these LoraConfig keywords (needs the `lora` extra)."""
 

@@ -4,9 +4,12 @@
 
 1. The fast decode path matches the Hugging Face forward on CUDA (fp32 and bf16) for qwen2 and llama configs.
 2. rlvr's sampler vs `model.generate` on CUDA: tokens per second on the standard workload and a larger model.
-3. A few full GRPO steps on CUDA in bf16 and fp32 with KL and several mini-batches: finite metrics, weights move.
-4. The lean training forward (rlvr/lean.py) equals the HF forward on CUDA: log-probs and parameter gradients, fp32
-   and bf16 autocast, on a batch with groups, left and right padding; and its forward + backward time vs HF's.
+3. A few full GRPO steps on CUDA in bf16 and fp32 with KL and several mini-batches: finite metrics, weights move;
+   the same for the core's other paths on CUDA: a multi-turn environment (guess_number), high-entropy token weights,
+   DAPO dynamic sampling with a 3-task mixture, and ExGRPO replay (stored rows joining groups on the device).
+4. The lean training forward (rlvr/policies/lean.py) equals the HF forward on CUDA: log-probs and parameter
+   gradients, fp32 and bf16 autocast, on a batch with groups, left and right padding; and its forward + backward
+   time vs HF's.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import torch
 
 from rlvr.config import load_config
 from rlvr.policies import encode_prompts, load_policy
-from rlvr.rollout import generate
+from rlvr.policies.hf_forward import completion_logp
+from rlvr.policies.sampling import generate
 from rlvr.run import State, setup
+from rlvr.seeding import row_seeds
 from rlvr.trainer import rl_step
-from rlvr.update import policy_logp
 
 DIGIT_REWARD = Path(__file__).with_name("digit_reward.py")
 results: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "checks": {}}
@@ -55,10 +59,10 @@ def speed(config, n, new_tokens, overrides=None):
     model.to("cuda").eval()
     ids, mask = encode_prompts(tok, ["12+34="] * n)
     ids, mask = ids.cuda(), mask.cuda()
-    g = torch.Generator(device="cuda").manual_seed(0)
+    seeds = row_seeds(0, "gpu_check", torch.arange(n))
 
     def ours():
-        return generate(model, tok, ids, mask, max_new_tokens=new_tokens, generator=g)
+        return generate(model, tok, ids, mask, max_new_tokens=new_tokens, seeds=seeds)
 
     def theirs():
         return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=new_tokens,
@@ -77,20 +81,35 @@ def speed(config, n, new_tokens, overrides=None):
     return out
 
 
-def train_steps(dtype):
+DENSE = f"rewards=[{{name: python, kwargs: {{function: '{DIGIT_REWARD}:digit_fraction'}}}}]"
+# the core's other paths on the device (each on top of the fp32 GRPO config of train_steps)
+VARIANTS = {
+    "multiturn": ["task.name=guess_number", "task.kwargs={hi: 8}", "env.name=guess_number", "env.max_turns=3",
+                  "env.max_tokens=24", "rewards=[{name: env}, {name: python, weight: 0.5, kwargs: {function: "
+                  f"'{DIGIT_REWARD}:digit_fraction'}}}}]"],
+    "token_weights": ["algo.token_weights=high_entropy", "algo.token_weights_kwargs={quantile: 0.2}"],
+    "dapo_mixture": ["tasks=[{name: arithmetic, key: add}, {name: string_reverse, key: rev}, {name: sorting}]",
+                     "algo.dynamic_sampling={enabled: true, max_rounds: 4, on_exhaust: partial}"],
+    "exgrpo": ["buffer={name: exgrpo, kwargs: {start_threshold: 0.0, correct_threshold: 0.2}}",
+               "algo.loss=exgrpo_mixed", "algo.loss_kwargs={beta: 0.1}", "algo.advantage=dr_grpo"],
+}
+
+
+def train_steps(dtype, extra=()):
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [
             "model.config=qwen2-tiny", f"model.dtype={dtype}", "task.name=arithmetic", f"output_dir={tmp}",
             "rollout.prompts_per_step=8", "rollout.group_size=8", "rollout.max_new_tokens=8", "algo.kl_coef=0.01",
             "algo.mini_batches=2", "algo.ppo_epochs=2", "optim.lr=1e-3", "train.progress=false",
             # a dense reward, so a random model gets non-zero advantages (the task's 0/1 reward is all 0 at first)
-            f"rewards=[{{name: python, kwargs: {{function: '{DIGIT_REWARD}:digit_fraction'}}}}]"])
+            DENSE, *extra])
         run = setup(cfg)
-        before = [p.detach().clone() for p in run.model.parameters()]
+        before = [p.detach().clone() for p in run.policy.parameters()]
         state = State()
         rows = [rl_step(run, state, s)[0] for s in range(3)]
-        moved = any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
-        finite = all(all(v == v for v in r.values() if isinstance(v, float)) for r in rows)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, run.policy.parameters()))
+        # a mean over nothing is NaN (e.g. exgrpo/fw_mean before anything is replayed); the update's must be finite
+        finite = all(r[k] == r[k] and abs(r[k]) < float("inf") for r in rows for k in ("policy_loss", "grad_norm"))
         return moved, finite, rows[-1]
 
 
@@ -109,13 +128,13 @@ def lean_vs_hf(config, autocast):
     out = {}
     for lean in (False, True):
         model.zero_grad(set_to_none=True)
-        logp, _ = policy_logp(model, ids, attn, T, autocast=autocast, lean=lean)
+        logp, _ = completion_logp(model, ids, attn, T, autocast=autocast, lean=lean)
         (logp * weights).sum().backward()
         out[lean] = (logp.detach() * cmask.cuda(), [p.grad.detach().clone() for p in model.parameters()])
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(10):
-            lp, _ = policy_logp(model, ids, attn, T, autocast=autocast, lean=lean)
+            lp, _ = completion_logp(model, ids, attn, T, autocast=autocast, lean=lean)
             (lp * weights).sum().backward()
         torch.cuda.synchronize()
         out[f"s{lean}"] = (time.perf_counter() - t0) / 10
@@ -153,6 +172,14 @@ def main() -> int:
         moved, finite, last = train_steps(dtype)
         check(f"train/{dtype}", moved and finite, reward=last.get("reward"), kl=last.get("kl"),
               seconds_per_step=last.get("time/step"))
+    for name, extra in VARIANTS.items():
+        try:
+            moved, finite, last = train_steps("float32", extra)
+            check(f"train/{name}", moved and finite, reward=last.get("reward"), seconds_per_step=last.get("time/step"),
+                  **{k: v for k, v in last.items() if k.startswith(("env/", "token_weights/", "dynamic_sampling/",
+                                                                     "exgrpo/replayed"))})
+        except Exception as err:  # noqa: BLE001 - a device bug in one path must not hide the others' results
+            check(f"train/{name}", False, error=f"{type(err).__name__}: {err}"[:500])
     results["failed"] = failed
     print(json.dumps(results, indent=1, default=str))
     return 1 if failed else 0
