@@ -336,3 +336,108 @@ def test_state_dict_round_trip():
     with pytest.raises(ValueError, match="group_size"):
         ExperienceBuffer(group_size=4).load_state_dict(buf.state_dict())
     assert isinstance(BUFFERS.build("none"), NoBuffer) and BUFFERS.build("none").state_dict() == {}
+
+
+# ---- ExGRPO in the loop: rlvr.buffers.exgrpo.ExGRPOBuffer -----------------------------------------------------------
+
+
+def _loop_buffer(micro_batch_size=3, **kw):
+    from rlvr.buffers import ExGRPOBuffer
+    from rlvr.tasks import TASKS
+
+    task = TASKS.build("arithmetic", seed=0, digits=1, ops="+")
+    return ExGRPOBuffer(task=task, group_size=4, seed=0, temperature=0.7, micro_batch_size=micro_batch_size, **kw)
+
+
+def _trajectories(n, seed=0):
+    from rlvr.buffers import Trajectory
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        T = 2 + i % 4
+        out.append(Trajectory(question=i % 3, prompt_ids=torch.randint(3, 40, (3 + i % 2,), generator=g),
+                              completion_ids=torch.randint(3, 40, (T,), generator=g),
+                              completion_mask=torch.ones(T, dtype=torch.bool), logp=-torch.rand(T, generator=g),
+                              reward=1.0, step=i))
+    return out
+
+
+def test_selection_scores_candidates_in_micro_batches():
+    """The lowest-entropy selection runs its no-grad forward `micro_batch_size` rows at a time (one forward over every
+    candidate would hold N x T x V entropies) and gives the values of one big forward."""
+    from rlvr.policies import HFCausalLM
+
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
+    sizes, real = [], policy.logp
+    policy.logp = lambda batch, **kw: sizes.append(len(batch)) or real(batch, **kw)
+    trajs = _trajectories(7)
+    small = _loop_buffer(3).entropies(policy, trajs)
+    assert sizes == [3, 3, 1]
+    whole = _loop_buffer(64).entropies(policy, trajs)
+    torch.testing.assert_close(small, whole, rtol=1e-5, atol=1e-6)
+    assert small.shape == (7,) and (small > 0).all()
+
+
+def _observed_batch(policy, rewards, *, replay_row=None):
+    """Two groups of 4 rows with distinct sampler (rollout_logp = -9) and trainer (old_logp = -1) log-probs."""
+    from rlvr.policies import SamplingParams
+
+    buf = _loop_buffer()
+    samples = [buf.task[q] for q in (0, 1) for _ in range(4)]
+    batch = policy.generate(samples, group_ids=torch.tensor([0] * 4 + [1] * 4), seeds=torch.arange(8),
+                            params=SamplingParams(max_new_tokens=3))
+    m = batch.loss_mask
+    batch = batch.replace(rewards=torch.tensor(rewards), rollout_logp=-9.0 * m, old_logp=-1.0 * m)
+    if replay_row is not None:
+        flags = torch.zeros(8, dtype=torch.bool)
+        flags[replay_row] = True
+        batch.extras["is_replay"] = flags
+    return buf, batch
+
+
+def test_observe_stores_the_trainers_pi_old_and_corrects_replayed_rows():
+    """Stored trajectories keep the trainer's recomputed pi_old (Algorithm 1, step 6), not the sampler's log-probs;
+    replayed rows train against their recorded pi_past (their rollout_logp); rows carry the batch's loss mode."""
+    from rlvr.metrics import Metrics
+    from rlvr.policies import HFCausalLM
+
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
+    buf, batch = _observed_batch(policy, [1.0, 0.0, 0.0, 1.0] + [0.0] * 4, replay_row=4)
+    buf.pool.started = True  # mixed mode: correct rows are stored
+    out = buf.observe(batch, step=3, log=(log := Metrics()))
+    stored = buf.pool.pool[0]
+    assert len(stored) == 2 and all(torch.all(t.logp == -1.0) for t in stored)
+    assert torch.equal(out.old_logp[4], batch.rollout_logp[4]) and torch.equal(out.old_logp[:4], batch.old_logp[:4])
+    assert out.extras["mixed_mode"].all() and out.extras["is_replay"].tolist() == [False] * 4 + [True] + [False] * 3
+    assert log.local()["exgrpo/groups_stored"] == 2
+
+
+def test_replay_metrics_are_not_biased_by_micro_batching():
+    """exgrpo/fw_mean is a mean over replayed tokens: split into micro-batches (some without any replayed token) it
+    equals the whole batch's value, which is the plain mean of f(w) over the replayed tokens."""
+    from rlvr.algos import AGGREGATIONS
+    from rlvr.distributed import World
+    from rlvr.metrics import Metrics
+    from rlvr.policies import HFCausalLM
+    from rlvr.update import LossFns, micro_batch_loss
+
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
+    _, batch = _observed_batch(policy, [1.0, 0.0, 0.0, 1.0] * 2, replay_row=0)
+    g = torch.Generator().manual_seed(0)
+    batch = batch.replace(advantages=torch.randn(8, generator=g), old_logp=batch.old_logp * 0.5,
+                          extras={**batch.extras, "mixed_mode": torch.ones(8, dtype=torch.bool)})
+    fns = LossFns(loss=LOSSES.bind("exgrpo_mixed", beta=0.1), aggregate=AGGREGATIONS.lookup("token_mean"),
+                  loss_needs=LOSSES.needs("exgrpo_mixed"))
+    values = {}
+    for size in (8, 1):
+        log = Metrics()
+        n_tok = float(batch.loss_mask.sum())
+        for s in range(0, 8, size):
+            micro_batch_loss(policy, batch.select(list(range(s, s + size))), fns, n_tok, 8.0, World(), log)
+        values[size] = log.local()["exgrpo/fw_mean"]
+    with torch.no_grad():
+        logp, _ = policy.logp(batch.select([0]))
+    m = batch.loss_mask[0].bool()
+    w = (logp[0][m] - batch.old_logp[0][m]).exp()
+    assert values[1] == pytest.approx(values[8], rel=1e-6) == pytest.approx(float((w / (w + 0.1)).mean()), rel=1e-5)

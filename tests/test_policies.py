@@ -136,3 +136,38 @@ def test_checkpoint_folder_reloads_the_char_tokenizer_not_the_model_types(tmp_pa
     text = "3 4 2 -> 10: $3 * 4 - 2 = 10$"
     assert loaded(text)["input_ids"] == tok(text)["input_ids"]
     assert loaded.decode(loaded(text)["input_ids"]) == text and loaded.padding_side == "left"
+
+
+def test_rows_share_a_prompt_forward_only_with_equal_prompt_inputs():
+    """prompt_owners: rows share the previous row's prompt forward when the tokens and every per-row input of the
+    prompt forward (e.g. an image) are equal; two different images under one question never share a cache."""
+    from rlvr.policies import prompt_owners
+
+    ids = torch.tensor([[0, 5, 6], [0, 5, 6], [0, 5, 6], [7, 5, 6], [9, 5, 6]])
+    mask = torch.tensor([[0, 1, 1]] * 4 + [[1, 1, 1]])
+    owner, first = prompt_owners(ids, mask)  # padding differs in content only: rows 0-3 share, row 4 does not
+    assert owner.tolist() == [0, 0, 0, 0, 1] and first.tolist() == [0, 4]
+    images = [torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), torch.ones(2, 2), torch.ones(2, 2)]
+    owner, first = prompt_owners(ids, mask, [images])
+    assert owner.tolist() == [0, 0, 1, 1, 2] and first.tolist() == [0, 2, 4]
+    owner, _ = prompt_owners(ids, mask, [["a.png", "a.png", "a.png", "b.png", "b.png"]])
+    assert owner.tolist() == [0, 0, 0, 1, 2]
+
+
+def test_policy_generates_a_batch_and_saves_a_loadable_folder(tmp_path):
+    from rlvr.batch import Sample
+    from rlvr.policies import HFCausalLM, SamplingParams
+
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
+    batch = policy.generate([Sample("1+1="), Sample("1+1="), Sample("22+3=")], group_ids=torch.tensor([0, 0, 1]),
+                            seeds=torch.arange(3), params=SamplingParams(max_new_tokens=4))
+    assert batch.completion_ids.shape[0] == 3 and torch.equal(batch.loss_mask, batch.completion_mask.float())
+    logp, entropy = policy.logp(batch, with_entropy=True)
+    m = batch.loss_mask.bool()
+    torch.testing.assert_close(logp[m], batch.rollout_logp[m], atol=1e-4, rtol=0)  # sampler and trainer agree
+    assert (entropy[m] > 0).all()
+    ref = policy.frozen_copy()
+    assert not any(p.requires_grad for p in ref.parameters()) and all(p.requires_grad for p in policy.parameters())
+    policy.save(tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert all(torch.equal(a, b) for a, b in zip(policy.model.state_dict().values(), reloaded.state_dict().values()))

@@ -190,8 +190,14 @@ def test_exgrpo_replays_and_resumes(tiny_cfg, monkeypatch):
                  "algo.loss=exgrpo_mixed", "algo.loss_kwargs={beta: 0.1}", "algo.advantage=dr_grpo",
                  f"rewards=[{{name: python, kwargs: {{function: '{DENSE}:digit_fraction'}}}}]",
                  "buffer.kwargs.correct_threshold=0.2", "train.steps=4"]
+    import rlvr.algos.exgrpo as exgrpo_algo
+
+    modes, real_mode = [], exgrpo_algo._mode
+    monkeypatch.setattr(exgrpo_algo, "_mode", lambda m: modes.append(real_mode(m)) or modes[-1])
     full = tiny_cfg("name=ex_full", *overrides)
     trainer.train(full)
+    monkeypatch.undo()
+    assert modes[0] is False and modes[-1] is True  # the loss sees the switch to mixed mode (unclipped fresh rows)
     rows = [r for r in read_metrics(full.run_dir / "metrics.jsonl") if "reward" in r]
     assert rows[0]["exgrpo/replayed_questions"] == 0  # nothing stored before the switch
     assert any(r["exgrpo/replayed_questions"] > 0 for r in rows[1:])
@@ -264,3 +270,61 @@ def test_hf_forward_option_trains_like_the_lean_forward(tiny_cfg, monkeypatch):
     assert a["reward"] == b["reward"] and a["reward_std"] > 0  # same samples, and advantages that are not all 0
     for key in ("policy_loss", "grad_norm", "entropy"):
         assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), key
+
+
+def test_multi_turn_run_resumes_exactly(tiny_cfg, monkeypatch):
+    """A guessing-game run interrupted after step 2 and resumed writes the same metrics and weights as an
+    uninterrupted one: every episode (turns, replies, samples) is replayed from its row's counter-based stream."""
+    overrides = ["task.name=guess_number", "task.kwargs={hi: 8}", "env.name=guess_number", "env.max_turns=3",
+                 "env.max_tokens=16", f"rewards=[{{name: env}}, {{name: python, weight: 0.5, kwargs: {{function: "
+                 f"'{DENSE}:digit_fraction'}}}}]", "algo.mini_batches=2", "train.eval_every=2"]
+    full = tiny_cfg("name=env_full", *overrides)
+    trainer.train(full)
+    rows = [r for r in read_metrics(full.run_dir / "metrics.jsonl") if "reward" in r]
+    assert all(r["env/turns"] > 1 for r in rows) and "eval/accuracy" in rows[1]
+    part = tiny_cfg("name=env_part", *overrides)
+    monkeypatch.setattr(trainer, "StopRequest", stop_after(2))
+    trainer.train(part)
+    monkeypatch.undo()
+    trainer.train(part, resume=True)
+    assert comparable(read_metrics(full.run_dir / "metrics.jsonl")) == comparable(
+        read_metrics(part.run_dir / "metrics.jsonl"))
+    wa = AutoModelForCausalLM.from_pretrained(full.run_dir / "final").state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(part.run_dir / "final").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_high_entropy_token_weights_are_selectable_and_applied(tiny_cfg):
+    """algo.token_weights=high_entropy (arXiv 2506.01939) trains on the top 20% entropy tokens: the update differs
+    from the unweighted one from the first step on, on the same samples."""
+    dense = f"rewards=[{{name: python, kwargs: {{function: '{DENSE}:digit_fraction'}}}}]"
+    runs = {}
+    for name in ("none", "high_entropy"):
+        cfg = tiny_cfg(f"name=tw-{name}", dense, f"algo.token_weights={name}", "train.steps=1",
+                       "algo.token_weights_kwargs={quantile: 0.2}" if name != "none" else "train.progress=false")
+        trainer.train(cfg)
+        runs[name] = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r][0]
+    plain, weighted = runs["none"], runs["high_entropy"]
+    assert "token_weights/mean" not in plain and 0.15 <= weighted["token_weights/mean"] <= 0.35
+    assert plain["reward"] == weighted["reward"] and plain["policy_loss"] != weighted["policy_loss"]
+
+
+def test_exgrpo_never_draws_a_retired_question_again(tiny_cfg, tmp_path):
+    """Questions whose whole group is correct retire (arXiv 2510.02245 Algorithm 1) and are not drawn as fresh prompts
+    again while more than B + 20 other items remain: here a quarter of a 40-item task retires in the first pass, and
+    the second pass over the task (step 5 on) skips them."""
+    reward = tmp_path / "quarter.py"
+    reward.write_text("def solved(samples, completions, **kw):\n"
+                      "    return [float(s.index % 4 == 0) for s in samples]\n")
+    cfg = tiny_cfg("buffer={name: exgrpo, kwargs: {start_threshold: 1.0}}", "algo.loss=exgrpo_mixed",
+                   "algo.loss_kwargs={}", "task.kwargs={digits: 2, ops: '+', size: 40}", "rollout.prompts_per_step=8",
+                   "rollout.group_size=2", "train.steps=7", f"rewards=[{{name: python, kwargs: {{function: "
+                                                                 f"'{reward}:solved'}}}}]")
+    trainer.train(cfg)
+    from rlvr.checkpoint import latest_checkpoint, load_trainer_state
+
+    pool = load_trainer_state(latest_checkpoint(cfg.run_dir / "checkpoints"))["buffer"]
+    assert sorted(pool["retired"]) == list(range(0, 40, 4))
+    drawn = {q: [step for step, _, _ in h] for q, h in pool["history"].items()}
+    assert all(len(drawn[q]) == 1 for q in pool["retired"])  # retired at their first draw, never drawn again
+    assert sum(len(steps) for steps in drawn.values()) == 7 * 8 and max(len(s) for s in drawn.values()) == 2

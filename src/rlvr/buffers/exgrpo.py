@@ -15,7 +15,7 @@ observe(batch, step):
    (`reads = ("old_logp",)`): correct trajectories are pooled once replay has started, buckets move, groups solved in
    full retire their question; the switch to mixed mode happens at the end of the step.
 4. Importance-sampling correction: pi_old of replayed rows becomes their recorded pi_past; every row is marked with
-   the loss mode of this batch (`exgrpo_mixed`: replay had started before the step), which exgrpo_mixed reads.
+   the loss mode of this batch (`mixed_mode`: replay had started before the step), which exgrpo_mixed reads.
 Data parallelism is refused for this buffer (rlvr.config): each rank would keep its own pool.
 """
 
@@ -104,7 +104,7 @@ class ExGRPOBuffer:
         log.update({f"exgrpo/groups_{k}": v for k, v in counts.items()}, op="sum")
         log.update(mixed_group_advantages(batch.rewards, batch.group_ids, is_replay)[1])
         old = replay_old_logp(batch.old_logp, batch.rollout_logp, is_replay)  # pi_past for replayed rows
-        flags = {"is_replay": is_replay, "exgrpo_mixed": torch.full_like(is_replay, mixed)}
+        flags = {"is_replay": is_replay, "mixed_mode": torch.full_like(is_replay, mixed)}
         return batch.replace(old_logp=old, extras={**batch.extras, **flags})
 
     # ---- checkpointing ---------------------------------------------------------------------------------------------
