@@ -1,4 +1,4 @@
-"""DIVER's learning check (specs/diver.md §7): GRPO, DIVER-TD and DIVER-ED on countdown-lite from one warm start.
+"""DIVER's learning check (docs/methods.md §3.9): GRPO, DIVER-TD and DIVER-ED on countdown-lite from one warm start.
 
     python benchmarks/diver.py                        # 3 seeds x 3 recipes x 400 steps; JSON on stdout, docs/results/
     python benchmarks/diver.py --seeds 0 --steps 100  # fewer seeds / steps
@@ -8,12 +8,12 @@
 
 1. Task `countdown_lite`: 3 numbers in 1-9 and a target in 10-40, answers such as `$3 * 4 - 2 = 10$`. Most prompts
    have several correct answers, and every answer is one `$...$` equation, so DIVER-ED's equational diversity fires.
-2. Per seed: a supervised warm start of qwen2-micro (2 layers, d = 64: the spec's policy; random init, character
+2. Per seed: a supervised warm start of qwen2-micro (2 layers, d = 64: the check's policy; random init, character
    tokenizer) on the task's references (batch 64, lr 3e-3), stopped once held-out greedy accuracy reaches
    `--sft-target` (0.45, about 800 steps; sampled pass@1 is then about 0.3, so groups are mixed and sometimes all
    correct, which DIVER-TD's gate needs).
 3. From that warm start recipes/grpo.yaml, diver_td.yaml and diver_ed.yaml train with equal budgets: G = 8,
-   16 prompts per step, `--steps` steps, clip 0.2 / 0.28 for all three (the spec's eps_high). DIVER's bonus is on
+   16 prompts per step, `--steps` steps, clip 0.2 / 0.28 for all three (DIVER's eps_high). DIVER's bonus is on
    for steps < 100 (the recipes' t_cut, as the reference code), so afterwards DIVER trains exactly as GRPO.
 4. Every `--eval-every` steps (each run is trained in segments and resumed; resume equals an uninterrupted run):
    `--n` samples on each of `--eval-prompts` held-out prompts (holdout split): pass@1, pass@k for k in 8, 16, 32,

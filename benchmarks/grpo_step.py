@@ -371,7 +371,7 @@ def main() -> None:
         "benchmark": "grpo_step",
         "workload": {
             "model": MODEL,
-            "parameters": sum(p.numel() for p in rlvr.run_.model.parameters()),
+            "parameters": sum(p.numel() for p in rlvr.run_.policy.parameters()),
             "tokenizer": "char",
             "task": TASK,
             "reward": "task (arithmetic exact match)",

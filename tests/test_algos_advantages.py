@@ -1,6 +1,6 @@
 """rlvr.algos.advantages: every estimator against hand-worked values and a plain-Python loop reference; the edge
-cases of spec §3.1 (NaN = unscorable -> 0 and excluded, constant group -> exactly 0, singleton -> 0 or verl's
-r/(1+eps), Bessel std); pass@k analytic against brute-force enumeration of k-subsets; Registry errors."""
+cases of docs/methods.md §1.1 (NaN = unscorable -> 0 and excluded, constant group -> exactly 0, singleton -> 0
+or verl's r/(1+eps), Bessel std); pass@k analytic against brute-force enumeration of k-subsets; Registry errors."""
 
 import itertools
 import math
@@ -187,7 +187,7 @@ def test_reinforce_pp_baseline_needs_lengths():
 def test_passk_best_of_group_hand_worked():
     # group [0.2, 0.9, 0.5, 0.1]: best is index 1, gap 0.9 - 0.5 = 0.4; mean 0.425, squared deviations sum 0.3875,
     # Bessel std sqrt(0.3875 / 3) = 0.359398 -> A = 0.4 / 0.359398 = 1.112973
-    # group [0.9, 0.3, 0.9]: tie for the max -> gap 0 -> all 0 (spec quirk 13)
+    # group [0.9, 0.3, 0.9]: tie for the max -> gap 0 -> all 0 (docs/methods.md §1.14 #13)
     rewards = torch.tensor([0.2, 0.9, 0.5, 0.1, 0.9, 0.3, 0.9], dtype=torch.float64)
     group_ids = torch.tensor([0, 0, 0, 0, 1, 1, 1])
     got = ADVANTAGES.lookup("passk_best_of_group")(rewards, group_ids, eps=0.0)

@@ -1,7 +1,7 @@
 """rlvr.algos.aggregation: hand-worked values and a plain-Python loop for every mode; garbage in padding changes
-neither value nor gradient; micro-batch invariance (spec §3.6, §7.B): with global normalisers the accumulated
+neither value nor gradient; micro-batch invariance (docs/methods.md §1.6): with global normalisers the accumulated
 gradient is the same for 1x8, 8x1, 2x4, 4x2, an uneven 3+5 split and 2 simulated data-parallel ranks, for every
-mode; per-micro-batch ("local") normalisers differ, and the spec's worked example gives 0.1 vs 0.5."""
+mode; per-micro-batch ("local") normalisers differ, and the worked example of §1.6 gives 0.1 vs 0.5."""
 
 import pytest
 import torch

@@ -61,7 +61,7 @@ def test_delta_equals_dual_clip_for_negative_and_does_nothing_for_positive_advan
 
 
 def _ppo_loop(logp, old, adv, mask, lo, hi, dual, delta):
-    """Plain-Python PPO-clip (spec §3.2), one token at a time."""
+    """Plain-Python PPO-clip (docs/methods.md §1.2), one token at a time."""
     out = [[0.0] * logp.shape[1] for _ in range(logp.shape[0])]
     for b in range(logp.shape[0]):
         for t in range(logp.shape[1]):

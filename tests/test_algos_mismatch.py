@@ -1,4 +1,4 @@
-"""rlvr.algos.mismatch: hand-worked train/inference mismatch weights (spec §3.12) for every mode, with and
+"""rlvr.algos.mismatch: hand-worked train/inference mismatch weights (docs/methods.md §1.12) for every mode, with and
 without a lower bound; weights are detached, 0 on padding, unaffected by garbage there; the logged statistics."""
 
 import math

@@ -1,10 +1,11 @@
-"""DIVER diversity (rlvr.rewards.diversity, specs/diver.md): sentence BLEU on hand-worked cases (identical, disjoint,
-a 2-gram case, add-1 smoothing); textual and equational diversity against plain loop references, including the
-spec's toy checks (§7: identical pair, ED = (0.5, 0, 0)); the linear-time equation extractor against the reference
-code's regexes; conditional gates (incorrect completions never get a bonus), clipping bounds, lambda schedules at
-given steps, the shaped GRPO advantage (lambda cancels in all-correct groups), potential-based shaping telescoping;
-distinct-n / self-BLEU on a hand example; the registered `diversity` reward through combine_rewards; and that
-hostile outputs (1 MB completions, 100k-digit numbers, unclosed delimiters) return with bounded work."""
+"""DIVER diversity (rlvr.rewards.diversity, docs/methods.md §3): sentence BLEU on hand-worked cases (identical,
+disjoint, a 2-gram case, add-1 smoothing); textual and equational diversity against plain loop references,
+including the unit checks of docs/methods.md §3.9 (identical pair, ED = (0.5, 0, 0)); the linear-time equation
+extractor against the reference code's regexes; conditional gates (incorrect completions never get a bonus),
+clipping bounds, lambda schedules at given steps, the shaped GRPO advantage (lambda cancels in all-correct groups),
+potential-based shaping telescoping; distinct-n / self-BLEU on a hand example; the registered `diversity` reward
+through combine_rewards; and that hostile outputs (1 MB completions, 100k-digit numbers, unclosed delimiters) return
+with bounded work."""
 
 import math
 import random
@@ -37,7 +38,7 @@ def test_bleu_hand_values():
 
 
 def test_bleu_unsmoothed_needs_every_order_and_add1_smoothing():
-    # default weights go up to 5-grams: a 4-token pair has no 5-gram, so unsmoothed BLEU is 0 (spec §5 #7)
+    # default weights go up to 5-grams: a 4-token pair has no 5-gram, so unsmoothed BLEU is 0 (docs/methods.md §3.8 #7)
     assert D.sentence_bleu("a b c d".split(), "a b c d".split()) == 0.0
     # ref "a b c", hyp "a b d": p1 = 2/3, p2 = 1/2 -> sqrt(1/3); add1: p2 = (1+1)/(2+1) -> sqrt(4/9) = 2/3
     ref, hyp = ["a", "b", "c"], ["a", "b", "d"]
@@ -81,7 +82,7 @@ def _td_loop(texts, group_ids, **kw):
 
 
 def test_textual_diversity_identical_pair():
-    # spec §7 #1: two identical >= 5-token texts and one that shares a 5-gram with them
+    # docs/methods.md §3.9 #1: two identical >= 5-token texts and one that shares a 5-gram with them
     a, b = "the cat sat on the mat today", "the cat sat on the mat yesterday"
     td = D.textual_diversity([a, a, b], [7, 7, 7])
     ta, tb = a.split(), b.split()
@@ -109,7 +110,7 @@ def test_textual_diversity_warns_on_short_texts():
 
 # ------------------------------------------------------------------ equational diversity
 
-_CODE_PATTERNS = [r"\\\[([^\]]*?)\\\]", r"\\\(([^\)]*?)\\\)", r"\$([^\$]*?)\$"]  # spec §3.3, as regexes
+_CODE_PATTERNS = [r"\\\[([^\]]*?)\\\]", r"\\\(([^\)]*?)\\\)", r"\$([^\$]*?)\$"]  # docs/methods.md §3.3, as regexes
 
 
 def test_extract_equations_hand_strings():
@@ -133,7 +134,7 @@ def test_extract_equations_matches_code_regexes():
 
 
 def test_equational_diversity_spec_example_and_loop():
-    # spec §7 #2: equation sets {a, b}, {b}, {} -> ED = (0.5, 0, 0)
+    # docs/methods.md §3.9 #2: equation sets {a, b}, {b}, {} -> ED = (0.5, 0, 0)
     assert D.equational_diversity(["$a$ $b$", "$b$", "none"], [0, 0, 0]).tolist() == [0.5, 0.0, 0.0]
     rng = random.Random(2)
     texts = [" ".join(f"${rng.choice('pqrst')}$" for _ in range(rng.randrange(4))) for _ in range(12)]
@@ -167,7 +168,7 @@ def test_intrinsic_reward_clipping_bounds():
     div = torch.tensor([-0.5, 0.3, 0.9, 2.0])
     ones = torch.ones(4, dtype=torch.bool)
     got = D.intrinsic_reward(div, ones, [0] * 4, condition="correct", clip_max=0.68)
-    assert got.tolist() == pytest.approx([0.0, 0.3, 0.68, 0.68])  # clip(d, 0, sigma_clip), spec §3.4
+    assert got.tolist() == pytest.approx([0.0, 0.3, 0.68, 0.68])  # clip(d, 0, sigma_clip), docs/methods.md §3.4
     rng = torch.Generator().manual_seed(0)
     rand = torch.randn(64, generator=rng) * 3
     got = D.intrinsic_reward(rand, torch.rand(64, generator=rng) > 0.5, [0] * 64, condition="correct",
@@ -183,7 +184,7 @@ def test_lambda_schedules():
     assert D.lambda_schedule(10_000, lam=lam, schedule="constant") == lam
     cos = [D.lambda_schedule(t, lam=lam, schedule="cosine") for t in (50, 100, 125, 150, 200)]
     assert cos == pytest.approx([lam, lam, lam * math.sqrt(0.5), 0.0, 0.0], abs=1e-12)  # cos(pi/4) at t0 + delta/2
-    # the code's ED factor (spec §7 #4): -1 at t = 0, 0 at t = 50, -> 1 towards 100, then cut to 0
+    # the code's ED factor (docs/methods.md §3.9 #4): -1 at t = 0, 0 at t = 50, -> 1 towards 100, then cut to 0
     code = [D.lambda_schedule(t, lam=lam, schedule="code_equ") for t in (0, 50, 99, 100)]
     assert code == pytest.approx([-lam, 0.0, lam * math.cos(0.01 * math.pi), 0.0], abs=1e-12)
     with pytest.raises(ValueError, match="schedule"):
@@ -193,7 +194,7 @@ def test_lambda_schedules():
 
 
 def test_shaped_advantages_lambda_cancels_in_all_correct_groups():
-    # spec §7 #3: an all-correct group under "all_correct_group" ranks by diversity alone, whatever lambda
+    # docs/methods.md §3.9 #3: an all-correct group under "all_correct_group" ranks by diversity alone, whatever lambda
     ids = torch.tensor([0, 0, 0, 0])
     rewards, div = torch.ones(4), torch.tensor([0.1, 0.5, 0.9, 0.3])
     a_small, _ = D.shaped_advantages(rewards, div, ids, lam=0.01)

@@ -1,4 +1,4 @@
-"""ExGRPO (arXiv 2510.02245, spec exgrpo.md): rlvr.buffers.exgrpo and rlvr.algos.exgrpo.
+"""ExGRPO (arXiv 2510.02245; docs/methods.md §2): rlvr.buffers.exgrpo and rlvr.algos.exgrpo.
 
 Checks: hand-worked Gaussian bucket probabilities; seeded sampling frequencies against them (chi-square);
 over-subscribed buckets hand their excess to buckets with room and no question is drawn twice; replay counts;
@@ -90,7 +90,8 @@ def test_sampling_frequencies_match_bucket_probs():
 
 
 def test_overflow_goes_to_buckets_with_room_and_no_question_twice():
-    # spec §7: {4: 3 questions, 1: 100}, n = 10 -> bucket 4 saturates at 3, the excess 7 goes to bucket 1
+    # docs/methods.md §2.9 #1: {4: 3 questions, 1: 100}, n = 10 -> bucket 4 saturates at 3, its excess 7 goes to
+    # bucket 1
     buf = _buffer({4: 3, 1: 100})
     g = torch.Generator().manual_seed(1)
     for _ in range(50):
@@ -397,8 +398,9 @@ def _observed_batch(policy, rewards, *, replay_row=None):
 
 
 def test_observe_stores_the_trainers_pi_old_and_corrects_replayed_rows():
-    """Stored trajectories keep the trainer's recomputed pi_old (Algorithm 1, step 6), not the sampler's log-probs;
-    replayed rows train against their recorded pi_past (their rollout_logp); rows carry the batch's loss mode."""
+    """Stored trajectories keep the trainer's recomputed pi_old (docs/methods.md §2.1 step 6), not the sampler's
+    log-probs; replayed rows train against their recorded pi_past (their rollout_logp); rows carry the batch's
+    loss mode."""
     from rlvr.metrics import Metrics
     from rlvr.policies import HFCausalLM
 

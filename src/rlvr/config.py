@@ -133,7 +133,7 @@ class AlgoConfig:
     aggregation: str = "token_mean"
     aggregation_kwargs: dict[str, Any] = field(default_factory=dict)
     mismatch: str = "token_truncate"
-    """Train/inference mismatch weight from the sampler's log-probs (specs/grpo_family.md §3.12), or 'none'."""
+    """Train/inference mismatch weight from the sampler's log-probs (docs/methods.md §1.12), or 'none'."""
     mismatch_kwargs: dict[str, Any] = field(default_factory=lambda: {"c_max": 2.0})
     kl_coef: float = 0.0
     """beta of the KL-to-reference term in the loss; 0 loads no reference model."""

@@ -8,7 +8,7 @@ pass@k.
 pass@k uses the unbiased estimator of Chen et al. (arXiv 2107.03374): with n samples of which c are
 correct, pass@k = 1 - C(n - c, k) / C(n, k); in `evaluate` n = k samples per prompt, so it is 1 if any is correct.
 `evaluate_sampled` draws n samples per prompt once and reports pass@k for several k <= n, plus how many
-*distinct* correct answers each prompt gets (DIVER's diversity check, specs/diver.md §7).
+*distinct* correct answers each prompt gets (DIVER's diversity check, docs/methods.md §3.9).
 """
 
 from __future__ import annotations

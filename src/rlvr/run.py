@@ -141,7 +141,7 @@ def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict, *, shaping:
             kwargs.setdefault("tasks", tasks)
         if r.name == "diversity" and kwargs.get("correctness") == "task":  # DIVER gates on the task's verifier
             kwargs["correctness_kwargs"] = {"tasks": tasks, **(kwargs.get("correctness_kwargs") or {})}
-        if r.name == "diversity" and r.weight == 0:  # specs/diver.md §5 #1: the reference launch script did this
+        if r.name == "diversity" and r.weight == 0:  # docs/methods.md §3.8 #1: the reference launch script did this
             raise ConfigError(f"{where}[{i}] (diversity): weight (lambda) is 0, so DIVER would do nothing")
         try:
             fns.append((r.name, r.weight, REWARDS.build(r.name, **kwargs)))
@@ -215,8 +215,8 @@ def build_token_weights(cfg: Config) -> TokenWeightStage:
 
 
 def logprob_needs(cfg: Config, buffer: Buffer, weights: TokenWeightStage) -> LogprobNeeds:
-    """pi_old before the update: for several optimizer steps per batch (spec §2 step 6) or a buffer that stores it;
-    its entropy: for entropy-based token weights."""
+    """pi_old before the update: for several optimizer steps per batch or a buffer that stores it; its entropy: for
+    entropy-based token weights (docs/methods.md §1.0)."""
     a = cfg.algo
     return LogprobNeeds(old_logp=a.ppo_epochs > 1 or a.mini_batches > 1 or "old_logp" in buffer.reads,
                         entropy="entropy" in weights.needs, temperature=cfg.rollout.temperature,

@@ -4,7 +4,7 @@
    order (one optimizer step each), repeated for `ppo_epochs`; every rank agrees on the split, so every rank takes
    the same number of optimizer steps, even one that holds no row of some mini-batch.
 2. Before any backward of a mini-batch, its trained-token and sequence counts are summed over every micro-batch and
-   every rank (specs/grpo_family.md §3.6), so the loss of each micro-batch is divided by the *global* count and
+   every rank (docs/methods.md §1.6), so the loss of each micro-batch is divided by the *global* count and
    multiplied by the world size; gradients are then averaged over ranks. 1x8 and 8x1 micro-batching therefore give
    the same gradient (tests/test_update.py).
 3. Per micro-batch: the policy's log-probs (logits / T) and entropy, the surrogate from the LOSSES registry (with the
@@ -34,7 +34,7 @@ class LossFns:
     loss: Callable
     aggregate: Callable
     kl: Callable | None = None
-    mismatch: Callable | None = None  # train/inference mismatch weight (spec §3.12), from the sampler's logp
+    mismatch: Callable | None = None  # train/inference mismatch weight (docs/methods.md §1.12), from the sampler's logp
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     temperature: float = 1.0

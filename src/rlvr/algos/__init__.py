@@ -1,4 +1,4 @@
-"""Pure math of the GRPO family, each part a registry of named functions (specs/grpo_family.md).
+"""Pure math of the GRPO family, each part a registry of named functions (docs/methods.md §1).
 
 from rlvr.algos import ADVANTAGES, LOSSES, AGGREGATIONS, KL_ESTIMATORS, TOKEN_WEIGHTS, MISMATCH_WEIGHTS
 """

@@ -1,6 +1,6 @@
 """Advantage estimators: rewards (N,) and group ids (N,) -> one advantage per completion (N,).
 
-Every estimator (spec grpo_family.md §3.1):
+Every estimator (docs/methods.md §1.1):
 1. treats a NaN reward as "unscorable": its advantage is 0 and it is left out of the group statistics;
 2. gives a group whose scorable rewards are all equal advantage 0 exactly (not (r - mu) / eps noise);
 3. gives a singleton group (one scorable reward) advantage 0 with a warning; `singleton="verl"` gives

@@ -1,4 +1,4 @@
-"""Loss aggregation: per-token loss (B, T) and mask (B, T) -> scalar (spec grpo_family.md §3.6).
+"""Loss aggregation: per-token loss (B, T) and mask (B, T) -> scalar (docs/methods.md §1.6).
 
     loss_b = AGGREGATIONS.lookup("token_mean")(per_token, mask, num_tokens=n_tok)   # one micro-batch
 
@@ -10,7 +10,7 @@
    With D data-parallel ranks whose gradients are AVERAGED, multiply the loss by D (the average divides it
    back out); with SUM-reduced gradients, do not.
 3. Without global counts the local ones are used; averaging those over micro-batches is the "mean of
-   micro-batch means" quirk (verl legacy actor, TRL grpo/bnpo): 0.5 instead of 0.1 in the §3.6 example.
+   micro-batch means" quirk (verl legacy actor, TRL grpo/bnpo): 0.5 instead of 0.1 in the docs/methods.md §1.6 example.
 4. Padding is selected out with torch.where, so NaN/inf there changes neither value nor gradient.
 """
 

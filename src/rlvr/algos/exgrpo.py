@@ -1,15 +1,17 @@
-"""ExGRPO mixed-policy math (arXiv 2510.02245, spec exgrpo.md §3.4-3.5): shaped weight, mixed loss, advantages.
+"""ExGRPO mixed-policy math (arXiv 2510.02245; docs/methods.md §2.4-2.5): shaped weight, mixed loss, advantages.
 
     per_token, metrics = LOSSES.lookup("exgrpo_mixed")(logp, old_logp, advantages, mask, is_replay=is_replay,
                                                        mixed_mode=True, beta=0.1)
 
 1. Replayed rows (is_replay) carry a trajectory from the experience pool; their `old_logp` must be the log-probs
-   recorded when it was collected (pi_past, spec step 8; see `replay_old_logp`). Their loss is -A f(w) with
-   w = exp(logp - old_logp) and the policy-shaping function f(w) = w / (w + beta); no clip, gradient through w.
+   recorded when it was collected (pi_past, docs/methods.md §2.1 step 8; see `replay_old_logp`). Their loss is
+   -A f(w) with w = exp(logp - old_logp) and the policy-shaping function f(w) = w / (w + beta); no clip, gradient
+   through w.
 2. Fresh rows: before the switch to mixed mode (`mixed_mode=False`) the PPO clipped surrogate (`ppo_clip`); after
    it (`mixed_mode=True`) the unclipped -A rho of the reference code (`loss_remove_clip`), unless
-   `on_policy_clip=True` (spec §5 #2), which keeps the clip in both phases. The loop passes both flags per row
-   (Batch extras `is_replay`, `mixed_mode`, set by rlvr.buffers.exgrpo); the mode is the same for every row of a call.
+   `on_policy_clip=True` (docs/methods.md §2.6 #2), which keeps the clip in both phases. The loop passes both
+   flags per row (Batch extras `is_replay`, `mixed_mode`, set by rlvr.buffers.exgrpo); the mode is the same for
+   every row of a call.
 3. Advantages are Dr.GRPO's r - mean over the whole group, the replayed row included (`mixed_group_advantages`).
 4. The entropy bonus (0.001) and the L_max normaliser are the trainer's entropy_coef and aggregation, not part
    of this loss.
@@ -32,7 +34,7 @@ _CLIP_KEYS = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_
 def shaped_weight(log_w: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
     """f(w) = w / (w + beta) from log w, written as sigmoid(log w - log beta) so w = exp(log w) never overflows.
 
-    d f / d w = beta / (w + beta)^2, hence d f / d log w = f (1 - f) = w beta / (w + beta)^2 (spec §3.5).
+    d f / d w = beta / (w + beta)^2, hence d f / d log w = f (1 - f) = w beta / (w + beta)^2 (docs/methods.md §2.5).
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (the reference uses 0.1), got {beta}")
@@ -107,7 +109,7 @@ def exgrpo_mixed(
 
 @torch.no_grad()
 def replay_old_logp(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, is_replay: torch.Tensor) -> torch.Tensor:
-    """Spec step 8 (IS correction): (B, T) old_logp with replayed rows' tokens replaced by the recorded pi_past."""
+    """IS correction (docs/methods.md §2.1 step 8): (B, T) old_logp, replayed rows' tokens -> recorded pi_past."""
     if behaviour_logp.shape != old_logp.shape:
         raise ValueError(f"behaviour_logp must be (B, T) = {tuple(old_logp.shape)}, got {tuple(behaviour_logp.shape)}")
     return torch.where(_replay_rows(is_replay, old_logp), behaviour_logp.to(old_logp.dtype), old_logp)
@@ -115,7 +117,7 @@ def replay_old_logp(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, is_rep
 
 @torch.no_grad()
 def mixed_group_advantages(rewards, group_ids, is_replay=None) -> tuple[torch.Tensor, dict]:
-    """Spec §3.4: A_i = r_i - mean of its group's K rewards, the replayed row included (Dr.GRPO, no std).
+    """docs/methods.md §2.4: A_i = r_i - mean of its group's K rewards, the replayed row included (Dr.GRPO, no std).
 
     A replayed question's group is its stored trajectory plus K - 1 fresh samples under one group id; at most one
     replayed row per group. Metrics: the fraction of zero-variance groups among fresh and among replayed groups.

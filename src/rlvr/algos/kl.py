@@ -1,4 +1,4 @@
-"""Per-token KL estimators between the policy and the reference, (B, T), before masking (spec §3.7).
+"""Per-token KL estimators between the policy and the reference, (B, T), before masking (docs/methods.md §1.7).
 
     kl = KL_ESTIMATORS.lookup("k3")(logp, ref_logp)    # then aggregate like the policy loss, times beta
 

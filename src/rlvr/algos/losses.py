@@ -1,4 +1,4 @@
-"""Policy surrogates: per-token loss (B, T) to be minimised, before aggregation (spec grpo_family.md §3.2-3.5).
+"""Policy surrogates: per-token loss (B, T) to be minimised, before aggregation (docs/methods.md §1.2-1.5).
 
     per_token, metrics = LOSSES.lookup("ppo_clip")(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28)
 

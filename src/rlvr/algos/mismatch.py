@@ -1,4 +1,4 @@
-"""Train/inference mismatch weights w (B, T), detached, multiplied into the per-token loss (spec §3.12).
+"""Train/inference mismatch weights w (B, T), detached, multiplied into the per-token loss (docs/methods.md §1.12).
 
     w, metrics = MISMATCH_WEIGHTS.lookup("token_truncate")(old_logp, rollout_logp, mask, c_max=2.0)
 

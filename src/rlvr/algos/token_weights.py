@@ -1,4 +1,4 @@
-"""Per-token loss weights (N, T), multiplied into the per-token loss in the update (specs/grpo_family.md §3.8).
+"""Per-token loss weights (N, T), multiplied into the per-token loss in the update (docs/methods.md §1.8).
 
     w = TOKEN_WEIGHTS.lookup("high_entropy")(mask, entropy=entropy, quantile=0.2)   # 1 on the top 20% entropy tokens
 

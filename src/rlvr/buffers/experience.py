@@ -1,5 +1,5 @@
-"""ExGRPO's experience pool (arXiv 2510.02245 §2-§3.3): trajectories, buckets, sampler, selection. The loop's side
-(plan before the rollout, observe after the advantages) is rlvr.buffers.exgrpo.
+"""ExGRPO's experience pool (arXiv 2510.02245; docs/methods.md §2): trajectories, buckets, sampler, selection.
+The loop's side (plan before the rollout, observe after the advantages) is rlvr.buffers.exgrpo.
 
     buf = ExperienceBuffer(group_size=8)
     questions = buf.sample_questions(batch_size=128, generator=g)      # [] until the switch to mixed mode
@@ -9,17 +9,19 @@
     metrics = buf.end_step(all_rewards, step=s)                        # switch rule, age pruning
 
 1. Pool: correct trajectories (prompt/completion token ids, attention and loss masks, behaviour log-probs, reward,
-   step) per question id, deduplicated on token ids (arXiv 2510.02245 reference-code deviation #4 in
-   docs/methods.md); collected only in mixed mode (Algorithm 1).
-2. A group whose K rewards are all correct retires its question for good (spec steps 5, 12).
+   step) per question id, deduplicated on token ids (docs/methods.md §2.6 #4); collected only in mixed mode
+   (docs/methods.md §2.1 step 7).
+2. A group whose K rewards are all correct retires its question for good (docs/methods.md §2.1 steps 5, 12).
 3. Buckets: questions grouped by their latest accuracy Acc = k/n, counted over the group's fresh samples only
-   (spec §5 #3; `legacy_bucket_update=True` is the reference: all K samples, k = 0 keeps the old bucket).
-4. Sampler (§3.2): bucket probability p(b) ∝ w(Acc_b) over non-empty buckets, counts ~ Multinomial(n, p),
-   excess of full buckets moved one by one ∝ p to buckets with room, questions drawn without replacement.
-5. Switch (spec step 1): replay starts for good once the fraction of correct trajectories in a step's batch
-   exceeds `start_threshold` (0.35); n_exp = min(#valid, floor(B rho_exp)) questions (`replay_count`).
-6. Selection (§3.3): o* = argmin over a question's stored trajectories of the mean token entropy under the
-   current policy over the trajectory's own valid tokens (`trajectory_entropy`), computed by a trainer callable.
+   (docs/methods.md §2.6 #3; `legacy_bucket_update=True` is the reference: all K samples, k = 0 keeps the old bucket).
+4. Sampler (docs/methods.md §2.2): bucket probability p(b) ∝ w(Acc_b) over non-empty buckets, counts ~
+   Multinomial(n, p), excess of full buckets moved one by one ∝ p to buckets with room, questions drawn without
+   replacement.
+5. Switch (docs/methods.md §2.1 step 1): replay starts for good once the fraction of correct trajectories in a
+   step's batch exceeds `start_threshold` (0.35); n_exp = min(#valid, floor(B rho_exp)) questions (`replay_count`).
+6. Selection (docs/methods.md §2.3): o* = argmin over a question's stored trajectories of the mean token entropy
+   under the current policy over the trajectory's own valid tokens (`trajectory_entropy`), computed by a trainer
+   callable.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def normal(acc: float, *, group_size: int) -> float:
     return -((acc - 0.5) * group_size) ** 2 / 2
 
 
-# The reference's alternatives (spec §3.2), as log-weights; Acc = 0 gets weight 0 (-inf).
+# The reference's alternatives (docs/methods.md §2.2), as log-weights; Acc = 0 gets weight 0 (-inf).
 @BUCKET_WEIGHTS.register("linear")
 def linear(acc: float, *, group_size: int) -> float:
     return math.log(acc) if acc > 0 else -math.inf
@@ -61,7 +63,9 @@ def linear_clip(acc: float, *, group_size: int) -> float:
 
 
 def replay_count(batch_size: int, num_available: int, *, ratio: float = 0.5) -> tuple[int, int]:
-    """(replayed, fresh) questions in a batch of `batch_size`: n_exp = min(#available, floor(B rho)) (spec step 2)."""
+    """(replayed, fresh) questions in a batch of `batch_size`: n_exp = min(#available, floor(B rho)).
+
+    docs/methods.md §2.1 step 2."""
     if not 0 <= ratio <= 1:
         raise ValueError(f"replay ratio must be in [0, 1] (the paper uses 0.5), got {ratio}")
     n_exp = min(num_available, math.floor(round(batch_size * ratio, 9)))  # round: 0.29 * 100 is 28.999...
@@ -80,7 +84,8 @@ def sample_from_buckets(
     buckets: Sequence[Sequence[Hashable]], probs: torch.Tensor, n: int, *, generator: torch.Generator | None = None
 ) -> list[Hashable]:
     """n distinct questions: bucket counts ~ Multinomial(n, probs), excess re-drawn ∝ probs among buckets with room,
-    then uniform without replacement inside each bucket (spec §3.2). Fewer than n (with a warning) if all are full."""
+    then uniform without replacement inside each bucket (docs/methods.md §2.2). Fewer than n (with a warning) if
+    all are full."""
     sizes = torch.tensor([len(b) for b in buckets], dtype=torch.long)
     counts = torch.zeros_like(sizes)
     if n > 0 and bool((probs > 0).any()):
@@ -102,10 +107,10 @@ def sample_from_buckets(
 
 
 def trajectory_entropy(token_entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) per-token entropy, (B, T) mask -> (B,) mean over each row's own valid tokens (spec §3.3, §5 #1).
+    """(B, T) per-token entropy, (B, T) mask -> (B,) mean over each row's own valid tokens (docs/methods.md §2.3).
 
     Row b's token t must be the entropy of the distribution that produced completion token t. Padding never enters
-    (torch.where); a row without valid tokens gives 0.
+    (torch.where; the reference's bug, docs/methods.md §2.6 #1); a row without valid tokens gives 0.
     """
     if token_entropy.ndim != 2 or mask.shape != token_entropy.shape:
         raise ValueError(f"token_entropy and mask must both be (B, T), got {tuple(token_entropy.shape)} / "
@@ -200,7 +205,7 @@ class ExperienceBuffer:
             max_scored_per_question=max_scored_per_question,
         )
         self._log_weight = BUCKET_WEIGHTS.bind(weighting, group_size=group_size)  # unknown name fails here
-        self.started = False  # mixed mode: permanent once switched on (spec step 1)
+        self.started = False  # mixed mode: permanent once switched on (docs/methods.md §2.1 step 1)
         self.pool: dict[Hashable, list[Trajectory]] = {}  # question -> stored correct trajectories, oldest first
         self.acc: dict[Hashable, tuple[int, int]] = {}  # pooled question -> latest (k, n): its bucket Acc = k / n
         self.history: dict[Hashable, list[tuple[int, int, int]]] = {}  # question -> (step, k, n) of every group
@@ -214,11 +219,11 @@ class ExperienceBuffer:
         prompt_mask: torch.Tensor | None = None, is_replay: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
     ) -> str:
-        """Record one question's group of K rows (spec steps 5 and 7); returns "retired", "skipped" or "stored".
+        """Record one question's group of K rows (docs/methods.md §2.1 steps 5, 7): "retired", "skipped" or "stored".
 
         rewards, is_replay: (K,); completion_ids/mask, logp: (K, T) right-padded, logp = behaviour log-probs to
-        keep (the recomputed pi_old of spec step 6); prompt_ids/mask: (P,) or (K, P), left-padded; loss_mask: (K, T),
-        the tokens that were sampled (default completion_mask).
+        keep (the recomputed pi_old of docs/methods.md §2.1 step 6); prompt_ids/mask: (P,) or (K, P), left-padded;
+        loss_mask: (K, T), the tokens that were sampled (default completion_mask).
         """
         rewards = torch.as_tensor(rewards).detach().cpu()
         if rewards.ndim != 1 or rewards.numel() == 0 or completion_ids.shape[0] != rewards.numel():
@@ -249,7 +254,7 @@ class ExperienceBuffer:
         return "stored"
 
     def _success_count(self, correct: torch.Tensor, replay: torch.Tensor) -> tuple[int, int]:
-        """(k, n) of the group: over fresh rows only (spec §5 #3), or all K rows in the legacy mode."""
+        """(k, n) of the group: over fresh rows only (docs/methods.md §2.6 #3), or all K rows in the legacy mode."""
         rows = torch.ones_like(correct) if self.config["legacy_bucket_update"] else ~replay
         return int((correct & rows).sum()), int(rows.sum())
 
@@ -260,7 +265,7 @@ class ExperienceBuffer:
         ids, mask, loss_mask, logp = cut
         stored = self.pool.setdefault(question, [])
         if any(torch.equal(t.completion_ids, ids) and torch.equal(t.completion_mask, mask) for t in stored):
-            return  # dedupe on token ids (spec §5 #4): a replayed trajectory keeps its original pi_past
+            return  # dedupe on token ids (docs/methods.md §2.6 #4): a replayed trajectory keeps its original pi_past
         prompt = prompt_ids if prompt_mask is None else prompt_ids[prompt_mask.bool()]
         stored.append(Trajectory(question, prompt.detach().long().cpu(), ids, mask, logp, reward, step,
                                  None if torch.equal(loss_mask, mask) else loss_mask))
@@ -269,8 +274,9 @@ class ExperienceBuffer:
             del stored[: len(stored) - cap]  # oldest first
 
     def end_step(self, rewards: torch.Tensor, *, step: int) -> dict[str, float]:
-        """Spec step 1: switch to mixed mode for good once the fraction of correct trajectories in this step's
-        batch exceeds start_threshold; drop trajectories older than max_age_steps; return pool metrics."""
+        """Switch to mixed mode for good once the fraction of correct trajectories in this step's batch exceeds
+        start_threshold (docs/methods.md §2.1 step 1); drop trajectories older than max_age_steps; return pool
+        metrics."""
         correct = torch.as_tensor(rewards).detach().flatten() >= self.config["correct_threshold"]
         solved = correct.float().mean().item() if correct.numel() else 0.0
         if not self.started and solved > self.config["start_threshold"]:
@@ -318,7 +324,7 @@ class ExperienceBuffer:
         return dict(sorted(out.items()))
 
     def bucket_probs(self) -> dict[Fraction, float]:
-        """p(b) of every non-empty bucket under the configured weighting (spec §3.2)."""
+        """p(b) of every non-empty bucket under the configured weighting (docs/methods.md §2.2)."""
         b = self.buckets()
         probs = bucket_probs([self._log_weight(float(acc)) for acc in b])
         return dict(zip(b, probs.tolist()))
@@ -336,7 +342,7 @@ class ExperienceBuffer:
     def select_trajectories(
         self, questions: Sequence[Hashable], score_fn: Callable[[list[Trajectory]], torch.Tensor]
     ) -> tuple[list[Trajectory], dict[str, float]]:
-        """Per question the stored trajectory of lowest mean token entropy under the current policy (spec §3.3).
+        """Per question the stored trajectory of lowest mean token entropy under pi_theta (docs/methods.md §2.3).
 
         score_fn gets all candidates at once (one no-grad pass; see pad_trajectories, trajectory_entropy) and
         returns their (n,) entropies. Ties go to the oldest; NaN never wins. Only the newest
@@ -368,8 +374,8 @@ class ExperienceBuffer:
         }
 
     def excluded(self, num_questions: int, *, batch_size: int, margin: int = 20) -> frozenset:
-        """Spec step 13: the retired questions, which the dataset drops unless no more than batch_size + margin of
-        its `num_questions` would remain (then none is dropped)."""
+        """The retired questions, which the dataset drops unless no more than batch_size + margin of its
+        `num_questions` would remain (then none is dropped; docs/methods.md §2.1 step 13)."""
         retired = frozenset(self.retired)
         return retired if num_questions - len(retired) > batch_size + margin else frozenset()
 

@@ -95,23 +95,23 @@ class _Picker:
     """Chooses the next token per row and returns it with its logp under softmax(logits / temperature)."""
 
     def __init__(self, *, temperature: float, top_k: int, top_p: float, greedy: bool, seeds: torch.Tensor,
-                 offsets: torch.Tensor):
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.greedy, self.seeds, self.counter = greedy, seeds, offsets
+                 offsets: torch.Tensor, steps: int):
+        self.temperature, self.top_k, self.top_p, self.greedy, self.t = temperature, top_k, top_p, greedy, 0
+        if not greedy:  # every draw of the call at once: (N, steps), column t for token t
+            self.u = uniform(seeds[:, None], offsets[:, None] + torch.arange(steps, device=seeds.device))
 
     def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scaled = logits.float()  # (N, V)
         if self.temperature != 1.0:
             scaled = scaled / self.temperature
         logp_all = scaled.log_softmax(-1)
-        u = uniform(self.seeds, self.counter)  # (N,) this step's draw of each row's stream
-        self.counter = self.counter + 1
         if self.greedy:
             tokens = scaled.argmax(-1)  # (N,)
-        elif self.top_k or self.top_p < 1.0:
-            tokens = _sample(_filter_logits(scaled, self.top_k, self.top_p).softmax(-1), u)
         else:
-            tokens = _sample(logp_all.exp(), u)
+            u, self.t = self.u[:, self.t], self.t + 1  # (N,) this step's draw of each row's stream
+            probs = _filter_logits(scaled, self.top_k, self.top_p).softmax(-1) if self.top_k or self.top_p < 1.0 \
+                else logp_all.exp()
+            tokens = _sample(probs, u)
         return tokens, logp_all.gather(-1, tokens[:, None])[:, 0]
 
 
@@ -241,7 +241,7 @@ def generate(
     seeds = row_seeds(0, "generate", torch.arange(n)) if seeds is None else seeds
     offsets = torch.zeros(n, dtype=torch.long) if offsets is None else offsets
     pick = _Picker(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seeds=seeds.to(device),
-                   offsets=offsets.to(device))
+                   offsets=offsets.to(device), steps=max_new_tokens)
     eos = torch.tensor(_eos_ids(model, tokenizer), dtype=torch.long, device=device)
     stops = _StopStrings(tokenizer, stop, len(prompt_ids)) if any(stop) else None
     done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)  # (N,)

@@ -1,4 +1,4 @@
-"""`cascade`: try reward sources in order and keep the first confident verdict (specs/mixture_of_rewards.md §3.1-3.2).
+"""`cascade`: try reward sources in order and keep the first confident verdict (docs/methods.md §4.1-4.2).
 
 The OREAL / Intern-S1 judging pattern: a cheap rule verifier first; only the completions it does not confirm go to
 the next source (e.g. a generative judge or a `reward_model`), so the costly source sees as few rows as possible.

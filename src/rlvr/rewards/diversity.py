@@ -1,6 +1,7 @@
 """DIVER diversity rewards (arXiv 2509.26209): intrinsic textual/equational diversity with potential-based shaping.
 
-Method sheet: specs/diver.md. For each group of G completions of one prompt:
+Method reference: docs/methods.md §3 (the §3.x below are its sections). For each group of G completions of one
+prompt:
 1. Textual diversity (§3.2): TD_i = 1 - mean_{j != i} ½[BLEU(ref=x_i, hyp=x_j) + BLEU(ref=x_j, hyp=x_i)], sentence
    BLEU over whitespace tokens of the first 1000 characters, n-gram orders 1..5 weighted (0.02, .10, .15, .25, .38),
    brevity penalty, no smoothing (NLTK-compatible, as the reference code).
@@ -34,7 +35,7 @@ import torch
 from rlvr.batch import Sample
 from rlvr.rewards.core import REWARDS, RewardFn
 
-TD_WEIGHTS = (0.02, 0.10, 0.15, 0.25, 0.38)  # reference code's n-gram weights (spec §3.2)
+TD_WEIGHTS = (0.02, 0.10, 0.15, 0.25, 0.38)  # reference code's n-gram weights (docs/methods.md §3.2)
 SMOOTHINGS = ("none", "add1")
 UNITS = ("word", "char")
 NORMALIZE = ("none", "whitespace")
@@ -61,13 +62,15 @@ def _check_weights(weights: Sequence[float]) -> tuple[float, ...]:
 
 
 def clip_text(text: str, *, horizon_chars: int | None = 1000, max_chars: int = 32_768) -> str:
-    """The first `horizon_chars` characters (None = the whole response), never more than `max_chars` (spec §5 #5)."""
+    """The first `horizon_chars` characters (None = the whole response), never more than `max_chars`.
+
+    docs/methods.md §3.8 #5."""
     limit = max_chars if horizon_chars is None else min(horizon_chars, max_chars)
     return text[:limit]
 
 
 def tokenize(text: str, *, unit: str = "word", horizon_chars: int | None = 1000, max_chars: int = 32_768) -> list[str]:
-    """Whitespace tokens (code, spec §3.2) or characters (tiny char-level models) of the clipped text."""
+    """Whitespace tokens (code, docs/methods.md §3.2) or characters (tiny char-level models) of the clipped text."""
     _choose("unit", unit, UNITS)
     text = clip_text(text, horizon_chars=horizon_chars, max_chars=max_chars)
     return text.split() if unit == "word" else list(text)
@@ -112,12 +115,12 @@ def sentence_bleu(
     reference: Sequence[str], hypothesis: Sequence[str], *, weights: Sequence[float] = TD_WEIGHTS,
     smoothing: str = "none",
 ) -> float:
-    """Sentence BLEU of `hypothesis` against one `reference` (spec §3.2; Papineni et al. 2002).
+    """Sentence BLEU of `hypothesis` against one `reference` (docs/methods.md §3.2; Papineni et al. 2002).
 
     Orders 1..len(weights); clipped n-gram precisions (counts floored at 1), geometric mean with `weights`
     (not renormalised), brevity penalty exp(1 - r/c) for c <= r. smoothing="none" returns 0 when any order with a
     positive weight has no match (NLTK method0 up to <= 1e-30); "add1" adds 1 to numerator and denominator of
-    orders >= 2 (spec §5 #7). No unigram match always gives 0.
+    orders >= 2 (docs/methods.md §3.8 #7). No unigram match always gives 0.
     """
     weights = _check_weights(weights)
     _choose("smoothing", smoothing, SMOOTHINGS)
@@ -172,7 +175,7 @@ def textual_diversity(
     """(N,) float64 TD_i = 1 - mean_{j != i in group} ½[BLEU(ref=x_i, hyp=x_j) + BLEU(ref=x_j, hyp=x_i)] (§3.2).
 
     Mean (not max) similarity to the other G - 1 completions, as paper and code; singleton groups get 0.
-    Warns when unsmoothed BLEU meets texts mostly shorter than its highest order (all TD = 1, spec §5 #7).
+    Warns when unsmoothed BLEU meets texts mostly shorter than its highest order (all TD = 1, docs/methods.md §3.8 #7).
     """
     weights = _check_weights(weights)
     _choose("smoothing", smoothing, SMOOTHINGS)
@@ -191,7 +194,7 @@ def textual_diversity(
 
 
 # (opener, closer, stop): contents may not contain `stop`, the closer's last character, as in the code's
-# non-greedy regexes \\\[([^\]]*?)\\\], \\\(([^\)]*?)\\\), \$([^\$]*?)\$ (spec §3.3).
+# non-greedy regexes \\\[([^\]]*?)\\\], \\\(([^\)]*?)\\\), \$([^\$]*?)\$ (docs/methods.md §3.3).
 _DELIMITERS = (("\\[", "\\]", "]"), ("\\(", "\\)", ")"), ("$", "$", "$"))
 
 
@@ -216,7 +219,7 @@ def _find_delimited(text: str, opener: str, closer: str, stop: str) -> list[str]
 def extract_equations(
     text: str, *, horizon_chars: int | None = 1000, max_chars: int = 32_768, normalize: str = "none"
 ) -> set[str]:
-    """F(o): contents of \\[..\\], \\(..\\) and $..$ in the clipped text (spec §3.3).
+    """F(o): contents of \\[..\\], \\(..\\) and $..$ in the clipped text (docs/methods.md §3.3).
 
     normalize="none" keeps contents verbatim (code: `x=1` and `x = 1` differ, `$$..$$` yields "");
     "whitespace" deletes all whitespace so spacing variants count as one equation.
@@ -258,7 +261,8 @@ def _group_stat(values: torch.Tensor, group_ids: GroupIds, reduce: Callable[[tor
 
 
 def condition_gate(correct: torch.Tensor, group_ids: GroupIds, *, condition: str = "all_correct_group") -> torch.Tensor:
-    """(N,) float64 gate on the intrinsic reward (spec §3.4, §5 #3); incorrect completions always get 0 (§5 #6).
+    """(N,) float64 gate on the intrinsic reward (docs/methods.md §3.4, §3.8 #3); incorrect completions get 0
+    (§3.8 #6).
 
     "correct": 1[r_i = 1] (paper); "all_correct_group": 1 only if all G completions are correct (code TD);
     "correct_times_group_acc": 1[r_i = 1] * mean correctness of the group (code ED).
@@ -286,7 +290,7 @@ def intrinsic_reward(
 def lambda_schedule(
     step: int, *, lam: float, schedule: str = "cut", t_cut: int = 100, t0: int = 100, delta: int = 50
 ) -> float:
-    """Intrinsic-reward scale at training step t (spec §3.4, §5 #4).
+    """Intrinsic-reward scale at training step t (docs/methods.md §3.4, §3.8 #4).
 
     "constant": lam; "cut": lam for t < t_cut, then 0 (code, rlvr default);
     "cosine": lam * cos(pi/2 * clip((t - t0) / delta, 0, 1)), 1 until t0 then 0 at t0 + delta (reconstruction);
@@ -309,9 +313,10 @@ def shaped_rewards(
     rewards: torch.Tensor, diversity: torch.Tensor, group_ids: GroupIds, *, lam: float,
     condition: str = "all_correct_group", clip_max: float = 1.0, clip_min: float = 0.0, correct_threshold: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """s_i = r_i + lam * intrinsic_i (spec §3.5) -> ((N,) in rewards' dtype, metrics). lam is lambda_schedule(t).
+    """s_i = r_i + lam * intrinsic_i (docs/methods.md §3.5) -> ((N,) in rewards' dtype, metrics).
 
-    Correct means r_i >= correct_threshold; a NaN (unscorable) reward is not correct and stays NaN.
+    lam is lambda_schedule(t). Correct means r_i >= correct_threshold; a NaN (unscorable) reward is not correct
+    and stays NaN.
     """
     correct = torch.nan_to_num(rewards, nan=-math.inf) >= correct_threshold  # (N,) bool
     bonus = lam * intrinsic_reward(diversity, correct, group_ids, condition=condition, clip_max=clip_max,
@@ -327,10 +332,10 @@ def shaped_advantages(
     condition: str = "all_correct_group", clip_max: float = 1.0, clip_min: float = 0.0, correct_threshold: float = 1.0,
     estimator: str = "grpo", eps: float = 1e-6,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Group-relative advantage of the shaped score (spec §3.5): ADVANTAGES[estimator](s, group_ids, eps=eps).
+    """Group-relative advantage of the shaped score: ADVANTAGES[estimator](s, group_ids, eps=eps).
 
-    With "grpo": (s_i - mean_g s) / (std_g s + eps), Bessel std; an all-correct group under "all_correct_group"
-    ranks completions by diversity alone and lam cancels (unless lam * std is comparable to eps).
+    docs/methods.md §3.5. With "grpo": (s_i - mean_g s) / (std_g s + eps), Bessel std; an all-correct group under
+    "all_correct_group" ranks completions by diversity alone and lam cancels (unless lam * std is comparable to eps).
     """
     from rlvr.algos import ADVANTAGES  # the rewards package does not otherwise depend on algos
 
@@ -340,7 +345,7 @@ def shaped_advantages(
 
 
 def potential_shaping(potentials: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0) -> torch.Tensor:
-    """(B, T) per-token R_t = gamma * Phi(s_{t+1}) - Phi(s_t) (Ng et al. 1999; paper §3.4), 0 where mask is 0.
+    """(B, T) per-token R_t = gamma * Phi(s_{t+1}) - Phi(s_t) (Ng et al. 1999; docs/methods.md §3.4), 0 where mask is 0.
 
     potentials: (B, T) Phi of the prefix ending at token t; Phi([q]) = 0 before the first token. With gamma = 1
     and a right-padded mask the row sum telescopes to Phi of the whole response: the outcome-level bonus above.
@@ -404,7 +409,7 @@ def diversity(
     """DIVER intrinsic diversity reward, arXiv 2509.26209: lam(t)/lam * clip(d_i) * gate_i; the config weight is lam.
 
     kind: "textual" (TD, §3.2) or "equational" (ED, §3.3); clip_max defaults to 1.0 (TD, rlvr) / 0.68 (ED, code).
-    condition (§5 #3): "all_correct_group" (code TD, default), "correct" (paper), "correct_times_group_acc" (code ED).
+    condition (§3.8 #3): "all_correct_group" (code TD, default), "correct" (paper), "correct_times_group_acc" (code ED).
     correctness: a registered reward name (built with correctness_kwargs) or a reward fn; r >= correct_threshold
     counts as correct. Call-time keywords: group_ids= (N,) (else groups are consecutive identical prompts),
     correct= (N,) bools (overrides correctness), step= (needed unless schedule="constant").

@@ -5,7 +5,7 @@
 1. The checkpoint must have a sequence-classification head (`*ForSequenceClassification`, one label); anything
    else fails when the reward is built, before training starts, naming the path and what it found.
 2. template "plain": the input is prompt + completion. template "polar" (POLAR, InternLM; Intern-S1's reward for
-   open-ended tasks, arXiv 2508.15763, spec mixture_of_rewards.md §3.3): the reward is relative to the sample's
+   open-ended tasks, arXiv 2508.15763; docs/methods.md §4.3): the reward is relative to the sample's
    reference answer, input = prompt "\\n" reference "<|reward|>" prompt "\\n" completion "[UNUSED_TOKEN_130]"; a
    sample without a reference gets None (unscorable), never a made-up score.
 3. Scores are the head's single logit, computed without gradient in batches; long inputs are truncated from the

@@ -2,7 +2,7 @@
 
 Fills `Batch.rewards` (N,) (NaN: no source applied) and `Batch.reward_sources` (each source's values before
 weighting), and logs the TRL reward statistics over every sampled row, before any filter drops a group
-(specs/grpo_family.md §3.9). Reward functions get the call-time keywords lengths (completion tokens, observations
+(docs/methods.md §1.9). Reward functions get the call-time keywords lengths (completion tokens, observations
 included), group_ids, step, and env_rewards (a multi-turn environment's summed rewards per row) when present.
 """
 

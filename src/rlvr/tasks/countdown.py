@@ -8,10 +8,10 @@
 3. Score: 1.0 when the completion's first line is an expression that uses only the given numbers, each at
    most once, only the operators in `ops` (no parentheses when `parentheses=False`), and equals the target
    exactly (Fractions). An optional "=<target>" suffix is accepted.
-4. `answer_format="equation"` (DIVER's learning check, specs/diver.md §7): the reference is `$3 * 4 - 2 = 10$`,
+4. `answer_format="equation"` (DIVER's learning check, docs/methods.md §3.9): the reference is `$3 * 4 - 2 = 10$`,
    spaces around operators, wrapped in `$` so DIVER-ED's equation regex finds exactly one equation; the scorer
    accepts the first line with or without the `$` pair and requires the "= <target>" part.
-`countdown_lite` is the spec's preset: 3 numbers in 1-9, + - *, no parentheses, equation answers.
+`countdown_lite` is that check's preset: 3 numbers in 1-9, + - *, no parentheses, equation answers.
 Model text is parsed by the small recursive-descent parser below, never by Python's eval.
 """
 
@@ -72,7 +72,7 @@ class Countdown(ProceduralTask):
 
     def generate(self, rng: random.Random, index: int) -> Sample:
         lo, hi = self.target_range
-        spaced = self.answer_format == "equation"  # the spec's `3 * 4 - 2 = 10`: whitespace tokens for BLEU
+        spaced = self.answer_format == "equation"  # DIVER's check writes `3 * 4 - 2 = 10`: whitespace tokens for BLEU
         for _ in range(1000):
             numbers = [rng.randint(1, self.max_number) for _ in range(self.num_numbers)]
             for _ in range(20):
@@ -110,7 +110,7 @@ class Countdown(ProceduralTask):
 
 @TASKS.register("countdown_lite")
 class CountdownLite(Countdown):
-    """DIVER's learning-check task (specs/diver.md §7): 3 numbers in 1-9, + - *, no parentheses, `$a * b - c = t$`.
+    """DIVER's learning-check task (docs/methods.md §3.9): 3 numbers in 1-9, + - *, no parentheses, `$a * b - c = t$`.
 
     Targets 10-40 are never one of the given numbers (no one-number answers) and have >= 2 correct expressions
     for nearly every prompt (tests/test_tasks.py enumerates them), so a policy can keep several correct answers.

@@ -3,7 +3,7 @@
     TASKS.build("bootcamp", cls="my_bootcamps:Game24bootcamp", size=1000, seed=0, kwargs={"num_numbers": 4})
     TASKS.build("reasoning_gym", dataset="leg_counting", size=1000, seed=0)  # needs pip install 'rlvr[gym]'
 
-bootcamp (the interface of specs/mixture_of_rewards.md section 3.7):
+bootcamp (the InternBootcamp interface, arXiv 2508.08636; docs/methods.md §4.7):
 1. Before anything runs, the class must have case_generator, prompt_func and verify_score (or extract_output
    plus _verify_correction), and kwargs / verify_kwargs must match its constructor / verify_score.
 2. Item i seeds Python's `random` and numpy's global RNG with seed + i (bootcamps draw from the global RNGs),
@@ -104,7 +104,7 @@ class Bootcamp(ProceduralTask):
             value = float(self._verify(text, sample.answer))
             if math.isnan(value):
                 raise ValueError("the verifier returned NaN")
-        except Exception as err:  # a checker bug: report it with the sample (spec section 3.7)
+        except Exception as err:  # a checker bug: report it with the sample (docs/methods.md §4.7)
             if not self.swallow_checker_errors:
                 raise CheckerError(
                     f"task '{self.name}': {self.class_name} verifier raised on sample {sample.index}: {err!r}"
