@@ -33,9 +33,10 @@ BASE = ["model.config=qwen2-micro", "task.name=arithmetic", "task.kwargs={digits
 CASES = {
     # GRPO with 2 mini-batches (every rank agrees on which groups form each) and uneven micro-batches
     "grpo": [f"rewards=[{reward('digit_fraction')}]", "algo.mini_batches=2", "algo.ppo_epochs=2"],
-    # DAPO: dynamic sampling decides globally how many rounds and which groups; clip-higher, token mean, overlong
+    # DAPO: dynamic sampling decides globally how many rounds and which groups; when the rounds run out (partial),
+    # ranks hold different numbers of groups, yet agree on 2 mini-batches; clip-higher, token mean, overlong
     "dapo": [f"rewards=[{reward('starts_with_digit')}]", "algo.loss_kwargs={clip_low: 0.2, clip_high: 0.28}",
-             "algo.dynamic_sampling={enabled: true, max_rounds: 4, on_exhaust: partial}",
+             "algo.dynamic_sampling={enabled: true, max_rounds: 2, on_exhaust: partial}", "algo.mini_batches=2",
              "algo.overlong={enabled: true, cache: 2}"],
     # a 3-task mixture whose routes include a reward that returns None, per-source normalisation over all ranks,
     # and RLOO with batch whitening (a batch statistic)

@@ -64,6 +64,22 @@ def test_range_checks():
         validate(load_config(None, []))
     with pytest.raises(ConfigError, match=r"rollout.dtype must be one of .*'bfloat16'.*got 'bf16'"):
         validate(load_config(None, ["model.config=qwen2-micro", "rollout.dtype=bf16"]))
+    with pytest.raises(ConfigError, match="algo.dynamic_sampling.max_rounds must be >= 1"):
+        validate(load_config(None, ["model.config=qwen2-micro", "algo.dynamic_sampling.max_rounds=0"]))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["buffer={name: exgrpo, kwargs: {replay_ratio: 1.0}}"], r"buffer: replay_ratio must be < 1"),
+    (["buffer={name: exgrpo, kwargs: {replay_rate: 0.5}}"], r"buffer: .*replay_rate"),
+    (["buffer={name: exgrpo}", "algo.dynamic_sampling.enabled=true"], "group filters"),
+    (["buffer.name=exgrp"], r"buffer.name: unknown replay buffer 'exgrp'.*did you mean 'exgrpo'"),
+    (["algo.token_weights=high_entropi"], r"algo.token_weights: unknown token weight 'high_entropi'"),
+    (["algo.token_weights=high_entropy", "algo.token_weights_kwargs={quantil: 0.2}"], "quantil"),
+    (["env.name=calculator", "env.max_turns=0"], "env.max_turns must be >= 1"),
+])
+def test_plug_ins_are_checked_before_any_model(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(load_config(None, ["model.config=qwen2-micro", *overrides]))
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -73,6 +73,7 @@ def test_the_cases_exercise_what_they_claim(runs):
     steps = {c: [r for r in read_metrics(one / c / "metrics.jsonl") if "reward" in r] for c in CASES}
     assert any(r["dynamic_sampling/rounds"] > 1 for r in steps["dapo"])
     assert any(r["dynamic_sampling/kept_fraction"] < 1 for r in steps["dapo"])
+    assert any(r["dynamic_sampling/kept_fraction"] * r["dynamic_sampling/rounds"] < 1 for r in steps["dapo"])  # partial
     assert any(0 < (r.get("tasks/rev/rewards/python/none_frac") or 0) < 1 for r in steps["mixture"])
     assert any(r["rewards/diversity/mean"] > 0 for r in steps["diver"])
     assert any(r["env/turns"] > 1 for r in steps["multiturn"])

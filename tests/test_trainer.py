@@ -49,6 +49,25 @@ def comparable(rows):
     return [{k: v for k, v in r.items() if not k.startswith(drop)} for r in rows]
 
 
+def interrupt_and_resume(cfg, monkeypatch, after: int) -> None:
+    """Train `cfg`, stopped (as by Ctrl-C) at the end of step `after`, then resumed to the end."""
+    monkeypatch.setattr(trainer, "StopRequest", stop_after(after))
+    trainer.train(cfg)
+    monkeypatch.undo()
+    trainer.train(cfg, resume=True)
+
+
+def same_run(a, b, *, weights: bool = True) -> bool:
+    """Two run folders hold the same metrics (all but timings) and, with `weights`, the same final weights."""
+    if comparable(read_metrics(a.run_dir / "metrics.jsonl")) != comparable(read_metrics(b.run_dir / "metrics.jsonl")):
+        return False
+    if not weights:
+        return True
+    wa = AutoModelForCausalLM.from_pretrained(a.run_dir / "final").state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(b.run_dir / "final").state_dict()
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_smoke_run_writes_everything(tiny_cfg):
     cfg = tiny_cfg("train.eval_every=2", "train.eval_pass_k=4")
     summary = trainer.train(cfg)
@@ -204,12 +223,8 @@ def test_exgrpo_replays_and_resumes(tiny_cfg, monkeypatch):
     assert any(r.get("exgrpo/replay_frac", 0) > 0 for r in rows)
 
     part = tiny_cfg("name=ex_part", *overrides)
-    monkeypatch.setattr(trainer, "StopRequest", stop_after(2))
-    trainer.train(part)
-    monkeypatch.undo()
-    trainer.train(part, resume=True)
-    assert comparable(read_metrics(full.run_dir / "metrics.jsonl")) == comparable(
-        read_metrics(part.run_dir / "metrics.jsonl"))
+    interrupt_and_resume(part, monkeypatch, after=2)
+    assert same_run(full, part, weights=False)
 
 
 def _recipe_cfg(recipe: str, tmp_path, *overrides):
@@ -283,15 +298,8 @@ def test_multi_turn_run_resumes_exactly(tiny_cfg, monkeypatch):
     rows = [r for r in read_metrics(full.run_dir / "metrics.jsonl") if "reward" in r]
     assert all(r["env/turns"] > 1 for r in rows) and "eval/accuracy" in rows[1]
     part = tiny_cfg("name=env_part", *overrides)
-    monkeypatch.setattr(trainer, "StopRequest", stop_after(2))
-    trainer.train(part)
-    monkeypatch.undo()
-    trainer.train(part, resume=True)
-    assert comparable(read_metrics(full.run_dir / "metrics.jsonl")) == comparable(
-        read_metrics(part.run_dir / "metrics.jsonl"))
-    wa = AutoModelForCausalLM.from_pretrained(full.run_dir / "final").state_dict()
-    wb = AutoModelForCausalLM.from_pretrained(part.run_dir / "final").state_dict()
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    interrupt_and_resume(part, monkeypatch, after=2)
+    assert same_run(full, part)
 
 
 def test_high_entropy_token_weights_are_selectable_and_applied(tiny_cfg):

@@ -434,9 +434,8 @@ def _check_buffer(cfg: Config) -> None:
     if b.name == "none":
         return
     if cfg.algo.dynamic_sampling.enabled or any(t.keep_pass_rate for _, t in task_configs(cfg)):
-        raise ConfigError("buffer: experience replay with dynamic sampling / pass-rate filters is not supported yet")
-    if b.kwargs.get("replay_ratio", 0.5) >= 1:
-        raise ConfigError("buffer.kwargs.replay_ratio must be < 1: every step needs fresh questions")
+        raise ConfigError("buffer: a replay buffer with group filters (dynamic sampling, keep_pass_rate) is not "
+                          "supported yet")
 
 
 def _check_env(cfg: Config) -> None:
@@ -506,6 +505,7 @@ def _check_ranges(cfg: Config) -> None:
         "algo.ppo_epochs": cfg.algo.ppo_epochs,
         "algo.mini_batches": cfg.algo.mini_batches,
         "algo.micro_batch_size": cfg.algo.micro_batch_size,
+        "algo.dynamic_sampling.max_rounds": cfg.algo.dynamic_sampling.max_rounds,
         "train.max_bad_steps": cfg.train.max_bad_steps,
     }
     for key, value in positive.items():

@@ -97,8 +97,8 @@ def optimizer_step(policy, optimizer, scheduler, batch: Batch, fns: LossFns, *, 
     num_tokens, num_seqs = all_reduce(counts, world).clamp(min=1).tolist()
     finite = True
     for sl in split_micro(len(batch), micro_batch_size):
-        loss = micro_batch_loss(policy, batch.select(torch.arange(sl.start, sl.stop)), fns, num_tokens, num_seqs,
-                                world, log, share=share)
+        mb = batch if sl.stop - sl.start == len(batch) else batch.select(torch.arange(sl.start, sl.stop))
+        loss = micro_batch_loss(policy, mb, fns, num_tokens, num_seqs, world, log, share=share)
         finite &= bool(torch.isfinite(loss.detach()))
         loss.backward()
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -133,8 +133,9 @@ def update(policy, optimizer, scheduler, batch: Batch, fns: LossFns, *, ppo_epoc
     skipped = 0
     for epoch in plan:
         for groups in epoch:
-            skipped += optimizer_step(policy, optimizer, scheduler, batch.select(batch.rows_of(groups)), fns,
-                                      micro_batch_size=micro_batch_size, grad_clip=grad_clip, world=world, log=log,
-                                      share=1.0 / steps)
+            rows = batch.rows_of(groups)
+            part = batch if len(rows) == len(batch) else batch.select(rows)  # one mini-batch: every row, in order
+            skipped += optimizer_step(policy, optimizer, scheduler, part, fns, micro_batch_size=micro_batch_size,
+                                      grad_clip=grad_clip, world=world, log=log, share=1.0 / steps)
     log.max("optimizer_steps", steps)
     return skipped

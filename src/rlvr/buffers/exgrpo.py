@@ -29,6 +29,7 @@ from rlvr.buffers.base import Plan
 from rlvr.buffers.experience import ExperienceBuffer, Trajectory, pad_trajectories, trajectory_entropy
 from rlvr.metrics import Metrics
 from rlvr.policies.base import Policy
+from rlvr.registry import check_kwargs
 from rlvr.seeding import generator
 
 REPLAY_GROUP_BASE = 1 << 40  # replayed groups' ids, above every data position of fresh groups
@@ -42,6 +43,9 @@ class ExGRPOBuffer:
     data_parallel = False  # one pool per process: refused under torchrun (rlvr.config)
 
     def __init__(self, *, task, group_size: int, seed: int, temperature: float, micro_batch_size: int, **options):
+        check_kwargs(ExperienceBuffer, options, "replay buffer 'exgrpo'")  # a misspelt option fails with a hint
+        if options.get("replay_ratio", 0.5) >= 1:
+            raise ValueError("replay_ratio must be < 1: every step needs fresh questions")
         self.pool = ExperienceBuffer(group_size=group_size, **options)
         self.task, self.seed, self.temperature, self.micro_batch_size = task, seed, temperature, micro_batch_size
 
