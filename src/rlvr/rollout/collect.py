@@ -91,7 +91,8 @@ def collect(sampler: Sampler, stream: PromptStream, plan: Plan, data_pos: int, s
     G = sampler.group_size
     group_ids = torch.tensor(mine, dtype=torch.long).repeat_interleave(G)  # (n G,)
     members = torch.arange(G).repeat(len(mine))
-    batch = sampler.generate([stream.item(p) for p in mine for _ in range(G)], group_ids,
+    samples = [stream.item(p) for p in mine]  # each item built once (procedural tasks draw it), then repeated
+    batch = sampler.generate([s for s in samples for _ in range(G)], group_ids,
                              row_seeds(stream.seed, "rollout", group_ids, members))
     log.sum("rollouts/generated", len(batch))
     if plan.replay is not None and len(plan.replay):
