@@ -58,3 +58,47 @@ def test_reloaded_model_has_the_same_padding_idx(tmp_path):
     save_model_atomic(policy, tmp_path / "m")
     loaded, _ = load_policy(path=tmp_path / "m")
     assert model.model.embed_tokens.padding_idx == loaded.model.embed_tokens.padding_idx == tok.pad_token_id
+
+
+def test_a_kill_while_resaving_a_step_keeps_a_complete_checkpoint(tmp_path, monkeypatch):
+    """Saving step 3 again (a finished run resumed, or Ctrl-C right after a periodic save) must never leave `latest`
+    naming nothing: the finished copy is moved aside, not deleted, until the new one is in place."""
+    import os
+
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
+    root = tmp_path / "ckpt"
+    save_checkpoint(root, 3, policy, {"step": 3})
+    real = os.replace
+    calls = []
+
+    def killed(src, dst):  # the process dies at the rename that puts the new copy in place
+        calls.append((src, dst))
+        if ".tmp-" in str(src):
+            raise KeyboardInterrupt("kill -9")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed)
+    try:
+        save_checkpoint(root, 3, policy, {"step": 3, "again": True})
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    latest = latest_checkpoint(root)
+    assert latest is not None and latest.name == "step-000003" and load_trainer_state(latest) == {"step": 3}
+
+
+def test_trainer_state_is_read_without_running_code(tmp_path):
+    """trainer.pt is read with weights_only=True: a pickle that would run code is refused with one clear line."""
+    import pytest
+
+    from rlvr.checkpoint import CheckpointError
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this ran during torch.load",))
+
+    folder = tmp_path / "step-000001"
+    (folder / "model").mkdir(parents=True)
+    torch.save({"state": Exploit()}, folder / "trainer.pt")
+    with pytest.raises(CheckpointError, match="safe loader"):
+        load_trainer_state(folder)

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from rlvr.cli import main
 
 
@@ -30,6 +32,31 @@ def test_unknown_algorithm_and_missing_file_exit_2(tmp_path, capsys):
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "algo.advantage" in err and "'grpo'" in err
+
+
+@pytest.mark.parametrize("override,key", [
+    ("rollout.group_size=1", "rollout.group_size must be >= 2"),
+    ("train.steps=-1", "train.steps must be >= 0"),
+    ("optim.lr=-1", "optim.lr must be > 0"),
+    ("rollout.top_p=1.5", "rollout.top_p must be in (0, 1]"),
+    ("model.config=qwen9", "model.config: unknown tiny config 'qwen9'"),
+    ("tasks=[{name: arithmetic}, {name: sorting, weight: -1}]", "tasks[1].weight must be > 0"),
+    ("model.path=/nowhere/model", "model.path: checkpoint folder '/nowhere/model' does not exist"),
+])
+def test_bad_values_exit_2_with_one_line_before_any_model(tmp_path, capsys, monkeypatch, override, key):
+    import rlvr.policies.hf
+
+    monkeypatch.setattr(rlvr.policies.hf, "load_policy", lambda **kw: pytest.fail("a model was loaded"))
+    base = [] if override.startswith("model.") else ["model.config=qwen2-micro"]
+    code = main(["train", str(_empty_yaml(tmp_path)), *base, override, f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and key in err[0]
+
+
+def _empty_yaml(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("{}\n")
+    return path
 
 
 def test_recipes_lists_names(capsys):

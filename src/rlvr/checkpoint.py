@@ -6,8 +6,13 @@ Layout of `runs/<name>/checkpoints/`:
     latest              text file naming the newest complete checkpoint folder
 
 1. Everything is written into a temporary sibling folder, flushed, then renamed into place (os.replace is
-   atomic on one filesystem); only then is `latest` replaced, itself through a temporary file.
+   atomic on one filesystem); only then is `latest` replaced, itself through a temporary file. Saving a step that
+   already has a folder moves the old one aside first and deletes it only after the new one is in place.
 2. Older checkpoints beyond `keep` are deleted after the new one is complete.
+3. `latest_checkpoint` returns the folder `latest` names when it is complete, else the newest complete one (a kill
+   between two renames of a re-saved step leaves the previous copy aside: it is moved back).
+4. trainer.pt holds only tensors and plain Python values, and is read with `torch.load(weights_only=True)`: a
+   checkpoint from elsewhere cannot run code when it is resumed.
 """
 
 from __future__ import annotations
@@ -24,12 +29,17 @@ import torch
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, NumPy and torch RNG states as tensors and plain values (a weights_only loader reads them)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
 
 
@@ -66,10 +76,14 @@ def save_checkpoint(root: Path, step: int, policy, trainer_state: dict[str, Any]
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}.tmp-"))
     policy.save(tmp / "model", merge_adapters=False)
     torch.save(trainer_state, tmp / "trainer.pt")
-    if final.exists():
-        shutil.rmtree(final)
+    old = None
+    if final.exists():  # the same step saved again: keep the finished copy until the new one is in place
+        old = root / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
     os.replace(tmp, final)
     _write_atomic_text(root / "latest", final.name)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     _prune(root, keep)
     return final
 
@@ -82,13 +96,33 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def _complete(folder: Path) -> bool:
+    return (folder / "trainer.pt").is_file() and (folder / "model").is_dir()
+
+
 def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root`: the one `latest` names, else the newest complete folder (a copy
+    moved aside by an interrupted re-save is moved back first); None when there is none."""
     pointer = root / "latest"
-    if not pointer.is_file():
-        return None
-    folder = root / pointer.read_text().strip()
-    return folder if (folder / "trainer.pt").is_file() else None
+    if pointer.is_file() and _complete(root / pointer.read_text().strip()):
+        return root / pointer.read_text().strip()
+    for old in root.glob(".step-*.old-*"):  # a re-save killed between its two renames
+        final = root / old.name[1:].split(".old-")[0]
+        if _complete(old) and not final.exists():
+            os.replace(old, final)
+    done = sorted(p for p in root.glob("step-*") if _complete(p))
+    return done[-1] if done else None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read safely."""
 
 
 def load_trainer_state(folder: Path) -> dict[str, Any]:
-    return torch.load(folder / "trainer.pt", map_location="cpu", weights_only=False)
+    """trainer.pt, read with torch.load(weights_only=True): tensors and plain values only, no code."""
+    try:
+        return torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling refusal becomes one clear line
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{folder / 'trainer.pt'} holds objects a safe loader does not read (written by an "
+                              f"older rlvr, or not by rlvr): {first}") from err

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from rlvr.checkpoint import CheckpointError
 from rlvr.config import ConfigError, load_config
 from rlvr.errors import TrainingError
 
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("overrides", nargs="*", help="key.sub=value overrides")
         if name == "train":
             c.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+            c.add_argument("--overwrite", action="store_true",
+                           help="delete an existing run of this name and start over")
     e = sub.add_parser("eval", help="greedy accuracy, pass@k and length of a checkpoint on a task")
     e.add_argument("checkpoint")
     e.add_argument("--task", required=True)
@@ -65,7 +68,7 @@ def cmd_train(args) -> int:
     from rlvr.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     _print_summary(summary)
     return 130 if summary.get("interrupted") else 0
 
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"rlvr: error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

@@ -495,6 +495,25 @@ def _check_choices(cfg: Config) -> None:
             raise ConfigError(f"{key} must be one of {valid}, got '{value}'")
     if (cfg.model.path is None) == (cfg.model.config is None):
         raise ConfigError("set exactly one of model.path (a local checkpoint) and model.config (a tiny config name)")
+    _check_model(cfg.model)
+
+
+def _check_model(m: ModelConfig) -> None:
+    from rlvr.policies import TINY_CONFIGS
+
+    if m.config is not None and m.config not in TINY_CONFIGS:
+        close = difflib.get_close_matches(m.config, TINY_CONFIGS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"model.config: unknown tiny config '{m.config}'{hint}; choose from {sorted(TINY_CONFIGS)}")
+
+
+def check_files(cfg: Config) -> None:
+    """What must exist on disk to start training (validate() leaves it out: a recipe names the folder its own
+    warm start writes)."""
+    m = cfg.model
+    if m.path is not None and not Path(m.path).is_dir():
+        raise ConfigError(f"model.path: checkpoint folder '{m.path}' does not exist (nothing is downloaded; a recipe's "
+                          "warm start writes it: rlvr sft RECIPE)")
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -511,8 +530,28 @@ def _check_ranges(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    non_negative = {
+        "train.steps": cfg.train.steps, "train.eval_every": cfg.train.eval_every,
+        "train.save_every": cfg.train.save_every, "train.eval_pass_k": cfg.train.eval_pass_k,
+        "rollout.top_k": cfg.rollout.top_k, "optim.warmup_steps": cfg.optim.warmup_steps,
+        "optim.weight_decay": cfg.optim.weight_decay, "optim.grad_clip": cfg.optim.grad_clip,
+        "algo.kl_coef": cfg.algo.kl_coef, "sft.steps": cfg.sft.steps,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be > 0 (use `rlvr eval` for greedy decoding)")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.rollout.group_size < 2:
+        raise ConfigError(f"rollout.group_size must be >= 2: the advantage '{cfg.algo.advantage}' compares the "
+                          f"completions of one prompt with each other (got {cfg.rollout.group_size})")
+    for key, t in task_configs(cfg):
+        if not t.weight > 0:
+            raise ConfigError(f"{key}.weight must be > 0 (a task's share of the prompts), got {t.weight}")
     if cfg.rollout.prompts_per_step % cfg.algo.mini_batches:
         raise ConfigError(
             f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "

@@ -16,6 +16,7 @@ samples exactly what an uninterrupted single process does. Ctrl-C finishes the s
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from rlvr.checkpoint import (
     save_model_atomic,
     set_rng_state,
 )
-from rlvr.config import Config, to_dict
+from rlvr.config import Config, check_files, to_dict, validate
 from rlvr.distributed import barrier, shutdown
 from rlvr.errors import TrainingError
 from rlvr.evaluate import evaluate
@@ -40,6 +41,7 @@ from rlvr.rewards.diversity import group_diversity_metrics
 from rlvr.rollout.collect import collect
 from rlvr.rollout.score import score
 from rlvr.run import Run, State, setup
+from rlvr.run_folder import claim_run_folder
 from rlvr.seeding import generator
 from rlvr.stages import advantages, logprobs, token_weights
 from rlvr.tasks.mixture import MixtureTask
@@ -178,11 +180,15 @@ def _sample_rows(batch: Batch, n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
-    """Run RL training as configured; returns the summary (accuracy before/after, paths)."""
-    resume_from = latest_checkpoint(cfg.run_dir / "checkpoints") if resume else None
-    if resume and resume_from is None:
-        print(f"rlvr: no checkpoint under {cfg.run_dir / 'checkpoints'}; starting from scratch")
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run RL training as configured; returns the summary (accuracy before/after, paths).
+
+    resume: continue from the run folder's newest checkpoint; overwrite: delete an existing run of that name first.
+    A new run refuses a folder that already holds one (rlvr.run_folder)."""
+    validate(cfg)
+    check_files(cfg)
+    resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite,
+                                   main=int(os.environ.get("RANK", "0")) == 0)
     run = setup(cfg, resume_from=resume_from)
     state = restore(run, resume_from) if resume_from else State()
     try:
@@ -195,6 +201,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
 
 def _loop(run: Run, state: State) -> dict[str, Any]:
     cfg, log = run.cfg, run.logger
+    if state.history.get("finished") and state.step >= cfg.train.steps:  # a finished run resumed: nothing to add
+        print(f"rlvr: {cfg.run_dir} finished at step {state.step}; nothing to do (raise train.steps to continue)")
+        return _summary(run, state)
     if state.step == 0:
         before = run_eval(run, 0)
         state.history["eval_before"] = before
@@ -247,17 +256,22 @@ def _count_bad(run: Run, state: State, metrics: dict[str, float]) -> None:
 
 def _finish(run: Run, state: State) -> dict[str, Any]:
     after = run_eval(run, state.step)
-    summary: dict[str, Any] = {"steps": state.step, "skipped_steps": state.skipped_total, "data_pos": state.data_pos}
+    state.history.update(eval_after=after, finished=True)  # a resume of this checkpoint has nothing left to do
     if run.world.is_main:
         run.logger.log(state.step, after)
-        checkpoint(run, state)
-        final = run.cfg.run_dir / "final"
-        save_model_atomic(run.policy, final)
-        summary.update({"eval_before": state.history.get("eval_before", {}), "eval_after": after,
-                        "final_model": str(final)})
+    checkpoint(run, state)
+    if run.world.is_main:
+        save_model_atomic(run.policy, run.cfg.run_dir / "final")
         _plot(run)
-    else:
-        checkpoint(run, state)
+    return _summary(run, state)
+
+
+def _summary(run: Run, state: State) -> dict[str, Any]:
+    summary: dict[str, Any] = {"steps": state.step, "skipped_steps": state.skipped_total, "data_pos": state.data_pos}
+    if run.world.is_main:
+        summary.update({"eval_before": state.history.get("eval_before", {}),
+                        "eval_after": state.history.get("eval_after", {}),
+                        "final_model": str(run.cfg.run_dir / "final")})
     return summary
 
 
