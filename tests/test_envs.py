@@ -8,7 +8,7 @@ import torch
 from rlvr.batch import Sample
 from rlvr.envs import ENVS, EnvSampler
 from rlvr.envs.calculator import calculate, final_answer
-from rlvr.policies import HFCausalLM, SamplingParams, char_tokenizer
+from rlvr.policies import HFCausalLM, SamplingParams, char_tokenizer, encode_prompts
 from rlvr.seeding import row_seeds
 from rlvr.sft import sft_batch
 from rlvr.tasks import TASKS
@@ -72,7 +72,7 @@ class ScriptedPolicy:
         self.device, self.pad_id = torch.device("cpu"), self.tokenizer.pad_token_id
 
     def encode(self, samples):
-        return HFCausalLM(None, self.tokenizer).encode.__func__(self, samples)
+        return encode_prompts(self.tokenizer, [s.prompt for s in samples])
 
     def sample(self, prompt_ids, prompt_mask, *, seeds, params, offsets=None):
         self.calls.append((prompt_ids.clone(), prompt_mask.clone(), offsets.clone(), params))

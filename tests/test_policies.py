@@ -171,3 +171,49 @@ def test_policy_generates_a_batch_and_saves_a_loadable_folder(tmp_path):
     policy.save(tmp_path / "m")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     assert all(torch.equal(a, b) for a, b in zip(policy.model.state_dict().values(), reloaded.state_dict().values()))
+
+
+def _templated_tokenizer():
+    tok = char_tokenizer()
+    tok.chat_template = "{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}{% endfor %}"
+    tok.chat_template += "{% if add_generation_prompt %}<a>{% endif %}"
+    return tok
+
+
+def test_plain_prompts_go_through_the_chat_template_by_default():
+    """model.chat_template: auto (default) makes a plain-string prompt a user turn of the tokenizer's template, as an
+    instruct checkpoint expects; none feeds it raw; a Jinja string replaces the tokenizer's template."""
+    from rlvr.batch import Sample
+    from rlvr.policies import HFCausalLM
+
+    model, _ = load_policy(config="qwen2-micro")
+    auto = HFCausalLM(model, _templated_tokenizer())
+    ids, mask = auto.encode([Sample("1+1=")])
+    assert auto.tokenizer.decode(ids[0][mask[0].bool()]) == "<u>1+1=<a>" and "chat template" in auto.prompt_format
+    raw = HFCausalLM(model, _templated_tokenizer(), chat_template="none")
+    ids, mask = raw.encode([Sample("1+1="), Sample([{"role": "user", "content": "2+2="}])])
+    assert [raw.tokenizer.decode(i[m.bool()]) for i, m in zip(ids, mask)] == ["1+1=", "2+2="]
+    template = "{% for m in messages %}Q:{{ m['content'] }}{% endfor %}"
+    custom = HFCausalLM(model, char_tokenizer(), chat_template=template)
+    ids, mask = custom.encode([Sample("3+3=")])
+    assert custom.tokenizer.decode(ids[0][mask[0].bool()]) == "Q:3+3="
+    plain = HFCausalLM(model, char_tokenizer())
+    assert plain.prompt_format.startswith("plain text") and not plain.templated
+
+
+def test_sft_from_a_checkpoint_keeps_its_tokenizer(tmp_path):
+    """sft.init = a checkpoint folder trains with, and saves, that checkpoint's own tokenizer (its chat template
+    included), not the built-in character tokenizer."""
+    from rlvr.config import load_config
+    from rlvr.sft import sft
+
+    model, _ = load_policy(config="qwen2-micro", seed=0)
+    start = tmp_path / "start"
+    model.save_pretrained(start)
+    _templated_tokenizer().save_pretrained(start)
+    cfg = load_config(None, [f"sft.init={start}", f"sft.output={tmp_path}/out", "sft.steps=2", "sft.batch_size=4",
+                             "sft.eval_every=2", "task.eval_size=2", "rollout.max_new_tokens=2", f"model.path={start}",
+                             f"output_dir={tmp_path}", "train.progress=false"])
+    out = sft(cfg)
+    saved = AutoTokenizer.from_pretrained(out["model"])
+    assert saved.chat_template == _templated_tokenizer().chat_template

@@ -34,8 +34,12 @@ class ModelConfig:
     """Name of a built-in tiny config (random weights), e.g. 'qwen2-tiny'."""
     config_overrides: dict[str, Any] = field(default_factory=dict)
     """Fields of the HF config to override when building from `config` (e.g. {num_hidden_layers: 2})."""
-    tokenizer: str = "char"
-    """'char' (built-in character tokenizer) or a local tokenizer folder; defaults to `path` when it is set."""
+    tokenizer: str | None = None
+    """'char' (built-in character tokenizer) or a local tokenizer folder; default: the checkpoint's own (model.path,
+    or sft.init when it is a folder), else 'char' for a tiny config."""
+    chat_template: str = "auto"
+    """auto: plain-text prompts go through the tokenizer's chat template when it has one (as a user turn; the run
+    says which); none: prompts are fed as plain text; or a Jinja chat template to use instead of the tokenizer's."""
     dtype: str = "float32"
     """Parameter dtype: float32 | bfloat16 | float16."""
     autocast: str | None = None
@@ -496,6 +500,9 @@ def _check_choices(cfg: Config) -> None:
     if (cfg.model.path is None) == (cfg.model.config is None):
         raise ConfigError("set exactly one of model.path (a local checkpoint) and model.config (a tiny config name)")
     _check_model(cfg.model)
+    if cfg.model.chat_template not in ("auto", "none") and "{" not in cfg.model.chat_template:
+        raise ConfigError(f"model.chat_template must be auto, none or a Jinja chat template, got "
+                          f"'{cfg.model.chat_template}'")
 
 
 def _check_model(m: ModelConfig) -> None:

@@ -263,6 +263,7 @@ def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
     optimizer, scheduler = build_optimizer(cfg, policy)
     logger = None
     if world.is_main:
+        print(f"rlvr: prompts reach the model as {policy.prompt_format}")
         logger = RunLogger(cfg.run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            project=cfg.logging.wandb_project, config=to_dict(cfg), resume=resume_from is not None)
         save_config(cfg, cfg.run_dir / "config.yaml")
@@ -280,9 +281,10 @@ def build_policy(cfg: Config, resume_from: Path | None):
     m = cfg.model
     full_resume = resume_from is not None and not m.lora
     path = str(resume_from / "model") if full_resume else m.path
-    tok = m.tokenizer if m.tokenizer != "char" or not path else path
+    tok = m.tokenizer or path or "char"  # a checkpoint's own tokenizer unless one is named
     options = dict(config_overrides=m.config_overrides, tokenizer=tok, dtype=m.dtype, seed=cfg.seed,
-                   autocast=getattr(torch, m.autocast) if m.autocast else None, lean=m.lean_forward)
+                   autocast=getattr(torch, m.autocast) if m.autocast else None, lean=m.lean_forward,
+                   chat_template=m.chat_template)
     policy = HFCausalLM.load(path=path, config=None if path else m.config, **options)
     ref_policy = None
     if cfg.algo.kl_coef:  # the reference is the run's starting model, not a checkpoint

@@ -66,8 +66,10 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
         raise ConfigError("sft.init: name a tiny config (e.g. qwen2-tiny) or a local checkpoint folder")
     is_path = Path(init).exists()
     policy = HFCausalLM.load(path=init if is_path else None, config=None if is_path else init,
-                             config_overrides=cfg.model.config_overrides, tokenizer=cfg.model.tokenizer, seed=cfg.seed,
-                             lean=cfg.model.lean_forward)
+                             config_overrides={} if is_path else cfg.model.config_overrides,
+                             tokenizer=cfg.model.tokenizer or (init if is_path else "char"), seed=cfg.seed,
+                             lean=cfg.model.lean_forward, chat_template=cfg.model.chat_template)
+    print(f"rlvr: prompts reach the model as {policy.prompt_format}")
     task, eval_task = build_task(cfg, eval_split=False), build_task(cfg, eval_split=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.lr, weight_decay=0.0)
     out_dir = Path(out or s.output or cfg.run_dir.with_name(cfg.name + "-sft") / "model")

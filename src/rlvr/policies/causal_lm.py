@@ -25,22 +25,37 @@ class HFCausalLM:
     """The policy: a transformers causal LM, its tokenizer, and how its training forward runs.
 
     autocast: mixed-precision compute dtype of the training forward (weights stay in their dtype); lean: use the
-    lean forward when `lean_reason(model)` allows it.
+    lean forward when `lean_reason(model)` allows it; chat_template: "auto" (a plain-text prompt becomes a user turn
+    of the tokenizer's chat template when it has one), "none" (plain text, chat messages joined by newlines) or a
+    Jinja template that replaces the tokenizer's.
     """
 
     prompt_inputs: tuple[str, ...] = ()  # a text model's prompt forward reads its tokens only
 
-    def __init__(self, model, tokenizer, *, autocast: torch.dtype | None = None, lean: bool = True):
+    def __init__(self, model, tokenizer, *, autocast: torch.dtype | None = None, lean: bool = True,
+                 chat_template: str = "auto"):
         self.model, self.tokenizer, self.autocast, self.lean = model, tokenizer, autocast, lean
+        if chat_template not in ("auto", "none"):
+            tokenizer.chat_template = chat_template
+        self.templated = chat_template != "none" and bool(getattr(tokenizer, "chat_template", None))
 
     @classmethod
     def load(cls, *, path: str | os.PathLike | None = None, config: str | None = None,
              config_overrides: dict[str, Any] | None = None, tokenizer: Any = None, dtype: str = "float32",
-             seed: int = 0, autocast: torch.dtype | None = None, lean: bool = True) -> HFCausalLM:
+             seed: int = 0, autocast: torch.dtype | None = None, lean: bool = True,
+             chat_template: str = "auto") -> HFCausalLM:
         """A local checkpoint (`path`) or a tiny random-weight model (`config`); see rlvr.policies.hf.load_policy."""
         model, tok = load_policy(path=path, config=config, config_overrides=config_overrides, tokenizer=tokenizer,
                                  dtype=dtype, seed=seed)
-        return cls(model, tok, autocast=autocast, lean=lean)
+        return cls(model, tok, autocast=autocast, lean=lean, chat_template=chat_template)
+
+    @property
+    def prompt_format(self) -> str:
+        """How prompts reach the model, for the run's log."""
+        if self.templated:
+            return "the tokenizer's chat template (a plain-text prompt is a user turn)"
+        return "plain text (no chat template: " + ("model.chat_template is none)" if getattr(
+            self.tokenizer, "chat_template", None) else "the tokenizer has none)")
 
     # ---- what the loop asks -------------------------------------------------------------------------------------
 
@@ -54,8 +69,10 @@ class HFCausalLM:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def encode(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompt ids and mask (N, P) on the policy's device (chat template when the tokenizer has one)."""
-        ids, mask = encode_prompts(self.tokenizer, [s.prompt for s in samples])
+        """Left-padded prompt ids and mask (N, P) on the policy's device, through the chat template when it applies."""
+        prompts = [[{"role": "user", "content": s.prompt}] if self.templated and isinstance(s.prompt, str)
+                   else s.prompt for s in samples]
+        ids, mask = encode_prompts(self.tokenizer, prompts, template=self.templated)
         return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
@@ -114,4 +131,6 @@ class HFCausalLM:
         model = copy.deepcopy(self.model).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        return HFCausalLM(model, self.tokenizer, autocast=self.autocast, lean=self.lean)
+        copy_ = HFCausalLM(model, self.tokenizer, autocast=self.autocast, lean=self.lean)
+        copy_.templated = self.templated
+        return copy_

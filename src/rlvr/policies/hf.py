@@ -167,29 +167,31 @@ def load_policy(
     return model.eval(), tok
 
 
-def _prompt_text(tokenizer, prompt: str | list[dict[str, Any]]) -> tuple[str, bool]:
+def _prompt_text(tokenizer, prompt: str | list[dict[str, Any]], template: bool) -> tuple[str, bool]:
     """(text, already_has_special_tokens) for one prompt."""
     if isinstance(prompt, str):
         return prompt, False
-    if getattr(tokenizer, "chat_template", None):
+    if template and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), True
     # No chat template (e.g. the char tokenizer): the messages' contents joined with newlines.
     return "\n".join(str(m["content"]) for m in prompt), False
 
 
-def encode_prompts(tokenizer, prompts: list[str | list[dict[str, Any]]]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(tokenizer, prompts: list[str | list[dict[str, Any]]], *,
+                   template: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode prompts into left-padded ids (N, P) long and mask (N, P) long (1 = real token).
 
     Plain strings are encoded as they are (with the tokenizer's usual special tokens, none for the char
     tokenizer). Chat message lists go through `apply_chat_template(add_generation_prompt=True)` when the tokenizer
-    has a chat template; without one, the messages' contents are joined with "\\n" (roles are dropped).
+    has a chat template and `template` is on; otherwise the messages' contents are joined with "\\n" (roles are
+    dropped). HFCausalLM.encode turns plain strings into a user turn first when the template applies.
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("encode_prompts: the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
     rows = []
     for i, prompt in enumerate(prompts):
-        text, templated = _prompt_text(tokenizer, prompt)
+        text, templated = _prompt_text(tokenizer, prompt, template)
         ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
         if not ids:
             raise ValueError(f"encode_prompts: prompt {i} encodes to no tokens; every prompt needs at least one")
