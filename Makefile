@@ -20,7 +20,7 @@ test: setup
 
 demo: setup
 	$(RLVR) sft recipes/quickstart.yaml
-	$(RLVR) train recipes/quickstart.yaml
+	$(RLVR) train recipes/quickstart.yaml --overwrite
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -61,6 +61,7 @@ def common(args, seed: int, out: Path) -> list[str]:
             f"model.path={warm}", f"sft.output={warm}", "sft.init=qwen2-micro", f"sft.steps={args.sft_steps}",
             f"sft.target_accuracy={args.sft_target}", f"sft.lr={args.sft_lr}", "sft.batch_size=64",
             "sft.eval_every=50", f"rollout.max_new_tokens={MAX_NEW_TOKENS}", "algo.loss_kwargs.clip_high=0.28",
+            "algo.aggregation=token_mean",  # DIVER's base settings for all three, so only the diversity term differs
             f"optim.lr={args.lr}", "train.eval_every=0", "train.save_every=0", "train.progress=false",
             "train.threads=2", "train.diversity_unit=char"]
 

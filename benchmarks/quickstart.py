@@ -31,7 +31,7 @@ def one_seed(seed: int, recipe: str, output_dir: str) -> dict:
     with contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr; stdout holds only the JSON
         warm = sft(cfg)
         t1 = time.perf_counter()
-        summary = train(cfg)
+        summary = train(cfg, overwrite=True)
     t2 = time.perf_counter()
     before = summary["eval_before"]["eval/accuracy"]
     after = summary["eval_after"]["eval/accuracy"]

@@ -62,9 +62,11 @@ def common(args, seed: int, out: Path) -> list[str]:
 def run_recipe(args, name: str, seed: int, out: Path) -> list[dict]:
     steps = args.budget // (16 * 8)  # quickstart batches: 16 prompts x 8 completions
     cfg = load_config(RECIPES[name], common(args, seed, out) + [f"name={name}-s{seed}", f"train.steps={steps}"])
+    if cfg.algo.aggregation == "seq_mean_token_sum_norm":  # ExGRPO's constant length: this benchmark's maximum
+        cfg.algo.aggregation_kwargs["C"] = cfg.rollout.max_new_tokens
     if cfg.buffer.name != "none":  # replayed rows are not generated: a few more steps reach the same budget
         cfg.train.steps = int(steps * 1.1) + 1  # G - 1 fresh rows per replayed question
-    train(cfg)
+    train(cfg, overwrite=True)
     rows, generated = [], 0.0
     for r in read_metrics(cfg.run_dir / "metrics.jsonl"):
         generated += r.get("rollouts/generated", 0.0)

@@ -46,7 +46,7 @@ def one_run(args, arm: str, seed: int, out: Path) -> dict:
     t0 = time.perf_counter()
     warm_start = sft(cfg)
     t1 = time.perf_counter()
-    summary = train(cfg)
+    summary = train(cfg, overwrite=True)
     rows = read_metrics(cfg.run_dir / "metrics.jsonl")
     curve = [{"step": r["step"], "accuracy": r["eval/accuracy"]} for r in rows if "eval/accuracy" in r]
     train_rows = [r for r in rows if "reward" in r]

@@ -1,5 +1,7 @@
 """Config loading: YAML + base inheritance + overrides, and the one-line errors for bad keys and types."""
 
+from pathlib import Path
+
 import pytest
 
 from rlvr.config import Config, ConfigError, load_config, validate
@@ -106,3 +108,17 @@ def test_overrides_reach_into_lists_by_index():
         load_config("recipes/diver_td.yaml", ["rewards.5.weight=1"])
     with pytest.raises(ConfigError, match="'x' is not an index"):
         load_config("recipes/diver_td.yaml", ["rewards.x.weight=1"])
+
+
+def test_recipes_follow_their_papers():
+    """DIVER trains with clip-higher 0.28 and the token-level mean (arXiv 2509.26209), not grpo.yaml's 0.2 and
+    sequence mean; ExGRPO normalises by a constant length, the maximum completion length (arXiv 2510.02245)."""
+    recipes = Path(__file__).parents[1] / "recipes"
+    for name in ("diver_td", "diver_ed"):
+        cfg = load_config(recipes / f"{name}.yaml")
+        assert cfg.algo.loss_kwargs["clip_high"] == 0.28 and cfg.algo.aggregation == "token_mean", name
+    ex = load_config(recipes / "exgrpo.yaml")
+    assert ex.algo.aggregation == "seq_mean_token_sum_norm"
+    assert ex.algo.aggregation_kwargs["C"] == ex.rollout.max_new_tokens
+    grpo = load_config(recipes / "grpo.yaml")  # GRPO keeps the original paper's settings
+    assert grpo.algo.loss_kwargs["clip_high"] == 0.2 and grpo.algo.aggregation == "seq_mean_token_mean"
