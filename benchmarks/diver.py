@@ -45,8 +45,8 @@ from rlvr.evaluate import evaluate_sampled, text_sampler
 from rlvr.metrics import read_metrics
 from rlvr.policies import HFCausalLM
 from rlvr.run import build_task
-from rlvr.sft import sft
 from rlvr.trainer import train
+from rlvr.warm_start import sft
 
 RECIPES = {"grpo": "recipes/grpo.yaml", "diver_td": "recipes/diver_td.yaml", "diver_ed": "recipes/diver_ed.yaml"}
 T_CUT = 100  # the DIVER recipes' t_cut: the bonus phase is steps [0, 100)

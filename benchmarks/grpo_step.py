@@ -32,6 +32,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,16 +46,39 @@ from rlvr.run import State, setup  # noqa: E402
 from rlvr.tasks import TASKS  # noqa: E402
 from rlvr.trainer import rl_step  # noqa: E402
 
-TARGET_RATIO = 1.5
-MODEL = "qwen2-tiny"
-TASK = {"name": "arithmetic", "digits": 2, "ops": "+"}
-PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 8, 8, 16, 1e-6, 0
-COMPLETIONS = PROMPTS * GROUP
+SEED = 0
+
+
+@dataclass
+class Workload:
+    """What both frameworks run each step. model: load_policy's source ({"config": ...} or {"gguf_file": ...});
+    chat: prompts are a user turn of the tokenizer's chat template on both sides (TRL: conversational prompts)."""
+
+    name: str = "qwen2-tiny"
+    model: dict = field(default_factory=lambda: {"config": "qwen2-tiny"})
+    task: dict = field(default_factory=lambda: {"name": "arithmetic", "digits": 2, "ops": "+"})
+    prompts: int = 8
+    group: int = 8
+    new_tokens: int = 16
+    lr: float = 1e-6
+    chat: bool = False
+    target_ratio: float = 2.0  # the goal of issue 8 at fp32; with bf16 autocast on both sides:
+    target_ratio_bf16: float = 2.5
+
+    @property
+    def completions(self) -> int:
+        return self.prompts * self.group
+
+    def task_kwargs(self) -> dict:
+        return {k: v for k, v in self.task.items() if k != "name"}
+
+
+STANDARD = Workload()
 # Known differences between the two runs that remain (none changes the amount of model work per step).
 DIFFERENCES = [
     "sampling: rlvr's KV-cached sampler vs TRL's transformers model.generate (same distribution, different RNG "
     "streams, so completion lengths differ slightly; see mean_completion_tokens)",
-    "optimizer: TRL's default AdamW is fused (adamw_torch_fused), rlvr uses torch.optim.AdamW defaults; same math",
+    "optimizer: both use the fused AdamW kernel (TRL's default adamw_torch_fused, rlvr's AdamW(fused=True)); same math",
     "advantage eps: TRL (r - mean) / (std + 1e-4), rlvr 1e-6; rlvr's clip loss has dual-clip 3.0, inactive "
     "on-policy (ratio 1)",
     "TRL's step includes its own bookkeeping (per-step metric .item() calls, flops and token counting); logging, "
@@ -81,35 +105,38 @@ def rnd(x: float | None, n: int = 4) -> float | None:
 class RlvrBench:
     """rlvr's GRPO step on the standard workload; `run(n, timed)` performs n steps."""
 
-    def __init__(self, tmpdir: str, threads: int, bf16: bool = False):
-        ov = TASK  # short alias for the overrides below
-        self.cfg = load_config(None, [f"model.autocast={'bfloat16' if bf16 else 'null'}",
-            "name=bench-grpo-step",
-            f"seed={SEED}",
-            f"output_dir={tmpdir}/rlvr",
-            f"model.config={MODEL}",
-            f"task.name={ov['name']}",
-            f"task.kwargs={{digits: {ov['digits']}, ops: '{ov['ops']}'}}",
-            f"rollout.prompts_per_step={PROMPTS}",
-            f"rollout.group_size={GROUP}",
-            f"rollout.max_new_tokens={NEW_TOKENS}",
-            "rollout.temperature=1.0",
-            "rollout.top_p=1.0",
-            "rollout.top_k=0",
-            "algo.kl_coef=0.0",
-            "algo.ppo_epochs=1",
-            "algo.mini_batches=1",
-            f"algo.micro_batch_size={COMPLETIONS}",
-            f"optim.lr={LR}",
-            f"train.threads={threads}",
-            "train.progress=false",
-        ])
+    def __init__(self, tmpdir: str, threads: int, bf16: bool = False, w: Workload = STANDARD):
+        self.w = w
+        self.cfg = load_config(None, {
+            "model.autocast": "bfloat16" if bf16 else None,
+            "name": "bench-grpo-step",
+            "seed": SEED,
+            "output_dir": f"{tmpdir}/rlvr",
+            **{f"model.{k}": v for k, v in w.model.items()},
+            "model.chat_template": "auto" if w.chat else "none",
+            "task.name": w.task["name"],
+            "task.kwargs": w.task_kwargs(),
+            "rollout.prompts_per_step": w.prompts,
+            "rollout.group_size": w.group,
+            "rollout.max_new_tokens": w.new_tokens,
+            "rollout.temperature": 1.0,
+            "rollout.top_p": 1.0,
+            "rollout.top_k": 0,
+            "algo.kl_coef": 0.0,
+            "algo.ppo_epochs": 1,
+            "algo.mini_batches": 1,
+            "algo.micro_batch_size": w.completions,
+            "optim.lr": w.lr,
+            "train.threads": threads,
+            "train.progress": False,
+        })
         self.run_ = setup(self.cfg)
         self.state = State()
         self.step = 0
         self.times: list[float] = []
         self.stages: dict[str, list[float]] = {"rollout": [], "reward": [], "update": [], "other": []}
         self.tokens: list[float] = []
+        self.decode_steps: list[int] = []
         self.rewards: list[float] = []
 
     def run(self, n: int, *, timed: bool) -> None:
@@ -127,6 +154,7 @@ class RlvrBench:
                 self.stages[k].append(v)
             self.stages["other"].append(dt - sum(parts.values()))  # advantages, batch assembly, metrics
             self.tokens.append(float(batch.completion_mask.sum()) / len(batch))
+            self.decode_steps.append(batch.completion_ids.shape[1])
             self.rewards.append(float(batch.rewards.nanmean()))
 
     def close(self) -> None:
@@ -137,7 +165,7 @@ class RlvrBench:
         med = median(self.times)
         return {
             "median_step_s": rnd(med),
-            "completions_per_s": rnd(COMPLETIONS / med, 2),
+            "completions_per_s": rnd(self.w.completions / med, 2),
             "stages_median_s": {k: rnd(median(v)) for k, v in self.stages.items()},
             "step_s": [rnd(t) for t in self.times],
             "mean_completion_tokens": rnd(statistics.mean(self.tokens), 2),
@@ -160,7 +188,7 @@ class TrlBench:
     """TRL's GRPOTrainer on the identical workload; `between` maps a step number to work run after it ends."""
 
     def __init__(self, tmpdir: str, total_steps: int, warmup: int, between: dict[int, Callable[[], None]],
-                 threads: int, bf16: bool = False):
+                 threads: int, bf16: bool = False, w: Workload = STANDARD):
         import datasets
         import transformers
         from transformers import TrainerCallback
@@ -168,16 +196,19 @@ class TrlBench:
 
         transformers.logging.set_verbosity_error()
         datasets.disable_progress_bars()
-        task = TASKS.build(TASK["name"], digits=TASK["digits"], ops=TASK["ops"], seed=SEED)
-        samples = [task[i] for i in range(total_steps * PROMPTS)]  # rlvr reads items 0, 1, 2 ... in this order
+        self.w = w
+        task = TASKS.build(w.task["name"], **w.task_kwargs(), seed=SEED)
+        samples = [task[i] for i in range(total_steps * w.prompts)]  # rlvr reads items 0, 1, 2 ... in this order
+        as_prompt = (lambda p: [{"role": "user", "content": p}]) if w.chat else (lambda p: p)
         dataset = datasets.Dataset.from_list(
-            [{"prompt": s.prompt, "answer": s.answer, "index": i} for i, s in enumerate(samples)]
+            [{"prompt": as_prompt(s.prompt), "answer": s.answer, "index": i} for i, s in enumerate(samples)]
         )
 
         def task_reward(completions, index, **kwargs) -> list[float]:
-            return [task.score(samples[i], c) for i, c in zip(index, completions)]
+            texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]  # conversational: messages
+            return [task.score(samples[i], c) for i, c in zip(index, texts)]
 
-        model, tok = load_policy(config=MODEL, seed=SEED)  # same weights as rlvr's policy (same seed)
+        model, tok = load_policy(**w.model, seed=SEED)  # same weights as rlvr's policy (same seed / same file)
         self.args = GRPOConfig(
             output_dir=f"{tmpdir}/trl",
             seed=SEED,
@@ -186,12 +217,12 @@ class TrlBench:
             fp16=False,
             gradient_checkpointing=False,  # TRL defaults to True; rlvr does not checkpoint
             max_steps=total_steps,
-            per_device_train_batch_size=COMPLETIONS,
+            per_device_train_batch_size=w.completions,
             gradient_accumulation_steps=1,
             steps_per_generation=1,
             num_iterations=1,
-            num_generations=GROUP,
-            max_completion_length=NEW_TOKENS,
+            num_generations=w.group,
+            max_completion_length=w.new_tokens,
             temperature=1.0,
             top_p=1.0,
             top_k=0,
@@ -200,7 +231,7 @@ class TrlBench:
             loss_type="dapo",  # token mean over the whole batch, as rlvr's token_mean
             scale_rewards="group",
             mask_truncated_completions=False,
-            learning_rate=LR,
+            learning_rate=w.lr,
             lr_scheduler_type="constant",
             warmup_steps=0,
             weight_decay=0.0,
@@ -247,7 +278,7 @@ class TrlBench:
                         bench.stages["generate"].append(gen)
                         bench.stages["reward"].append(rew)
                         bench.stages["rest"].append(full - gen - rew)
-                    bench.tokens.append(bench._cur["tokens"] / COMPLETIONS)
+                    bench.tokens.append(bench._cur["tokens"] / w.completions)
                 hook = between.get(state.global_step)
                 if hook is not None:
                     hook()
@@ -290,7 +321,7 @@ class TrlBench:
         a = self.args
         return {
             "median_step_s": rnd(med),
-            "completions_per_s": rnd(COMPLETIONS / med, 2),
+            "completions_per_s": rnd(self.w.completions / med, 2),
             "median_step_core_s": rnd(median(self.core)),
             "stages_median_s": {k: rnd(median(v)) for k, v in self.stages.items()},
             "step_s": [rnd(t) for t in self.full],
@@ -313,8 +344,9 @@ class TrlBench:
 # ------------------------------------------------------------------ main
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(w: Workload = STANDARD, doc: str = __doc__, extra: Callable[[Any], dict] | None = None) -> None:
+    """Run the comparison on workload `w`; `extra(rlvr_bench)` adds keys to the JSON (measured after both runs)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10, help="timed steps per framework")
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per framework")
     ap.add_argument("--rounds", type=int, default=2, help="alternating timed blocks per framework")
@@ -335,7 +367,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rlvr-grpo-bench-") as tmpdir:
-        rlvr = RlvrBench(tmpdir, args.threads, bf16=args.bf16)
+        rlvr = RlvrBench(tmpdir, args.threads, bf16=args.bf16, w=w)
         trl_report = None
         try:
             if have_trl:
@@ -344,7 +376,8 @@ def main() -> None:
                 for size in blocks:
                     between[at] = lambda n=size: rlvr.run(n, timed=True)
                     at += size
-                trl = TrlBench(tmpdir, args.warmup + args.steps, args.warmup, between, args.threads, bf16=args.bf16)
+                trl = TrlBench(tmpdir, args.warmup + args.steps, args.warmup, between, args.threads, bf16=args.bf16,
+                               w=w)
                 torch.set_num_threads(args.threads)
                 rlvr.run(args.warmup, timed=False)
                 if args.warmup == 0:
@@ -364,31 +397,32 @@ def main() -> None:
     if max(load_start, load_end) > os.cpu_count() + 0.5:
         notes.append(f"the machine was busy (1-min load average {load_start:.1f} -> {load_end:.1f} on "
                      f"{os.cpu_count()} cores): timings are noisy, rerun on a quiet machine")
-    ratio = None
+    ratio, target = None, w.target_ratio_bf16 if args.bf16 else w.target_ratio
     if trl_report is not None:
         ratio = round(rlvr_report["completions_per_s"] / trl_report["completions_per_s"], 3)
     out = {
-        "benchmark": "grpo_step",
+        "benchmark": "grpo_step" if w is STANDARD else w.name,
         "workload": {
-            "model": MODEL,
+            "model": w.model,
             "parameters": sum(p.numel() for p in rlvr.run_.policy.parameters()),
-            "tokenizer": "char",
-            "task": TASK,
-            "reward": "task (arithmetic exact match)",
-            "prompts_per_step": PROMPTS,
-            "completions_per_prompt": GROUP,
-            "completions_per_step": COMPLETIONS,
-            "max_new_tokens": NEW_TOKENS,
+            "tokenizer": type(rlvr.run_.policy.tokenizer).__name__,
+            "prompt_format": rlvr.run_.policy.prompt_format,
+            "task": w.task,
+            "reward": "task (the task's own exact-match score)",
+            "prompts_per_step": w.prompts,
+            "completions_per_prompt": w.group,
+            "completions_per_step": w.completions,
+            "max_new_tokens": w.new_tokens,
             "temperature": 1.0,
             "updates_per_step": 1,
             "reference_model": False,
-            "lr": LR,
+            "lr": w.lr,
         },
         "rlvr": rlvr_report,
         "trl": trl_report,
         "ratio": ratio,
-        "target_ratio": TARGET_RATIO,
-        "meets_target": None if ratio is None else ratio >= TARGET_RATIO,
+        "target_ratio": target,
+        "meets_target": None if ratio is None else ratio >= target,
         "precision": "bf16 autocast (both)" if args.bf16 else "fp32 (both)",
         "steps": args.steps,
         "warmup": args.warmup,
@@ -405,6 +439,8 @@ def main() -> None:
             "python": platform.python_version(),
         },
     }
+    if extra is not None:
+        out.update(extra(rlvr))
     if trl_report is not None:
         out["differences"] = DIFFERENCES
     if notes:

@@ -18,8 +18,8 @@ import torch
 from machine import cpu_model
 
 from rlvr.config import load_config
-from rlvr.sft import sft
 from rlvr.trainer import train
+from rlvr.warm_start import sft
 
 
 def one_seed(seed: int, recipe: str, output_dir: str) -> dict:

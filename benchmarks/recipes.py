@@ -31,8 +31,8 @@ from machine import cpu_model
 
 from rlvr.config import load_config
 from rlvr.metrics import read_metrics
-from rlvr.sft import sft
 from rlvr.trainer import train
+from rlvr.warm_start import sft
 
 TASKS = ("[{name: arithmetic, key: add, kwargs: {digits: 1, ops: '+'}, eval_size: 96},"
          " {name: string_reverse, key: rev, kwargs: {difficulty: 1}, eval_size: 96},"

@@ -28,8 +28,8 @@ from machine import cpu_model
 
 from rlvr.config import load_config
 from rlvr.metrics import read_metrics
-from rlvr.sft import sft
 from rlvr.trainer import train
+from rlvr.warm_start import sft
 
 RECIPE = "recipes/tool_use.yaml"
 ALONE = ["task.name=arithmetic", "task.kwargs={digits: 3, ops: '*'}", "env.name=none"]

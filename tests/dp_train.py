@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 tests/dp_train.py OUT [CASE ...]     # two gloo ranks, half of the prompts each
 
 Each case trains 3 steps from the same tiny model into OUT/<case> (metrics.jsonl and final/ from rank 0; every rank
-writes the data position it ended at to rank<r>.json).
+writes the data position it ended at to rank<r>.json). Case `api` is a run through the Python API with objects.
 """
 
 import json
@@ -67,13 +67,31 @@ CASES = {
 }
 
 
+def api(out: str) -> dict:
+    """The Python API (rlvr.api) with objects: rows in memory, a reward callable beside a registered name, a model
+    and tokenizer loaded by the caller."""
+    import rlvr
+    from rlvr.policies import load_policy
+
+    sys.path.insert(0, str(HERE))
+    from dp_rewards import digit_fraction
+
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
+    model, tokenizer = load_policy(config="qwen2-micro", seed=0)
+    return rlvr.train({}, BASE + ["algo.mini_batches=2", f"output_dir={out}", "name=api"], dataset=rows,
+                      rewards=[(digit_fraction, 1.0), ("task", 0.5)], model=model, tokenizer=tokenizer)
+
+
 def main(out: str, cases: list[str]) -> None:
     torch.set_num_threads(1)
     world = init_world()  # one process group for every run (train() leaves a group it did not make)
-    for name in cases or list(CASES):
-        cfg = load_config(None, BASE + CASES[name] + [f"output_dir={out}", f"name={name}"])
-        summary = train(cfg)
-        (cfg.run_dir / f"rank{world.rank}.json").write_text(json.dumps({"data_pos": summary["data_pos"]}))
+    for name in cases or [*CASES, "api"]:
+        if name == "api":
+            summary, run_dir = api(out), Path(out) / "api"
+        else:
+            cfg = load_config(None, BASE + CASES[name] + [f"output_dir={out}", f"name={name}"])
+            summary, run_dir = train(cfg), cfg.run_dir
+        (run_dir / f"rank{world.rank}.json").write_text(json.dumps({"data_pos": summary["data_pos"]}))
     shutdown(world)
 
 

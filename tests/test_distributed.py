@@ -3,8 +3,9 @@ trains exactly as one process with the whole batch: the same metrics (all but ti
 same final weights (within 1e-4; Adam turns float-rounding differences of near-zero gradients into steps of up to lr)
 and the same data positions on every rank, over 3 steps, for GRPO (2 mini-batches x 2 epochs), DAPO with dynamic
 sampling, a 3-task mixture with a reward that returns None and per-source normalisation, DIVER, REINFORCE++
-whitening with CISPO, high-entropy token weights and KL, SAPO with batch-std advantages, and a multi-turn
-environment (tests/dp_train.py). What cannot run under data parallelism is refused with one line."""
+whitening with CISPO, high-entropy token weights and KL, SAPO with batch-std advantages, a multi-turn
+environment, and a run through the Python API with rows, a reward callable and a model object (tests/dp_train.py).
+What cannot run under data parallelism is refused with one line."""
 
 import json
 import os
@@ -44,7 +45,7 @@ def close(a, b) -> bool:
     return a == b
 
 
-CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "multiturn"]
+CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "multiturn", "api"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -78,6 +79,7 @@ def test_the_cases_exercise_what_they_claim(runs):
     assert any(r["rewards/diversity/mean"] > 0 for r in steps["diver"])
     assert any(r["env/turns"] > 1 for r in steps["multiturn"])
     assert any(r["cispo_clip_ratio"] > 0 for r in steps["whiten"]) and steps["sapo"][0]["token_weights/mean"] < 1
+    assert all("rewards/python/mean" in r and "rewards/task/mean" in r for r in steps["api"])  # the callable and a name
 
 
 def test_what_data_parallelism_cannot_run_is_refused_in_one_line(monkeypatch, tiny_cfg):

@@ -10,8 +10,8 @@ from rlvr.envs import ENVS, EnvSampler
 from rlvr.envs.calculator import calculate, final_answer
 from rlvr.policies import HFCausalLM, SamplingParams, char_tokenizer, encode_prompts
 from rlvr.seeding import row_seeds
-from rlvr.sft import sft_batch
 from rlvr.tasks import TASKS
+from rlvr.warm_start import sft_batch
 
 
 def test_calculator_values_and_bounds():

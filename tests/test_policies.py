@@ -205,7 +205,7 @@ def test_sft_from_a_checkpoint_keeps_its_tokenizer(tmp_path):
     """sft.init = a checkpoint folder trains with, and saves, that checkpoint's own tokenizer (its chat template
     included), not the built-in character tokenizer."""
     from rlvr.config import load_config
-    from rlvr.sft import sft
+    from rlvr.warm_start import sft
 
     model, _ = load_policy(config="qwen2-micro", seed=0)
     start = tmp_path / "start"

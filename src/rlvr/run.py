@@ -71,6 +71,18 @@ class Run:
 
 
 @dataclass
+class Given:
+    """Python objects a caller hands over (rlvr.api) where the config can only name something: the training task and
+    its held-out copy, reward functions keyed by the placeholder their `python` reward entry carries as its
+    `function` ("<python: name>"), and a policy around a model the caller loaded."""
+
+    task: Any = None
+    eval_task: Any = None
+    functions: dict[str, Any] = field(default_factory=dict)
+    policy: Any = None
+
+
+@dataclass
 class State:
     """What a checkpoint must restore besides weights, optimizer and buffer."""
 
@@ -123,11 +135,15 @@ def build_task(cfg: Config, *, eval_split: bool):
     return MixtureTask(tasks, weights, seed=cfg.seed + (EVAL_SEED_OFFSET if eval_split else 0))
 
 
-def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict, *, shaping: bool = True):
-    """[(name, weight, fn)] of reward configs; `cascade` sources are built the same way, recursively."""
-    fns = []
+def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict, *, shaping: bool = True,
+                functions: dict | None = None):
+    """[(name, weight, fn)] of reward configs; `cascade` sources are built the same way, recursively; a `python`
+    entry whose function is a key of `functions` gets the callable given from Python."""
+    fns, functions = [], functions or {}
     for i, r in enumerate(rewards):
         kwargs = dict(r.kwargs)
+        if r.name == "python" and kwargs.get("function") in functions:
+            kwargs["function"] = functions[kwargs["function"]]
         if r.name == "cascade":
             sources = kwargs.pop("sources", None)
             if not isinstance(sources, list) or not sources:
@@ -136,7 +152,8 @@ def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict, *, shaping:
                 configs = [s if isinstance(s, RewardConfig) else RewardConfig(**s) for s in sources]
             except TypeError as err:
                 raise ConfigError(f"{where}[{i}] (cascade): kwargs.sources: {err}") from err
-            kwargs["stages"] = _reward_fns(cfg, configs, f"{where}[{i}].kwargs.sources", tasks, shaping=False)
+            kwargs["stages"] = _reward_fns(cfg, configs, f"{where}[{i}].kwargs.sources", tasks, shaping=False,
+                                           functions=functions)
         if r.name == "task":
             kwargs.setdefault("tasks", tasks)
         if r.name == "diversity" and kwargs.get("correctness") == "task":  # DIVER gates on the task's verifier
@@ -154,12 +171,12 @@ def _reward_fns(cfg: Config, rewards: list, where: str, tasks: dict, *, shaping:
     return fns
 
 
-def build_rewards(cfg: Config, task) -> dict[str, list[tuple[str, float, Any]]]:
+def build_rewards(cfg: Config, task, functions: dict | None = None) -> dict[str, list[tuple[str, float, Any]]]:
     """Reward routes: task key -> its (name, weight, fn) sources (its own `rewards`, else the top-level ones)."""
     tasks = task.tasks if isinstance(task, MixtureTask) else {task.name: task}
     configs = cfg.tasks or [cfg.task]
     return {key: _reward_fns(cfg, t.rewards or cfg.rewards, f"tasks[{i}].rewards" if t.rewards else "rewards",
-                             {key: tasks[key]})
+                             {key: tasks[key]}, functions=functions)
             for i, (key, t) in enumerate(zip(tasks, configs))}
 
 
@@ -246,16 +263,21 @@ def build_optimizer(cfg: Config, policy):
     return optimizer, scheduler
 
 
-def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
-    validate(cfg)
+def setup(cfg: Config, *, resume_from: Path | None = None, given: Given | None = None) -> Run:
+    given = given or Given()
+    validate(cfg, model_given=given.policy is not None)
     world = init_world()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    task, eval_task = build_task(cfg, eval_split=False), build_task(cfg, eval_split=True)
-    scorer = Scorer(build_rewards(cfg, task), cfg.mixture.normalize, cfg.train.on_reward_error)
+    task = given.task if given.task is not None else build_task(cfg, eval_split=False)
+    eval_task = given.eval_task if given.eval_task is not None else build_task(cfg, eval_split=True)
+    scorer = Scorer(build_rewards(cfg, task, given.functions), cfg.mixture.normalize, cfg.train.on_reward_error)
     buffer, weights = build_buffer(cfg, task), build_token_weights(cfg)
     torch.manual_seed(cfg.seed)
-    policy, ref_policy = build_policy(cfg, resume_from)
+    if given.policy is not None:
+        policy, ref_policy = given_policy(cfg, given.policy, resume_from)
+    else:
+        policy, ref_policy = build_policy(cfg, resume_from)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     policy.to(device)
     if ref_policy is not None:
@@ -275,25 +297,56 @@ def setup(cfg: Config, *, resume_from: Path | None = None) -> Run:
                logger)
 
 
+def given_policy(cfg: Config, policy, resume_from: Path | None):
+    """(policy, frozen reference or None) around a model the caller loaded: the reference is the model as given; a
+    resume loads the checkpoint's weights (or its LoRA adapter) into it."""
+    ref_policy = policy.frozen_copy() if cfg.algo.kl_coef else None
+    if resume_from is not None and not cfg.model.lora:
+        _load_weights(policy.model, resume_from / "model")
+    _lora(cfg, policy, resume_from)
+    return policy, ref_policy
+
+
+def _load_weights(model, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    result = model.load_state_dict(state, strict=False)
+    tied = {name for name, p in model.named_parameters(remove_duplicate=False)} - set(dict(model.named_parameters()))
+    missing = [k for k in result.missing_keys if k not in tied]
+    if not state or result.unexpected_keys or missing:
+        raise ConfigError(f"{folder}: its weights do not fit the model given (missing {missing[:3]}, unexpected "
+                          f"{result.unexpected_keys[:3]}); resume with the model the run started from")
+
+
 def build_policy(cfg: Config, resume_from: Path | None):
     """(policy, frozen reference or None). A full-weight resume loads the checkpoint's weights; a LoRA resume loads the
     base model, then the checkpoint's adapter. The reference is always the starting model."""
     m = cfg.model
     full_resume = resume_from is not None and not m.lora
-    path = str(resume_from / "model") if full_resume else m.path
-    tok = m.tokenizer or path or "char"  # a checkpoint's own tokenizer unless one is named
-    options = dict(config_overrides=m.config_overrides, tokenizer=tok, dtype=m.dtype, seed=cfg.seed,
-                   autocast=getattr(torch, m.autocast) if m.autocast else None, lean=m.lean_forward,
-                   chat_template=m.chat_template)
-    policy = HFCausalLM.load(path=path, config=None if path else m.config, **options)
+    start = dict(path=m.path, config=m.config, gguf_file=m.gguf_file)  # the run's starting model
+    source = dict(path=str(resume_from / "model"), config=None, gguf_file=None) if full_resume else start
+    options = dict(dtype=m.dtype, seed=cfg.seed, autocast=getattr(torch, m.autocast) if m.autocast else None,
+                   lean=m.lean_forward, chat_template=m.chat_template)
+    # a checkpoint's own tokenizer (a folder's, a GGUF file's) unless one is named; a tiny config's: the char one
+    policy = HFCausalLM.load(**source, tokenizer=m.tokenizer or source["path"], **options,
+                             config_overrides=m.config_overrides if source["config"] else None)
     ref_policy = None
     if cfg.algo.kl_coef:  # the reference is the run's starting model, not a checkpoint
-        start = HFCausalLM.load(path=m.path, config=None if m.path else m.config, **options) if full_resume else policy
-        ref_policy = start.frozen_copy()
-    if m.lora and resume_from is not None:
+        ref = HFCausalLM.load(**start, tokenizer=m.tokenizer or m.path, config_overrides=m.config_overrides,
+                              **options) if full_resume else policy
+        ref_policy = ref.frozen_copy()
+    _lora(cfg, policy, resume_from)
+    return policy, ref_policy
+
+
+def _lora(cfg: Config, policy, resume_from: Path | None) -> None:
+    """Wrap the policy's model in LoRA adapters when model.lora is set: new ones, or the checkpoint's on resume."""
+    if cfg.model.lora and resume_from is not None:
         from peft import PeftModel
 
         policy.model = PeftModel.from_pretrained(policy.model, resume_from / "model", is_trainable=True)
-    elif m.lora:
-        policy.model = apply_lora(policy.model, m.lora)
-    return policy, ref_policy
+    elif cfg.model.lora:
+        policy.model = apply_lora(policy.model, cfg.model.lora)

