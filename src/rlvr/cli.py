@@ -94,7 +94,6 @@ def cmd_eval(args) -> int:
     from rlvr.evaluate import evaluate, text_sampler
     from rlvr.policies import HFCausalLM
     from rlvr.tasks import TASKS
-
     from rlvr.warm_start import init_source
 
     source = init_source(args.checkpoint, "checkpoint")  # a folder, a GGUF file, or a tiny config
