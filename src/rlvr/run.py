@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,7 +286,7 @@ def setup(cfg: Config, *, resume_from: Path | None = None, given: Given | None =
     optimizer, scheduler = build_optimizer(cfg, policy)
     logger = None
     if world.is_main:
-        print(f"rlvr: prompts reach the model as {policy.prompt_format}")
+        print(f"rlvr: prompts reach the model as {policy.prompt_format}", file=sys.stderr)
         logger = RunLogger(cfg.run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            project=cfg.logging.wandb_project, config=to_dict(cfg), resume=resume_from is not None)
         save_config(cfg, cfg.run_dir / "config.yaml")

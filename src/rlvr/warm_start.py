@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     policy = HFCausalLM.load(**source, config_overrides=cfg.model.config_overrides if source["config"] else None,
                              tokenizer=cfg.model.tokenizer or source["path"], seed=cfg.seed,
                              lean=cfg.model.lean_forward, chat_template=cfg.model.chat_template)
-    print(f"rlvr: prompts reach the model as {policy.prompt_format}")
+    print(f"rlvr: prompts reach the model as {policy.prompt_format}", file=sys.stderr)
     task, eval_task = build_task(cfg, eval_split=False), build_task(cfg, eval_split=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.lr, weight_decay=0.0)
     out_dir = Path(out or s.output or cfg.run_dir.with_name(cfg.name + "-sft") / "model")
