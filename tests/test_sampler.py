@@ -241,3 +241,45 @@ def test_generate_argument_errors(policies, kwargs, match):
         generate(model, tok, ids, mask, **{"max_new_tokens": 2, **kwargs})
     with pytest.raises(ValueError, match="left-padded"):
         generate(model, tok, ids.flip(1), mask.flip(1), max_new_tokens=2)
+
+
+def test_the_index_search_picks_the_token_whose_cdf_interval_holds_the_draw():
+    """Token i is chosen when cdf[i-1] <= u * total < cdf[i] (float64 cdf): the binary search gives what counting the
+    cdf entries <= the draw gives, at a 49k vocabulary, with zero-probability tokens (empty intervals), draws that
+    land exactly on a boundary, and draws of 0 and just under 1."""
+    from rlvr.policies.sampling import _sample
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(64, 49152, generator=gen).pow(8)
+    probs[:, ::3] = 0.0
+    probs[:, -5:] = 0.0  # the last tokens can never be chosen
+    probs = probs / probs.sum(-1, keepdim=True)
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(64, generator=gen, dtype=torch.float64)
+    u[0], u[1] = 0.0, 1.0 - 2**-53
+    u[2] = cdf[2, 1000] / cdf[2, -1]  # exactly on a boundary: the next non-empty interval
+    expected = (cdf <= u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+    got = _sample(probs, u)
+    assert torch.equal(got, expected)
+    assert bool((probs.gather(1, got[:, None]) > 0).all())  # never a zero-probability token
+
+
+def test_rows_that_end_leave_the_batch_and_nothing_else_changes(policies, monkeypatch):
+    """With many end tokens rows end at different steps; once half of the batch has ended the fast decoder drops
+    those rows (FastDecoder.keep). The samples and their logps equal the HF loop's, which keeps every row."""
+    model, tok = policies["llama-micro"]
+    ids, mask = encode_prompts(tok, PROMPTS * 4)
+    kept: list[int] = []
+    keep = FastDecoder.keep
+    monkeypatch.setattr(FastDecoder, "keep", lambda self, rows: (kept.append(len(rows)), keep(self, rows))[1])
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = list(range(4, 40))  # about a third of the vocabulary ends a row
+    try:
+        fast = generate(model, tok, ids, mask, max_new_tokens=12, seeds=seeds(5, len(ids)), backend="fast")
+        hf = generate(model, tok, ids, mask, max_new_tokens=12, seeds=seeds(5, len(ids)), backend="hf")
+    finally:
+        model.generation_config.eos_token_id = saved
+    lengths = fast["completion_mask"].sum(-1)
+    assert kept and len(set(lengths.tolist())) > 3  # rows ended at several steps, and the batch shrank
+    assert torch.equal(fast["completion_ids"], hf["completion_ids"]) and fast["texts"] == hf["texts"]
+    torch.testing.assert_close(fast["logp"], hf["logp"], atol=1e-4, rtol=0)

@@ -14,7 +14,9 @@ docs/BENCHMARKS.md). This decoder runs the same math with fewer, fused ops:
    repeats every prompt G times) with its K/V copied to the G rows; logits of the last position only;
 4. decode step: embed -> per layer [rms, fused qkv, rope, cache write, attention over the filled cache,
    o_proj + residual in one addmm, rms, fused gate_up, silu * up, down_proj + residual in one addmm] -> lm_head.
-   On CPU the one-query attention is baddbmm + softmax + bmm (SDPA's kernel costs ~4x more at this size).
+   On CPU the one-query attention is baddbmm + softmax + bmm (SDPA's kernel costs ~4x more at this size);
+5. `keep(rows)`: the sampler drops rows that have ended (EOS or a stop string) once half of the batch has, so a step
+   computes only the rows still running (after a warm start most completions are far shorter than the longest).
 
 Grouped-query attention needs no repeat_kv: the rep = Hq / Hkv query heads of a group share one kv head, so they are
 laid along the query axis of that group. `rlvr.policies.family.family_reason(model)` says why a model must use the HF
@@ -185,6 +187,15 @@ class FastDecoder:
         mask = None if self.bmm_decode else self.key_valid[:, None, None, : lo + 1]
         self.cur += 1
         return self._forward(tokens[:, None], _Pass(N, 1, lo, cos, sin, self.k_cache, self.v_cache, mask))
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Go on with the batch rows `rows` only (indices into the current batch): rows that have ended leave, with
+        their cache, so later steps compute only the rows still running."""
+        n = len(self.key_valid)
+        self.k_cache, self.v_cache = self.k_cache[:, rows], self.v_cache[:, rows]  # (layers, n', Hkv, L, D)
+        self.cos, self.sin = self.cos[rows], self.sin[rows]
+        self.decode_bias = self.decode_bias.view(n, self.n_kv, 1, -1)[rows].reshape(len(rows) * self.n_kv, 1, -1)
+        self.key_valid = self.key_valid[rows]
 
     def _forward(self, ids: torch.Tensor, p: _Pass) -> torch.Tensor:
         x = F.embedding(ids, self.embed).view(p.n * p.s, self.hidden)  # (n s, hidden)

@@ -7,6 +7,8 @@
    `rlvr.seeding.uniform(seeds[r], offsets[r] + t)`: what a row samples does not depend on the other rows of the
    batch, on the data-parallel rank that holds it, or on a resume.
 3. A row is done at its first EOS or when its decoded text contains a stop string; stop when every row is done.
+   With the fast decoder, rows that are done leave its batch once half of the batch is done (FastDecoder.keep): a
+   row's draws are its own, so what it samples does not change.
 4. Masks are built at the end from the recorded tokens: 1 up to and including the token that ended the row.
 
 logp is the log-prob of the chosen token under softmax(logits / temperature) BEFORE top-k/top-p truncation: that is
@@ -101,18 +103,20 @@ class _Picker:
         if not greedy:  # every draw of the call at once: (N, steps), column t for token t
             self.u = uniform(seeds[:, None], offsets[:, None] + torch.arange(steps, device=seeds.device))
 
-    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scaled = logits.float()  # (N, V)
+    def __call__(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits (n, V) of the rows `rows` (default: every row) -> their tokens (n,) and logps (n,)."""
+        scaled = logits.float()  # (n, V)
         if self.temperature != 1.0:
             scaled = scaled / self.temperature
         logp_all = scaled.log_softmax(-1)
         if self.greedy:
-            tokens = scaled.argmax(-1)  # (N,)
+            tokens = scaled.argmax(-1)  # (n,)
         else:
-            u, self.t = self.u[:, self.t], self.t + 1  # (N,) this step's draw of each row's stream
+            u = self.u[:, self.t] if rows is None else self.u[rows, self.t]  # (n,) this step's draw of each row
             probs = _filter_logits(scaled, self.top_k, self.top_p).softmax(-1) if self.top_k or self.top_p < 1.0 \
                 else logp_all.exp()
             tokens = _sample(probs, u)
+        self.t += 1
         return tokens, logp_all.gather(-1, tokens[:, None])[:, 0]
 
 
@@ -247,9 +251,13 @@ def generate(
     stops = _StopStrings(tokenizer, stop, len(prompt_ids)) if any(stop) else None
     done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)  # (N,)
     tokens, logps = [], []
+    fill = int(eos[0]) if len(eos) else 0  # the token of a row that has ended (masked out by _finish)
+    rows = torch.arange(n, device=device)  # the rows the decoder still runs, in its batch order
     logits = decoder.prefill()  # (N, V)
     for t in range(max_new_tokens):
-        tok, lp = pick(logits)  # (N,), (N,)
+        live, lp_live = pick(logits, None if len(rows) == n else rows)  # (n,), (n,)
+        tok = torch.full((n,), fill, dtype=torch.long, device=device).index_copy_(0, rows, live)
+        lp = torch.zeros(n, dtype=lp_live.dtype, device=device).index_copy_(0, rows, lp_live)
         tokens.append(tok)
         logps.append(lp)
         if stops:
@@ -258,6 +266,11 @@ def generate(
             done |= torch.isin(tok, eos)
         if t + 1 == max_new_tokens or bool(done.all()):
             break
-        logits = decoder.step(tok)
+        running = ~done[rows]  # (n,) over the decoder's batch
+        if hasattr(decoder, "keep") and 2 * int(running.sum()) <= len(rows):  # half the batch has ended: drop it
+            keep = running.nonzero()[:, 0]
+            decoder.keep(keep)
+            rows = rows[keep]
+        logits = decoder.step(tok[rows])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0]) if len(eos) else 0
     return _finish(tokens, logps, stops, eos, tokenizer, pad_id)
