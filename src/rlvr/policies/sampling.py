@@ -267,7 +267,7 @@ def generate(
         if t + 1 == max_new_tokens or bool(done.all()):
             break
         running = ~done[rows]  # (n,) over the decoder's batch
-        if hasattr(decoder, "keep") and 2 * int(running.sum()) <= len(rows):  # half the batch has ended: drop it
+        if callable(getattr(decoder, "keep", None)) and 2 * int(running.sum()) <= len(rows):  # half has ended
             keep = running.nonzero()[:, 0]
             decoder.keep(keep)
             rows = rows[keep]
