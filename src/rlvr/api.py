@@ -86,8 +86,8 @@ def _dataset(cfg: Config, given, dataset: Any, eval_dataset: Any) -> Config:
                                       **{**kwargs, **eval_kwargs})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"dataset=: {err}") from err
-    record = {**kwargs, "path": f"<python: {len(given.task._rows)} rows>"}
-    eval_record = {"path": f"<python: {len(given.eval_task._rows)} rows>"} if eval_dataset is not None else {}
+    record = {**kwargs, "path": f"<python: {len(dataset)} rows>"}
+    eval_record = {"path": f"<python: {len(eval_dataset)} rows>"} if eval_dataset is not None else {}
     return dataclasses.replace(cfg, task=dataclasses.replace(t, name="dataset", kwargs=record,
                                                              eval_kwargs={**eval_kwargs, **eval_record}))
 

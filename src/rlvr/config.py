@@ -557,14 +557,19 @@ def check_files(cfg: Config, *, model_given: bool = False) -> None:
 
 def check_gguf(spec: str, key: str) -> None:
     """The GGUF file exists and the gguf package that reads it is installed, before any model is loaded."""
-    import importlib.util
-
     from rlvr.policies.hf import resolve_gguf
 
     try:
         resolve_gguf(spec)
     except ValueError as err:
         raise ConfigError(f"{key}: {err}") from err
+    require_gguf_reader(key)
+
+
+def require_gguf_reader(key: str) -> None:
+    """The gguf package, through which transformers reads GGUF files, is installed."""
+    import importlib.util
+
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError(f"{key}: reading a GGUF file needs the gguf package: pip install 'rlvr[gguf]'")
 

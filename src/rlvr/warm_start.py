@@ -96,7 +96,7 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
 def init_source(init: str | None, key: str = "sft.init") -> dict[str, Any]:
     """Where the warm start begins, as HFCausalLM.load's path= / config= / gguf_file=: a tiny config name, a
     checkpoint folder, or a GGUF file (a path or a package that ships one)."""
-    from rlvr.config import check_gguf
+    from rlvr.config import require_gguf_reader
     from rlvr.policies import TINY_CONFIGS
     from rlvr.policies.hf import resolve_gguf
 
@@ -112,7 +112,7 @@ def init_source(init: str | None, key: str = "sft.init") -> dict[str, Any]:
         raise ConfigError(f"{key}: '{init}' is neither a tiny config ({sorted(TINY_CONFIGS)}), an existing "
                           "checkpoint folder nor a GGUF file (a path, or an installed package that ships one); "
                           "nothing is downloaded") from None
-    check_gguf(init, key)  # the gguf package is there
+    require_gguf_reader(key)
     return {"path": None, "config": None, "gguf_file": str(init)}
 
 

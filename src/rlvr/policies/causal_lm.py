@@ -132,6 +132,5 @@ class HFCausalLM:
         model = copy.deepcopy(self.model).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        copy_ = HFCausalLM(model, self.tokenizer, autocast=self.autocast, lean=self.lean)
-        copy_.templated = self.templated
-        return copy_
+        return HFCausalLM(model, self.tokenizer, autocast=self.autocast, lean=self.lean,
+                          chat_template="auto" if self.templated else "none")  # a Jinja template is on the tokenizer

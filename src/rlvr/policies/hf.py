@@ -78,9 +78,14 @@ def _load_tokenizer(tokenizer: Any, path: str | None):
         # transformers 5 picks the class from a config.json beside the tokenizer (model_type qwen2 -> Qwen2Tokenizer,
         # whose byte-level pre-tokenizer drops the char tokenizer's spaces): a plain tokenizer.json loads as itself
         from transformers import PreTrainedTokenizerFast as cls
-    tok = cls.from_pretrained(tokenizer, local_files_only=True)
+    return _with_pad(cls.from_pretrained(tokenizer, local_files_only=True))
+
+
+def _with_pad(tok):
+    """The tokenizer, given eos as its pad token when it has none: batched left padding needs a pad id, and padding
+    is always masked out."""
     if tok.pad_token is None and tok.eos_token is not None:
-        tok.pad_token = tok.eos_token  # batched left padding needs a pad id; it is always masked out
+        tok.pad_token = tok.eos_token
     return tok
 
 
@@ -112,9 +117,7 @@ def _tiny_config(name: str, overrides: dict[str, Any] | None, vocab_size: int):
 def prepare_tokenizer(model, tok) -> None:
     """Make a tokenizer the caller loaded usable for batched sampling (a pad token: eos when it has none) and write
     its special ids into the model's configs."""
-    if tok.pad_token is None and tok.eos_token is not None:
-        tok.pad_token = tok.eos_token  # always masked out
-    _set_special_ids(model, tok)
+    _set_special_ids(model, _with_pad(tok))
 
 
 def _set_special_ids(model, tok) -> None:
@@ -163,9 +166,7 @@ def load_gguf(spec: str | os.PathLike, *, tokenizer: Any = None, dtype: str | to
         raise ImportError("model.gguf_file needs the gguf package: pip install 'rlvr[gguf]'") from err
     file = resolve_gguf(spec)
     if tokenizer is None:
-        tok = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True)
-        if tok.pad_token is None and tok.eos_token is not None:
-            tok.pad_token = tok.eos_token
+        tok = _with_pad(AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True))
     else:
         tok = _load_tokenizer(tokenizer, None)
     model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True,

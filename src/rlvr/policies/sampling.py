@@ -87,7 +87,7 @@ def _sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
     Token i is chosen when cdf[i-1] <= u < cdf[i]; a zero-probability token has an empty interval. The cdf is summed
     in float64: in float32 a 1e-7 token added to a running sum near 0.5 would be rounded by up to half its size. The
-    index is a binary search (the count of cdf entries <= u, without a (N, V) comparison: ~5x faster at V = 49k).
+    index is a binary search (the count of cdf entries <= u, without a (N, V) comparison; benchmarks/sampler_index.py).
     """
     cdf = probs.cumsum(-1, dtype=torch.float64)  # (N, V)
     u = u.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]  # (N, 1)
@@ -255,9 +255,12 @@ def generate(
     rows = torch.arange(n, device=device)  # the rows the decoder still runs, in its batch order
     logits = decoder.prefill()  # (N, V)
     for t in range(max_new_tokens):
-        live, lp_live = pick(logits, None if len(rows) == n else rows)  # (n,), (n,)
-        tok = torch.full((n,), fill, dtype=torch.long, device=device).index_copy_(0, rows, live)
-        lp = torch.zeros(n, dtype=lp_live.dtype, device=device).index_copy_(0, rows, lp_live)
+        if len(rows) == n:  # every row still in the decoder's batch
+            tok, lp = pick(logits)  # (N,), (N,)
+        else:  # rows that have ended get `fill` and logp 0 (both masked out)
+            live, lp_live = pick(logits, rows)
+            tok = torch.full((n,), fill, dtype=torch.long, device=device).index_copy_(0, rows, live)
+            lp = torch.zeros(n, dtype=lp_live.dtype, device=device).index_copy_(0, rows, lp_live)
         tokens.append(tok)
         logps.append(lp)
         if stops:
