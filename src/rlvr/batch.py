@@ -36,7 +36,9 @@ class Sample:
     answer: Any = None  # reference answer, given to rewards
     task: str = ""  # name of the task that made it (routes scoring, per-task metrics)
     index: int = -1  # position in its task, for reproducibility
-    meta: dict[str, Any] = field(default_factory=dict)  # anything else a reward may need; images later
+    meta: dict[str, Any] = field(default_factory=dict)  # anything else a reward may need
+    images: list[Any] = field(default_factory=list)  # PIL images the prompt shows, in order (vision-language tasks)
+    image_names: list[str] = field(default_factory=list)  # one name per image (a file path, or task/split/index#k)
 
 
 @dataclass
