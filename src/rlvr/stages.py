@@ -24,6 +24,7 @@ import torch
 from rlvr.batch import Batch
 from rlvr.distributed import World, gather_rows
 from rlvr.metrics import Metrics
+from rlvr.seeding import row_seeds
 
 DERIVED: dict[str, Callable[[Batch], torch.Tensor]] = {
     "lengths": lambda b: b.loss_mask.sum(-1),  # (N,) trained tokens (observations of a multi-turn row excluded)
@@ -125,3 +126,93 @@ def token_weights(stage: TokenWeightStage, batch: Batch, world: World, log: Metr
     log.mean("token_weights/mean", float(weights[valid].float().mean()) if valid.any() else 0.0,
              weight=int(valid.sum()))
     return batch.replace(token_weights=weights)
+
+
+# ------------------------------------------------------------------ VPPO: visual dependency and advantage shaping
+
+
+@dataclass
+class PerceptionStage:
+    """VPPO's corrupted-image pass (arXiv 2510.09285 §3.2), on when a registered function needs `dependency`."""
+
+    enabled: bool = False
+    score: str = "k3_sampled"  # k3_sampled (the reference code) | full_kl (the paper's full-vocabulary KL)
+    mask_per: str = "row"  # row: a fresh patch mask per response (the code) | prompt: one mask per group
+    patch_prob: float = 0.5  # each 14-px patch blackened with this probability
+    seed: int = 0
+    temperature: float = 1.0
+    micro_batch_size: int = 64
+
+
+def _members(group_ids: torch.Tensor) -> torch.Tensor:
+    """(N,) index of each row within its group, in row order."""
+    seen: dict[int, int] = {}
+    out = []
+    for g in group_ids.tolist():
+        out.append(seen.get(g, 0))
+        seen[g] = out[-1] + 1
+    return torch.tensor(out, dtype=torch.long)
+
+
+@torch.no_grad()
+def _dependency(stage: PerceptionStage, policy, batch: Batch, aug: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visual dependency S (N, T) of each completion token and its entropy under pi_old (N, T)."""
+    from rlvr.algos.vppo import full_kl_dependency, visual_dependency
+
+    parts = []
+    for s in range(0, len(batch), stage.micro_batch_size):
+        rows = torch.arange(s, min(s + stage.micro_batch_size, len(batch)))
+        part, part_aug = batch.select(rows), aug.select(rows)
+        if stage.score == "full_kl":  # (n, T, V) both: the memory the paper's form costs
+            la = (policy.forward_logits(part).float() / stage.temperature).log_softmax(-1)
+            lb = (policy.forward_logits(part_aug).float() / stage.temperature).log_softmax(-1)
+            dep = full_kl_dependency(la, lb, part.loss_mask)
+            parts.append((dep, -(la.exp() * la).sum(-1)))
+        else:
+            logp, entropy = policy.logp(part, temperature=stage.temperature, with_entropy=True)
+            aug_logp, _ = policy.logp(part_aug, temperature=stage.temperature)
+            parts.append((visual_dependency(logp, aug_logp, part.loss_mask), entropy))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def perception(stage: PerceptionStage, policy, batch: Batch, step: int, log: Metrics) -> Batch:
+    """+ extras `dependency` (N, T) and `has_image` (N,): how much each generated token's probability moves when the
+    row's images are replaced by a corrupted copy (patches blackened after the processor's resize). Row r's mask is
+    drawn from the stream row_seeds(seed, "vppo", group, step, member), the same on any layout and on resume."""
+    from rlvr.algos.vppo import dependency_metrics
+
+    if not stage.enabled:
+        return batch
+    policy.eval()
+    groups = batch.group_ids.cpu()
+    members = _members(groups) if stage.mask_per == "row" else torch.zeros_like(groups)
+    seeds = row_seeds(stage.seed, "vppo", groups, torch.full_like(groups, step), members)
+    aug = policy.corrupt(batch, seeds, p=stage.patch_prob)
+    dependency, entropy = _dependency(stage, policy, batch, aug)
+    has_image = policy.has_images(batch)
+    shown = batch.loss_mask * has_image[:, None].to(batch.loss_mask.dtype)  # tokens of rows that show an image
+    n_tok = float(shown.sum())
+    if n_tok:
+        for key, value in dependency_metrics(dependency, shown, entropy).items():
+            log.mean(key, float(value), weight=n_tok)
+    return batch.replace(extras={**batch.extras, "dependency": dependency, "has_image": has_image})
+
+
+@dataclass
+class ShapingStage:
+    fn: Callable | None = None  # ADVANTAGE_SHAPING entry, keywords bound: (advantages, mask, **needs) -> (adv, metrics)
+    needs: tuple[str, ...] = ()
+
+
+def shape_advantages(stage: ShapingStage, batch: Batch, world: World, log: Metrics) -> Batch:
+    """Advantages transformed after the estimator (VPPO's trajectory-level shaping), over the whole step's rows."""
+    if stage.fn is None:
+        return batch
+    adv, rows = gather_rows(batch.advantages, world)
+    mask = _gathered(batch.loss_mask, world)
+    needs = {k: _gathered(torch.as_tensor(batch_value(batch, k), device=batch.device), world) for k in stage.needs}
+    shaped, metrics = stage.fn(adv, mask, **needs)
+    for key, value in metrics.items():  # computed over every rank's rows already: the same on each rank
+        log.max(key, float(value))
+    return batch.replace(advantages=shaped[rows][..., : batch.loss_mask.shape[1]] if shaped.dim() > 1
+                         else shaped[rows])

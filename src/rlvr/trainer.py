@@ -5,7 +5,8 @@
     score    reward sources -> rewards, each row by its own task's sources (rlvr.rollout.score)
     filter   group filters (dynamic sampling, pass-rate bands), decided over every rank; collect, score and filter
              repeat while groups are missing (rlvr.rollout.filters)
-    advantages, pi_old / reference log-probs where needed, buffer.observe, token weights (rlvr.stages)
+    advantages, pi_old / reference log-probs where needed, the visual dependency and advantage shaping (VPPO),
+             buffer.observe, token weights (rlvr.stages)
     update   PPO epochs x mini-batches with global normalisers (rlvr.update)
     log      metrics with declared reductions over ranks (rlvr.metrics); evaluation and checkpoints in the loop
 
@@ -43,7 +44,7 @@ from rlvr.rollout.score import score
 from rlvr.run import Given, Run, State, setup
 from rlvr.run_folder import claim_run_folder
 from rlvr.seeding import generator
-from rlvr.stages import advantages, logprobs, token_weights
+from rlvr.stages import advantages, logprobs, perception, shape_advantages, token_weights
 from rlvr.tasks.mixture import MixtureTask
 from rlvr.update import update
 
@@ -58,6 +59,8 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]
     batch = gather(run, state, plan, step, log)
     batch = advantages(run.advantage, batch, run.world, log)
     batch = logprobs(run.logprobs, run.policy, run.ref_policy, batch)
+    batch = perception(run.perception, run.policy, batch, step, log)  # VPPO: visual dependency per token
+    batch = shape_advantages(run.shaping, batch, run.world, log)  # VPPO: trajectory-level advantage shaping
     batch = run.buffer.observe(batch, step, log)
     batch = token_weights(run.weights, batch, run.world, log)
     with log.timer("time/update"):
@@ -175,8 +178,11 @@ def _sample_rows(batch: Batch, n: int) -> list[dict[str, Any]]:
     for i in range(min(n, len(batch))):
         s, reward = batch.samples[i], float(batch.rewards[i])
         prompt = s.prompt if isinstance(s.prompt, str) else s.prompt[-1]["content"]
-        rows.append({"prompt": prompt, "completion": batch.texts[i], "answer": str(s.answer),
-                     "reward": None if math.isnan(reward) else reward})
+        row = {"prompt": prompt, "completion": batch.texts[i], "answer": str(s.answer),
+               "reward": None if math.isnan(reward) else reward}
+        if s.images:  # which images the prompt showed (a file path, or task/split/index#k)
+            row["images"] = list(s.image_names) or [f"{s.task}/{s.index}#{k}" for k in range(len(s.images))]
+        rows.append(row)
     return rows
 
 

@@ -26,14 +26,14 @@ from rlvr.checkpoint import save_model_atomic
 from rlvr.config import Config, ConfigError
 from rlvr.evaluate import evaluate
 from rlvr.metrics import RunLogger
-from rlvr.policies import HFCausalLM
+from rlvr.policies import load_policy_of
 
 
 def sft_batch(policy, samples, turns: list[list[tuple[str, bool]]]) -> Batch:
     """Prompt + reference segments + EOS as a Batch: loss_mask 1 on trained segments and EOS, completions
     right-padded. Each segment is tokenized on its own, as the multi-turn loop tokenizes turns and observations."""
     tok = policy.tokenizer
-    prompt_ids, prompt_mask = policy.encode(samples)
+    prompt_ids, prompt_mask, extras = policy.encode_inputs(samples)
     rows, flags = [], []
     for segments in turns:
         ids, trained = [], []
@@ -52,7 +52,7 @@ def sft_batch(policy, samples, turns: list[list[tuple[str, bool]]]) -> Batch:
                  completion_mask=comp_mask.to(dev), loss_mask=loss_mask.to(dev), rollout_logp=torch.zeros_like(
                      loss_mask, device=dev), truncated=torch.zeros(len(rows), dtype=torch.bool, device=dev),
                  texts=["".join(t for t, _ in seg) for seg in turns],
-                 group_ids=torch.arange(len(rows), device=dev), samples=list(samples))
+                 group_ids=torch.arange(len(rows), device=dev), samples=list(samples), extras=extras)
 
 
 def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
@@ -63,9 +63,10 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     source = init_source(s.init or cfg.model.config or cfg.model.path or cfg.model.gguf_file)
-    policy = HFCausalLM.load(**source, config_overrides=cfg.model.config_overrides if source["config"] else None,
-                             tokenizer=cfg.model.tokenizer or source["path"], seed=cfg.seed,
-                             lean=cfg.model.lean_forward, chat_template=cfg.model.chat_template)
+    policy = load_policy_of(**source, config_overrides=cfg.model.config_overrides if source["config"] else None,
+                            tokenizer=cfg.model.tokenizer or source["path"], seed=cfg.seed,
+                            lean=cfg.model.lean_forward, chat_template=cfg.model.chat_template,
+                            processor=cfg.model.processor or None)
     print(f"rlvr: prompts reach the model as {policy.prompt_format}", file=sys.stderr)
     task, eval_task = build_task(cfg, eval_split=False), build_task(cfg, eval_split=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.lr, weight_decay=0.0)
@@ -97,19 +98,19 @@ def init_source(init: str | None, key: str = "sft.init") -> dict[str, Any]:
     """Where the warm start begins, as HFCausalLM.load's path= / config= / gguf_file=: a tiny config name, a
     checkpoint folder, or a GGUF file (a path or a package that ships one)."""
     from rlvr.config import require_gguf_reader
-    from rlvr.policies import TINY_CONFIGS
+    from rlvr.policies import TINY_CONFIGS, VLM_CONFIGS
     from rlvr.policies.hf import resolve_gguf
 
     if not init:
         raise ConfigError(f"{key}: name a tiny config (e.g. qwen2-tiny), a local checkpoint folder or a GGUF file")
-    if init in TINY_CONFIGS:
+    if init in TINY_CONFIGS or init in VLM_CONFIGS:
         return {"path": None, "config": init, "gguf_file": None}
     if Path(init).is_dir():
         return {"path": str(init), "config": None, "gguf_file": None}
     try:
         resolve_gguf(init)
     except ValueError:
-        raise ConfigError(f"{key}: '{init}' is neither a tiny config ({sorted(TINY_CONFIGS)}), an existing "
+        raise ConfigError(f"{key}: '{init}' is neither a tiny config ({sorted({**TINY_CONFIGS, **VLM_CONFIGS})}), an existing "
                           "checkpoint folder nor a GGUF file (a path, or an installed package that ships one); "
                           "nothing is downloaded") from None
     require_gguf_reader(key)

@@ -76,6 +76,20 @@ class HFCausalLM:
         ids, mask = encode_prompts(self.tokenizer, prompts, template=self.templated)
         return ids.to(self.device), mask.to(self.device)
 
+    def encode_inputs(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """encode() and the per-row extras the prompt forward reads: none for a text model. A sample with images is
+        refused: this policy cannot see them."""
+        for i, s in enumerate(samples):
+            if s.images:
+                raise ValueError(f"row {i} ({s.task or 'task'} item {s.index}) shows {len(s.images)} image(s) but "
+                                 f"{type(self.model).__name__} is a text model; use a vision-language model "
+                                 "(model.config qwen2.5-vl-micro / qwen2.5-vl-tiny, or a Qwen2-VL checkpoint)")
+        return (*self.encode(samples), {})
+
+    def has_images(self, batch: Batch) -> torch.Tensor:
+        """(N,) bool: no row of a text model shows an image."""
+        return torch.zeros(len(batch), dtype=torch.bool, device=batch.device)
+
     @torch.no_grad()
     def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, seeds: torch.Tensor,
                params: SamplingParams, offsets: torch.Tensor | None = None) -> dict:
@@ -88,7 +102,7 @@ class HFCausalLM:
     def generate(self, samples: list[Sample], *, group_ids: torch.Tensor, seeds: torch.Tensor,
                  params: SamplingParams) -> Batch:
         """One completion per sample (repeat a sample G times for a group), as a Batch."""
-        ids, mask = self.encode(samples)
+        ids, mask, _ = self.encode_inputs(samples)
         out = self.sample(ids, mask, seeds=seeds, params=params)
         return Batch(prompt_ids=ids, prompt_mask=mask, completion_ids=out["completion_ids"],
                      completion_mask=out["completion_mask"], loss_mask=out["completion_mask"].float(),

@@ -225,6 +225,7 @@ def generate(
     offsets: torch.Tensor | None = None,
     backend: str = "auto",
     dtype: torch.dtype | None = None,
+    decoder=None,
 ) -> dict:
     """Sample completions for left-padded prompts (N, P).
 
@@ -237,10 +238,13 @@ def generate(
     "generate"); offsets: (N,) index of each row's first draw in its stream (a multi-turn row continues its stream).
     dtype: compute dtype of the forward passes (e.g. torch.bfloat16: the fast decoder casts its fused weights once
     per call, the HF loop runs under autocast); None = the parameters' dtype. Sampling and logp are in fp32.
+    decoder: a decoder built by the caller (prefill / step, e.g. rlvr.policies.vlm.VisionDecoder) instead of one
+    chosen by `backend`.
     """
     _check_args(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k, backend)
     stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    decoder = _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens, backend, dtype)
+    if decoder is None:
+        decoder = _make_decoder(model, prompt_ids, prompt_mask, max_new_tokens, backend, dtype)
     device = model.get_input_embeddings().weight.device
     n = len(prompt_ids)
     seeds = row_seeds(0, "generate", torch.arange(n)) if seeds is None else seeds
