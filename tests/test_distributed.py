@@ -4,7 +4,7 @@ same final weights (within 1e-4; Adam turns float-rounding differences of near-z
 and the same data positions on every rank, over 3 steps, for GRPO (2 mini-batches x 2 epochs), DAPO with dynamic
 sampling, a 3-task mixture with a reward that returns None and per-source normalisation, DIVER, REINFORCE++
 whitening with CISPO, high-entropy token weights and KL, SAPO with batch-std advantages, a multi-turn
-environment, and a run through the Python API with rows, a reward callable and a model object (tests/dp_train.py).
+environment, VPPO on a vision-language model with image and text-only rows, and a run through the Python API with rows, a reward callable and a model object (tests/dp_train.py).
 What cannot run under data parallelism is refused with one line."""
 
 import json
@@ -39,13 +39,16 @@ def runs(tmp_path_factory):
     return out / "one", out / "two"
 
 
-def close(a, b) -> bool:
+def close(a, b, key: str = "") -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return abs(a - b) <= 1e-4 * max(1.0, abs(a))
+        # a correlation near 0 of dependencies near 0 (VPPO) turns the 1e-6 rounding of the weights after two steps
+        # into 1e-4: within 1e-3 there
+        tol = 1e-3 if key.endswith("_corr") else 1e-4
+        return abs(a - b) <= tol * max(1.0, abs(a))
     return a == b
 
 
-CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "multiturn", "api"]
+CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "multiturn", "vppo", "api"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -56,7 +59,7 @@ def test_two_ranks_train_as_one_process(runs, case):
     for a, b in zip(rows_one, rows_two):
         keys = {k for k in a if not k.startswith(TIMING)}
         assert keys == {k for k in b if not k.startswith(TIMING)}
-        wrong = {k: (a[k], b[k]) for k in keys if not close(a[k], b[k])}
+        wrong = {k: (a[k], b[k]) for k in keys if not close(a[k], b[k], k)}
         assert not wrong, f"step {a['step']}: {wrong}"
     wa, wb = (load_file(r / "final" / "model.safetensors") for r in (one, two))
     for k in wa:
@@ -80,6 +83,8 @@ def test_the_cases_exercise_what_they_claim(runs):
     assert any(r["env/turns"] > 1 for r in steps["multiturn"])
     assert any(r["cispo_clip_ratio"] > 0 for r in steps["whiten"]) and steps["sapo"][0]["token_weights/mean"] < 1
     assert all("rewards/python/mean" in r and "rewards/task/mean" in r for r in steps["api"])  # the callable and a name
+    assert all(r["vppo/dependency_mean"] > 0 and r["token_weights/mean"] < 1 for r in steps["vppo"])
+    assert any(r["vppo/alpha_max"] > 1 for r in steps["vppo"])
 
 
 def test_what_data_parallelism_cannot_run_is_refused_in_one_line(monkeypatch, tiny_cfg):

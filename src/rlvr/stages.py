@@ -44,6 +44,8 @@ def batch_value(batch: Batch, name: str):
 
 
 def _gathered(x: torch.Tensor, world: World) -> torch.Tensor:
+    if x.dtype == torch.bool:  # gloo gathers no bool tensors
+        return gather_rows(x.long(), world)[0].bool()
     return gather_rows(x, world)[0]
 
 
@@ -175,7 +177,7 @@ def _dependency(stage: PerceptionStage, policy, batch: Batch, aug: Batch) -> tup
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def perception(stage: PerceptionStage, policy, batch: Batch, step: int, log: Metrics) -> Batch:
+def perception(stage: PerceptionStage, policy, batch: Batch, step: int, world: World, log: Metrics) -> Batch:
     """+ extras `dependency` (N, T) and `has_image` (N,): how much each generated token's probability moves when the
     row's images are replaced by a corrupted copy (patches blackened after the processor's resize). Row r's mask is
     drawn from the stream row_seeds(seed, "vppo", group, step, member), the same on any layout and on resume."""
@@ -191,10 +193,10 @@ def perception(stage: PerceptionStage, policy, batch: Batch, step: int, log: Met
     dependency, entropy = _dependency(stage, policy, batch, aug)
     has_image = policy.has_images(batch)
     shown = batch.loss_mask * has_image[:, None].to(batch.loss_mask.dtype)  # tokens of rows that show an image
-    n_tok = float(shown.sum())
-    if n_tok:
-        for key, value in dependency_metrics(dependency, shown, entropy).items():
-            log.mean(key, float(value), weight=n_tok)
+    everyone = [_gathered(x, world) for x in (dependency, shown, entropy)]  # a correlation does not average over ranks
+    if float(everyone[1].sum()):
+        for key, value in dependency_metrics(everyone[0], everyone[1], everyone[2]).items():
+            log.max(key, float(value))  # the same value on every rank
     return batch.replace(extras={**batch.extras, "dependency": dependency, "has_image": has_image})
 
 

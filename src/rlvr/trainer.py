@@ -59,7 +59,7 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]
     batch = gather(run, state, plan, step, log)
     batch = advantages(run.advantage, batch, run.world, log)
     batch = logprobs(run.logprobs, run.policy, run.ref_policy, batch)
-    batch = perception(run.perception, run.policy, batch, step, log)  # VPPO: visual dependency per token
+    batch = perception(run.perception, run.policy, batch, step, run.world, log)  # VPPO: visual dependency per token
     batch = shape_advantages(run.shaping, batch, run.world, log)  # VPPO: trajectory-level advantage shaping
     batch = run.buffer.observe(batch, step, log)
     batch = token_weights(run.weights, batch, run.world, log)

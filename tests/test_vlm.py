@@ -1,0 +1,168 @@
+"""rlvr.policies.vlm: the vision-language policy on a tiny random Qwen2.5-VL (2 layers, a 2-block vision tower).
+
+Exactness: the update's log-probs equal the plain HF forward fed as the HF processor would (the model's own M-RoPE
+ids from mm_token_type_ids) at 1e-5, and the KV-cached sampler's log-probs equal them too; a row's log-probs do not
+depend on the other rows of its batch (two rows with one question and different images share nothing). Errors: a
+placeholder / feature mismatch, a missing image, a text model given images: one line naming the row. VPPO's
+corruption changes the dependency of image rows only; tokens the perception mask drops get no gradient; a mixed batch
+of image and text-only rows trains; checkpoints load with AutoModelForImageTextToText; SFT warm-starts a VLM.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rlvr.batch import Sample
+from rlvr.policies import HFVisionLM, SamplingParams, load_policy_of
+from rlvr.policies.base import batch_owners
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return HFVisionLM.load(config="qwen2.5-vl-micro", seed=0)
+
+
+def image(seed: int, size: int = 56) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((size, size, 3)) * 255).astype("uint8"))
+
+
+def samples():
+    one = Sample(prompt="how many?", images=[image(0)], task="t", index=0, image_names=["a.png"])
+    other = Sample(prompt="how many?", images=[image(1)], task="t", index=1, image_names=["b.png"])
+    two = Sample(prompt="which is larger?", images=[image(2), image(3, 84)], task="t", index=2)
+    text = Sample(prompt="2+2=", task="t", index=3)
+    return [one, one, other, two, text]
+
+
+def generate(policy, rows, **kw):
+    params = SamplingParams(max_new_tokens=kw.pop("max_new_tokens", 10), **kw)
+    return policy.generate(rows, group_ids=torch.arange(len(rows)), seeds=torch.arange(len(rows)), params=params)
+
+
+def test_logp_equals_the_hf_forward_and_the_sampler(policy):
+    batch = generate(policy, samples())
+    logp, _ = policy.logp(batch)
+    mask = batch.completion_mask.bool()
+    ids, attn = batch.input_ids, batch.attention_mask
+    grids = torch.cat(batch.extras["image_grid_thw"])
+    pixels = torch.cat(batch.extras["pixel_values"])
+    with torch.no_grad():  # what the HF processor would hand the model: token types, no position ids
+        out = policy.model(input_ids=ids, attention_mask=attn, pixel_values=pixels, image_grid_thw=grids,
+                           mm_token_type_ids=(ids == policy.image_token_id).int())
+    P = batch.prompt_ids.shape[1]
+    ref = out.logits[:, P - 1 : -1].float().log_softmax(-1).gather(-1, batch.completion_ids[..., None])[..., 0]
+    assert (logp - ref)[mask].abs().max() < 1e-5
+    assert (logp - batch.rollout_logp)[mask].abs().max() < 1e-5  # sampling under the KV cache: same positions
+    assert grids.shape == (5, 3)  # one image in each of rows 0-2, two in row 3 (one of them 84 px)
+
+
+def test_rows_with_one_question_and_different_images_share_nothing(policy):
+    rows = samples()
+    batch = generate(policy, rows)
+    owners, _ = batch_owners(policy, batch)
+    assert owners[0] == owners[1] and owners[1] != owners[2]  # same question, different images: separate forwards
+    alone = [policy.logp(batch.select([i]))[0] for i in range(len(batch))]
+    together, _ = policy.logp(batch)
+    for i, lp in enumerate(alone):
+        n = int(batch.completion_mask[i].sum())
+        torch.testing.assert_close(together[i, :n], lp[0, :n], atol=1e-5, rtol=0)
+    swapped = batch.replace(extras={**batch.extras, "pixel_values": [batch.extras["pixel_values"][j]
+                                                                      for j in (2, 2, 0, 3, 4)]})
+    moved, _ = policy.logp(swapped)
+    assert (moved[1] - together[1]).abs().max() > 1e-4  # the image is seen: a different image, other log-probs
+
+
+def test_mismatch_and_missing_image_name_the_row(policy):
+    batch = generate(policy, samples()[:3])
+    grids = list(batch.extras["image_grid_thw"])
+    grids[2] = torch.tensor([[1, 8, 16]])  # twice the features the prompt has placeholders for
+    with pytest.raises(ValueError, match=r"row 2 \(t item 1, images \['b.png'\]\): 16 image placeholder tokens but "
+                                         r"its images give 32") as err:
+        policy.logp(batch.replace(extras={**batch.extras, "image_grid_thw": grids}))
+    assert "\n" not in str(err.value)
+    broken = Sample(prompt="how many?", images=[None], task="shapes", index=7, image_names=["gone.png"])
+    with pytest.raises(ValueError, match=r"row 1 \(shapes item 7, images \['gone.png'\]\): image 0 is NoneType"):
+        generate(policy, [samples()[0], broken])
+    text = load_policy_of(config="qwen2-micro")
+    with pytest.raises(ValueError, match=r"row 0 \(t item 0\) shows 1 image\(s\) but Qwen2ForCausalLM is a text "):
+        text.encode_inputs(samples()[:1])
+
+
+def test_corruption_moves_image_rows_only(policy):
+    from rlvr.algos.vppo import visual_dependency
+
+    batch = generate(policy, samples())
+    aug = policy.corrupt(batch, torch.arange(len(batch)), p=0.5)
+    px, aug_px = batch.extras["pixel_values"], aug.extras["pixel_values"]
+    assert not torch.equal(px[0], aug_px[0]) and not torch.equal(aug_px[0], aug_px[1])  # a fresh mask per row
+    black = (aug_px[0] != px[0]).any(-1)  # (n_patches,): whole 14-px patches, set to the normalised black
+    assert 0.2 < float(black.float().mean()) < 0.8
+    torch.testing.assert_close(aug_px[0][black][0, 0], torch.tensor((0 - 0.48145466) / 0.26862954))
+    with torch.no_grad():
+        dep = visual_dependency(policy.logp(batch)[0], policy.logp(aug)[0], batch.loss_mask)
+    assert float(dep[:4].sum()) > 0 and float(dep[4].abs().sum()) == 0.0  # the text-only row sees no difference
+    assert policy.has_images(batch).tolist() == [True, True, True, True, False]
+
+
+def test_tokens_the_perception_mask_drops_get_no_gradient(policy):
+    from rlvr.algos import AGGREGATIONS, LOSSES, TOKEN_WEIGHTS
+
+    batch = generate(policy, samples())
+    dep = torch.rand(batch.loss_mask.shape)
+    weights = TOKEN_WEIGHTS.lookup("perception")(batch.loss_mask, dependency=dep, has_image=policy.has_images(batch))
+    logp, _ = policy.logp(batch)
+    logp.retain_grad()
+    per_token, _ = LOSSES.lookup("ppo_clip")(logp, logp.detach(), torch.randn(len(batch)), batch.loss_mask,
+                                              clip_low=0.2, clip_high=0.28)
+    AGGREGATIONS.lookup("token_mean")(per_token * weights, batch.loss_mask).backward()
+    dropped, kept = (weights == 0) & batch.loss_mask.bool(), weights == 1
+    assert dropped.any() and float(logp.grad[dropped].abs().max()) == 0.0
+    assert float(logp.grad[kept].abs().min()) > 0
+    assert weights[4][batch.loss_mask[4].bool()].eq(1).all()  # a text-only row keeps every token
+
+
+def test_a_mixed_batch_of_image_and_text_rows_trains_and_checkpoints_load(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from rlvr.config import load_config
+    from rlvr.trainer import train
+
+    cfg = load_config(None, [
+        "model.config=qwen2.5-vl-micro", f"output_dir={tmp_path}", "name=mixed", "train.steps=2",
+        "tasks=[{name: count_shapes, key: shapes, eval_size: 4}, {name: arithmetic, key: add, eval_size: 4}]",
+        "rewards=[{name: python, kwargs: {function: 'tests/dp_rewards.py:digit_fraction'}}]",
+        "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=8", "optim.lr=1e-3",
+        "algo.token_weights=perception", "algo.advantage_shaping=vppo_tas", "train.progress=false", "train.num_samples_logged=8",
+        "train.diversity_unit=char"])
+    summary = train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "mixed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "reward" in r]
+    assert len(steps) == 2 and all(r["skipped_steps"] == 0 and r["vppo/dependency_mean"] > 0 for r in steps)
+    assert all(0 < r["token_weights/mean"] < 1 for r in steps)
+    logged = [json.loads(x) for x in (tmp_path / "mixed" / "samples.jsonl").read_text().splitlines()]
+    assert any(r.get("images", [""])[0].startswith("count_shapes/train/") for r in logged)
+    assert "eval/shapes/accuracy" in summary["eval_after"] and "eval/add/accuracy" in summary["eval_after"]
+    final = tmp_path / "mixed" / "final"
+    model = AutoModelForImageTextToText.from_pretrained(final, local_files_only=True)
+    reloaded = load_policy_of(path=str(final))
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration" and isinstance(reloaded, HFVisionLM)
+    batch = generate(reloaded, samples()[:3])
+    expected, _ = reloaded.logp(batch)
+    reloaded.model = model.eval()  # the folder's weights through AutoModelForImageTextToText: the same log-probs
+    torch.testing.assert_close(reloaded.logp(batch)[0], expected, atol=1e-6, rtol=0)
+
+
+def test_sft_warm_starts_a_vision_language_model(tmp_path):
+    from rlvr.config import load_config
+    from rlvr.warm_start import sft
+
+    cfg = load_config(None, ["model.config=qwen2.5-vl-micro", "task.name=count_shapes", "task.eval_size=4",
+                             "sft.steps=30", "sft.batch_size=8", "sft.lr=3e-3", "sft.eval_every=30",
+                             f"output_dir={tmp_path}", "name=vl", "train.progress=false"])
+    out = sft(cfg)
+    losses = [json.loads(x)["sft/loss"] for x in (tmp_path / "vl-sft" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.5 * losses[0]
+    assert isinstance(load_policy_of(path=out["model"]), HFVisionLM)
