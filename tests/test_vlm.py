@@ -135,7 +135,8 @@ def test_a_mixed_batch_of_image_and_text_rows_trains_and_checkpoints_load(tmp_pa
         "tasks=[{name: count_shapes, key: shapes, eval_size: 4}, {name: arithmetic, key: add, eval_size: 4}]",
         "rewards=[{name: python, kwargs: {function: 'tests/dp_rewards.py:digit_fraction'}}]",
         "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=8", "optim.lr=1e-3",
-        "algo.token_weights=perception", "algo.advantage_shaping=vppo_tas", "train.progress=false", "train.num_samples_logged=8",
+        "algo.token_weights=perception", "algo.advantage_shaping=vppo_tas", "train.progress=false",
+        "train.num_samples_logged=8",
         "train.diversity_unit=char"])
     summary = train(cfg)
     rows = [json.loads(x) for x in (tmp_path / "mixed" / "metrics.jsonl").read_text().splitlines()]

@@ -565,8 +565,8 @@ def _check_choices(cfg: Config, model_given: bool = False) -> None:
     if not model_given:
         _check_model(cfg.model)
     if needs_perception(cfg) and not model_given and not _names_vlm(cfg.model):
-        raise ConfigError(f"algo: {perception_users(cfg)} needs the visual dependency of a vision-language model; "
-                          "set model.config to qwen2.5-vl-micro / qwen2.5-vl-tiny or model.path to a Qwen2-VL checkpoint")
+        raise ConfigError(f"algo: {perception_users(cfg)} needs the visual dependency of a vision-language model; set "
+                          "model.config to qwen2.5-vl-micro / qwen2.5-vl-tiny or model.path to a Qwen2-VL checkpoint")
     if not 0 < cfg.algo.perception.patch_prob <= 1:
         raise ConfigError(f"algo.perception.patch_prob must be in (0, 1], got {cfg.algo.perception.patch_prob}")
     if cfg.model.chat_template not in ("auto", "none") and "{" not in cfg.model.chat_template:

@@ -110,9 +110,9 @@ def init_source(init: str | None, key: str = "sft.init") -> dict[str, Any]:
     try:
         resolve_gguf(init)
     except ValueError:
-        raise ConfigError(f"{key}: '{init}' is neither a tiny config ({sorted({**TINY_CONFIGS, **VLM_CONFIGS})}), an existing "
-                          "checkpoint folder nor a GGUF file (a path, or an installed package that ships one); "
-                          "nothing is downloaded") from None
+        names = sorted({**TINY_CONFIGS, **VLM_CONFIGS})
+        raise ConfigError(f"{key}: '{init}' is neither a tiny config ({names}), an existing checkpoint folder nor a "
+                          "GGUF file (a path, or an installed package that ships one); nothing is downloaded") from None
     require_gguf_reader(key)
     return {"path": None, "config": None, "gguf_file": str(init)}
 

@@ -110,8 +110,8 @@ def load_vlm(*, path=None, config: str | None = None, config_overrides: dict[str
         text = {**spec["text_config"], **(config_overrides or {}), "vocab_size": len(tok)}
         ids = {f"{k}_token_id": tok.convert_tokens_to_ids(f"<|{k}|>") for k in ("vision_start", "vision_end")}
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        cfg = AutoConfig.for_model(spec["model_type"], text_config={**text, "pad_token_id": pad_id, "bos_token_id": None,
-                                                                    "eos_token_id": tok.eos_token_id},
+        text.update(pad_token_id=pad_id, bos_token_id=None, eos_token_id=tok.eos_token_id)
+        cfg = AutoConfig.for_model(spec["model_type"], text_config=text,
                                    vision_config={**spec["vision_config"], "out_hidden_size": text["hidden_size"]},
                                    image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
                                    video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"), **ids,

@@ -5,7 +5,7 @@ task = TASKS.build("countdown", seed=0, size=1000)
 sample = task[0]; task.score(sample, task.reference(sample))   # 1.0
 """
 
-from rlvr.tasks import arithmetic, countdown, dataset, gym  # noqa: F401  (register the tasks)
+from rlvr.tasks import arithmetic, countdown, dataset, gym, visual  # noqa: F401  (register the tasks)
 from rlvr.tasks.base import TASKS, ProceduralTask, Task
 
 __all__ = ["TASKS", "ProceduralTask", "Task"]

@@ -11,9 +11,9 @@ Procedural tasks follow reasoning-gym: item i is drawn from `random.Random(seed 
 depends on which other items were generated, and two processes agree on every item without sharing state.
 
 Small problem spaces (2-digit addition has 8,100 problems) make a different seed no guarantee of held-out
-items. `holdout="train" | "eval"` partitions the space by a stable hash of the prompt: one bucket in
-HOLDOUT_BUCKETS is reserved for evaluation, and item i redraws from its own generator until it lands on its
-side, so the trainer's evaluation problems never occur in training.
+items. `holdout="train" | "eval"` partitions the space by a stable hash of `holdout_key(sample)` (the prompt,
+unless a task adds more): one bucket in HOLDOUT_BUCKETS is reserved for evaluation, and item i redraws from its
+own generator until it lands on its side, so the trainer's evaluation problems never occur in training.
 """
 
 from __future__ import annotations
@@ -81,13 +81,19 @@ class ProceduralTask(Task):
         rng = random.Random(self.seed + i)
         for _ in range(1000):
             sample = self.generate(rng, i)
-            if self.holdout is None or (self.holdout == "eval") == is_eval_item(sample):
+            in_eval = zlib.crc32(self.holdout_key(sample).encode()) % HOLDOUT_BUCKETS == 0
+            if self.holdout is None or (self.holdout == "eval") == in_eval:
                 return sample
         raise ValueError(f"task '{self.name}': item {i} found no problem on the '{self.holdout}' side of the "
                          "holdout split in 1000 draws; the problem space is too small, set holdout: null")
 
     def generate(self, rng: random.Random, index: int) -> Sample:
         raise NotImplementedError
+
+    def holdout_key(self, sample: Sample) -> str:
+        """What the holdout split hashes: the prompt; tasks whose prompts repeat across items (a fixed question about
+        a drawn image) add the problem itself, so one problem never lands on both sides."""
+        return str(sample.prompt)
 
 
 def is_eval_item(sample: Sample) -> bool:

@@ -14,11 +14,17 @@ Formats: .jsonl, .json (a list of rows, or {split: [rows]}), .csv, .parquet (rea
    (give two dataset tasks different names so the "task" reward can route their samples).
 4. score(sample, text) = the `scorer` reward (REWARDS name, e.g. "math", "exact", "numeric") on that one
    completion; reference(sample) = "\\boxed{answer}", which the answer-checking rewards all accept.
+5. `image_field` names a column of images the prompt shows: a path (relative to the folder that holds `path`, or
+   to the working directory for `rows=`), raw bytes, a {"bytes", "path"} dict (a `datasets` Image column in
+   Parquet), a PIL image (a save_to_disk Image column decodes to one), or a list of these. Paths of in-file rows
+   are checked at build; images decode to RGB at __getitem__ into sample.images, named in sample.image_names by
+   their path, or "{path}#row{n}" for bytes, with "#k" added per image when a row has several.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Any
@@ -44,6 +50,7 @@ class DatasetTask(Task):
         scorer: str = "math",
         scorer_kwargs: dict[str, Any] | None = None,
         task_name: str = "dataset",
+        image_field: str | None = None,
     ):
         from rlvr.rewards import REWARDS  # lazy: rewards never import tasks, but keep the edge one-way at runtime
 
@@ -51,6 +58,8 @@ class DatasetTask(Task):
             raise ValueError("dataset: give exactly one of path (a local file or folder) and rows (from Python)")
         self.path, self.name = ("<rows>" if path is None else str(path)), task_name
         self.prompt_field, self.answer_field, self.system_prompt = prompt_field, answer_field, system_prompt
+        self.image_field = image_field
+        self._image_root = os.getcwd() if path is None else os.path.dirname(os.path.abspath(path))
         self._rows = load_rows(self.path, split=split) if path is not None else _in_memory(rows)
         available = len(self._rows)
         if size is not None and (not isinstance(size, int) or not 1 <= size <= available):
@@ -61,6 +70,7 @@ class DatasetTask(Task):
         lazy = not isinstance(self._rows, list)
         for i in range(1 if lazy else self.size):  # lazy (memory-mapped) sources: columns here, nulls below
             self._check(self._rows[i], i)
+            self._check_images(self._rows[i], i, files=not lazy)
         if lazy:
             self._check_nulls()
         self._scorer = REWARDS.build(scorer, **(scorer_kwargs or {}))
@@ -73,8 +83,11 @@ class DatasetTask(Task):
         row = self._rows[i]
         self._check(row, i)
         prompt = self._prompt(row[self.prompt_field])
-        meta = {k: v for k, v in row.items() if k not in (self.prompt_field, self.answer_field)}
-        return Sample(prompt=prompt, answer=row[self.answer_field], task=self.name, index=i, meta=meta)
+        fields = (self.prompt_field, self.answer_field, self.image_field)
+        meta = {k: v for k, v in row.items() if k not in fields}
+        images, names = self._images(row, i)
+        return Sample(prompt=prompt, answer=row[self.answer_field], task=self.name, index=i, meta=meta,
+                      images=images, image_names=names)
 
     def score(self, sample: Sample, text: str) -> float:
         value = self._scorer([sample], [text])[0]
@@ -92,6 +105,37 @@ class DatasetTask(Task):
         if self.system_prompt is None:
             return str(prompt)
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": str(prompt)}]
+
+    def _images(self, row: dict[str, Any], i: int) -> tuple[list[Any], list[str]]:
+        """The row's images decoded to RGB, and their names; an unreadable one fails naming file, row and field."""
+        if self.image_field is None:
+            return [], []
+        refs = image_refs(row.get(self.image_field))
+        images, names = [], []
+        for k, ref in enumerate(refs):
+            name = image_name(ref, self.path, i, root=self._image_root)
+            try:
+                images.append(open_image(ref, root=self._image_root))
+            except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's ways of saying "not an image"
+                raise ValueError(f"dataset {self.path!r}, row {i + 1}, field {self.image_field!r}: cannot read image "
+                                 f"{name!r} ({exc})") from exc
+            names.append(f"{name}#{k}" if len(refs) > 1 else name)
+        return images, names
+
+    def _check_images(self, row: dict[str, Any], i: int, *, files: bool) -> None:
+        """The image column exists; with `files`, each image it references by path exists too."""
+        if self.image_field is None:
+            return
+        where = f"dataset {self.path!r}, row {i + 1}, field {self.image_field!r}"
+        if self.image_field not in row:
+            raise ValueError(f"{where}: missing (the row has {sorted(row)}); set image_field to the image column")
+        for ref in image_refs(row[self.image_field]):
+            if not is_image_ref(ref):
+                raise ValueError(f"{where}: expected an image path, bytes, a {{'bytes', 'path'}} dict or a PIL image, "
+                                 f"got {type(ref).__name__}")
+            path = ref_path(ref, root=self._image_root)
+            if files and path is not None and not os.path.isfile(path):
+                raise ValueError(f"{where}: image file {path!r} not found")
 
     def _check_nulls(self) -> None:
         """Find a null prompt/answer in a `datasets.Dataset` from its Arrow columns, without reading every row."""
@@ -112,6 +156,59 @@ class DatasetTask(Task):
                     f"dataset {self.path!r}, row {i + 1}: missing field {field!r} (the row has {sorted(row)}); "
                     f"set prompt_field / answer_field to the right column names"
                 )
+
+
+def image_refs(value: Any) -> list[Any]:
+    """A row's image field as a list of references (null = no image)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def is_image_ref(ref: Any) -> bool:
+    """Whether `ref` is a path, bytes, a {"bytes", "path"} dict or a PIL image."""
+    if isinstance(ref, dict):
+        return bool(ref.get("bytes")) or isinstance(ref.get("path"), str)
+    return isinstance(ref, (str, os.PathLike, bytes, bytearray, memoryview)) or _is_pil(ref)
+
+
+def ref_path(ref: Any, *, root: str) -> str | None:
+    """The file `ref` must be read from (relative paths joined to `root`), or None when it carries its pixels."""
+    if isinstance(ref, dict):
+        ref = None if ref.get("bytes") else ref.get("path")
+    if isinstance(ref, (str, os.PathLike)):
+        return os.path.join(root, os.fspath(ref))  # an absolute path stays as it is
+    return None
+
+
+def open_image(ref: Any, *, root: str):
+    """`ref` decoded to an RGB PIL image (bytes through io.BytesIO, paths from disk)."""
+    from PIL import Image  # lazy: text-only datasets never load PIL
+
+    if _is_pil(ref):
+        return ref.convert("RGB")
+    data = ref.get("bytes") if isinstance(ref, dict) else ref
+    source = io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray, memoryview)) else ref_path(ref, root=root)
+    if source is None:
+        raise ValueError(f"not an image reference: {type(ref).__name__}")
+    with Image.open(source) as image:
+        return image.convert("RGB")
+
+
+def image_name(ref: Any, path: str, i: int, *, root: str) -> str:
+    """The file an image came from, else "{data file}#row{n}" (bytes, or a PIL image without a filename)."""
+    file = ref_path(ref, root=root)
+    if file is None and isinstance(ref, dict) and isinstance(ref.get("path"), str):
+        file = ref["path"]  # bytes with their original file name (a datasets Image column)
+    if file is None and _is_pil(ref):
+        file = getattr(ref, "filename", "") or None
+    return file or f"{path}#row{i + 1}"
+
+
+def _is_pil(ref: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(ref, Image.Image)
 
 
 def load_rows(path: str, *, split: str = "train"):
