@@ -66,7 +66,10 @@ def test_two_ranks_train_as_one_process(runs, case):
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-4)
     start = load_file(two.parent / "grpo" / "final" / "model.safetensors")  # a run of another case: weights moved
-    assert any(not torch.equal(wa[k], start[k]) for k in wa) or case == "grpo"
+    if set(start) == set(wa):
+        assert any(not torch.equal(wa[k], start[k]) for k in wa) or case == "grpo"
+    else:  # another architecture (the vision-language case): its updates were not empty
+        assert any(r.get("grad_norm", 0) > 0 for r in rows_one)
     positions = [json.loads((r / f"rank{i}.json").read_text())["data_pos"] for r, i in ((one, 0), (two, 0), (two, 1))]
     assert len(set(positions)) == 1 and positions[0] >= 12
 
