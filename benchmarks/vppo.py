@@ -137,7 +137,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a few steps: checks that the script works")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.eval_every, args.sft_steps, args.seeds = 2, 1, 20, args.seeds[:1]
+        args.steps, args.eval_every, args.sft_steps, args.seeds = 2, 1, 60, args.seeds[:1]
     variants = args.variants.split(",")
     if unknown := [v for v in variants if v not in VARIANTS]:
         p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
