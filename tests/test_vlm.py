@@ -1,4 +1,5 @@
-"""rlvr.policies.vlm: the vision-language policy on a tiny random Qwen2.5-VL (2 layers, a 2-block vision tower).
+"""rlvr.policies.vlm: the vision-language policy on tiny random Qwen2.5-VL, Qwen2-VL and Qwen3-VL models (2 layers,
+a 2-block vision tower).
 
 Exactness: the update's log-probs equal the plain HF forward fed as the HF processor would (the model's own M-RoPE
 ids from mm_token_type_ids) at 1e-5, and the KV-cached sampler's log-probs equal them too; a row's log-probs do not
@@ -42,7 +43,12 @@ def generate(policy, rows, **kw):
     return policy.generate(rows, group_ids=torch.arange(len(rows)), seeds=torch.arange(len(rows)), params=params)
 
 
-def test_logp_equals_the_hf_forward_and_the_sampler(policy):
+@pytest.mark.parametrize("config", ["qwen2.5-vl-micro", "qwen2-vl-micro", "qwen3-vl-micro"])
+def test_logp_equals_the_hf_forward_and_the_sampler(config):
+    policy = HFVisionLM.load(config=config, seed=0)
+    assert type(policy.model).__name__ == {"qwen2.5-vl-micro": "Qwen2_5_VLForConditionalGeneration",
+                                           "qwen2-vl-micro": "Qwen2VLForConditionalGeneration",
+                                           "qwen3-vl-micro": "Qwen3VLForConditionalGeneration"}[config]
     batch = generate(policy, samples())
     logp, _ = policy.logp(batch)
     mask = batch.completion_mask.bool()
@@ -128,6 +134,7 @@ def test_a_mixed_batch_of_image_and_text_rows_trains_and_checkpoints_load(tmp_pa
     from transformers import AutoModelForImageTextToText
 
     from rlvr.config import load_config
+    from rlvr.plot import per_task
     from rlvr.trainer import train
 
     cfg = load_config(None, [
@@ -146,6 +153,8 @@ def test_a_mixed_batch_of_image_and_text_rows_trains_and_checkpoints_load(tmp_pa
     logged = [json.loads(x) for x in (tmp_path / "mixed" / "samples.jsonl").read_text().splitlines()]
     assert any(r.get("images", [""])[0].startswith("count_shapes/train/") for r in logged)
     assert "eval/shapes/accuracy" in summary["eval_after"] and "eval/add/accuracy" in summary["eval_after"]
+    assert per_task(rows) == {"add": "eval/add/accuracy", "shapes": "eval/shapes/accuracy"}  # curves in plot.png
+    assert (tmp_path / "mixed" / "plot.png").stat().st_size > 1000
     final = tmp_path / "mixed" / "final"
     model = AutoModelForImageTextToText.from_pretrained(final, local_files_only=True)
     reloaded = load_policy_of(path=str(final))

@@ -1,4 +1,5 @@
-"""Draw a run's curves (reward, held-out accuracy, length, entropy) from metrics.jsonl into plot.png."""
+"""Draw a run's curves (reward, held-out accuracy, length, entropy) from metrics.jsonl into plot.png. A run of several
+tasks also gets one held-out accuracy curve per task (eval/<key>/accuracy) beside their mean."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ PANELS = [
     ("completions/mean_length", "completion length (tokens)"),
     ("entropy", "token entropy"),
 ]
+
+
+def per_task(rows: list[dict]) -> dict[str, str]:
+    """task key -> its held-out accuracy metric, for runs of several tasks."""
+    keys = sorted({k for r in rows for k in r
+                   if k.startswith("eval/") and k.endswith("/accuracy") and k.count("/") == 2})
+    return {k.split("/")[1]: k for k in keys}
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -28,10 +36,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     rows = read_metrics(path)
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
     for ax, (key, title) in zip(axes, PANELS):
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o" if len(pts) < 20 else None, markersize=3)
+        series = per_task(rows) if key == "eval/accuracy" else {}
+        for label, k in {"mean" if series else None: key, **series}.items():
+            pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o" if len(pts) < 20 else None, markersize=3, label=label,
+                        linewidth=2 if label == "mean" else 1)
+        if series:
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

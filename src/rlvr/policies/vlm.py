@@ -39,7 +39,10 @@ from rlvr.policies.hf import _as_dtype, _load_tokenizer, _set_special_ids
 from rlvr.policies.sampling import HFDecoder, generate
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-VLM_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")  # get_rope_index / visual / image_token_id as these classes define them
+VLM_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # get_rope_index / visual / image_token_id as these define
+# Image features enter these models only as token embeddings, so rlvr scatters them itself (vision tower once per
+# distinct image); Qwen3-VL also adds them inside the first layers (DeepStack): its forward takes the pixels itself.
+EMBEDDING_ONLY = ("qwen2_vl", "qwen2_5_vl")
 
 _MICRO_TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                    intermediate_size=256, max_position_embeddings=1024,
@@ -56,9 +59,20 @@ VLM_CONFIGS: dict[str, dict[str, Any]] = {
     # the CPU workload of benchmarks/vppo.py and benchmarks/vlm_step.py
     "qwen2.5-vl-tiny": dict(model_type="qwen2_5_vl", text_config=_TINY_TEXT,
                             vision_config={**_VISION, "hidden_size": 64, "intermediate_size": 128}),
+    "qwen2-vl-micro": dict(model_type="qwen2_vl", text_config=_MICRO_TEXT,
+                           vision_config=dict(depth=2, embed_dim=32, mlp_ratio=2, num_heads=2, patch_size=14,
+                                              spatial_merge_size=2, temporal_patch_size=2)),
+    "qwen3-vl-micro": dict(model_type="qwen3_vl",
+                           text_config={**_MICRO_TEXT, "head_dim": 16, "rope_parameters": {
+                               "rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True,
+                               "rope_theta": 10000.0}},
+                           vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                                              spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                                              deepstack_visual_indexes=[0])),
 }
 # tiny models see small images: 112 x 112 after the resize is 8 x 8 patches of 14 px, 16 tokens after the 2 x 2 merge
 TINY_PROCESSOR = {"min_pixels": 112 * 112, "max_pixels": 224 * 224}
+_PATCH16 = {"patch_size": 16, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}  # Qwen3-VL's processor
 
 
 def is_vlm(*, config: str | None = None, path: str | os.PathLike | None = None) -> bool:
@@ -82,13 +96,13 @@ def vlm_tokenizer(tokenizer: Any = None):
     return tok
 
 
-def _image_processor(folder: str | os.PathLike | None, options: dict[str, Any] | None):
+def _image_processor(folder: str | os.PathLike | None, options: dict[str, Any] | None, patch_size: int = 14):
     from transformers import Qwen2VLImageProcessorPil
 
     options = dict(options or {})
     if folder is not None and (Path(folder) / "preprocessor_config.json").is_file():
         return Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True, **options)
-    return Qwen2VLImageProcessorPil(**{**TINY_PROCESSOR, **options})
+    return Qwen2VLImageProcessorPil(**{**TINY_PROCESSOR, **(_PATCH16 if patch_size == 16 else {}), **options})
 
 
 def load_vlm(*, path=None, config: str | None = None, config_overrides: dict[str, Any] | None = None,
@@ -112,7 +126,7 @@ def load_vlm(*, path=None, config: str | None = None, config_overrides: dict[str
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         text.update(pad_token_id=pad_id, bos_token_id=None, eos_token_id=tok.eos_token_id)
         cfg = AutoConfig.for_model(spec["model_type"], text_config=text,
-                                   vision_config={**spec["vision_config"], "out_hidden_size": text["hidden_size"]},
+                                   vision_config={**spec["vision_config"], **_out_size(spec, text)},
                                    image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
                                    video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"), **ids,
                                    bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=pad_id)
@@ -120,7 +134,13 @@ def load_vlm(*, path=None, config: str | None = None, config_overrides: dict[str
             torch.manual_seed(seed)
             model = AutoModelForImageTextToText.from_config(cfg, dtype=torch_dtype)
     _set_special_ids(model, tok)
-    return model.eval(), tok, _image_processor(path, processor)
+    return model.eval(), tok, _image_processor(path, processor, model.config.vision_config.patch_size)
+
+
+def _out_size(spec: dict, text: dict) -> dict[str, int]:
+    """The vision tower's output width = the text model's (Qwen2-VL names it hidden_size)."""
+    key = "hidden_size" if spec["model_type"] == "qwen2_vl" else "out_hidden_size"
+    return {key: text["hidden_size"]}
 
 
 # ------------------------------------------------------------------ positions and embeddings
@@ -143,6 +163,19 @@ def _distinct(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int
     order = [seen.setdefault(id(t), len(seen)) for t in tensors]
     firsts = {i: t for t, i in zip(tensors, order)}
     return [firsts[i] for i in range(len(firsts))], order
+
+
+def vision_inputs(model, ids: torch.Tensor, pixels: list[torch.Tensor], grids: list[torch.Tensor]) -> dict[str, Any]:
+    """The inputs of a prompt forward: embeddings with the image features in place (EMBEDDING_ONLY models), or the
+    token ids with the rows' pixels for the model's own forward (Qwen3-VL)."""
+    if model.config.model_type in EMBEDDING_ONLY:
+        return {"inputs_embeds": embed(model, ids, pixels, grids)}
+    rows = [i for i, g in enumerate(grids) if len(g)]
+    if not rows:
+        return {"input_ids": ids}
+    dev = ids.device
+    return {"input_ids": ids, "pixel_values": torch.cat([pixels[i].to(dev) for i in rows]),
+            "image_grid_thw": torch.cat([grids[i].to(dev) for i in rows])}
 
 
 def embed(model, ids: torch.Tensor, pixels: list[torch.Tensor], grids: list[torch.Tensor]) -> torch.Tensor:
@@ -183,20 +216,18 @@ class VisionDecoder(HFDecoder):
     def prefill(self) -> torch.Tensor:
         grids = torch.cat(self.grids) if self.grids else None
         pos, self.delta = rope_positions(self.model, self.ids, self.mask, grids)  # (3, N, P), (N, 1)
-        embeds = embed(self.model, self.ids, self.pixels, self.grids)
-        return self._forward(embeds, pos)
+        return self._forward(vision_inputs(self.model, self.ids, self.pixels, self.grids), pos)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
         pos, self.next_pos = self.next_pos, self.next_pos + 1
         pos = (pos + self.delta.to(pos.device))[None].expand(3, -1, -1)  # (3, N, 1)
-        return self._forward(self.model.get_input_embeddings()(tokens[:, None]), pos)
+        return self._forward({"input_ids": tokens[:, None]}, pos)
 
-    def _forward(self, embeds: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        dev = embeds.device.type
+    def _forward(self, inputs: dict[str, Any], pos: torch.Tensor) -> torch.Tensor:
+        dev = pos.device.type
         with torch.autocast(dev, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            out = self.model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=pos, use_cache=True,
-                             **self.kwargs)
+            out = self.model(**inputs, attention_mask=self.mask, position_ids=pos, use_cache=True, **self.kwargs)
         return out.logits[:, -1]  # (N, V)
 
 
@@ -374,8 +405,8 @@ class HFVisionLM:
         pos, _ = rope_positions(self.model, ids, mask, torch.cat(grids) if any(len(g) for g in grids) else None)
         dev = ids.device.type
         with torch.autocast(dev, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            embeds = embed(self.model, ids, pixels, grids)
-            out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
+            inputs = vision_inputs(self.model, ids, pixels, grids)
+            out = self.model(**inputs, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
         return out.logits[:, :-1]  # (N, T, V)
 
     def logp(self, batch: Batch, *, temperature: float = 1.0,
