@@ -5,8 +5,8 @@
 A weight function takes the trained-token mask (N, T) positionally and the batch values it declared at registration
 as keywords (`TOKEN_WEIGHTS.needs(name)`; rlvr.stages.token_weights passes them, gathered over every data-parallel
 rank, so a quantile is taken over the whole step). The weights are detached; loss normalisers are unchanged (TRL).
-`none` is no weighting at all: the loop skips the stage. `perception` (VPPO, arXiv 2510.09285) registers here with
-the vision-language policy.
+`none` is no weighting at all: the loop skips the stage. `perception` (VPPO's TGF, arXiv 2510.09285) registers from
+rlvr.algos.vppo.
 """
 
 from __future__ import annotations
