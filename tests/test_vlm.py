@@ -92,9 +92,21 @@ def test_mismatch_and_missing_image_name_the_row(policy):
     broken = Sample(prompt="how many?", images=[None], task="shapes", index=7, image_names=["gone.png"])
     with pytest.raises(ValueError, match=r"row 1 \(shapes item 7, images \['gone.png'\]\): image 0 is NoneType"):
         generate(policy, [samples()[0], broken])
+    spelled = batch.completion_ids.clone()
+    spelled[1, 0] = policy.image_token_id  # e.g. a reference text that spells <|image_pad|>
+    with pytest.raises(ValueError, match=r"row 1 \(t item 0, images \['a.png'\]\): its completion holds a vision"):
+        policy.logp(batch.replace(completion_ids=spelled))
     text = load_policy_of(config="qwen2-micro")
     with pytest.raises(ValueError, match=r"row 0 \(t item 0\) shows 1 image\(s\) but Qwen2ForCausalLM is a text "):
         text.encode_inputs(samples()[:1])
+
+
+def test_the_sampler_never_draws_a_vision_placeholder(policy):
+    # a random model gives each of the 4 vision tokens about 1/103 of the mass: 400 draws would hit one ~15 times
+    batch = generate(policy, samples() * 8, max_new_tokens=10)
+    assert not torch.isin(batch.completion_ids, torch.tensor(policy.vision_token_ids)).any()
+    logp, _ = policy.logp(batch)  # their probability still counts in the sampler's logp, as in training
+    assert (logp - batch.rollout_logp)[batch.completion_mask.bool()].abs().max() < 1e-5
 
 
 def test_corruption_moves_image_rows_only(policy):

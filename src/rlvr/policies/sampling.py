@@ -98,8 +98,9 @@ class _Picker:
     """Chooses the next token per row and returns it with its logp under softmax(logits / temperature)."""
 
     def __init__(self, *, temperature: float, top_k: int, top_p: float, greedy: bool, seeds: torch.Tensor,
-                 offsets: torch.Tensor, steps: int):
+                 offsets: torch.Tensor, steps: int, banned: torch.Tensor | None = None):
         self.temperature, self.top_k, self.top_p, self.greedy, self.t = temperature, top_k, top_p, greedy, 0
+        self.banned = banned if banned is not None and len(banned) else None
         if not greedy:  # every draw of the call at once: (N, steps), column t for token t
             self.u = uniform(seeds[:, None], offsets[:, None] + torch.arange(steps, device=seeds.device))
 
@@ -109,12 +110,14 @@ class _Picker:
         if self.temperature != 1.0:
             scaled = scaled / self.temperature
         logp_all = scaled.log_softmax(-1)
+        if self.banned is not None:  # never sampled (a VLM's image placeholders); logp stays the full softmax's
+            scaled = scaled.index_fill(-1, self.banned, float("-inf"))
         if self.greedy:
             tokens = scaled.argmax(-1)  # (n,)
         else:
             u = self.u[:, self.t] if rows is None else self.u[rows, self.t]  # (n,) this step's draw of each row
-            probs = _filter_logits(scaled, self.top_k, self.top_p).softmax(-1) if self.top_k or self.top_p < 1.0 \
-                else logp_all.exp()
+            filtered = self.top_k or self.top_p < 1.0 or self.banned is not None
+            probs = _filter_logits(scaled, self.top_k, self.top_p).softmax(-1) if filtered else logp_all.exp()
             tokens = _sample(probs, u)
         self.t += 1
         return tokens, logp_all.gather(-1, tokens[:, None])[:, 0]
@@ -226,6 +229,7 @@ def generate(
     backend: str = "auto",
     dtype: torch.dtype | None = None,
     decoder=None,
+    banned: Sequence[int] = (),
 ) -> dict:
     """Sample completions for left-padded prompts (N, P).
 
@@ -239,7 +243,8 @@ def generate(
     dtype: compute dtype of the forward passes (e.g. torch.bfloat16: the fast decoder casts its fused weights once
     per call, the HF loop runs under autocast); None = the parameters' dtype. Sampling and logp are in fp32.
     decoder: a decoder built by the caller (prefill / step, e.g. rlvr.policies.vlm.VisionDecoder) instead of one
-    chosen by `backend`.
+    chosen by `backend`. banned: token ids never sampled (a VLM's vision placeholders: a sampled one would read as
+    an image slot); their probability still counts in logp, as the training forward computes it.
     """
     _check_args(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k, backend)
     stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
@@ -250,7 +255,8 @@ def generate(
     seeds = row_seeds(0, "generate", torch.arange(n)) if seeds is None else seeds
     offsets = torch.zeros(n, dtype=torch.long) if offsets is None else offsets
     pick = _Picker(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seeds=seeds.to(device),
-                   offsets=offsets.to(device), steps=max_new_tokens)
+                   offsets=offsets.to(device), steps=max_new_tokens,
+                   banned=torch.tensor(list(banned), dtype=torch.long, device=device))
     eos = torch.tensor(_eos_ids(model, tokenizer), dtype=torch.long, device=device)
     stops = _StopStrings(tokenizer, stop, len(prompt_ids)) if any(stop) else None
     done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)  # (N,)

@@ -253,6 +253,8 @@ class HFVisionLM:
             tokenizer.chat_template = chat_template
         self.templated = chat_template != "none" and bool(getattr(tokenizer, "chat_template", None))
         self.image_token_id = model.config.image_token_id
+        vocab = tokenizer.get_vocab()
+        self.vision_token_ids = [vocab[t] for t in VISION_TOKENS if t in vocab]  # never sampled
         self.merge = model.config.vision_config.spatial_merge_size ** 2
 
     @classmethod
@@ -362,6 +364,16 @@ class HFVisionLM:
                 raise ValueError(f"{_row_name(sample, i)}: {n} image placeholder tokens but its images give {feats} "
                                  "features; build prompts with policy.encode_inputs")
 
+    def check_completions(self, batch: Batch) -> None:
+        """One-line error naming the first row whose completion holds a vision placeholder token (the sampler never
+        draws one; a reference text that spells one would be read as an image slot)."""
+        banned = torch.tensor(self.vision_token_ids, device=batch.device)
+        bad = (torch.isin(batch.completion_ids, banned) & batch.completion_mask.bool()).any(-1).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"{_row_name(batch.samples[i] if batch.samples else None, i)}: its completion holds a "
+                             f"vision placeholder token ({', '.join(VISION_TOKENS)}); completions are text only")
+
     # ---- what the loop asks ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -378,7 +390,8 @@ class HFVisionLM:
                                 pixels=pixels, grids=grids)
         return generate(self.model, self.tokenizer, prompt_ids, prompt_mask, max_new_tokens=params.max_new_tokens,
                         temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, stop=params.stop,
-                        greedy=params.greedy, seeds=seeds, offsets=offsets, decoder=decoder)
+                        greedy=params.greedy, seeds=seeds, offsets=offsets, decoder=decoder,
+                        banned=self.vision_token_ids)
 
     def generate(self, samples: list[Sample], *, group_ids: torch.Tensor, seeds: torch.Tensor,
                  params: SamplingParams) -> Batch:
@@ -401,6 +414,7 @@ class HFVisionLM:
         """Logits (N, T, V) at the completion positions: position t predicts completion token t."""
         pixels, grids = self._vision(batch)
         self.check_inputs(batch.prompt_ids, grids, batch.samples)
+        self.check_completions(batch)
         ids, mask, T = batch.input_ids, batch.attention_mask, batch.completion_ids.shape[1]
         pos, _ = rope_positions(self.model, ids, mask, torch.cat(grids) if any(len(g) for g in grids) else None)
         dev = ids.device.type
