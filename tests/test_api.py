@@ -135,3 +135,31 @@ def test_sft_from_python_and_the_names_stay_functions(tmp_path):
     assert Path(out["model"]).is_dir() and len(out["history"]) == 1
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         rlvr.trian  # noqa: B018
+
+
+def test_a_vision_language_model_object_with_image_rows(tmp_path):
+    """model= a Qwen2.5-VL the caller built, processor= its image processor, dataset= rows whose images are PIL
+    objects: VPPO trains on them and the checkpoint is the model's class."""
+    import numpy as np
+    from PIL import Image
+
+    from rlvr.policies import HFVisionLM
+
+    vlm = HFVisionLM.load(config="qwen2.5-vl-micro")
+    rng = np.random.default_rng(0)
+    rows = [{"prompt": "how bright?", "answer": str(i % 3),
+             "image": Image.fromarray((rng.random((28, 28, 3)) * 255 * (i % 3) / 2).astype("uint8"))}
+            for i in range(12)]
+    cfg = {"output_dir": str(tmp_path), "name": "vl", "task": {"name": "dataset", "kwargs": {
+        "path": "unused.jsonl", "image_field": "image", "scorer": "exact"}}}
+    overrides = {**SMALL, "model.config": None, "train.steps": 1, "algo.token_weights": "perception",
+                 "algo.advantage_shaping": "vppo_tas", "train.diversity_unit": "char"}
+    summary = rlvr.train(cfg, overrides, dataset=rows, rewards=[digits], model=vlm.model, tokenizer=vlm.tokenizer,
+                         processor=vlm.image_processor)
+    assert summary["steps"] == 1
+    step = [r for r in read_metrics(tmp_path / "vl/metrics.jsonl") if "reward" in r][0]
+    assert step["vppo/dependency_mean"] > 0 and step["token_weights/mean"] < 1
+    with pytest.raises(ConfigError, match="give its AutoProcessor or image processor as processor="):
+        rlvr.train(cfg, overrides, dataset=rows, model=vlm.model, tokenizer=vlm.tokenizer)
+    with pytest.raises(ConfigError, match="processor= goes with model="):
+        rlvr.train(cfg, overrides, dataset=rows, processor=vlm.image_processor)

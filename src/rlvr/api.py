@@ -15,7 +15,9 @@
    the rows, with the config's prompt_field/answer_field/scorer options when its task is a dataset already);
    `rewards=` replaces the top-level rewards (a callable follows the contract of docs/methods.md §2: it takes
    (samples, completions, **kw) and returns one float or None per completion); `model=` with `tokenizer=` is the
-   policy (its prompts go through the tokenizer's chat template as model.chat_template says).
+   policy (its prompts go through the tokenizer's chat template as model.chat_template says); a vision-language
+   model (Qwen2-VL family) also needs `processor=`: its AutoProcessor (tokenizer and image processor) or its image
+   processor.
 3. Bad input is a ConfigError naming the argument or key, raised before any training starts; the run folder rules
    (rlvr.run_folder: resume, overwrite) are the CLI's.
 4. The return value is the run's summary: steps, held-out accuracy before and after (eval_before, eval_after), the
@@ -33,13 +35,13 @@ from rlvr.config import Config, ConfigError, RewardConfig, config_from
 
 def train(config: str | Path | dict | Config, overrides: list[str] | dict | None = None, *, dataset: Any = None,
           eval_dataset: Any = None, rewards: Any = None, model: Any = None, tokenizer: Any = None,
-          resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+          processor: Any = None, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """RL training as `rlvr train` runs it; Python objects where given (see the module docstring)."""
     from rlvr.trainer import train as run_training
 
     cfg = config_from(config, overrides)
     cfg, given = with_objects(cfg, dataset=dataset, eval_dataset=eval_dataset, rewards=rewards, model=model,
-                              tokenizer=tokenizer)
+                              tokenizer=tokenizer, processor=processor)
     return run_training(cfg, resume=resume, overwrite=overwrite, given=given)
 
 
@@ -52,7 +54,7 @@ def sft(config: str | Path | dict | Config, overrides: list[str] | dict | None =
 
 
 def with_objects(cfg: Config, *, dataset: Any = None, eval_dataset: Any = None, rewards: Any = None,
-                 model: Any = None, tokenizer: Any = None):
+                 model: Any = None, tokenizer: Any = None, processor: Any = None):
     """(config with placeholders, rlvr.run.Given) for the Python objects given."""
     from rlvr.run import Given
 
@@ -63,11 +65,13 @@ def with_objects(cfg: Config, *, dataset: Any = None, eval_dataset: Any = None, 
         cfg = _dataset(cfg, given, dataset, eval_dataset)
     if rewards is not None:
         cfg = _rewards(cfg, given, rewards)
+    if processor is not None and model is None:
+        raise ConfigError("processor= goes with model= (a vision-language model the caller loaded)")
     if tokenizer is not None and model is None:
         raise ConfigError("tokenizer= goes with model=; for a checkpoint folder set model.path (its tokenizer is used) "
                           "or model.tokenizer")
     if model is not None:
-        cfg = _model(cfg, given, model, tokenizer)
+        cfg = _model(cfg, given, model, tokenizer, processor)
     return cfg, given
 
 
@@ -121,12 +125,16 @@ def _rewards(cfg: Config, given, rewards: Any) -> Config:
     return dataclasses.replace(cfg, rewards=configs)
 
 
-def _model(cfg: Config, given, model: Any, tokenizer: Any) -> Config:
+def _model(cfg: Config, given, model: Any, tokenizer: Any, processor: Any = None) -> Config:
     import torch
 
-    from rlvr.policies import HFCausalLM
+    from rlvr.policies import HFCausalLM, HFVisionLM
     from rlvr.policies.hf import prepare_tokenizer
+    from rlvr.policies.vlm import VLM_MODEL_TYPES
 
+    vision = getattr(getattr(model, "config", None), "model_type", None) in VLM_MODEL_TYPES
+    if vision and tokenizer is None and processor is not None:
+        tokenizer = getattr(processor, "tokenizer", None)
     if isinstance(model, (str, Path)):
         raise ConfigError("model=: pass a loaded model object; for a checkpoint folder set model.path instead")
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
@@ -136,8 +144,19 @@ def _model(cfg: Config, given, model: Any, tokenizer: Any) -> Config:
                           f"{type(model).__name__}")
     m = cfg.model
     prepare_tokenizer(model, tokenizer)
-    given.policy = HFCausalLM(model, tokenizer, autocast=getattr(torch, m.autocast) if m.autocast else None,
-                              lean=m.lean_forward, chat_template=m.chat_template)
+    autocast = getattr(torch, m.autocast) if m.autocast else None
+    if vision:
+        images = getattr(processor, "image_processor", processor)
+        if images is None or not callable(images):
+            raise ConfigError(f"processor=: {type(model).__name__} is a vision-language model; give its AutoProcessor "
+                              "or image processor as processor=")
+        given.policy = HFVisionLM(model, tokenizer, images, autocast=autocast, chat_template=m.chat_template)
+    elif processor is not None:
+        raise ConfigError(f"processor=: {type(model).__name__} is a text model; processor= is for vision-language "
+                          "models")
+    else:
+        given.policy = HFCausalLM(model, tokenizer, autocast=autocast, lean=m.lean_forward,
+                                  chat_template=m.chat_template)
     placeholder = f"<python: {type(model).__name__}>"
     return dataclasses.replace(cfg, model=dataclasses.replace(m, path=placeholder, config=None,
                                                               tokenizer=f"<python: {type(tokenizer).__name__}>"))
