@@ -177,7 +177,8 @@ def test_a_mixed_batch_of_image_and_text_rows_trains_and_checkpoints_load(tmp_pa
     torch.testing.assert_close(reloaded.logp(batch)[0], expected, atol=1e-6, rtol=0)
 
 
-def test_sft_warm_starts_a_vision_language_model(tmp_path):
+def test_sft_warm_starts_a_vision_language_model(tmp_path, capsys):
+    from rlvr.cli import main
     from rlvr.config import load_config
     from rlvr.warm_start import sft
 
@@ -188,3 +189,22 @@ def test_sft_warm_starts_a_vision_language_model(tmp_path):
     losses = [json.loads(x)["sft/loss"] for x in (tmp_path / "vl-sft" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.5 * losses[0]
     assert isinstance(load_policy_of(path=out["model"]), HFVisionLM)
+    capsys.readouterr()
+    assert main(["eval", out["model"], "--task", "count_shapes", "--size", "4", "--max-new-tokens", "24"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) >= {"accuracy", "mean_length"}  # rlvr eval on a visual task
+
+
+def test_what_a_vision_language_run_cannot_do_is_refused_in_one_line(tmp_path):
+    from rlvr.config import ConfigError, load_config, validate
+    from rlvr.run import build_sampler
+
+    text = load_config(None, ["model.config=qwen2-micro", "algo.token_weights=perception"])
+    with pytest.raises(ConfigError, match=r"algo: \['token_weights=perception'\] needs the visual dependency of a "
+                                          "vision-language model") as err:
+        validate(text)  # before any model is loaded
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="algo.perception.score must be one of"):
+        validate(load_config(None, ["model.config=qwen2.5-vl-micro", "algo.perception.score=kl"]))
+    env = load_config(None, ["model.config=qwen2.5-vl-micro", "task.name=guess_number", "env.name=guess_number"])
+    with pytest.raises(ConfigError, match="multi-turn environments run text models only for now"):
+        build_sampler(env, HFVisionLM.load(config="qwen2.5-vl-micro"))
