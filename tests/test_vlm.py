@@ -208,3 +208,25 @@ def test_what_a_vision_language_run_cannot_do_is_refused_in_one_line(tmp_path):
     env = load_config(None, ["model.config=qwen2.5-vl-micro", "task.name=guess_number", "env.name=guess_number"])
     with pytest.raises(ConfigError, match="multi-turn environments run text models only for now"):
         build_sampler(env, HFVisionLM.load(config="qwen2.5-vl-micro"))
+
+
+def test_a_resumed_vppo_run_equals_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    from rlvr.config import load_config
+    from rlvr.trainer import train
+
+    def cfg(name, steps):
+        return load_config(None, [
+            "model.config=qwen2.5-vl-micro", f"output_dir={tmp_path}", f"name={name}", f"train.steps={steps}",
+            "task.name=count_shapes", "task.eval_size=2", "rollout.prompts_per_step=2", "rollout.group_size=4",
+            "rollout.max_new_tokens=6", "optim.lr=1e-3", "algo.token_weights=perception",
+            "algo.advantage_shaping=vppo_tas", "train.progress=false", "train.diversity_unit=char",
+            "rewards=[{name: python, kwargs: {function: 'tests/dp_rewards.py:digit_fraction'}}]"])
+
+    train(cfg("whole", 2))
+    train(cfg("parts", 1))
+    train(cfg("parts", 2), resume=True)
+    a, b = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("whole", "parts"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
