@@ -230,3 +230,31 @@ def test_a_resumed_vppo_run_equals_an_uninterrupted_one(tmp_path):
     a, b = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("whole", "parts"))
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("score, mask_per", [("k3_sampled", "row"), ("full_kl", "prompt")])
+def test_the_perception_stage(policy, score, mask_per):
+    from rlvr.distributed import World
+    from rlvr.metrics import Metrics
+    from rlvr.stages import PerceptionStage, perception
+
+    rows = samples()
+    batch = policy.generate(rows, group_ids=torch.tensor([0, 0, 1, 2, 3]), seeds=torch.arange(5),
+                            params=SamplingParams(max_new_tokens=8))
+    log = Metrics()
+    out = perception(PerceptionStage(True, score=score, mask_per=mask_per), policy, batch, 3, World(), log)
+    dep = out.extras["dependency"]
+    assert dep.shape == batch.loss_mask.shape and (dep >= 0).all() and float(dep[:4].sum()) > 0
+    assert float(dep[4].sum()) == 0.0 and out.extras["has_image"].tolist() == [True] * 4 + [False]
+    assert {"vppo/dependency_mean", "vppo/dependency_entropy_corr"} <= set(log.local())
+    again = perception(PerceptionStage(True, score=score, mask_per=mask_per), policy, batch, 3, World(), Metrics())
+    torch.testing.assert_close(again.extras["dependency"], dep)  # the masks come from the rows' own streams
+    seen = []
+    original = policy.corrupt
+    policy.corrupt = lambda b, seeds, p: seen.append(original(b, seeds, p=p)) or seen[-1]
+    try:
+        perception(PerceptionStage(True, score=score, mask_per=mask_per), policy, batch, 3, World(), Metrics())
+    finally:
+        policy.corrupt = original
+    px = seen[0].extras["pixel_values"]  # rows 0 and 1: one group, one image
+    assert torch.equal(px[0], px[1]) == (mask_per == "prompt")
