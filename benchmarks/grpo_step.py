@@ -62,8 +62,8 @@ class Workload:
     new_tokens: int = 16
     lr: float = 1e-6
     chat: bool = False
-    target_ratio: float = 2.0  # the goal of issue 8 at fp32; with bf16 autocast on both sides:
-    target_ratio_bf16: float = 2.5
+    target_ratio: float | None = 2.0  # the goal of issue 8 at fp32 (None: no goal); with bf16 autocast on both sides:
+    target_ratio_bf16: float | None = 2.5
 
     @property
     def completions(self) -> int:
@@ -199,16 +199,13 @@ class TrlBench:
         self.w = w
         task = TASKS.build(w.task["name"], **w.task_kwargs(), seed=SEED)
         samples = [task[i] for i in range(total_steps * w.prompts)]  # rlvr reads items 0, 1, 2 ... in this order
-        as_prompt = (lambda p: [{"role": "user", "content": p}]) if w.chat else (lambda p: p)
-        dataset = datasets.Dataset.from_list(
-            [{"prompt": as_prompt(s.prompt), "answer": s.answer, "index": i} for i, s in enumerate(samples)]
-        )
+        dataset = datasets.Dataset.from_list([self.row(s, i) for i, s in enumerate(samples)])
 
         def task_reward(completions, index, **kwargs) -> list[float]:
             texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]  # conversational: messages
             return [task.score(samples[i], c) for i, c in zip(index, texts)]
 
-        model, tok = load_policy(**w.model, seed=SEED)  # same weights as rlvr's policy (same seed / same file)
+        model, tok = self.load()
         self.args = GRPOConfig(
             output_dir=f"{tmpdir}/trl",
             seed=SEED,
@@ -288,6 +285,15 @@ class TrlBench:
                                    processing_class=tok, callbacks=[Clock()])
         self._wrap_stages()
 
+    def row(self, sample, index: int) -> dict[str, Any]:
+        """One dataset row: the prompt (a user turn when w.chat), the answer and the task item index."""
+        prompt = [{"role": "user", "content": sample.prompt}] if self.w.chat else sample.prompt
+        return {"prompt": prompt, "answer": sample.answer, "index": index}
+
+    def load(self) -> tuple[Any, Any]:
+        """(model, processing_class): the same weights as rlvr's policy (same seed / same file)."""
+        return load_policy(**self.w.model, seed=SEED)
+
     def _wrap_stages(self) -> None:
         """Time TRL's generation and reward calls on this trainer instance (a perf_counter pair around each)."""
         tr = self.trainer
@@ -344,8 +350,10 @@ class TrlBench:
 # ------------------------------------------------------------------ main
 
 
-def main(w: Workload = STANDARD, doc: str = __doc__, extra: Callable[[Any], dict] | None = None) -> None:
-    """Run the comparison on workload `w`; `extra(rlvr_bench)` adds keys to the JSON (measured after both runs)."""
+def main(w: Workload = STANDARD, doc: str = __doc__, extra: Callable[[Any], dict] | None = None,
+         rlvr_bench: type[RlvrBench] = RlvrBench, trl_bench: type[TrlBench] = TrlBench) -> None:
+    """Run the comparison on workload `w`; `extra(rlvr_bench)` adds keys to the JSON (measured after both runs);
+    `rlvr_bench`, `trl_bench`: the two sides (subclasses for other models, e.g. benchmarks/vlm_step.py)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10, help="timed steps per framework")
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per framework")
@@ -367,7 +375,7 @@ def main(w: Workload = STANDARD, doc: str = __doc__, extra: Callable[[Any], dict
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rlvr-grpo-bench-") as tmpdir:
-        rlvr = RlvrBench(tmpdir, args.threads, bf16=args.bf16, w=w)
+        rlvr = rlvr_bench(tmpdir, args.threads, bf16=args.bf16, w=w)
         trl_report = None
         try:
             if have_trl:
@@ -376,7 +384,7 @@ def main(w: Workload = STANDARD, doc: str = __doc__, extra: Callable[[Any], dict
                 for size in blocks:
                     between[at] = lambda n=size: rlvr.run(n, timed=True)
                     at += size
-                trl = TrlBench(tmpdir, args.warmup + args.steps, args.warmup, between, args.threads, bf16=args.bf16,
+                trl = trl_bench(tmpdir, args.warmup + args.steps, args.warmup, between, args.threads, bf16=args.bf16,
                                w=w)
                 torch.set_num_threads(args.threads)
                 rlvr.run(args.warmup, timed=False)
@@ -422,7 +430,7 @@ def main(w: Workload = STANDARD, doc: str = __doc__, extra: Callable[[Any], dict
         "trl": trl_report,
         "ratio": ratio,
         "target_ratio": target,
-        "meets_target": None if ratio is None else ratio >= target,
+        "meets_target": None if ratio is None or target is None else ratio >= target,
         "precision": "bf16 autocast (both)" if args.bf16 else "fp32 (both)",
         "steps": args.steps,
         "warmup": args.warmup,
