@@ -139,7 +139,7 @@ class EnvConfig:
 
 @dataclass
 class PerceptionConfig:
-    """VPPO's corrupted-image pass (arXiv 2510.09285 §3.2); it runs when algo.token_weights or
+    """VPPO's corrupted-image pass (arXiv 2510.09285, docs/methods.md §7.2); it runs when algo.token_weights or
     algo.advantage_shaping needs the visual dependency (perception, vppo_tas)."""
 
     score: str = "k3_sampled"

@@ -135,7 +135,8 @@ def token_weights(stage: TokenWeightStage, batch: Batch, world: World, log: Metr
 
 @dataclass
 class PerceptionStage:
-    """VPPO's corrupted-image pass (arXiv 2510.09285 §3.2), on when a registered function needs `dependency`."""
+    """VPPO's corrupted-image pass (arXiv 2510.09285, docs/methods.md §7.2), on when a registered function needs
+    `dependency`."""
 
     enabled: bool = False
     score: str = "k3_sampled"  # k3_sampled (the reference code) | full_kl (the paper's full-vocabulary KL)

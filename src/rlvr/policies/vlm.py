@@ -18,8 +18,8 @@
    forward over its own image, so two rows with one question and different images never share anything.
 4. A row whose placeholder tokens do not match its images' features, or whose image is missing or unreadable, is a
    one-line ValueError naming the row (task item and image name), before any forward.
-5. `corrupt(batch, seeds)` is VPPO's uninformative image (arXiv 2510.09285 §3.2): after the processor's resize, each
-   14-px patch is set to black independently with probability p, a fresh mask per row.
+5. `corrupt(batch, seeds)` is VPPO's uninformative image (arXiv 2510.09285; docs/methods.md §7.2): after the
+   processor's resize, each 14-px patch is set to black independently with probability p, a fresh mask per row.
 """
 
 from __future__ import annotations
