@@ -10,6 +10,9 @@
 4. The lean training forward (rlvr/policies/lean.py) equals the HF forward on CUDA: log-probs and parameter
    gradients, fp32 and bf16 autocast, on a batch with groups, left and right padding; and its forward + backward
    time vs HF's.
+5. Vision-language models on CUDA (Qwen2-VL, Qwen2.5-VL, Qwen3-VL tiny configs): the update's log-probs equal the
+   HF forward and the KV-cached sampler's, fp32 and bf16 autocast; VPPO training steps (corrupted-image pass, TGF,
+   TAS, a KL reference) in the train variants.
 """
 
 from __future__ import annotations
@@ -92,7 +95,36 @@ VARIANTS = {
                      "algo.dynamic_sampling={enabled: true, max_rounds: 4, on_exhaust: partial}"],
     "exgrpo": ["buffer={name: exgrpo, kwargs: {start_threshold: 0.0, correct_threshold: 0.2}}",
                "algo.loss=exgrpo_mixed", "algo.loss_kwargs={beta: 0.1}", "algo.advantage=dr_grpo"],
+    "vppo": ["model.config=qwen2.5-vl-tiny", "tasks=[{name: count_shapes, key: count}, {name: arithmetic, key: add}]",
+             "algo.token_weights=perception", "algo.advantage_shaping=vppo_tas", "train.diversity_unit=char"],
 }
+
+
+def vlm_exact(config, autocast):
+    """Max |logp| differences of the VLM policy's training forward against the HF forward and the sampler."""
+    import numpy as np
+    from PIL import Image
+
+    from rlvr.batch import Sample
+    from rlvr.policies import HFVisionLM, SamplingParams
+
+    policy = HFVisionLM.load(config=config, seed=0, autocast=autocast).to("cuda")
+    rng = np.random.default_rng(0)
+    img = [Image.fromarray((rng.random((56, 56, 3)) * 255).astype("uint8")) for _ in range(3)]
+    rows = [Sample("how many?", images=[img[0]]), Sample("how many?", images=[img[1], img[2]]), Sample("2+2=")] * 4
+    batch = policy.generate(rows, group_ids=torch.arange(len(rows)), seeds=torch.arange(len(rows)),
+                            params=SamplingParams(max_new_tokens=12, dtype=autocast))
+    with torch.no_grad():
+        logp, _ = policy.logp(batch)
+        ids, attn = batch.input_ids, batch.attention_mask
+        pixels = torch.cat([p for p in batch.extras["pixel_values"] if len(p)]).cuda()
+        grids = torch.cat(batch.extras["image_grid_thw"]).cuda()
+        with torch.autocast("cuda", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            out = policy.model(input_ids=ids, attention_mask=attn, pixel_values=pixels, image_grid_thw=grids,
+                               mm_token_type_ids=(ids == policy.image_token_id).int())
+    P, mask = batch.prompt_ids.shape[1], batch.completion_mask.bool()
+    ref = out.logits[:, P - 1 : -1].float().log_softmax(-1).gather(-1, batch.completion_ids[..., None])[..., 0]
+    return float((logp - ref)[mask].abs().max()), float((logp - batch.rollout_logp)[mask].abs().max())
 
 
 def train_steps(dtype, extra=()):
@@ -166,6 +198,14 @@ def main() -> int:
             logp_diff, grad_rel, hf_s, lean_s = lean_vs_hf(config, autocast)
             check(f"lean_vs_hf/{config}/{name}", logp_diff < tol[0] and grad_rel < tol[1], max_logp_diff=logp_diff,
                   max_grad_rel_diff=grad_rel, hf_fwd_bwd_s=hf_s, lean_fwd_bwd_s=lean_s)
+    for config in () if only_train else ("qwen2.5-vl-tiny", "qwen2-vl-micro", "qwen3-vl-micro"):
+        for name, autocast, tol in (("float32", None, 1e-4), ("bf16_autocast", torch.bfloat16, 0.1)):
+            try:
+                vs_hf, vs_sampler = vlm_exact(config, autocast)
+                check(f"vlm_exact/{config}/{name}", vs_hf < tol and vs_sampler < tol, max_logp_diff_vs_hf=vs_hf,
+                      max_logp_diff_vs_sampler=vs_sampler)
+            except Exception as err:  # noqa: BLE001 - one model family's failure must not hide the others
+                check(f"vlm_exact/{config}/{name}", False, error=f"{type(err).__name__}: {err}"[:500])
     if not only_train:
         speed_checks()
     for dtype in ("float32", "bfloat16"):
