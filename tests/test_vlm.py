@@ -249,6 +249,13 @@ def test_the_perception_stage(policy, score, mask_per):
     assert {"vppo/dependency_mean", "vppo/dependency_entropy_corr"} <= set(log.local())
     again = perception(PerceptionStage(True, score=score, mask_per=mask_per), policy, batch, 3, World(), Metrics())
     torch.testing.assert_close(again.extras["dependency"], dep)  # the masks come from the rows' own streams
+    if score == "k3_sampled":  # pi_old's pass, when the step ran it already, is read instead of run again
+        from rlvr.stages import chunked_logp
+
+        old, entropy = chunked_logp(policy, batch, 64, 1.0, with_entropy=True)
+        reused = perception(PerceptionStage(True), policy, batch.replace(old_logp=old, old_entropy=entropy), 3,
+                            World(), Metrics())
+        torch.testing.assert_close(reused.extras["dependency"], dep, atol=1e-6, rtol=0)
     seen = []
     original = policy.corrupt
     policy.corrupt = lambda b, seeds, p: seen.append(original(b, seeds, p=p)) or seen[-1]

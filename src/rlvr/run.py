@@ -269,11 +269,13 @@ def build_shaping(cfg: Config) -> ShapingStage:
 
 def logprob_needs(cfg: Config, buffer: Buffer, weights: TokenWeightStage) -> LogprobNeeds:
     """pi_old before the update: for several optimizer steps per batch or a buffer that stores it; its entropy: for
-    entropy-based token weights (docs/methods.md §1.0)."""
+    entropy-based token weights (docs/methods.md §1.0). VPPO's sampled-token dependency reads both when they were
+    computed anyway (several optimizer steps), instead of a pass of its own."""
     a = cfg.algo
-    return LogprobNeeds(old_logp=a.ppo_epochs > 1 or a.mini_batches > 1 or "old_logp" in buffer.reads,
-                        entropy="entropy" in weights.needs, temperature=cfg.rollout.temperature,
-                        micro_batch_size=a.micro_batch_size)
+    old = a.ppo_epochs > 1 or a.mini_batches > 1 or "old_logp" in buffer.reads
+    reuse = old and needs_perception(cfg) and a.perception.score == "k3_sampled"
+    return LogprobNeeds(old_logp=old, entropy="entropy" in weights.needs or reuse,
+                        temperature=cfg.rollout.temperature, micro_batch_size=a.micro_batch_size)
 
 
 def build_buffer(cfg: Config, task) -> Buffer:

@@ -172,7 +172,10 @@ def _dependency(stage: PerceptionStage, policy, batch: Batch, aug: Batch) -> tup
             dep = full_kl_dependency(la, lb, part.loss_mask)
             parts.append((dep, -(la.exp() * la).sum(-1)))
         else:
-            logp, entropy = policy.logp(part, temperature=stage.temperature, with_entropy=True)
+            if batch.old_logp is not None and batch.old_entropy is not None:  # pi_old's pass already ran
+                logp, entropy = batch.old_logp[rows], batch.old_entropy[rows]
+            else:
+                logp, entropy = policy.logp(part, temperature=stage.temperature, with_entropy=True)
             aug_logp, _ = policy.logp(part_aug, temperature=stage.temperature)
             parts.append((visual_dependency(logp, aug_logp, part.loss_mask), entropy))
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
