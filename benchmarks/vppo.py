@@ -134,6 +134,7 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     p.add_argument("--out", default="runs/vppo-bench")
     p.add_argument("--docs", default="docs/results")
+    p.add_argument("--name", default="vppo", help="output names: docs/results/<name>.json, <name>_accuracy.png")
     p.add_argument("--quick", action="store_true", help="a few steps: checks that the script works")
     args = p.parse_args()
     if args.quick:
@@ -152,7 +153,7 @@ def main() -> None:
         for seed in args.seeds:
             for name in variants:
                 results[name].append(run_variant(args, name, seed, out))
-    name = "vppo_quick" if args.quick else "vppo"
+    name = f"{args.name}_quick" if args.quick else args.name
     (docs / f"{name}.json").write_text(json.dumps({"args": vars(args), "warm_start": warm, "token_types": probe,
                                                    "curves": results}, indent=1))
     held = {n: [r["heldout"] for r in seeds] for n, seeds in results.items()}
