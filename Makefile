@@ -39,6 +39,7 @@ bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/rollout.py
 	$(PY) benchmarks/grpo_step.py
+	$(PY) benchmarks/vlm_step.py
 
 clean:
 	rm -rf $(VENV) runs
