@@ -265,3 +265,18 @@ def test_the_perception_stage(policy, score, mask_per):
         policy.corrupt = original
     px = seen[0].extras["pixel_values"]  # rows 0 and 1: one group, one image
     assert torch.equal(px[0], px[1]) == (mask_per == "prompt")
+
+
+def test_a_chat_template_places_the_images_in_the_user_turn():
+    # the shape of Qwen2-VL's template: a content list of {"type": "image"} and {"type": "text"} items
+    template = ("{% for m in messages %}<{{ m['role'] }}>{% if m['content'] is string %}{{ m['content'] }}"
+                "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|>"
+                "<|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}<assistant>")
+    policy = HFVisionLM.load(config="qwen2.5-vl-micro", chat_template=template)
+    rows = [Sample(prompt="how many?", images=[image(0), image(1)]),
+            Sample(prompt=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2="}])]
+    ids, mask, extras = policy.encode_inputs(rows)
+    text = policy.tokenizer.decode(ids[0][mask[0].bool()])
+    assert text == "<user>" + ("<|vision_start|>" + "<|image_pad|>" * 16 + "<|vision_end|>") * 2 + "how many?<assistant>"
+    assert policy.tokenizer.decode(ids[1][mask[1].bool()]) == "<system>be brief<user>2+2=<assistant>"
+    assert [len(g) for g in extras["image_grid_thw"]] == [2, 0]
