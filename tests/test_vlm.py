@@ -277,6 +277,7 @@ def test_a_chat_template_places_the_images_in_the_user_turn():
             Sample(prompt=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2="}])]
     ids, mask, extras = policy.encode_inputs(rows)
     text = policy.tokenizer.decode(ids[0][mask[0].bool()])
-    assert text == "<user>" + ("<|vision_start|>" + "<|image_pad|>" * 16 + "<|vision_end|>") * 2 + "how many?<assistant>"
+    slot = "<|vision_start|>" + "<|image_pad|>" * 16 + "<|vision_end|>"
+    assert text == "<user>" + slot * 2 + "how many?<assistant>"
     assert policy.tokenizer.decode(ids[1][mask[1].bool()]) == "<system>be brief<user>2+2=<assistant>"
     assert [len(g) for g in extras["image_grid_thw"]] == [2, 0]
