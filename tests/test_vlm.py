@@ -281,3 +281,21 @@ def test_a_chat_template_places_the_images_in_the_user_turn():
     assert text == "<user>" + slot * 2 + "how many?<assistant>"
     assert policy.tokenizer.decode(ids[1][mask[1].bool()]) == "<system>be brief<user>2+2=<assistant>"
     assert [len(g) for g in extras["image_grid_thw"]] == [2, 0]
+
+
+def test_lora_adapters_on_a_vision_language_model(tmp_path):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForImageTextToText
+
+    from rlvr.config import load_config
+    from rlvr.trainer import train
+
+    cfg = load_config(None, [
+        "model.config=qwen2.5-vl-micro", f"output_dir={tmp_path}", "name=lora", "train.steps=1",
+        "task.name=count_shapes", "task.eval_size=2", "rollout.prompts_per_step=2", "rollout.group_size=2",
+        "rollout.max_new_tokens=4", "train.progress=false", "algo.token_weights=perception",
+        "model.lora={r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}",
+        "rewards=[{name: python, kwargs: {function: 'tests/dp_rewards.py:digit_fraction'}}]"])
+    assert train(cfg)["steps"] == 1
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "lora" / "final", local_files_only=True)
+    assert not any("lora" in name for name, _ in merged.named_parameters())  # adapters merged into the weights

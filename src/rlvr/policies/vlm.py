@@ -45,10 +45,16 @@ from rlvr.policies.vlm_models import (  # noqa: F401  (re-exported: the policy's
 # ------------------------------------------------------------------ positions and embeddings
 
 
+def _inner(model):
+    """The Qwen2-VL family's inner model (get_rope_index, visual), under PEFT adapters too."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
 def rope_positions(model, ids: torch.Tensor, mask: torch.Tensor, grids: torch.Tensor | None):
     """M-RoPE position ids (3, N, L) of the real tokens and each row's text delta (N, 1): position of a text token
     after the prompt = its index among the row's real tokens + delta."""
-    core = model.model
+    core = _inner(model)
     kwargs: dict[str, Any] = dict(image_grid_thw=grids if grids is not None and len(grids) else None,
                                   attention_mask=mask)
     if "mm_token_type_ids" in inspect.signature(core.get_rope_index).parameters:
@@ -89,11 +95,12 @@ def embed(model, ids: torch.Tensor, pixels: list[torch.Tensor], grids: list[torc
     for row, u in zip(rows, order):
         first.setdefault(u, row)
     unique_grids = [grids[first[u]] for u in range(len(unique))]
-    dev, dtype = embeds.device, model.model.visual.dtype
-    feats = model.model.visual(torch.cat([u.to(dev, dtype) for u in unique]),
+    visual = _inner(model).visual
+    dev, dtype = embeds.device, visual.dtype
+    feats = visual(torch.cat([u.to(dev, dtype) for u in unique]),
                                grid_thw=torch.cat([g.to(dev) for g in unique_grids]))
     feats = getattr(feats, "pooler_output", feats)  # (n_merged, H) of every distinct image
-    merge = model.model.visual.spatial_merge_size ** 2
+    merge = visual.spatial_merge_size ** 2
     sizes = [int(g.prod(-1).sum()) // merge for g in unique_grids]
     per_image = torch.split(feats, sizes)
     image_mask = ids == model.config.image_token_id  # (N, L)
