@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.config import Config, ConfigError, load_config, validate
+from rlvr.config import Config, ConfigError, load_config, to_dict, validate
 
 
 def write(tmp_path, name, text):
@@ -122,3 +122,20 @@ def test_recipes_follow_their_papers():
     assert ex.algo.aggregation_kwargs["C"] == ex.rollout.max_new_tokens
     grpo = load_config(recipes / "grpo.yaml")  # GRPO keeps the original paper's settings
     assert grpo.algo.loss_kwargs["clip_high"] == 0.2 and grpo.algo.aggregation == "seq_mean_token_mean"
+
+
+def test_vppo_recipe_is_its_dapo_baseline_plus_tgf_and_tas():
+    """VPPO (arXiv 2510.09285) on DAPO as its paper runs it: G = 8, clip 0.2 / 0.28, dual-clip 3, dynamic sampling,
+    token mean, no KL; k = 0.4 and beta_min = 0.9 (the launch scripts), the k3 score with a mask per response (the
+    reference code). The baseline differs only in TGF and TAS."""
+    recipes = Path(__file__).parents[1] / "recipes"
+    base, vppo = (to_dict(load_config(recipes / f"{n}.yaml")) for n in ("vl_dapo", "vppo"))
+    a = vppo["algo"]
+    assert a["token_weights"] == "perception" and a["token_weights_kwargs"] == {"k": 0.4}
+    assert a["advantage_shaping"] == "vppo_tas" and a["advantage_shaping_kwargs"] == {"beta_min": 0.9}
+    assert a["perception"] == {"score": "k3_sampled", "mask_per": "row", "patch_prob": 0.5}
+    assert a["loss_kwargs"] == {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0} and a["kl_coef"] == 0
+    assert a["dynamic_sampling"]["enabled"] and a["aggregation"] == "token_mean" and vppo["rollout"]["group_size"] == 8
+    for key in ("token_weights", "token_weights_kwargs", "advantage_shaping", "advantage_shaping_kwargs"):
+        base["algo"].pop(key), a.pop(key)
+    assert {**base, "name": "vppo"} == vppo
