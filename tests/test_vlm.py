@@ -299,3 +299,20 @@ def test_lora_adapters_on_a_vision_language_model(tmp_path):
     assert train(cfg)["steps"] == 1
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "lora" / "final", local_files_only=True)
     assert not any("lora" in name for name, _ in merged.named_parameters())  # adapters merged into the weights
+
+
+def test_an_unreadable_image_stops_the_run_with_one_line_naming_the_row(tmp_path, capsys):
+    from rlvr.cli import main
+
+    image(0).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    rows = [{"prompt": "how many?", "answer": "1", "image": "good.png"}, {"prompt": "how many?", "answer": "2",
+                                                                          "image": "bad.png"}]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "run.yaml").write_text("name: bad\n")
+    code = main(["train", str(tmp_path / "run.yaml"), "model.config=qwen2.5-vl-micro", "task.name=dataset",
+                 f"task.kwargs={{path: {tmp_path / 'data.jsonl'}, image_field: image, scorer: exact}}",
+                 "task.eval_size=1", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4",
+                 "train.steps=1", f"output_dir={tmp_path}", "train.progress=false"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and err.startswith("rlvr: stopped: dataset") and "row 2, field 'image': cannot read image" in err

@@ -21,7 +21,7 @@ import yaml
 
 from rlvr.checkpoint import CheckpointError
 from rlvr.config import ConfigError, load_config
-from rlvr.errors import TrainingError
+from rlvr.errors import DataError, TrainingError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"rlvr: error: {err}", file=sys.stderr)
         return 2
-    except TrainingError as err:
+    except (TrainingError, DataError) as err:
         print(f"rlvr: stopped: {err}", file=sys.stderr)
         return 1
 

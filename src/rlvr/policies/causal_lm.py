@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from rlvr.batch import Batch, Sample
+from rlvr.errors import DataError
 from rlvr.policies.base import SamplingParams, batch_owners
 from rlvr.policies.hf import encode_prompts, load_policy
 from rlvr.policies.hf_forward import completion_logp
@@ -81,7 +82,7 @@ class HFCausalLM:
         refused: this policy cannot see them."""
         for i, s in enumerate(samples):
             if s.images:
-                raise ValueError(f"row {i} ({s.task or 'task'} item {s.index}) shows {len(s.images)} image(s) but "
+                raise DataError(f"row {i} ({s.task or 'task'} item {s.index}) shows {len(s.images)} image(s) but "
                                  f"{type(self.model).__name__} is a text model; use a vision-language model "
                                  "(model.config qwen2.5-vl-micro / qwen2.5-vl-tiny, or a Qwen2-VL checkpoint)")
         return (*self.encode(samples), {})

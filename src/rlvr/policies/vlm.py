@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from rlvr.batch import Batch, Sample
+from rlvr.errors import DataError
 from rlvr.policies.base import SamplingParams
 from rlvr.policies.sampling import HFDecoder, generate
 from rlvr.policies.vlm_models import (  # noqa: F401  (re-exported: the policy's public names)
@@ -199,12 +200,12 @@ class HFVisionLM:
             return torch.zeros(0, width), torch.zeros(0, 3, dtype=torch.long)
         for k, image in enumerate(sample.images):
             if not isinstance(image, Image.Image):
-                raise ValueError(f"{_row_name(sample, row)}: image {k} is {type(image).__name__}, not a PIL image "
+                raise DataError(f"{_row_name(sample, row)}: image {k} is {type(image).__name__}, not a PIL image "
                                  "(missing or unreadable)")
         try:
             out = self.image_processor(images=[im.convert("RGB") for im in sample.images], return_tensors="pt")
         except Exception as err:  # a broken image file surfaces here, deep in PIL
-            raise ValueError(f"{_row_name(sample, row)}: its image could not be processed ({err})") from err
+            raise DataError(f"{_row_name(sample, row)}: its image could not be processed ({err})") from err
         return out["pixel_values"], out["image_grid_thw"].long()
 
     def _text(self, sample: Sample, n_images: int) -> tuple[str, bool]:
@@ -248,7 +249,7 @@ class HFVisionLM:
         """Each image placeholder expanded to its image's number of merged patches (as the HF processor does)."""
         slots = [j for j, t in enumerate(ids) if t == self.image_token_id]
         if len(slots) != len(grid):
-            raise ValueError(f"{_row_name(sample, row)}: the prompt holds {len(slots)} image placeholders for "
+            raise DataError(f"{_row_name(sample, row)}: the prompt holds {len(slots)} image placeholders for "
                              f"{len(grid)} images")
         out, last = [], 0
         for j, g in zip(slots, grid):
@@ -267,7 +268,7 @@ class HFVisionLM:
             feats = int(g.prod(-1).sum()) // self.merge if len(g) else 0
             if n != feats:
                 sample = samples[i] if samples is not None else None
-                raise ValueError(f"{_row_name(sample, i)}: {n} image placeholder tokens but its images give {feats} "
+                raise DataError(f"{_row_name(sample, i)}: {n} image placeholder tokens but its images give {feats} "
                                  "features; build prompts with policy.encode_inputs")
 
     def check_completions(self, batch: Batch) -> None:
@@ -277,7 +278,7 @@ class HFVisionLM:
         bad = (torch.isin(batch.completion_ids, banned) & batch.completion_mask.bool()).any(-1).nonzero()
         if len(bad):
             i = int(bad[0])
-            raise ValueError(f"{_row_name(batch.samples[i] if batch.samples else None, i)}: its completion holds a "
+            raise DataError(f"{_row_name(batch.samples[i] if batch.samples else None, i)}: its completion holds a "
                              f"vision placeholder token ({', '.join(VISION_TOKENS)}); completions are text only")
 
     # ---- what the loop asks ---------------------------------------------------------------------------------------

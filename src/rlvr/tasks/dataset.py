@@ -30,6 +30,7 @@ import os
 from typing import Any
 
 from rlvr.batch import Sample
+from rlvr.errors import DataError
 from rlvr.tasks.base import TASKS, Task, check_index
 
 
@@ -117,7 +118,7 @@ class DatasetTask(Task):
             try:
                 images.append(open_image(ref, root=self._image_root))
             except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's ways of saying "not an image"
-                raise ValueError(f"dataset {self.path!r}, row {i + 1}, field {self.image_field!r}: cannot read image "
+                raise DataError(f"dataset {self.path!r}, row {i + 1}, field {self.image_field!r}: cannot read image "
                                  f"{name!r} ({exc})") from exc
             names.append(f"{name}#{k}" if len(refs) > 1 else name)
         return images, names
@@ -152,7 +153,7 @@ class DatasetTask(Task):
     def _check(self, row: dict[str, Any], i: int) -> None:
         for field in (self.prompt_field, self.answer_field):
             if row.get(field) is None or row.get(field) == "":
-                raise ValueError(
+                raise DataError(
                     f"dataset {self.path!r}, row {i + 1}: missing field {field!r} (the row has {sorted(row)}); "
                     f"set prompt_field / answer_field to the right column names"
                 )
