@@ -9,6 +9,7 @@ from rlvr.rewards import cascade as _cascade  # noqa: F401  (registers "cascade"
 from rlvr.rewards import diversity as _diversity  # noqa: F401  (registers "diversity", DIVER)
 from rlvr.rewards import library as _library  # noqa: F401  (registers the built-in rewards)
 from rlvr.rewards import reward_model as _reward_model  # noqa: F401  (registers "reward_model")
+from rlvr.rewards import video as _video  # noqa: F401  (registers VideoSSR's interval_iou, count_accuracy, footrule)
 from rlvr.rewards.core import REWARDS, RewardError, RewardFn, combine_rewards
 from rlvr.rewards.library import load_function
 
