@@ -85,6 +85,17 @@ def _decode(path: Path) -> tuple[list[Any], float]:
     return frames, rate
 
 
+def read_frames(path: str | Path) -> tuple[list[Any], float]:
+    """Every frame of a video file (PIL RGB) and its native fps; VideoError when unreadable."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video {str(path)!r}: no such file")
+    frames, rate = _decode(path)
+    return [Image.fromarray(f) for f in frames], rate
+
+
 def read_clip(path: str | Path, *, count: int = 48) -> Clip | None:
     """`count` sampled frames of a video file (None when it has too few frames); VideoError when unreadable."""
     from PIL import Image

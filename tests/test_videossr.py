@@ -1,0 +1,82 @@
+"""rlvr.tasks.videossr: VideoSSR's pretext generators (arXiv 2511.06281), each item written as a real mp4 file and its
+label checked against the file that was written: the grounding interval is exactly the frames that changed, for
+every perturbation kind; the counting frames are the ones drawn on, > 8 apart, one shape type each; the jigsaw
+answer, read as a permutation, puts the written clips back in play order. Their answers score 1 under the rewards."""
+
+import random
+
+import numpy as np
+import pytest
+
+pytest.importorskip("av")
+
+from rlvr.rewards.video import count_accuracy, footrule, interval_iou  # noqa: E402
+from rlvr.tasks.videossr import KINDS, counting, grounding, jigsaw  # noqa: E402
+from rlvr.video import make_video, read_clip, read_frames, write_video  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("v") / "source.mp4"
+    make_video(path, seed=5, num_frames=120, size=64, movers=3, appearing=1, fps=10)
+    return read_clip(path, count=48)
+
+
+def written(item, tmp_path, name):
+    frames, _ = read_frames(write_video(tmp_path / f"{name}.mp4", item.frames, fps=item.fps))
+    return [np.asarray(f, dtype=int) for f in frames]
+
+
+def changed(a, b) -> bool:
+    return int(np.abs(a - b).max()) > 2  # the writer is lossless up to rounding
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_grounding_labels_the_frames_that_changed(clip, tmp_path, kind):
+    item = grounding(clip.frames, clip.fps, random.Random(KINDS.index(kind)), kind=kind)
+    out, orig = written(item, tmp_path, kind), [np.asarray(f, dtype=int) for f in clip.frames]
+    s, t = item.meta["start_frame"], item.meta["length"]
+    assert 8 <= t <= 16 and len(out) == 48
+    diff = [changed(a, b) for a, b in zip(out, orig)]
+    assert not any(diff[:s]) and not any(diff[s + t :])  # nothing outside the segment
+    assert any(diff[s : s + t])  # and the segment did change (temporal kinds may keep a frame in place)
+    if kind not in ("shuffle", "stutter"):
+        assert all(diff[s : s + t]), kind
+    assert item.answer == f"{s / clip.fps:.1f}-{(s + t) / clip.fps:.1f}" and item.data_source == "grounding"
+    assert interval_iou(item.answer, item.answer) == 1.0
+
+
+def test_counting_labels_the_frames_drawn_on(clip, tmp_path):
+    for seed in range(5):
+        item = counting(clip.frames, clip.fps, random.Random(seed))
+        out, orig = written(item, tmp_path, f"count{seed}"), [np.asarray(f, dtype=int) for f in clip.frames]
+        where = item.meta["frames_with_shapes"]
+        assert {i for i in range(48) if changed(out[i], orig[i])} == set(where)
+        per_shape = {s: sorted(i for i, (shape, _) in where.items() if shape == s)
+                     for s in ("circle", "square", "triangle")}
+        for frames in per_shape.values():
+            assert 1 <= len(frames) <= 3 and all(b - a > 8 for a, b in zip(frames, frames[1:]))
+        counts = [sum(k for shape, k in where.values() if shape == s) for s in ("circle", "square", "triangle")]
+        assert item.answer == ",".join(map(str, counts)) and count_accuracy(item.answer, item.answer) == 1.0
+
+
+def test_jigsaw_answer_restores_play_order(clip, tmp_path):
+    for seed in range(3):
+        item = jigsaw(clip.frames, clip.fps, random.Random(seed), clips=6)
+        out, orig = written(item, tmp_path, f"jig{seed}"), [np.asarray(f, dtype=int) for f in clip.frames]
+        size = item.meta["clip_frames"]
+        assert size == 8 and sorted(item.answer) == list("123456") and item.answer != "123456"
+        for k, pos in enumerate(item.answer):  # original clip k is shown at position pos
+            shown = out[(int(pos) - 1) * size : int(pos) * size]
+            assert not any(changed(a, b) for a, b in zip(shown, orig[k * size : (k + 1) * size]))
+        assert footrule(item.answer, item.answer) == 1.0 and item.data_source == "jigsaw"
+
+
+def test_bad_generator_options():
+    frames = [None] * 10
+    with pytest.raises(ValueError, match="unknown kind 'tilt'"):
+        grounding(frames * 5, 8.0, random.Random(0), kind="tilt")
+    with pytest.raises(ValueError, match="needs at least 16 frames"):
+        grounding(frames, 8.0, random.Random(0), kind="mirror")
+    with pytest.raises(ValueError, match="clips must be in 2..9"):
+        jigsaw(frames, 8.0, random.Random(0), clips=12)
