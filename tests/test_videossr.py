@@ -80,3 +80,29 @@ def test_bad_generator_options():
         grounding(frames, 8.0, random.Random(0), kind="mirror")
     with pytest.raises(ValueError, match="clips must be in 2..9"):
         jigsaw(frames, 8.0, random.Random(0), clips=12)
+
+
+def test_rlvr_data_videossr_writes_rows_a_dataset_task_reads(tmp_path, capsys):
+    import json
+
+    from rlvr.cli import main
+    from rlvr.tasks import TASKS
+
+    src = tmp_path / "videos"
+    for i in range(7):
+        make_video(src / f"v{i}.mp4", seed=i, num_frames=100, size=64)
+    (src / "broken.mp4").write_bytes(b"nope")
+    assert main(["data", "videossr", str(src), str(tmp_path / "ssr.jsonl"), "--frames", "32"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 7 and list(report["skipped"]) == [str(src / "broken.mp4")]
+    assert report["kinds"] == {"channel_swap": 2, "mirror": 1, "zoom_out": 1, "rotate180": 1, "counting": 1,
+                               "jigsaw": 1}
+    rows = [json.loads(x) for x in (tmp_path / "ssr.jsonl").read_text().splitlines()]
+    assert {r["data_source"] for r in rows} == {"grounding", "counting", "jigsaw"}
+    assert all((tmp_path / r["video"]).is_file() for r in rows)
+    task = TASKS.build("dataset", path=str(tmp_path / "ssr.jsonl"), scorer="videossr")
+    for i in range(len(task)):  # every answer scores 1 under the router, every row keeps its video path
+        s = task[i]
+        assert task.score(s, s.answer) == 1.0 and s.meta["video"].endswith(".mp4")
+    assert main(["data", "videossr", str(src), str(tmp_path / "x.jsonl"), "--mix", "tilt"]) == 2
+    assert main(["data", "videossr", str(src), str(tmp_path / "y.jsonl"), "--strict"]) == 1  # the broken file

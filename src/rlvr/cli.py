@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--env-kwargs", nargs="*", default=[], help="key=value options of the environment")
     e.add_argument("--max-turns", type=int, default=4, help="model turns per episode (with --env)")
     e.add_argument("--max-tokens", type=int, default=64, help="completion tokens per episode (with --env)")
+    d = sub.add_parser("data", help="build training data (videossr: VideoSSR pretext items from a folder of videos)")
+    d.add_argument("kind", choices=["videossr"])
+    d.add_argument("videos", help="a folder of video files (mp4, mkv, webm, avi, mov)")
+    d.add_argument("out", help="the JSONL file to write; the items' videos go to a folder of the same name")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--frames", type=int, default=48, help="frames sampled from each source video")
+    d.add_argument("--mix", default="channel_swap,mirror,zoom_out,rotate180",
+                   help="grounding perturbations, comma-separated (besides counting and jigsaw)")
+    d.add_argument("--strict", action="store_true", help="stop at the first unreadable video instead of skipping it")
     pl = sub.add_parser("plot", help="redraw a run's curves")
     pl.add_argument("run")
     sub.add_parser("recipes", help="list recipes and registered names")
@@ -119,6 +128,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from rlvr.tasks.videossr import KINDS, build
+
+    folder = Path(args.videos)
+    if not folder.is_dir():
+        raise ConfigError(f"videos: '{folder}' is not a folder")
+    mix = tuple(k for k in args.mix.split(",") if k)
+    if bad := [k for k in mix if k not in KINDS]:
+        raise ConfigError(f"--mix: unknown perturbation {bad[0]!r}; choose from {list(KINDS)}")
+    videos = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".mp4", ".mkv", ".webm", ".avi", ".mov"))
+    if not videos:
+        raise ConfigError(f"videos: no video files in '{folder}'")
+    report = build(videos, args.out, seed=args.seed, frames=args.frames, mix=mix, skip_bad=not args.strict)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from rlvr.plot import plot_run
 
@@ -142,7 +168,8 @@ def cmd_recipes(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "plot": cmd_plot, "recipes": cmd_recipes}
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_data, "plot": cmd_plot,
+            "recipes": cmd_recipes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,8 +51,9 @@ COUNTING_Q = ("Count the number of circles, squares, and triangles that appear i
               "frames, and any given frame can contain more than one shape. Provide the answer as three "
               "comma-separated numbers in the format: circles,squares,triangles. For example, if you see 3 circles, "
               "1 square, and 4 triangles, your answer should be '3,1,4'.")
-JIGSAW_Q = ("The clips above are parts of one video shown out of order. For each original clip, in play order, give "
-            "the position at which it is shown, as a {n}-digit string.")
+JIGSAW_Q = ("This video is {n} clips of equal length shown out of order. For each original clip, in play order, give "
+            "the position (1-{n}) at which it is shown, as a {n}-digit string.")
+SYSTEM = "Based on this video, provide the answer directly."  # the reference code's system prompt for every task
 SHAPES = ("circle", "square", "triangle")
 MIN_GAP, MAX_FRAMES_PER_SHAPE, MAX_PER_FRAME = 8, 3, 3
 
@@ -226,3 +227,49 @@ def jigsaw(frames: list[Any], fps: float, rng: random.Random, *, clips: int = 6)
     shown = [f for k in order for f in parts[k]]  # position p shows original clip order[p]
     answer = "".join(str(order.index(k) + 1) for k in range(clips))
     return PretextItem(shown, fps, JIGSAW_Q.format(n=clips), answer, "jigsaw", {"order": order, "clip_frames": size})
+
+
+# ------------------------------------------------------------------ a dataset of pretext items
+
+
+def build(videos: list[str], out: str, *, seed: int = 0, frames: int = 48, mix: tuple[str, ...] = TRAINING_MIX,
+          clips: int = 6, skip_bad: bool = True, progress: bool = True) -> dict[str, Any]:
+    """`rlvr data videossr`: one pretext item per source video, cycling through the grounding kinds of `mix`, counting
+    and jigsaw; each item's frames written as an mp4 beside `out` (a JSONL file of rows a `dataset` task reads:
+    prompt (system + user messages), answer, video, fps, data_source, kind, source). Returns counts and skips."""
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from rlvr.video import VideoError, read_clip, write_video
+
+    out_path = Path(out)
+    folder = out_path.with_suffix("")  # OUT.jsonl -> OUT/ holds the videos
+    folder.mkdir(parents=True, exist_ok=True)
+    makers = [(k, lambda f, fps, rng, k=k: grounding(f, fps, rng, kind=k)) for k in mix] + [
+        ("counting", counting), ("jigsaw", lambda f, fps, rng: jigsaw(f, fps, rng, clips=clips))]
+    rows, skipped = [], {}
+    for i, video in enumerate(tqdm(videos, desc="rlvr data videossr", unit="video", disable=not progress)):
+        try:
+            clip = read_clip(video, count=frames)
+        except VideoError as err:
+            if not skip_bad:
+                raise
+            skipped[str(video)] = str(err)
+            continue
+        if clip is None:
+            skipped[str(video)] = f"too short for {frames} frames"
+            continue
+        kind, make = makers[len(rows) % len(makers)]  # skipped videos do not shift the mix
+        item = make(clip.frames, clip.fps, random.Random(seed * 1_000_003 + i))
+        name = f"{i:06d}_{kind}.mp4"
+        write_video(folder / name, item.frames, fps=item.fps)
+        rows.append({"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": item.question}],
+                     "answer": item.answer, "video": f"{folder.name}/{name}", "fps": item.fps,
+                     "data_source": item.data_source, "kind": kind, "source": str(video)})
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out_path)  # nothing half-written under the final name
+    kinds = {k: sum(r["kind"] == k for r in rows) for k, _ in makers}
+    return {"rows": len(rows), "out": str(out_path), "videos": str(folder), "kinds": kinds, "skipped": skipped}
