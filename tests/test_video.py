@@ -27,6 +27,8 @@ def test_a_procedural_video_round_trips(tmp_path):
     assert clip.indices == sample_indices(60, 16) and len(clip.frames) == 16
     assert clip.fps == pytest.approx(16 / (60 / 10))  # sampling fps over the whole video's duration
     assert clip.frames[0].size == (64, 64)
+    make_video(tmp_path / "w.mp4", seed=3, num_frames=20, fps=6.4)  # a sampling fps is rarely whole
+    assert read_clip(tmp_path / "w.mp4", count=4).native_fps == pytest.approx(6.4)
     # the appearing shape is visible exactly on its frames: compare the decoded pixels with the rendered ones
     rendered = render(spec)
     a = spec["appearing"][0]

@@ -106,3 +106,26 @@ def test_rlvr_data_videossr_writes_rows_a_dataset_task_reads(tmp_path, capsys):
         assert task.score(s, s.answer) == 1.0 and s.meta["video"].endswith(".mp4")
     assert main(["data", "videossr", str(src), str(tmp_path / "x.jsonl"), "--mix", "tilt"]) == 2
     assert main(["data", "videossr", str(src), str(tmp_path / "y.jsonl"), "--strict"]) == 1  # the broken file
+
+
+def test_a_vision_language_model_trains_on_videossr_rows(tmp_path, capsys):
+    """rlvr data videossr -> a dataset task with video_field -> a VLM trains on the videos with the videossr reward;
+    samples.jsonl names each row's video."""
+    import json
+
+    from rlvr.cli import main
+    from rlvr.config import load_config
+    from rlvr.trainer import train
+
+    for i in range(6):
+        make_video(tmp_path / "videos" / f"v{i}.mp4", seed=i, num_frames=40, size=56)
+    assert main(["data", "videossr", str(tmp_path / "videos"), str(tmp_path / "ssr.jsonl"), "--frames", "16"]) == 0
+    capsys.readouterr()
+    cfg = load_config(None, [
+        "model.config=qwen2.5-vl-micro", "task.name=dataset", f"output_dir={tmp_path}", "name=v", "train.steps=1",
+        f"task.kwargs={{path: {tmp_path / 'ssr.jsonl'}, video_field: video, video_frames: 0, scorer: videossr}}",
+        "task.eval_size=2", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=6",
+        "rewards=[{name: videossr}]", "train.progress=false", "train.diversity_unit=char", "model.chat_template=none"])
+    assert train(cfg)["steps"] == 1
+    logged = [json.loads(x) for x in (tmp_path / "v" / "samples.jsonl").read_text().splitlines()]
+    assert all(r["videos"][0].endswith(".mp4") for r in logged)

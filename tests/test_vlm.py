@@ -316,3 +316,44 @@ def test_an_unreadable_image_stops_the_run_with_one_line_naming_the_row(tmp_path
                  "train.steps=1", f"output_dir={tmp_path}", "train.progress=false"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and err.startswith("rlvr: stopped: dataset") and "row 2, field 'image': cannot read image" in err
+
+
+@pytest.mark.parametrize("config", ["qwen2.5-vl-micro", "qwen2-vl-micro"])
+def test_videos_reach_the_model_exactly(config, tmp_path):
+    """A video (frames + fps) goes in as Qwen2-VL's video processor lays it out: pairs of frames per temporal patch;
+    the update's log-probs equal the HF forward fed pixel_values_videos, video_grid_thw and the seconds per temporal
+    patch (M-RoPE's temporal ids), and the sampler's."""
+    from types import SimpleNamespace
+
+    policy = HFVisionLM.load(config=config, seed=0)
+    frames = [image(10 + k) for k in range(5)]  # odd: the last frame is repeated to fill the temporal patch
+    video = SimpleNamespace(frames=frames, fps=2.0)
+    rows = [Sample("what happens?", videos=[video], task="v", index=0), Sample("what happens?", videos=[video],
+            images=[image(0)], task="v", index=1), Sample("2+2=", task="v", index=2)]
+    batch = generate(policy, rows)
+    assert batch.extras["video_grid_thw"][0].tolist() == [[3, 8, 8]]  # 5 frames -> 3 temporal patches, 8 x 8 each
+    assert float(batch.extras["video_seconds"][0]) == pytest.approx(1.0)  # 2 frames per patch at 2 fps
+    logp, _ = policy.logp(batch)
+    ids, attn, mask = batch.input_ids, batch.attention_mask, batch.completion_mask.bool()
+    kw = dict(pixel_values_videos=torch.cat(batch.extras["pixel_values_videos"]),
+              video_grid_thw=torch.cat(batch.extras["video_grid_thw"]),
+              pixel_values=torch.cat(batch.extras["pixel_values"]),
+              image_grid_thw=torch.cat(batch.extras["image_grid_thw"]),
+              mm_token_type_ids=(ids == policy.image_token_id).int() + 2 * (ids == policy.video_token_id).int())
+    if config == "qwen2.5-vl-micro":
+        kw["second_per_grid_ts"] = torch.cat(batch.extras["video_seconds"])
+    with torch.no_grad():
+        out = policy.model(input_ids=ids, attention_mask=attn, **kw)
+    P = batch.prompt_ids.shape[1]
+    ref = out.logits[:, P - 1 : -1].float().log_softmax(-1).gather(-1, batch.completion_ids[..., None])[..., 0]
+    assert (logp - ref)[mask].abs().max() < 1e-5
+    assert (logp - batch.rollout_logp)[mask].abs().max() < 1e-5
+    still = [SimpleNamespace(frames=[frames[0]] * 5, fps=2.0)]  # the video is seen: another video, other log-probs
+    # the layout: a still video's temporal patch is the image's patch (an image is a 2-frame still in Qwen2-VL)
+    px, grid, _ = policy._videos(Sample("x", videos=still), 0)
+    image_px = policy._images(Sample("x", images=[frames[0]]), 0)[0]
+    assert grid.tolist() == [[3, 8, 8]] and torch.equal(px[:64], image_px) and torch.equal(px[128:], image_px)
+    moved, _ = policy.logp(generate(policy, [Sample("what happens?", videos=still, task="v", index=0)])
+                           .replace(completion_ids=batch.completion_ids[:1], completion_mask=batch.completion_mask[:1],
+                                    loss_mask=batch.loss_mask[:1]))
+    assert (moved[0] - logp[0])[mask[0]].abs().max() > 1e-4

@@ -39,6 +39,8 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)  # anything else a reward may need
     images: list[Any] = field(default_factory=list)  # PIL images the prompt shows, in order (vision-language tasks)
     image_names: list[str] = field(default_factory=list)  # one name per image (a file path, or task/split/index#k)
+    videos: list[Any] = field(default_factory=list)  # videos the prompt shows: each with .frames (PIL) and .fps
+    video_names: list[str] = field(default_factory=list)  # one name per video
 
 
 @dataclass

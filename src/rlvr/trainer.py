@@ -182,6 +182,8 @@ def _sample_rows(batch: Batch, n: int) -> list[dict[str, Any]]:
                "reward": None if math.isnan(reward) else reward}
         if s.images:  # which images the prompt showed (a file path, or task/split/index#k)
             row["images"] = list(s.image_names) or [f"{s.task}/{s.index}#{k}" for k in range(len(s.images))]
+        if s.videos:
+            row["videos"] = list(s.video_names) or [f"{s.task}/{s.index}#v{k}" for k in range(len(s.videos))]
         rows.append(row)
     return rows
 

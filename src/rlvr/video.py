@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,8 @@ def write_video(path: str | Path, frames: list[Any], *, fps: float = 8.0) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         x264 = "libx264" in av.codecs_available
-        stream = container.add_stream("libx264" if x264 else "mpeg4", rate=round(fps))
+        rate = Fraction(fps).limit_denominator(1001)  # a sampling fps is rarely whole (48 frames over 7.3 s)
+        stream = container.add_stream("libx264" if x264 else "mpeg4", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv444p" if x264 else "yuv420p"
         stream.options = {"qp": "0"} if x264 else {"qscale": "1"}
         for a in arrays:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,14 +53,45 @@ def _inner(model):
     return base.model
 
 
-def rope_positions(model, ids: torch.Tensor, mask: torch.Tensor, grids: torch.Tensor | None):
+@dataclass
+class Visuals:
+    """Per-row vision inputs of a call, each a list over rows: images (pixel rows, grids) and videos (pixel rows,
+    grids, seconds per temporal patch); a row without any holds empty tensors."""
+
+    pixels: list[torch.Tensor]
+    grids: list[torch.Tensor]
+    video_pixels: list[torch.Tensor]
+    video_grids: list[torch.Tensor]
+    video_seconds: list[torch.Tensor]
+
+    @staticmethod
+    def of(extras: dict[str, Any], n: int) -> Visuals:
+        def get(key: str, empty):
+            values = extras.get(key) or [None] * n
+            return [v if v is not None else empty() for v in values]
+
+        grid = lambda: torch.zeros(0, 3, dtype=torch.long)  # noqa: E731
+        return Visuals(get("pixel_values", lambda: torch.zeros(0, 1)), get("image_grid_thw", grid),
+                       get("pixel_values_videos", lambda: torch.zeros(0, 1)), get("video_grid_thw", grid),
+                       get("video_seconds", lambda: torch.zeros(0)))
+
+    def any_video(self) -> bool:
+        return any(len(g) for g in self.video_grids)
+
+
+def rope_positions(model, ids: torch.Tensor, mask: torch.Tensor, vis: Visuals):
     """M-RoPE position ids (3, N, L) of the real tokens and each row's text delta (N, 1): position of a text token
-    after the prompt = its index among the row's real tokens + delta."""
+    after the prompt = its index among the row's real tokens + delta. Video tokens' temporal ids advance by the
+    seconds each temporal patch spans (Qwen2.5-VL; Qwen2-VL counts patches)."""
     core = _inner(model)
-    kwargs: dict[str, Any] = dict(image_grid_thw=grids if grids is not None and len(grids) else None,
-                                  attention_mask=mask)
+    images = torch.cat(vis.grids) if any(len(g) for g in vis.grids) else None
+    videos = torch.cat(vis.video_grids) if vis.any_video() else None
+    kwargs: dict[str, Any] = dict(image_grid_thw=images, video_grid_thw=videos, attention_mask=mask)
+    if videos is not None:
+        kwargs["second_per_grid_ts"] = torch.cat(vis.video_seconds)
     if "mm_token_type_ids" in inspect.signature(core.get_rope_index).parameters:
-        kwargs["mm_token_type_ids"] = (ids == model.config.image_token_id).int()  # 1 = image token, 0 = text
+        types = (ids == model.config.image_token_id).int() + 2 * (ids == model.config.video_token_id).int()
+        kwargs["mm_token_type_ids"] = types  # 0 text, 1 image, 2 video
     return core.get_rope_index(ids, **kwargs)
 
 
@@ -71,42 +103,51 @@ def _distinct(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int
     return [firsts[i] for i in range(len(firsts))], order
 
 
-def vision_inputs(model, ids: torch.Tensor, pixels: list[torch.Tensor], grids: list[torch.Tensor]) -> dict[str, Any]:
-    """The inputs of a prompt forward: embeddings with the image features in place (EMBEDDING_ONLY models), or the
-    token ids with the rows' pixels for the model's own forward (Qwen3-VL)."""
+def vision_inputs(model, ids: torch.Tensor, vis: Visuals) -> dict[str, Any]:
+    """The inputs of a prompt forward: embeddings with the image and video features in place (EMBEDDING_ONLY
+    models), or the token ids with the rows' pixels for the model's own forward (Qwen3-VL)."""
     if model.config.model_type in EMBEDDING_ONLY:
-        return {"inputs_embeds": embed(model, ids, pixels, grids)}
-    rows = [i for i, g in enumerate(grids) if len(g)]
-    if not rows:
-        return {"input_ids": ids}
-    dev = ids.device
-    return {"input_ids": ids, "pixel_values": torch.cat([pixels[i].to(dev) for i in rows]),
-            "image_grid_thw": torch.cat([grids[i].to(dev) for i in rows])}
+        return {"inputs_embeds": embed(model, ids, vis)}
+    dev, out = ids.device, {"input_ids": ids}
+    for pixels, grids, key, grid_key in ((vis.pixels, vis.grids, "pixel_values", "image_grid_thw"),
+                                         (vis.video_pixels, vis.video_grids, "pixel_values_videos", "video_grid_thw")):
+        rows = [i for i, g in enumerate(grids) if len(g)]
+        if rows:
+            out[key] = torch.cat([pixels[i].to(dev) for i in rows])
+            out[grid_key] = torch.cat([grids[i].to(dev) for i in rows])
+    return out
 
 
-def embed(model, ids: torch.Tensor, pixels: list[torch.Tensor], grids: list[torch.Tensor]) -> torch.Tensor:
-    """Token embeddings (N, L, H) with each row's image features in place of its image placeholder tokens; the vision
-    tower runs once per distinct image tensor."""
-    embeds = model.get_input_embeddings()(ids)  # (N, L, H)
+def _features(visual, pixels: list[torch.Tensor], grids: list[torch.Tensor], dev) -> torch.Tensor | None:
+    """Merged vision features (n_tokens, H) of every row's images (or videos) in row order; the tower runs once per
+    distinct pixel tensor."""
     rows = [i for i, g in enumerate(grids) if len(g)]
     if not rows:
-        return embeds
+        return None
     unique, order = _distinct([pixels[i] for i in rows])
     first: dict[int, int] = {}
     for row, u in zip(rows, order):
         first.setdefault(u, row)
     unique_grids = [grids[first[u]] for u in range(len(unique))]
-    visual = _inner(model).visual
-    dev, dtype = embeds.device, visual.dtype
-    feats = visual(torch.cat([u.to(dev, dtype) for u in unique]),
-                               grid_thw=torch.cat([g.to(dev) for g in unique_grids]))
+    feats = visual(torch.cat([u.to(dev, visual.dtype) for u in unique]),
+                   grid_thw=torch.cat([g.to(dev) for g in unique_grids]))
     feats = getattr(feats, "pooler_output", feats)  # (n_merged, H) of every distinct image
     merge = visual.spatial_merge_size ** 2
-    sizes = [int(g.prod(-1).sum()) // merge for g in unique_grids]
-    per_image = torch.split(feats, sizes)
-    image_mask = ids == model.config.image_token_id  # (N, L)
-    chosen = torch.cat([per_image[order[j]] for j in range(len(rows))]).to(embeds.dtype)  # (n_tokens, H)
-    return embeds.masked_scatter(image_mask[..., None].expand_as(embeds), chosen)
+    per_input = torch.split(feats, [int(g.prod(-1).sum()) // merge for g in unique_grids])
+    return torch.cat([per_input[order[j]] for j in range(len(rows))])
+
+
+def embed(model, ids: torch.Tensor, vis: Visuals) -> torch.Tensor:
+    """Token embeddings (N, L, H) with each row's image and video features in place of their placeholder tokens."""
+    embeds = model.get_input_embeddings()(ids)  # (N, L, H)
+    visual = _inner(model).visual
+    for pixels, grids, token in ((vis.pixels, vis.grids, model.config.image_token_id),
+                                 (vis.video_pixels, vis.video_grids, model.config.video_token_id)):
+        chosen = _features(visual, pixels, grids, embeds.device)
+        if chosen is not None:
+            slots = (ids == token)[..., None].expand_as(embeds)  # (N, L, H)
+            embeds = embeds.masked_scatter(slots, chosen.to(embeds.dtype))
+    return embeds
 
 
 # ------------------------------------------------------------------ sampling
@@ -116,14 +157,13 @@ class VisionDecoder(HFDecoder):
     """HFDecoder over a VLM: the prefill embeds the images and sets each row's M-RoPE delta; decode steps place
     each new token at its text position + delta (a KV cache throughout)."""
 
-    def __init__(self, model, prompt_ids, prompt_mask, max_new_tokens, dtype, *, pixels, grids):
+    def __init__(self, model, prompt_ids, prompt_mask, max_new_tokens, dtype, *, vis: Visuals):
         super().__init__(model, prompt_ids, prompt_mask, max_new_tokens, dtype)
-        self.pixels, self.grids = pixels, grids
+        self.vis = vis
 
     def prefill(self) -> torch.Tensor:
-        grids = torch.cat(self.grids) if self.grids else None
-        pos, self.delta = rope_positions(self.model, self.ids, self.mask, grids)  # (3, N, P), (N, 1)
-        return self._forward(vision_inputs(self.model, self.ids, self.pixels, self.grids), pos)
+        pos, self.delta = rope_positions(self.model, self.ids, self.mask, self.vis)  # (3, N, P), (N, 1)
+        return self._forward(vision_inputs(self.model, self.ids, self.vis), pos)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
@@ -151,7 +191,7 @@ def _row_name(sample: Sample | None, row: int) -> str:
 class HFVisionLM:
     """The policy: a transformers vision-language model, its tokenizer and image processor (module docstring)."""
 
-    prompt_inputs: tuple[str, ...] = ("pixel_values", "image_grid_thw")  # per-row inputs of the prompt forward
+    prompt_inputs: tuple[str, ...] = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
     def __init__(self, model, tokenizer, image_processor, *, autocast: torch.dtype | None = None,
                  chat_template: str = "auto"):
@@ -159,7 +199,7 @@ class HFVisionLM:
         if chat_template not in ("auto", "none"):
             tokenizer.chat_template = chat_template
         self.templated = chat_template != "none" and bool(getattr(tokenizer, "chat_template", None))
-        self.image_token_id = model.config.image_token_id
+        self.image_token_id, self.video_token_id = model.config.image_token_id, model.config.video_token_id
         vocab = tokenizer.get_vocab()
         self.vision_token_ids = [vocab[t] for t in VISION_TOKENS if t in vocab]  # never sampled
         self.merge = model.config.vision_config.spatial_merge_size ** 2
@@ -208,68 +248,102 @@ class HFVisionLM:
             raise DataError(f"{_row_name(sample, row)}: its image could not be processed ({err})") from err
         return out["pixel_values"], out["image_grid_thw"].long()
 
-    def _text(self, sample: Sample, n_images: int) -> tuple[str, bool]:
-        """(prompt text with one placeholder per image, whether it already holds the special tokens)."""
-        slot = "<|vision_start|><|image_pad|><|vision_end|>"
+    def _videos(self, sample: Sample, row: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pixel_values_videos (n_patches, D), video_grid_thw (n_videos, 3), seconds per temporal patch (n_videos,))
+        of one sample's videos (each with .frames, PIL, and .fps). Each frame goes through the image processor; pairs
+        of frames (temporal_patch_size) form one temporal patch, laid out as Qwen2-VL's video processor does
+        (t, h/m, w/m, m, m, C, T, p, p); a video of an odd frame count repeats its last frame."""
+        proc = self.image_processor
+        T, p = proc.temporal_patch_size, proc.patch_size
+        pixels, grids, seconds = [], [], []
+        for k, video in enumerate(sample.videos):
+            frames, fps = getattr(video, "frames", None), getattr(video, "fps", None)
+            if not frames or not fps or fps <= 0:
+                raise DataError(f"{_row_name(sample, row)}: video {k} has no frames or no fps")
+            out = proc(images=[f.convert("RGB") for f in frames], return_tensors="pt")
+            grid = out["image_grid_thw"][0]
+            per = out["pixel_values"].reshape(len(frames), int(grid.prod()), 3, T, p, p)[:, :, :, 0]  # (F, n, C, p, p)
+            if len(frames) % T:
+                per = torch.cat([per, per[-1:].expand(T - len(frames) % T, -1, -1, -1, -1)])
+            groups = per.reshape(len(per) // T, T, *per.shape[1:]).permute(0, 2, 3, 1, 4, 5)  # (t, n, C, T, p, p)
+            pixels.append(groups.reshape(-1, 3 * T * p * p))
+            grids.append(torch.tensor([len(per) // T, int(grid[1]), int(grid[2])]))
+            seconds.append(T / float(fps))
+        width = 3 * T * p * p
+        if not pixels:
+            return torch.zeros(0, width), torch.zeros(0, 3, dtype=torch.long), torch.zeros(0)
+        return torch.cat(pixels), torch.stack(grids).long(), torch.tensor(seconds, dtype=torch.float32)
+
+    def _text(self, sample: Sample, n_images: int, n_videos: int = 0) -> tuple[str, bool]:
+        """(prompt text with one placeholder per image, then per video, whether it already holds the special tokens)."""
+        image, video = "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
         prompt = sample.prompt
         if self.templated:
             if isinstance(prompt, str):
                 prompt = [{"role": "user", "content": prompt}]
             prompt = copy.deepcopy(prompt)
             user = next((m for m in prompt if m.get("role") == "user"), prompt[-1])
-            if isinstance(user["content"], str) and n_images:
-                user["content"] = [{"type": "image"}] * n_images + [{"type": "text", "text": user["content"]}]
+            if isinstance(user["content"], str) and (n_images or n_videos):
+                user["content"] = ([{"type": "image"}] * n_images + [{"type": "video"}] * n_videos
+                                   + [{"type": "text", "text": user["content"]}])
             return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), True
         text = prompt if isinstance(prompt, str) else "\n".join(str(m["content"]) for m in prompt)
-        return slot * n_images + text, False
+        return image * n_images + video * n_videos + text, False
 
     def encode_inputs(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Left-padded prompt ids and mask (N, P) and the per-row vision inputs (lists, module docstring 1). A sample
         repeated in `samples` (a group) is processed once and its rows share the tensors."""
         cache: dict[int, tuple] = {}
-        rows, pixels, grids = [], [], []
+        rows, parts = [], []
         for i, s in enumerate(samples):
             if id(s) not in cache:
                 px, grid = self._images(s, i)
-                text, special = self._text(s, len(grid))
+                vpx, vgrid, vsec = self._videos(s, i)
+                text, special = self._text(s, len(grid), len(vgrid))
                 ids = self.tokenizer(text, add_special_tokens=not special)["input_ids"]
-                cache[id(s)] = (self._expand(ids, grid, s, i), px, grid)
-            ids, px, grid = cache[id(s)]
+                cache[id(s)] = (self._expand(ids, grid, vgrid, s, i), (px, grid, vpx, vgrid, vsec))
+            ids, part = cache[id(s)]
             rows.append(ids)
-            pixels.append(px)
-            grids.append(grid)
+            parts.append(part)
+        keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "video_seconds")
+        extras = {k: [p[j] for p in parts] for j, k in enumerate(keys)}
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (N, P)
         mask = torch.zeros((len(rows), width), dtype=torch.long)  # (N, P)
         for i, r in enumerate(rows):
             ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r, dtype=torch.long), 1
-        return ids.to(self.device), mask.to(self.device), {"pixel_values": pixels, "image_grid_thw": grids}
+        return ids.to(self.device), mask.to(self.device), extras
 
-    def _expand(self, ids: list[int], grid: torch.Tensor, sample: Sample, row: int) -> list[int]:
-        """Each image placeholder expanded to its image's number of merged patches (as the HF processor does)."""
-        slots = [j for j, t in enumerate(ids) if t == self.image_token_id]
-        if len(slots) != len(grid):
-            raise DataError(f"{_row_name(sample, row)}: the prompt holds {len(slots)} image placeholders for "
-                             f"{len(grid)} images")
-        out, last = [], 0
-        for j, g in zip(slots, grid):
-            out += ids[last:j] + [self.image_token_id] * (int(g.prod()) // self.merge)
-            last = j + 1
-        return out + ids[last:]
+    def _expand(self, ids: list[int], grid: torch.Tensor, video_grid: torch.Tensor, sample: Sample,
+                row: int) -> list[int]:
+        """Each image (video) placeholder expanded to its image's (video's) number of merged patches, as the HF
+        processor does."""
+        pending = {self.image_token_id: list(grid), self.video_token_id: list(video_grid)}
+        for token, what, given in ((self.image_token_id, "image", grid), (self.video_token_id, "video", video_grid)):
+            if ids.count(token) != len(given):
+                raise DataError(f"{_row_name(sample, row)}: the prompt holds {ids.count(token)} {what} placeholders "
+                                 f"for {len(given)} {what}s")
+        out = []
+        for t in ids:
+            out += [t] * (int(pending[t].pop(0).prod()) // self.merge) if t in pending else [t]
+        return out
 
     def encode(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask, _ = self.encode_inputs(samples)
         return ids, mask
 
-    def check_inputs(self, prompt_ids: torch.Tensor, grids: list[torch.Tensor], samples: list | None) -> None:
-        """One-line error naming the first row whose image placeholder tokens do not match its images' features."""
-        tokens = (prompt_ids == self.image_token_id).sum(-1).tolist()
-        for i, (n, g) in enumerate(zip(tokens, grids)):
-            feats = int(g.prod(-1).sum()) // self.merge if len(g) else 0
-            if n != feats:
-                sample = samples[i] if samples is not None else None
-                raise DataError(f"{_row_name(sample, i)}: {n} image placeholder tokens but its images give {feats} "
-                                 "features; build prompts with policy.encode_inputs")
+    def check_inputs(self, prompt_ids: torch.Tensor, vis: Visuals, samples: list | None) -> None:
+        """One-line error naming the first row whose image (video) placeholder tokens do not match its images' (videos')
+        features."""
+        for token, grids, what in ((self.image_token_id, vis.grids, "image"),
+                                   (self.video_token_id, vis.video_grids, "video")):
+            tokens = (prompt_ids == token).sum(-1).tolist()
+            for i, (n, g) in enumerate(zip(tokens, grids)):
+                feats = int(g.prod(-1).sum()) // self.merge if len(g) else 0
+                if n != feats:
+                    sample = samples[i] if samples is not None else None
+                    raise DataError(f"{_row_name(sample, i)}: {n} {what} placeholder tokens but its {what}s give "
+                                     f"{feats} features; build prompts with policy.encode_inputs")
 
     def check_completions(self, batch: Batch) -> None:
         """One-line error naming the first row whose completion holds a vision placeholder token (the sampler never
@@ -289,12 +363,9 @@ class HFVisionLM:
                extras: dict[str, Any] | None = None) -> dict:
         """Completions of prompts with their images (`extras` from encode_inputs; none: text-only prompts)."""
         self.model.eval()
-        n = len(prompt_ids)
-        pixels = (extras or {}).get("pixel_values") or [torch.zeros(0, 1)] * n
-        grids = (extras or {}).get("image_grid_thw") or [torch.zeros(0, 3, dtype=torch.long)] * n
-        self.check_inputs(prompt_ids, grids, None)
-        decoder = VisionDecoder(self.model, prompt_ids, prompt_mask, params.max_new_tokens, params.dtype,
-                                pixels=pixels, grids=grids)
+        vis = Visuals.of(extras or {}, len(prompt_ids))
+        self.check_inputs(prompt_ids, vis, None)
+        decoder = VisionDecoder(self.model, prompt_ids, prompt_mask, params.max_new_tokens, params.dtype, vis=vis)
         return generate(self.model, self.tokenizer, prompt_ids, prompt_mask, max_new_tokens=params.max_new_tokens,
                         temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, stop=params.stop,
                         greedy=params.greedy, seeds=seeds, offsets=offsets, decoder=decoder,
@@ -310,23 +381,16 @@ class HFVisionLM:
                      rollout_logp=out["logp"], truncated=out["truncated"], texts=out["texts"],
                      group_ids=group_ids.to(self.device), samples=list(samples), extras=extras)
 
-    def _vision(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        n = len(batch)
-        pixels = batch.extras.get("pixel_values") or [torch.zeros(0, 1)] * n
-        grids = [g if g is not None else torch.zeros(0, 3, dtype=torch.long)
-                 for g in (batch.extras.get("image_grid_thw") or [None] * n)]
-        return pixels, grids
-
     def forward_logits(self, batch: Batch) -> torch.Tensor:
         """Logits (N, T, V) at the completion positions: position t predicts completion token t."""
-        pixels, grids = self._vision(batch)
-        self.check_inputs(batch.prompt_ids, grids, batch.samples)
+        vis = Visuals.of(batch.extras, len(batch))
+        self.check_inputs(batch.prompt_ids, vis, batch.samples)
         self.check_completions(batch)
         ids, mask, T = batch.input_ids, batch.attention_mask, batch.completion_ids.shape[1]
-        pos, _ = rope_positions(self.model, ids, mask, torch.cat(grids) if any(len(g) for g in grids) else None)
+        pos, _ = rope_positions(self.model, ids, mask, vis)
         dev = ids.device.type
         with torch.autocast(dev, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            inputs = vision_inputs(self.model, ids, pixels, grids)
+            inputs = vision_inputs(self.model, ids, vis)
             out = self.model(**inputs, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
         return out.logits[:, :-1]  # (N, T, V)
 
@@ -342,14 +406,15 @@ class HFVisionLM:
         return logp, entropy
 
     def has_images(self, batch: Batch) -> torch.Tensor:
-        """(N,) bool: the rows that show at least one image."""
-        _, grids = self._vision(batch)
+        """(N,) bool: the rows that show at least one image (VPPO corrupts images; videos are left as they are)."""
+        grids = Visuals.of(batch.extras, len(batch)).grids
         return torch.tensor([len(g) > 0 for g in grids], dtype=torch.bool, device=batch.device)
 
     def corrupt(self, batch: Batch, seeds: torch.Tensor, *, p: float = 0.5) -> Batch:
         """The batch with each row's image patches set to black with probability p (a fresh mask per distinct seed;
         rows that share a seed and an image share the corrupted copy)."""
-        pixels, grids = self._vision(batch)
+        vis = Visuals.of(batch.extras, len(batch))
+        pixels, grids = vis.pixels, vis.grids
         black = self._black_patch()
         made: dict[tuple[int, int], torch.Tensor] = {}
         out = []

@@ -52,6 +52,8 @@ class DatasetTask(Task):
         scorer_kwargs: dict[str, Any] | None = None,
         task_name: str = "dataset",
         image_field: str | None = None,
+        video_field: str | None = None,
+        video_frames: int = 48,
     ):
         from rlvr.rewards import REWARDS  # lazy: rewards never import tasks, but keep the edge one-way at runtime
 
@@ -60,6 +62,7 @@ class DatasetTask(Task):
         self.path, self.name = ("<rows>" if path is None else str(path)), task_name
         self.prompt_field, self.answer_field, self.system_prompt = prompt_field, answer_field, system_prompt
         self.image_field = image_field
+        self.video_field, self.video_frames = video_field, video_frames
         self._image_root = os.getcwd() if path is None else os.path.dirname(os.path.abspath(path))
         self._rows = load_rows(self.path, split=split) if path is not None else _in_memory(rows)
         available = len(self._rows)
@@ -72,6 +75,7 @@ class DatasetTask(Task):
         for i in range(1 if lazy else self.size):  # lazy (memory-mapped) sources: columns here, nulls below
             self._check(self._rows[i], i)
             self._check_images(self._rows[i], i, files=not lazy)
+            self._check_video(self._rows[i], i)
         if lazy:
             self._check_nulls()
         self._scorer = REWARDS.build(scorer, **(scorer_kwargs or {}))
@@ -87,8 +91,36 @@ class DatasetTask(Task):
         fields = (self.prompt_field, self.answer_field, self.image_field)
         meta = {k: v for k, v in row.items() if k not in fields}
         images, names = self._images(row, i)
+        videos, video_names = self._videos(row, i)
         return Sample(prompt=prompt, answer=row[self.answer_field], task=self.name, index=i, meta=meta,
-                      images=images, image_names=names)
+                      images=images, image_names=names, videos=videos, video_names=video_names)
+
+    def _video_path(self, row: dict[str, Any]) -> str | None:
+        ref = row.get(self.video_field) if self.video_field else None
+        return None if ref is None else ref if os.path.isabs(str(ref)) else os.path.join(self._image_root, str(ref))
+
+    def _check_video(self, row: dict[str, Any], i: int) -> None:
+        if self.video_field is not None and (path := self._video_path(row)) is not None and not os.path.isfile(path):
+            raise ValueError(f"dataset {self.path!r}, row {i + 1}, field {self.video_field!r}: video file {path!r} "
+                             "not found")
+
+    def _videos(self, row: dict[str, Any], i: int) -> tuple[list[Any], list[str]]:
+        """The row's video: `video_frames` frames sampled from its central 90% (rlvr.video.read_clip), or every frame
+        when video_frames is 0 (items `rlvr data videossr` wrote: their answers are in the row's own `fps`)."""
+        path = self._video_path(row)
+        if path is None:
+            return [], []
+        from rlvr.video import Clip, read_clip, read_frames
+
+        if self.video_frames == 0:
+            frames, rate = read_frames(path)
+            fps = float(row["fps"]) if isinstance(row.get("fps"), (int, float)) else rate
+            return [Clip(path, frames, list(range(len(frames))), fps, rate, len(frames))], [path]
+        clip = read_clip(path, count=self.video_frames)  # an unreadable file: a VideoError naming it
+        if clip is None:
+            raise DataError(f"dataset {self.path!r}, row {i + 1}, field {self.video_field!r}: video {path!r} has "
+                            f"fewer than the {self.video_frames} frames to sample")
+        return [clip], [path]
 
     def score(self, sample: Sample, text: str) -> float:
         value = self._scorer([sample], [text])[0]
