@@ -205,6 +205,11 @@ def test_what_a_vision_language_run_cannot_do_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="algo.perception.score must be one of"):
         validate(load_config(None, ["model.config=qwen2.5-vl-micro", "algo.perception.score=kl"]))
+    from types import SimpleNamespace
+
+    video = SimpleNamespace(frames=[image(0)] * 2, fps=1.0)
+    with pytest.raises(ValueError, match="Qwen3-VL's prompts interleave frame timestamps"):
+        HFVisionLM.load(config="qwen3-vl-micro").encode_inputs([Sample("x", videos=[video])])
     env = load_config(None, ["model.config=qwen2.5-vl-micro", "task.name=guess_number", "env.name=guess_number"])
     with pytest.raises(ConfigError, match="multi-turn environments run text models only for now"):
         build_sampler(env, HFVisionLM.load(config="qwen2.5-vl-micro"))

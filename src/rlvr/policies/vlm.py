@@ -255,6 +255,10 @@ class HFVisionLM:
         (t, h/m, w/m, m, m, C, T, p, p); a video of an odd frame count repeats its last frame."""
         proc = self.image_processor
         T, p = proc.temporal_patch_size, proc.patch_size
+        if sample.videos and self.model.config.model_type not in EMBEDDING_ONLY:
+            raise ValueError(f"{_row_name(sample, row)}: videos reach {self.model.config.model_type} models only as "
+                             "Qwen2-VL / Qwen2.5-VL lay them out; Qwen3-VL's prompts interleave frame timestamps, "
+                             "which rlvr does not build yet")
         pixels, grids, seconds = [], [], []
         for k, video in enumerate(sample.videos):
             frames, fps = getattr(video, "frames", None), getattr(video, "fps", None)
