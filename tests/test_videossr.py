@@ -129,3 +129,28 @@ def test_a_vision_language_model_trains_on_videossr_rows(tmp_path, capsys):
     assert train(cfg)["steps"] == 1
     logged = [json.loads(x) for x in (tmp_path / "v" / "samples.jsonl").read_text().splitlines()]
     assert all(r["videos"][0].endswith(".mp4") for r in logged)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "v" / "final"), "--task", "dataset", "--task-kwargs",
+                 f"path={tmp_path / 'ssr.jsonl'}", "video_field=video", "video_frames=0", "scorer=videossr",
+                 "--size", "6", "--viubench", "--max-new-tokens", "8"]) == 0
+    report = json.loads(capsys.readouterr().out)  # rlvr eval --viubench: per-task scores beside a random row
+    assert report["rows"] == 6 and set(report["model"]) == set(report["random"]) >= {"counting", "jigsaw", "overall"}
+
+
+def test_viubench_scores_and_the_random_row():
+    from rlvr.batch import Sample
+    from rlvr.tasks.videossr import random_guesses, viubench
+
+    grounding = {"data_source": "grounding", "kind": "mirror", "frames": 48, "fps": 8.0}
+    rows = [Sample("q", answer="1.0-2.0", meta=grounding),
+            Sample("q", answer="3,2,4", meta={"data_source": "counting"}),
+            Sample("q", answer="213456", meta={"data_source": "jigsaw"})]
+    scores = viubench(rows, ["1.5-2.5", "3,1,4", "213456"])
+    # IoU 1/3; two of three counts exact; the order exact; overall = the mean of the three columns
+    assert scores["grounding/mirror"] == pytest.approx(100 / 3) and scores["counting"] == pytest.approx(200 / 3)
+    assert scores["jigsaw"] == 100.0 and scores["overall"] == pytest.approx((100 / 3 + 200 / 3 + 100) / 3)
+    many = rows * 3000
+    chance = viubench(many, random_guesses(many, random.Random(0)))
+    assert chance["counting"] == pytest.approx(100 / 9, abs=1.0)  # each count right with probability 1/9
+    assert chance["jigsaw"] == pytest.approx(100 / 720, abs=0.2)
+    assert 0 < chance["grounding/mirror"] < 20  # a 1-second truth in a 6-second video

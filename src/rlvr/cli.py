@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--env-kwargs", nargs="*", default=[], help="key=value options of the environment")
     e.add_argument("--max-turns", type=int, default=4, help="model turns per episode (with --env)")
     e.add_argument("--max-tokens", type=int, default=64, help="completion tokens per episode (with --env)")
+    e.add_argument("--viubench", action="store_true",
+                   help="VIUBench-style per-task scores of VideoSSR rows (rlvr data videossr), with a random-guess row")
     d = sub.add_parser("data", help="build training data (videossr: VideoSSR pretext items from a folder of videos)")
     d.add_argument("kind", choices=["videossr"])
     d.add_argument("videos", help="a folder of video files (mp4, mkv, webm, avi, mov)")
@@ -124,8 +126,30 @@ def cmd_eval(args) -> int:
     if args.env != "none":
         sampler = EnvSampler(policy, sampler.params, 1, make_env=lambda: ENVS.build(args.env, **env_kwargs),
                              max_turns=args.max_turns, max_tokens=args.max_tokens)
+    if args.viubench:
+        print(json.dumps(_viubench(sampler, task, args.size, args.seed), indent=1))
+        return 0
     print(json.dumps(evaluate(sampler, task, size=args.size, k=args.k)))
     return 0
+
+
+def _viubench(sampler, task, size: int, seed: int) -> dict:
+    """Greedy answers scored per VideoSSR task, beside a random guesser's on the same rows."""
+    import dataclasses
+    import random
+
+    import torch
+
+    from rlvr.tasks.videossr import random_guesses, viubench
+
+    samples = [task[i] for i in range(min(size, len(task)))]
+    greedy = sampler.with_params(dataclasses.replace(sampler.params, greedy=True))
+    texts = []
+    for start in range(0, len(samples), 32):
+        chunk = samples[start : start + 32]
+        texts += greedy.generate(chunk, torch.arange(len(chunk)), torch.zeros(len(chunk), dtype=torch.long)).texts
+    return {"rows": len(samples), "model": viubench(samples, texts),
+            "random": viubench(samples, random_guesses(samples, random.Random(seed)))}
 
 
 def cmd_data(args) -> int:

@@ -267,9 +267,58 @@ def build(videos: list[str], out: str, *, seed: int = 0, frames: int = 48, mix: 
         write_video(folder / name, item.frames, fps=item.fps)
         rows.append({"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": item.question}],
                      "answer": item.answer, "video": f"{folder.name}/{name}", "fps": item.fps,
+                     "frames": len(item.frames),
                      "data_source": item.data_source, "kind": kind, "source": str(video)})
     tmp = out_path.with_name(out_path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(out_path)  # nothing half-written under the final name
     kinds = {k: sum(r["kind"] == k for r in rows) for k, _ in makers}
     return {"rows": len(rows), "out": str(out_path), "videos": str(folder), "kinds": kinds, "skipped": skipped}
+
+
+# ------------------------------------------------------------------ VIUBench-style scores
+
+
+def viubench(samples: list[Any], texts: list[str]) -> dict[str, float]:
+    """Per-task scores in % (VIUBench's definitions as its random-guess row implies them; arXiv 2511.06281):
+    grounding = mean interval IoU per perturbation kind, counting = the share of the three counts given exactly,
+    jigsaw = exact order; `overall` = the mean of the task columns, as the paper's table."""
+    from rlvr.rewards.video import INTEGER, interval_iou
+
+    columns: dict[str, list[float]] = {}
+    for s, text in zip(samples, texts):
+        source = s.meta.get("data_source")
+        if source == "grounding":
+            key, value = f"grounding/{s.meta.get('kind', 'all')}", interval_iou(text, s.answer)
+        elif source == "counting":
+            pred, gold = INTEGER.findall(text[:2000]), INTEGER.findall(str(s.answer))
+            value = sum(p == g for p, g in zip(pred, gold)) / 3 if len(pred) == 3 else 0.0
+            key = "counting"
+        elif source in ("jigsaw", "shuffled"):
+            key, value = "jigsaw", float(text.strip() == str(s.answer))
+        else:
+            continue
+        columns.setdefault(key, []).append(value)
+    out = {k: 100 * sum(v) / len(v) for k, v in sorted(columns.items())}
+    if out:
+        out["overall"] = sum(out.values()) / len(out)
+    return out
+
+
+def random_guesses(samples: list[Any], rng: random.Random) -> list[str]:
+    """One guess per row as a chance-level answerer would make it: an interval with two uniform ends within the video,
+    three counts uniform in 1..9, a uniform permutation."""
+    out = []
+    for s in samples:
+        source, answer = s.meta.get("data_source"), str(s.answer)
+        if source == "grounding":
+            frames, fps = s.meta.get("frames", 48), s.meta.get("fps") or 1.0
+            a, b = sorted(rng.uniform(0, frames / fps) for _ in range(2))
+            out.append(f"{a:.1f}-{b:.1f}")
+        elif source == "counting":
+            out.append(",".join(str(rng.randint(1, 9)) for _ in range(3)))
+        elif source in ("jigsaw", "shuffled"):
+            out.append("".join(rng.sample(answer, len(answer))))
+        else:
+            out.append("")
+    return out
