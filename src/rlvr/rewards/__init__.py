@@ -7,6 +7,7 @@ rewards, per_fn, metrics = combine_rewards(fns, samples, completions, lengths)  
 
 from rlvr.rewards import cascade as _cascade  # noqa: F401  (registers "cascade": rule first, then a judge)
 from rlvr.rewards import diversity as _diversity  # noqa: F401  (registers "diversity", DIVER)
+from rlvr.rewards import framethinker as _framethinker  # noqa: F401  (registers "framethinker")
 from rlvr.rewards import library as _library  # noqa: F401  (registers the built-in rewards)
 from rlvr.rewards import reward_model as _reward_model  # noqa: F401  (registers "reward_model")
 from rlvr.rewards import video as _video  # noqa: F401  (registers VideoSSR's interval_iou, count_accuracy, footrule)

@@ -1,0 +1,162 @@
+"""FrameThinker's protocol (arXiv 2509.24304): the frame-selection actions, the environment's transition on each, and
+the reward with its consistency gates (the reference code's `v11`).
+
+    step = transition("<think>..</think><action>choose frames between 10 and 90</action>", frames=1000, fps=10, n=8)
+    # Step(kind="choose", frames=[11, 22, ...], observation="frame 11: <image>\\n...", done=False)
+    REWARDS.build("framethinker")(samples, completions)     # 0, 1, 1.02, 1.5 or 1.52
+
+Each model turn is `<think>...</think><action>...</action>`; the environment reads the last <action>:
+1. `choose frames between A and B`: A > N ends the episode; B is clamped to N; A >= B − n ends it; otherwise the
+   n frames sorted(set(int(linspace(A + 1, B − 1, n)))) come back, one line `frame {i}: <image>` each.
+2. `get frame number at time M:SS`: "Frame number at time M:SS is: {⌊(60 M + S) · fps⌋}." (the time must be
+   `\\d{1,3}:\\d{2}`, the reward's own pattern: the reference environment accepted any token, which the reward then
+   zeroed; rlvr ends the episode at once instead).
+3. `output answer: X` ends the episode; anything else (or no action) ends it with no answer.
+The reward reads the whole multi-turn text (observations included) and returns 0 on any gate: as many <think> as
+<action> blocks, the last action an answer, no repeated frame pair (A, B) nor its inner pair (A + 1, B − 1), a span
+wider than n frames, the last two numbers of the turn's think block equal (A, B), no repeated time query, a time
+query answered and followed by a choose that contains the frame it returned, and not the last tool call. Correct
+answers get 1, + 0.5 when a time query returned a frame and the question holds a timestamp, + 0.02 when a choose was
+used; wrong answers 0. The reference code checks spans against 8 frames even for 12-frame videos; rlvr uses the
+video's own n (`span_n`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from rlvr.batch import Sample
+from rlvr.rewards.core import REWARDS, RewardFn
+
+CHOOSE = re.compile(r"choose frames between (\d{1,9}) and (\d{1,9})")
+TIME = re.compile(r"get frame number at time\s+(\d{1,3}):(\d{2})")
+ANSWER = re.compile(r"output answer:\s*(\S+)")
+ACTION_BLOCK = re.compile(r"<action>(.*?)</action>", re.S)
+THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)
+THINK_NUMBERS = re.compile(r"(?<!:)\b(\d{1,9})\b(?!:)")  # integers not next to ':' (so not a M:SS time)
+TIMESTAMP = re.compile(r"\d+:\d+(:\d+)?")
+READ_LIMIT = 50_000
+
+
+@dataclass
+class Step:
+    """What the environment does with one model turn."""
+
+    kind: str  # choose | time | answer | invalid
+    done: bool
+    observation: str = ""  # the text appended (with loss mask 0)
+    frames: list[int] = field(default_factory=list)  # frame indices whose images the observation shows
+    answer: str | None = None
+    reason: str = ""  # why an invalid turn ended the episode
+
+
+def choose_frames(a: int, b: int, n: int) -> list[int]:
+    """sorted(set(int(linspace(a + 1, b − 1, n)))): the frames a choose action returns."""
+    lo, hi = a + 1, b - 1
+    return sorted({int(lo + (hi - lo) * i / (n - 1)) for i in range(n)}) if n > 1 else [lo]
+
+
+def escape(text: str) -> str:
+    """An observation may not open a block the reward would parse (the reference code let it)."""
+    return re.sub(r"</?(think|action)>", lambda m: m.group(0).replace("<", "&lt;"), text)
+
+
+def transition(turn: str, *, frames: int, fps: float, n: int) -> Step:
+    """The environment's answer to one model turn (module docstring)."""
+    actions = ACTION_BLOCK.findall(turn[:READ_LIMIT])
+    if not actions:
+        return Step("invalid", True, reason="no <action> block")
+    action = actions[-1].strip()
+    if m := ANSWER.fullmatch(action):
+        return Step("answer", True, answer=m.group(1))
+    if m := CHOOSE.fullmatch(action):
+        a, b = int(m.group(1)), int(m.group(2))
+        if a > frames:
+            return Step("invalid", True, reason=f"start frame {a} beyond the video's {frames} frames")
+        b = min(b, frames)
+        if a >= b - n:
+            return Step("invalid", True, reason=f"span {a}-{b} narrower than the {n} frames a request returns")
+        chosen = choose_frames(a, b, n)
+        return Step("choose", False, "\n".join(f"frame {i}: <image>" for i in chosen), chosen)
+    if m := TIME.fullmatch(action):
+        frame = int((60 * int(m.group(1)) + int(m.group(2))) * fps)
+        return Step("time", False, f"Frame number at time {m.group(1)}:{m.group(2)} is: {frame}.")
+    return Step("invalid", True, reason=f"unknown action {action[:80]!r}")
+
+
+# ------------------------------------------------------------------ the reward
+
+
+@dataclass
+class Verdict:
+    total: float
+    correct: bool = False
+    gate: str = ""  # the first gate that failed ("" when none)
+
+
+def _segments(text: str) -> tuple[list[str], list[str], list[str]]:
+    """Think blocks, action blocks, and the text between each </action> and the next <think> (observations)."""
+    thinks, actions = THINK_BLOCK.findall(text), ACTION_BLOCK.findall(text)
+    observations = [part.split("<think>")[0] for part in text.split("</action>")[1:]]
+    return thinks, actions, observations
+
+
+def judge(text: str, answer: str, *, question: str = "", frames: int | None = None, span_n: int = 8) -> Verdict:
+    """FrameThinker's reward v11 with its gates (module docstring); `frames`: the video's frame count (the whole-video
+    pair (0, frames − 1) counts as already seen)."""
+    thinks, actions, obs = _segments(text[:READ_LIMIT])
+    if not actions or len(thinks) != len(actions):
+        return Verdict(0.0, gate="think/action count")
+    final = ANSWER.fullmatch(actions[-1].strip())
+    if final is None:
+        return Verdict(0.0, gate="no final answer")
+    pairs, times, expected, time_bonus = {(0, -1 if frames is None else frames - 1)}, set(), None, False
+    for i, action in enumerate(a.strip() for a in actions[:-1]):
+        choose = CHOOSE.fullmatch(action)
+        if expected is not None:
+            if choose and not int(choose.group(1)) <= expected <= int(choose.group(2)):
+                return Verdict(0.0, gate="choose misses the frame of the time query")
+            expected = None
+        if choose:
+            a, b = int(choose.group(1)), int(choose.group(2))
+            if (a, b) in pairs:
+                return Verdict(0.0, gate="repeated frame request")
+            pairs |= {(a, b), (a + 1, b - 1)}
+            nums = THINK_NUMBERS.findall(thinks[i])
+            if a >= b - span_n:
+                return Verdict(0.0, gate="span too narrow")
+            if len(nums) < 2 or (int(nums[-2]), int(nums[-1])) != (a, b):
+                return Verdict(0.0, gate="think does not state the requested frames")
+            continue
+        if (time := TIME.fullmatch(action)) is not None:
+            if time.group(0) in times:
+                return Verdict(0.0, gate="repeated time query")
+            times.add(time.group(0))
+            got = re.search(r"is:\s*(\d+)", obs[i]) if i < len(obs) else None
+            if got is None:
+                return Verdict(0.0, gate="time query without an answer")
+            expected = int(got.group(1))
+            time_bonus |= expected > 0
+            continue
+        return Verdict(0.0, gate="unknown action")
+    if expected is not None:
+        return Verdict(0.0, gate="time query as the last tool call")
+    if final.group(1) != str(answer):
+        return Verdict(0.0)
+    bonus = (0.5 if time_bonus and TIMESTAMP.search(question) else 0.0) + (0.02 if len(pairs) > 1 else 0.0)
+    return Verdict(1.0 + bonus, correct=True)
+
+
+@REWARDS.register("framethinker")
+def framethinker_reward(*, span_n: int = 8) -> RewardFn:
+    """FrameThinker (arXiv 2509.24304): the reference code's reward v11, consistency gates included; span_n: the
+    frames a request returns (the code checks 8 always)."""
+
+    def fn(samples: list[Sample], completions: list[str], **kw) -> list[float | None]:
+        question = lambda s: s.prompt if isinstance(s.prompt, str) else str(s.prompt[-1]["content"])  # noqa: E731
+        return [None if s.answer is None else judge(c, s.answer, question=question(s), span_n=span_n,
+                                                    frames=s.meta.get("total_frames")).total
+                for s, c in zip(samples, completions)]
+
+    return fn
