@@ -194,9 +194,43 @@ def test_sft_warm_starts_a_vision_language_model(tmp_path, capsys):
     assert set(json.loads(capsys.readouterr().out)) >= {"accuracy", "mean_length"}  # rlvr eval on a visual task
 
 
+class LookEnv:
+    """A test environment whose observations show an image: one before the first turn, one after each turn."""
+
+    stop = ()
+
+    def __init__(self):
+        self.turns = 0
+
+    def reset(self, sample):
+        from rlvr.envs import Observation
+
+        return Observation("\nlook: <image>\n", [image(100)])
+
+    def step(self, turn):
+        from rlvr.envs import Observation
+
+        self.turns += 1
+        return Observation(f"\nframe {self.turns}: <image>\n", [image(100 + self.turns)]), 0.5, self.turns >= 3
+
+
+def test_observations_that_show_images_are_exact_and_never_trained(policy):
+    from rlvr.envs import EnvSampler
+
+    sampler = EnvSampler(policy, SamplingParams(max_new_tokens=5), 2, make_env=LookEnv, max_turns=3, max_tokens=200)
+    rows = [Sample("what changed?", images=[image(0)], task="t", index=0)] * 2 + [Sample("2+2=", task="t", index=1)] * 2
+    batch = sampler.generate(rows, torch.tensor([0, 0, 1, 1]), torch.arange(4))
+    slots = batch.completion_ids == policy.image_token_id  # (N, T) image tokens of observations
+    assert slots.any(-1).all() and (batch.loss_mask[slots] == 0).all()  # in every row, and never trained
+    assert [len(g) for g in batch.extras["image_grid_thw"]] == [4, 4, 3, 3]  # the prompt's image + 3 observations
+    logp, _ = policy.logp(batch)  # the whole transcript with every image, as the sampler saw it turn by turn
+    trained = batch.loss_mask.bool()
+    assert (logp - batch.rollout_logp)[trained].abs().max() < 1e-5
+    assert batch.extras["turns"].tolist() == [3, 3, 3, 3]
+
+
 def test_what_a_vision_language_run_cannot_do_is_refused_in_one_line(tmp_path):
     from rlvr.config import ConfigError, load_config, validate
-    from rlvr.run import build_sampler
 
     text = load_config(None, ["model.config=qwen2-micro", "algo.token_weights=perception"])
     with pytest.raises(ConfigError, match=r"algo: \['token_weights=perception'\] needs the visual dependency of a "
@@ -210,9 +244,13 @@ def test_what_a_vision_language_run_cannot_do_is_refused_in_one_line(tmp_path):
     video = SimpleNamespace(frames=[image(0)] * 2, fps=1.0)
     with pytest.raises(ValueError, match="Qwen3-VL's prompts interleave frame timestamps"):
         HFVisionLM.load(config="qwen3-vl-micro").encode_inputs([Sample("x", videos=[video])])
-    env = load_config(None, ["model.config=qwen2.5-vl-micro", "task.name=guess_number", "env.name=guess_number"])
-    with pytest.raises(ConfigError, match="multi-turn environments run text models only for now"):
-        build_sampler(env, HFVisionLM.load(config="qwen2.5-vl-micro"))
+    from rlvr.envs import EnvSampler
+    from rlvr.errors import DataError
+
+    text_policy = load_policy_of(config="qwen2-micro")
+    sampler = EnvSampler(text_policy, SamplingParams(max_new_tokens=4), 1, make_env=LookEnv, max_turns=2)
+    with pytest.raises(DataError, match="the environment shows 1 image\\(s\\) but the policy is a text model"):
+        sampler.generate([Sample("2+2=")], torch.arange(1), torch.arange(1))
 
 
 def test_a_resumed_vppo_run_equals_an_uninterrupted_one(tmp_path):

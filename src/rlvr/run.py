@@ -217,9 +217,6 @@ def build_sampler(cfg: Config, policy) -> Sampler:
     params, G = sampling_params(cfg), cfg.rollout.group_size
     if cfg.env.name == "none":
         return TextSampler(policy, params, G, mask_truncated=cfg.algo.mask_truncated)
-    if hasattr(policy, "image_processor"):
-        raise ConfigError(f"env.name={cfg.env.name}: multi-turn environments run text models only for now; a "
-                          "vision-language model takes single-turn tasks (env.name: none)")
     e = cfg.env
     return EnvSampler(policy, params, G, make_env=lambda: ENVS.build(e.name, **e.kwargs), max_turns=e.max_turns,
                       max_tokens=e.max_tokens, mask_truncated=cfg.algo.mask_truncated)

@@ -3,7 +3,7 @@ attended to but never trained on. Built in: `calculator` (a tool call answered w
 (a guessing game answered higher / lower), each with its task."""
 
 from rlvr.envs import calculator, guess  # noqa: F401  (register the environments and their tasks)
-from rlvr.envs.base import ENVS, Env
+from rlvr.envs.base import ENVS, Env, Observation
 from rlvr.envs.loop import EnvSampler
 
-__all__ = ["ENVS", "Env", "EnvSampler"]
+__all__ = ["ENVS", "Env", "EnvSampler", "Observation"]

@@ -13,6 +13,9 @@ completion reaches `max_tokens` tokens (observations count); the last two set `t
 `mask_truncated`, such a row keeps no trained token). Token t of a row's
 completion always draws from `uniform(seed, t)` (rlvr.seeding), so a resumed run replays every episode exactly.
 Extras: `env_rewards` (N,) the summed per-turn rewards, `turns` (N,) model turns, `turn_rewards` per-row lists.
+With a vision-language policy, the prompt's images and every image an observation shows (rlvr.envs.base.Observation)
+stay with the row (`pixel_values`, `image_grid_thw`, in token order), and each turn samples from the whole context
+with all of them; an image observation is never cut: one that does not fit ends the row as truncated.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from dataclasses import dataclass, field
 import torch
 
 from rlvr.batch import Batch, Sample
-from rlvr.envs.base import Env
+from rlvr.envs.base import Env, Observation
+from rlvr.errors import DataError
 from rlvr.policies.base import Policy, SamplingParams
 
 
@@ -40,6 +44,8 @@ class _Episode:
     rewards: list[float] = field(default_factory=list)
     done: bool = False
     truncated: bool = False
+    pixels: list[torch.Tensor] = field(default_factory=list)  # the prompt's images, then each observation's
+    grids: list[torch.Tensor] = field(default_factory=list)
 
     def add(self, ids: list[int], logp: list[float] | None) -> None:
         self.tokens += ids
@@ -62,9 +68,21 @@ class EnvSampler:
     def with_params(self, params: SamplingParams) -> EnvSampler:
         return dataclasses.replace(self, params=params)
 
+    @property
+    def sees_images(self) -> bool:
+        return hasattr(self.policy, "observation_tokens")
+
     def generate(self, samples: list[Sample], group_ids: torch.Tensor, seeds: torch.Tensor) -> Batch:
-        prompt_ids, prompt_mask = self.policy.encode(samples)
-        episodes = [self._start(s, ids[m.bool()].tolist()) for s, ids, m in zip(samples, prompt_ids, prompt_mask)]
+        if hasattr(self.policy, "encode_inputs"):
+            prompt_ids, prompt_mask, extras = self.policy.encode_inputs(samples)
+        else:  # a Policy that only encodes text
+            (prompt_ids, prompt_mask), extras = self.policy.encode(samples), {}
+        pixels, grids = extras.get("pixel_values"), extras.get("image_grid_thw")
+        if any(len(g) for g in extras.get("video_grid_thw") or []):
+            raise ValueError("a multi-turn environment with a video in the prompt is not supported yet; show frames "
+                             "as images (rlvr.envs.base.Observation)")
+        episodes = [self._start(s, ids[m.bool()].tolist(), pixels[r] if pixels else None, grids[r] if grids else None)
+                    for r, (s, ids, m) in enumerate(zip(samples, prompt_ids, prompt_mask))]
         for turn in range(self.max_turns):
             active = [i for i, e in enumerate(episodes) if not e.done]
             if not active:
@@ -75,15 +93,32 @@ class EnvSampler:
         batch = self._batch(samples, group_ids, prompt_ids, prompt_mask, episodes)
         return batch.mask_truncated() if self.mask_truncated else batch
 
-    def _start(self, sample: Sample, prompt: list[int]) -> _Episode:
+    def _start(self, sample: Sample, prompt: list[int], pixels=None, grid=None) -> _Episode:
         episode = _Episode(self.make_env(), prompt)
+        if pixels is not None and len(grid):
+            episode.pixels, episode.grids = [pixels], [grid]
         obs = episode.env.reset(sample)
-        if obs:
+        if isinstance(obs, Observation) and obs.images:
+            ids, px, g = self._encode_images(obs)
+            if len(ids) > self.max_tokens:  # an image is never cut: the row cannot start
+                episode.done = episode.truncated = True
+                return episode
+            episode.add(ids, None)
+            episode.pixels.append(px)
+            episode.grids.append(g)
+        elif obs:
             episode.add(self._encode(obs)[: self.max_tokens], None)
         return episode
 
-    def _encode(self, text: str) -> list[int]:
+    def _encode(self, obs: str | Observation) -> list[int]:
+        text = obs.text if isinstance(obs, Observation) else obs
         return self.policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _encode_images(self, obs: Observation):
+        if not self.sees_images:
+            raise DataError(f"the environment shows {len(obs.images)} image(s) but the policy is a text model; use a "
+                            "vision-language model")
+        return self.policy.observation_tokens(obs.text, obs.images)
 
     def _turn(self, episodes: list[_Episode], seeds: torch.Tensor) -> dict:
         """One turn of every given episode, sampled together from their whole contexts (left-padded)."""
@@ -99,7 +134,15 @@ class EnvSampler:
                                      stop=tuple(dict.fromkeys(self.params.stop + tuple(episodes[0].env.stop))))
         offsets = torch.tensor([len(e.tokens) for e in episodes], dtype=torch.long)  # each row continues its stream
         dev = self.policy.device
-        return self.policy.sample(ids.to(dev), mask.to(dev), seeds=seeds, params=params, offsets=offsets)
+        kwargs = {"extras": self._vision(episodes)} if self.sees_images else {}
+        return self.policy.sample(ids.to(dev), mask.to(dev), seeds=seeds, params=params, offsets=offsets, **kwargs)
+
+    @staticmethod
+    def _vision(episodes: list[_Episode]) -> dict:
+        """Each row's images so far, in token order, as the vision-language policy's per-row extras."""
+        empty = lambda: (torch.zeros(0, 1), torch.zeros(0, 3, dtype=torch.long))  # noqa: E731
+        rows = [(torch.cat(e.pixels), torch.cat(e.grids)) if e.pixels else empty() for e in episodes]
+        return {"pixel_values": [r[0] for r in rows], "image_grid_thw": [r[1] for r in rows]}
 
     def _after_turn(self, e: _Episode, out: dict, k: int, *, last_turn: bool) -> None:
         keep = out["completion_mask"][k].bool()
@@ -111,11 +154,15 @@ class EnvSampler:
         if done or obs is None or bool(out["eos_ended"][k]):
             e.done = True
             return
-        obs_ids = self._encode(obs)
+        images = isinstance(obs, Observation) and obs.images
+        obs_ids, px, grid = self._encode_images(obs) if images else (self._encode(obs), None, None)
         if last_turn or len(e.tokens) + len(obs_ids) >= self.max_tokens:
             e.done = e.truncated = True  # no turn left to answer the observation in
             return
         e.add(obs_ids, None)
+        if images:
+            e.pixels.append(px)
+            e.grids.append(grid)
 
     def _batch(self, samples, group_ids, prompt_ids, prompt_mask, episodes: list[_Episode]) -> Batch:
         T = max(1, max(len(e.tokens) for e in episodes))
@@ -132,6 +179,8 @@ class EnvSampler:
         extras = {"env_rewards": torch.tensor([sum(e.rewards) for e in episodes], device=dev),
                   "turns": torch.tensor([len(e.rewards) for e in episodes], device=dev),
                   "turn_rewards": [list(e.rewards) for e in episodes]}
+        if self.sees_images:
+            extras.update(self._vision(episodes))
         return Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=ids.to(dev),
                      completion_mask=mask.to(dev), loss_mask=trained.to(dev), rollout_logp=logp.to(dev),
                      truncated=torch.tensor([e.truncated for e in episodes], device=dev), texts=texts,

@@ -332,6 +332,20 @@ class HFVisionLM:
             out += [t] * (int(pending[t].pop(0).prod()) // self.merge) if t in pending else [t]
         return out
 
+    def observation_tokens(self, text: str, images: list[Any]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """An environment's observation with images (rlvr.envs.base.Observation): its token ids, each IMAGE_MARK
+        replaced by the image's expanded placeholders, and the images' pixel rows and grids."""
+        from rlvr.envs.base import IMAGE_MARK
+
+        probe = Sample(prompt=text, images=list(images), task="observation")
+        if text.count(IMAGE_MARK) != len(images):
+            raise DataError(f"an observation holds {text.count(IMAGE_MARK)} {IMAGE_MARK} marks for {len(images)} "
+                            "images")
+        pixels, grid = self._images(probe, 0)
+        slot = "<|vision_start|><|image_pad|><|vision_end|>"
+        ids = self.tokenizer(text.replace(IMAGE_MARK, slot), add_special_tokens=False)["input_ids"]
+        return self._expand(ids, grid, torch.zeros(0, 3, dtype=torch.long), probe, 0), pixels, grid
+
     def encode(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask, _ = self.encode_inputs(samples)
         return ids, mask
@@ -353,7 +367,8 @@ class HFVisionLM:
         """One-line error naming the first row whose completion holds a vision placeholder token (the sampler never
         draws one; a reference text that spells one would be read as an image slot)."""
         banned = torch.tensor(self.vision_token_ids, device=batch.device)
-        bad = (torch.isin(batch.completion_ids, banned) & batch.completion_mask.bool()).any(-1).nonzero()
+        trained = batch.completion_mask.bool() & (batch.loss_mask > 0)  # an observation's image slots are fine
+        bad = (torch.isin(batch.completion_ids, banned) & trained).any(-1).nonzero()
         if len(bad):
             i = int(bad[0])
             raise DataError(f"{_row_name(batch.samples[i] if batch.samples else None, i)}: its completion holds a "
@@ -388,8 +403,8 @@ class HFVisionLM:
     def forward_logits(self, batch: Batch) -> torch.Tensor:
         """Logits (N, T, V) at the completion positions: position t predicts completion token t."""
         vis = Visuals.of(batch.extras, len(batch))
-        self.check_inputs(batch.prompt_ids, vis, batch.samples)
         self.check_completions(batch)
+        self.check_inputs(batch.input_ids, vis, batch.samples)  # observations of a multi-turn row show images too
         ids, mask, T = batch.input_ids, batch.attention_mask, batch.completion_ids.shape[1]
         pos, _ = rope_positions(self.model, ids, mask, vis)
         dev = ids.device.type
