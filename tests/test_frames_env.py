@@ -1,0 +1,63 @@
+"""rlvr.envs.frames: FrameThinker's frame-selection environment and the frame_quest task (arXiv 2509.24304): the
+first look, a choose showing its frames as images, a time query's reply, malformed actions ending the episode; the
+task's hidden segment, its scripted search scoring 1; a vision-language policy trains a step through it with the
+framethinker reward, observation image tokens never trained."""
+
+import json
+
+import pytest
+
+from rlvr.envs import ENVS, Observation
+from rlvr.tasks import TASKS
+
+
+def test_the_environment_shows_frames_on_request():
+    task = TASKS.build("frame_quest", seed=0, frames=200, n=8)
+    sample = task[0]
+    env = ENVS.build("frame_select", n=8)
+    first = env.reset(sample)
+    assert isinstance(first, Observation) and len(first.images) == 8
+    assert first.text.strip().splitlines()[0] == "frame 0: <image>" and "frame 199: <image>" in first.text
+    obs, reward, done = env.step("<think>between 10 and 90</think><action>choose frames between 10 and 90</action>")
+    assert isinstance(obs, Observation) and len(obs.images) == 8 and not done and reward == 0.0
+    assert obs.images[0] is sample.meta["frames"][11]  # linspace(11, 89, 8) starts at 11
+    obs, _, done = env.step("<think>when</think><action>get frame number at time 0:05</action>")
+    assert obs.strip() == "Frame number at time 0:05 is: 40." and not done  # 5 s at 8 fps
+    for bad in ("<action>choose frames between 300 and 400</action>",
+                "<action>choose frames between 90 and 10</action>", "no action", "<action>output answer: B</action>"):
+        env2 = ENVS.build("frame_select", n=8)
+        env2.reset(sample)
+        assert env2.step(bad) == (None, 0.0, True)
+    assert env.frames_used == 16
+
+
+def test_the_task_hides_the_change_and_its_search_scores_one():
+    task = TASKS.build("frame_quest", seed=1, frames=120, n=8)
+    for i in range(6):
+        s = task[i]
+        m = s.meta
+        frames = m["frames"]
+        centre = (m["x"] + task.side // 2, task.image_size // 2)
+        inside, outside = frames[m["start"]].getpixel(centre), frames[0].getpixel(centre)
+        assert inside != outside and len(frames) == 120 and 10 <= m["length"] <= 20
+        assert task.score(s, task.reference(s)) == 1.0
+        wrong = task.reference(s).replace(f"output answer: {s.answer}", "output answer: Z")
+        assert task.score(s, wrong) == 0.0
+        assert ("around" in s.prompt) == m["timed"]
+    with pytest.raises(ValueError, match="need frames >= 4 n"):
+        TASKS.build("frame_quest", frames=10)
+
+
+def test_a_vision_language_model_trains_through_the_environment(tmp_path):
+    from rlvr.config import load_config
+    from rlvr.trainer import train
+
+    cfg = load_config(None, [
+        "model.config=qwen2.5-vl-micro", "task.name=frame_quest", "task.kwargs={frames: 40, n: 4, image_size: 28}",
+        "task.eval_size=2", "env.name=frame_select", "env.kwargs={n: 4}", "env.max_turns=2", "env.max_tokens=400",
+        "rewards=[{name: framethinker, kwargs: {span_n: 4}}]", "rollout.prompts_per_step=2", "rollout.group_size=2",
+        "rollout.max_new_tokens=8", "train.steps=1", f"output_dir={tmp_path}", "name=ft", "train.progress=false",
+        "train.diversity_unit=char"])
+    assert train(cfg)["steps"] == 1
+    step = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if '"reward"' in x][0]
+    assert step["skipped_steps"] == 0 and step["env/turns"] >= 1
