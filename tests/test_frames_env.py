@@ -61,3 +61,31 @@ def test_a_vision_language_model_trains_through_the_environment(tmp_path):
     assert train(cfg)["steps"] == 1
     step = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if '"reward"' in x][0]
     assert step["skipped_steps"] == 0 and step["env/turns"] >= 1
+
+
+def test_multi_turn_rows_with_frames_resume_exactly_and_micro_batching_does_not_change_the_gradient(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from rlvr.config import load_config
+    from rlvr.trainer import train
+
+    def cfg(name, steps, micro):
+        return load_config(None, [
+            "model.config=qwen2.5-vl-micro", "task.name=frame_quest", "task.kwargs={frames: 40, n: 4, image_size: 28}",
+            "task.eval_size=1", "env.name=frame_select", "env.kwargs={n: 4}", "env.max_turns=2", "env.max_tokens=300",
+            "rewards=[{name: python, kwargs: {function: 'tests/dp_rewards.py:digit_fraction'}}]",
+            "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=6", f"train.steps={steps}",
+            f"algo.micro_batch_size={micro}", "optim.lr=1e-3", f"output_dir={tmp_path}", f"name={name}",
+            "train.progress=false", "train.diversity_unit=char"])
+
+    train(cfg("whole", 2, 4))
+    train(cfg("parts", 1, 4))
+    train(cfg("parts", 2, 4), resume=True)
+    train(cfg("micro", 2, 1))  # 1 row per forward instead of 4: the same gradient (global normalisers)
+    a, b, c = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("whole", "parts", "micro"))
+    rows = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines() if '"reward"' in x]
+    assert all(r["grad_norm"] > 0 for r in rows)  # the updates were not empty
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(c[k], a[k], rtol=0, atol=1e-4)
