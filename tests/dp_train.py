@@ -68,6 +68,12 @@ CASES = {
              " {name: arithmetic, key: add, kwargs: {digits: 1, ops: '+'}, eval_size: 4}]",
              f"rewards=[{reward('digit_fraction')}]", "algo.token_weights=perception",
              "algo.token_weights_kwargs={k: 0.4}", "algo.advantage_shaping=vppo_tas"],
+    # FrameThinker's environment on a vision-language model: the first look's frames are an image observation in
+    # every row (a random model's turns are rarely valid actions, so most episodes end after one turn)
+    "frames": ["model.config=qwen2.5-vl-micro", "task.name=frame_quest",
+               "task.kwargs={frames: 40, n: 4, image_size: 28}",
+               "env.name=frame_select", "env.kwargs={n: 4}", "env.max_turns=2", "env.max_tokens=300",
+               f"rewards=[{reward('digit_fraction')}]", "rollout.max_new_tokens=6"],
     "multiturn": ["task.name=guess_number", "task.kwargs={hi: 8}", "env.name=guess_number", "env.max_turns=3",
                   "env.max_tokens=24", f"rewards=[{{name: env}}, {reward('digit_fraction', 0.5)}]"],
 }

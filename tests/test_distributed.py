@@ -4,7 +4,8 @@ same final weights (within 1e-4; Adam turns float-rounding differences of near-z
 and the same data positions on every rank, over 3 steps, for GRPO (2 mini-batches x 2 epochs), DAPO with dynamic
 sampling, a 3-task mixture with a reward that returns None and per-source normalisation, DIVER, REINFORCE++
 whitening with CISPO, high-entropy token weights and KL, SAPO with batch-std advantages, a multi-turn
-environment, VPPO on a vision-language model with image and text-only rows, and a run
+environment, VPPO on a vision-language model with image and text-only rows, FrameThinker's environment (the first look's
+frames as an image observation), and a run
 through the Python API with rows, a reward callable and a model object (tests/dp_train.py).
 What cannot run under data parallelism is refused with one line."""
 
@@ -49,7 +50,7 @@ def close(a, b, key: str = "") -> bool:
     return a == b
 
 
-CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "multiturn", "vppo", "api"]
+CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "multiturn", "vppo", "frames", "api"]
 
 
 @pytest.mark.parametrize("case", CASES)
