@@ -61,6 +61,7 @@ def test_a_vision_language_model_trains_through_the_environment(tmp_path):
     assert train(cfg)["steps"] == 1
     step = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if '"reward"' in x][0]
     assert step["skipped_steps"] == 0 and step["env/turns"] >= 1
+    assert step["env/frames_used"] >= 4 and 0 <= step["env/invalid_action"] <= 1  # FrameThinker's efficiency metric
 
 
 def test_multi_turn_rows_with_frames_resume_exactly_and_micro_batching_does_not_change_the_gradient(tmp_path):

@@ -99,9 +99,10 @@ def describe(run: Run, batch: Batch, log: Metrics, seconds: float) -> None:
         n_groups = len(batch.groups())
         log.update(group_diversity_metrics(batch.texts, batch.group_ids, unit=run.cfg.train.diversity_unit),
                    weight=n_groups)
-    for key, name in (("turns", "env/turns"), ("env_rewards", "env/reward")):
+    env_keys = [k for k in batch.extras if k.startswith("env/")]  # an environment's own per-episode numbers
+    for key, name in (("turns", "env/turns"), ("env_rewards", "env/reward"), *((k, k) for k in env_keys)):
         if key in batch.extras and len(batch):
-            log.mean(name, float(batch.extras[key].float().mean()), weight=len(batch))
+            log.mean(name, float(batch.extras[key].float().nanmean()), weight=len(batch))
     log.mean("lr", run.scheduler.get_last_lr()[0])
     log.add("time/step", seconds, "time")
     rollout_time = max(log.local()["time/rollout"], 1e-9)

@@ -40,7 +40,7 @@ class FrameSelect:
         self.n, self.initial = n, initial or n
         self.frames: list[Any] = []
         self.fps = 1.0
-        self.frames_used = 0
+        self.frames_used, self.looks, self.time_queries, self.invalid = 0, 0, 0, 0
 
     def reset(self, sample: Sample) -> Observation:
         frames = sample.meta.get("frames")
@@ -58,11 +58,19 @@ class FrameSelect:
 
     def step(self, turn: str) -> tuple[str | Observation | None, float, bool]:
         step = transition(turn, frames=len(self.frames), fps=self.fps, n=self.n)
+        self.invalid += step.kind == "invalid"
         if step.done:
             return None, 0.0, True
         if step.kind == "choose":
+            self.looks += 1
             return self._show(step.frames), 0.0, False
+        self.time_queries += 1
         return "\n" + escape(step.observation) + "\n", 0.0, False
+
+    def metrics(self) -> dict[str, float]:
+        """Per episode (logged as env/<key> means): frames shown, choose and time actions, ended by an invalid one."""
+        return {"frames_used": self.frames_used, "looks": self.looks, "time_queries": self.time_queries,
+                "invalid_action": self.invalid}
 
 
 @TASKS.register("frame_quest")

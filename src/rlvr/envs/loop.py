@@ -12,7 +12,8 @@ the environment says done or has no reply, when its turn ended with EOS, after `
 completion reaches `max_tokens` tokens (observations count); the last two set `truncated` (and with
 `mask_truncated`, such a row keeps no trained token). Token t of a row's
 completion always draws from `uniform(seed, t)` (rlvr.seeding), so a resumed run replays every episode exactly.
-Extras: `env_rewards` (N,) the summed per-turn rewards, `turns` (N,) model turns, `turn_rewards` per-row lists.
+Extras: `env_rewards` (N,) the summed per-turn rewards, `turns` (N,) model turns, `turn_rewards` per-row lists, and
+`env/<key>` (N,) for each number an environment's optional `metrics()` reports per episode (logged as their means).
 With a vision-language policy, the prompt's images and every image an observation shows (rlvr.envs.base.Observation)
 stay with the row (`pixel_values`, `image_grid_thw`, in token order), and each turn samples from the whole context
 with all of them; an image observation is never cut: one that does not fit ends the row as truncated.
@@ -179,6 +180,9 @@ class EnvSampler:
         extras = {"env_rewards": torch.tensor([sum(e.rewards) for e in episodes], device=dev),
                   "turns": torch.tensor([len(e.rewards) for e in episodes], device=dev),
                   "turn_rewards": [list(e.rewards) for e in episodes]}
+        stats = [e.env.metrics() if hasattr(e.env, "metrics") else {} for e in episodes]
+        for key in sorted({k for s in stats for k in s}):  # an environment's own per-episode numbers
+            extras[f"env/{key}"] = torch.tensor([float(s.get(key, float("nan"))) for s in stats], device=dev)
         if self.sees_images:
             extras.update(self._vision(episodes))
         return Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=ids.to(dev),
