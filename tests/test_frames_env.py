@@ -90,3 +90,27 @@ def test_multi_turn_rows_with_frames_resume_exactly_and_micro_batching_does_not_
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
         torch.testing.assert_close(c[k], a[k], rtol=0, atol=1e-4)
+
+
+def test_sft_warm_starts_on_scripted_searches_with_image_observations(tmp_path):
+    from rlvr.config import load_config
+    from rlvr.policies import HFVisionLM
+    from rlvr.warm_start import sft, sft_batch
+
+    task = TASKS.build("frame_quest", seed=0, frames=40, n=4, image_size=28)
+    policy = HFVisionLM.load(config="qwen2.5-vl-micro")
+    samples = [task[i] for i in range(2)]
+    batch = sft_batch(policy, samples, [task.reference_turns(s) for s in samples])
+    slots = batch.completion_ids == policy.image_token_id
+    assert [len(g) for g in batch.extras["image_grid_thw"]] == [4, 4]  # the 4 frames the look returned
+    assert slots.any(-1).all() and (batch.loss_mask[slots] == 0).all()  # shown, never trained
+    logp, _ = policy.logp(batch)  # the forward reads every observed image in place
+    assert logp.shape == batch.loss_mask.shape
+    cfg = load_config(None, [
+        "model.config=qwen2.5-vl-micro", "task.name=frame_quest", "task.kwargs={frames: 40, n: 4, image_size: 28}",
+        "task.eval_size=2", "env.name=frame_select", "env.kwargs={n: 4}", "env.max_turns=2", "env.max_tokens=400",
+        "rollout.max_new_tokens=80", "sft.steps=20", "sft.batch_size=4", "sft.lr=3e-3", "sft.eval_every=20",
+        f"output_dir={tmp_path}", "name=fq", "train.progress=false"])
+    sft(cfg)
+    losses = [json.loads(x)["sft/loss"] for x in (tmp_path / "fq-sft" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.6 * losses[0]

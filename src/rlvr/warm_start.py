@@ -32,16 +32,25 @@ from rlvr.policies import load_policy_of
 def sft_batch(policy, samples, turns: list[list[tuple[str, bool]]]) -> Batch:
     """Prompt + reference segments + EOS as a Batch: loss_mask 1 on trained segments and EOS, completions
     right-padded. Each segment is tokenized on its own, as the multi-turn loop tokenizes turns and observations."""
+    from rlvr.envs.base import Observation
+
     tok = policy.tokenizer
     prompt_ids, prompt_mask, extras = policy.encode_inputs(samples)
-    rows, flags = [], []
+    rows, flags, shown = [], [], []  # shown: per row, the (pixels, grid) of observations that show images
     for segments in turns:
-        ids, trained = [], []
+        ids, trained, images = [], [], []
         for text, train in segments:
-            piece = tok(text, add_special_tokens=False)["input_ids"]
+            if isinstance(text, Observation) and text.images:  # an environment's reply that shows images
+                piece, px, grid = policy.observation_tokens(text.text, text.images)
+                images.append((px, grid))
+            else:
+                piece = tok(text.text if isinstance(text, Observation) else text, add_special_tokens=False)["input_ids"]
             ids, trained = ids + piece, trained + [float(train)] * len(piece)
         rows.append(ids + [tok.eos_token_id])
         flags.append(trained + [1.0])
+        shown.append(images)
+    if any(shown):
+        extras = _with_observed_images(extras, shown)
     T = max(len(r) for r in rows)
     comp = torch.full((len(rows), T), policy.pad_id, dtype=torch.long)
     comp_mask, loss_mask = torch.zeros((len(rows), T), dtype=torch.long), torch.zeros(len(rows), T)
@@ -51,8 +60,17 @@ def sft_batch(policy, samples, turns: list[list[tuple[str, bool]]]) -> Batch:
     return Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=comp.to(dev),
                  completion_mask=comp_mask.to(dev), loss_mask=loss_mask.to(dev), rollout_logp=torch.zeros_like(
                      loss_mask, device=dev), truncated=torch.zeros(len(rows), dtype=torch.bool, device=dev),
-                 texts=["".join(t for t, _ in seg) for seg in turns],
+                 texts=["".join(getattr(t, "text", t) for t, _ in seg) for seg in turns],
                  group_ids=torch.arange(len(rows), device=dev), samples=list(samples), extras=extras)
+
+
+def _with_observed_images(extras: dict[str, Any], shown: list[list[tuple]]) -> dict[str, Any]:
+    """Each row's prompt images followed by the images its observations show, in token order."""
+    import torch
+
+    pixels, grids = extras["pixel_values"], extras["image_grid_thw"]
+    return {**extras, "pixel_values": [torch.cat([p, *(px for px, _ in s)]) for p, s in zip(pixels, shown)],
+            "image_grid_thw": [torch.cat([g, *(gr for _, gr in s)]) for g, s in zip(grids, shown)]}
 
 
 def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:

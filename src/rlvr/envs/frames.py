@@ -10,8 +10,8 @@
 2. `frame_quest`: N frames (default 200, 8 fps) of a square on a plain background; inside one hidden segment of
    10-20 frames it turns another colour. Question: which colour it turned, four lettered options; half the items
    also say when ("around M:SS", which the time query can use). Answer: the letter. The task scores a transcript
-   with the FrameThinker reward's gates: 1.0 when it passes them with the right letter; `reference` is a scripted
-   search (choose the segment's frames, then answer).
+   with the FrameThinker reward's gates: 1.0 when it passes them with the right letter; `reference_turns` is a
+   scripted search (choose the segment's frames, the reply showing them, then answer) that `rlvr sft` warm-starts on.
 """
 
 from __future__ import annotations
@@ -125,14 +125,24 @@ class FrameQuest(ProceduralTask):
         return 1.0 if judge(text, sample.answer, question=str(sample.prompt), frames=self.frames,
                             span_n=self.n).correct else 0.0
 
-    def reference(self, sample: Sample) -> str:
-        """A scripted search as its transcript reads: look at the frames around the segment (the environment's
-        reply included, as the reward sees it), then answer. (A warm start on image observations is not built yet:
-        `rlvr sft` would see the reply's text without its images.)"""
+    def reference_turns(self, sample: Sample) -> list[tuple[str | Observation, bool]]:
+        """The scripted search as turns: look (trained), the environment's reply with its frames (attended, never
+        trained), answer (trained): what `rlvr sft` warm-starts a vision-language policy on."""
+        look, reply, answer = self._script(sample)
+        shown = transition(look, frames=self.frames, fps=self.fps, n=self.n).frames
+        frames = sample.meta["frames"]
+        return [(look, True), (Observation(reply.replace(": ", ": <image>"), [frames[i] for i in shown]), False),
+                (answer, True)]
+
+    def _script(self, sample: Sample) -> tuple[str, str, str]:
         m = sample.meta
         a, b = max(0, m["start"] - 2), min(self.frames, m["start"] + m["length"] + 2)
         b = max(b, a + self.n + 1)
         look = f"<think>the change is between {a} and {b}</think><action>choose frames between {a} and {b}</action>"
         shown = transition(look, frames=self.frames, fps=self.fps, n=self.n).frames
         reply = "".join(f"\nframe {i}: " for i in shown) + "\n"
-        return look + reply + f"<think>it turned {m['new']}</think><action>output answer: {sample.answer}</action>"
+        return look, reply, f"<think>it turned {m['new']}</think><action>output answer: {sample.answer}</action>"
+
+    def reference(self, sample: Sample) -> str:
+        """The scripted search as its transcript reads (the environment's reply included, as the reward sees it)."""
+        return "".join(self._script(sample))
