@@ -102,7 +102,7 @@ def test_sft_warm_starts_on_scripted_searches_with_image_observations(tmp_path):
     samples = [task[i] for i in range(2)]
     batch = sft_batch(policy, samples, [task.reference_turns(s) for s in samples])
     slots = batch.completion_ids == policy.image_token_id
-    assert [len(g) for g in batch.extras["image_grid_thw"]] == [4, 4]  # the 4 frames the look returned
+    assert [len(g) for g in batch.extras["image_grid_thw"]] == [8, 8]  # the first look's 4 frames, the look's 4
     assert slots.any(-1).all() and (batch.loss_mask[slots] == 0).all()  # shown, never trained
     logp, _ = policy.logp(batch)  # the forward reads every observed image in place
     assert logp.shape == batch.loss_mask.shape

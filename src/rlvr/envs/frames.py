@@ -126,13 +126,16 @@ class FrameQuest(ProceduralTask):
                             span_n=self.n).correct else 0.0
 
     def reference_turns(self, sample: Sample) -> list[tuple[str | Observation, bool]]:
-        """The scripted search as turns: look (trained), the environment's reply with its frames (attended, never
-        trained), answer (trained): what `rlvr sft` warm-starts a vision-language policy on."""
+        """The scripted search as the rollout sees it: the environment's first look, the look (trained), the reply
+        with its frames, the answer (trained); replies attended, never trained. What `rlvr sft` warm-starts on. The
+        script knows where the segment is, which the first look often does not show: a policy can learn the format
+        and the answer from the frames it asked for, not yet the search."""
         look, reply, answer = self._script(sample)
         shown = transition(look, frames=self.frames, fps=self.fps, n=self.n).frames
         frames = sample.meta["frames"]
-        return [(look, True), (Observation(reply.replace(": ", ": <image>"), [frames[i] for i in shown]), False),
-                (answer, True)]
+        first = FrameSelect(n=self.n).reset(sample)  # the environment's first look comes before the first turn
+        return [(first, False), (look, True),
+                (Observation(reply.replace(": ", ": <image>"), [frames[i] for i in shown]), False), (answer, True)]
 
     def _script(self, sample: Sample) -> tuple[str, str, str]:
         m = sample.meta
