@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from grpo_step import SEED, RlvrBench, TrlBench, Workload, main
 
-from rlvr.policies.vlm import load_vlm
+from rlvr.policies.vlm_models import load_vlm
 
 VLM = Workload(
     name="vlm_step",

@@ -74,6 +74,9 @@ class ScriptedPolicy:
     def encode(self, samples):
         return encode_prompts(self.tokenizer, [s.prompt for s in samples])
 
+    def encode_inputs(self, samples):
+        return (*self.encode(samples), {})
+
     def sample(self, prompt_ids, prompt_mask, *, seeds, params, offsets=None):
         self.calls.append((prompt_ids.clone(), prompt_mask.clone(), offsets.clone(), params))
         texts = [self.script[int(s)].pop(0) for s in seeds]  # the test's seeds are row numbers

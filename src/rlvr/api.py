@@ -130,7 +130,7 @@ def _model(cfg: Config, given, model: Any, tokenizer: Any, processor: Any = None
 
     from rlvr.policies import HFCausalLM, HFVisionLM
     from rlvr.policies.hf import prepare_tokenizer
-    from rlvr.policies.vlm import VLM_MODEL_TYPES
+    from rlvr.policies.vlm_models import VLM_MODEL_TYPES
 
     vision = getattr(getattr(model, "config", None), "model_type", None) in VLM_MODEL_TYPES
     if vision and tokenizer is None and processor is not None:

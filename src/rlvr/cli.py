@@ -135,19 +135,13 @@ def cmd_eval(args) -> int:
 
 def _viubench(sampler, task, size: int, seed: int) -> dict:
     """Greedy answers scored per VideoSSR task, beside a random guesser's on the same rows."""
-    import dataclasses
     import random
 
-    import torch
-
+    from rlvr.evaluate import greedy_answers
     from rlvr.tasks.videossr import random_guesses, viubench
 
     samples = [task[i] for i in range(min(size, len(task)))]
-    greedy = sampler.with_params(dataclasses.replace(sampler.params, greedy=True))
-    texts = []
-    for start in range(0, len(samples), 32):
-        chunk = samples[start : start + 32]
-        texts += greedy.generate(chunk, torch.arange(len(chunk)), torch.zeros(len(chunk), dtype=torch.long)).texts
+    texts, _ = greedy_answers(sampler, samples, batch_size=32)
     return {"rows": len(samples), "model": viubench(samples, texts),
             "random": viubench(samples, random_guesses(samples, random.Random(seed)))}
 

@@ -38,17 +38,25 @@ def text_sampler(policy, *, max_new_tokens: int, temperature: float = 1.0, stop:
 
 
 @torch.no_grad()
-def evaluate(sampler: Sampler, task, *, size: int, batch_size: int = 64, k: int = 0, seed: int = 0) -> dict[str, float]:
-    """Greedy accuracy and mean length on items 0..size-1 of `task`; pass@k when k > 0 (sampled at the sampler's
-    temperature from the stream ("eval", seed))."""
+def greedy_answers(sampler: Sampler, samples: list, batch_size: int = 64) -> tuple[list[str], list[int]]:
+    """Greedy completions of `samples` (texts, and their lengths in tokens), `batch_size` at a time."""
     greedy = sampler.with_params(dataclasses.replace(sampler.params, greedy=True))
-    samples = [task[i] for i in range(min(size, len(task)))]
-    scores, lengths = [], []
+    texts, lengths = [], []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         batch = greedy.generate(chunk, torch.arange(len(chunk)), torch.zeros(len(chunk), dtype=torch.long))
-        scores += [task.score(s, t) for s, t in zip(chunk, batch.texts)]
+        texts += batch.texts
         lengths += batch.completion_mask.sum(-1).tolist()
+    return texts, lengths
+
+
+@torch.no_grad()
+def evaluate(sampler: Sampler, task, *, size: int, batch_size: int = 64, k: int = 0, seed: int = 0) -> dict[str, float]:
+    """Greedy accuracy and mean length on items 0..size-1 of `task`; pass@k when k > 0 (sampled at the sampler's
+    temperature from the stream ("eval", seed))."""
+    samples = [task[i] for i in range(min(size, len(task)))]
+    texts, lengths = greedy_answers(sampler, samples, batch_size)
+    scores = [task.score(s, t) for s, t in zip(samples, texts)]
     result = {
         "accuracy": sum(sc >= 1.0 for sc in scores) / len(scores),  # fully correct, the same bar as pass@k
         "mean_score": sum(scores) / len(scores),  # with the task's partial credit

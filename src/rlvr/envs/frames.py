@@ -130,22 +130,24 @@ class FrameQuest(ProceduralTask):
         with its frames, the answer (trained); replies attended, never trained. What `rlvr sft` warm-starts on. The
         script knows where the segment is, which the first look often does not show: a policy can learn the format
         and the answer from the frames it asked for, not yet the search."""
-        look, reply, answer = self._script(sample)
-        shown = transition(look, frames=self.frames, fps=self.fps, n=self.n).frames
+        look, shown, answer = self._script(sample)
+        reply = "".join(f"\nframe {i}: <image>" for i in shown) + "\n"
         frames = sample.meta["frames"]
         first = FrameSelect(n=self.n).reset(sample)  # the environment's first look comes before the first turn
         return [(first, False), (look, True),
-                (Observation(reply.replace(": ", ": <image>"), [frames[i] for i in shown]), False), (answer, True)]
+                (Observation(reply, [frames[i] for i in shown]), False), (answer, True)]
 
-    def _script(self, sample: Sample) -> tuple[str, str, str]:
+    def _script(self, sample: Sample) -> tuple[str, list[int], str]:
+        """(the look turn, the frames it is shown, the answer turn) of the scripted search."""
         m = sample.meta
         a, b = max(0, m["start"] - 2), min(self.frames, m["start"] + m["length"] + 2)
         b = max(b, a + self.n + 1)
         look = f"<think>the change is between {a} and {b}</think><action>choose frames between {a} and {b}</action>"
         shown = transition(look, frames=self.frames, fps=self.fps, n=self.n).frames
-        reply = "".join(f"\nframe {i}: " for i in shown) + "\n"
-        return look, reply, f"<think>it turned {m['new']}</think><action>output answer: {sample.answer}</action>"
+        return look, shown, f"<think>it turned {m['new']}</think><action>output answer: {sample.answer}</action>"
 
     def reference(self, sample: Sample) -> str:
-        """The scripted search as its transcript reads (the environment's reply included, as the reward sees it)."""
-        return "".join(self._script(sample))
+        """The scripted search as its transcript reads (the environment's reply included, as the reward sees it:
+        image tokens are not text)."""
+        look, shown, answer = self._script(sample)
+        return look + "".join(f"\nframe {i}: " for i in shown) + "\n" + answer

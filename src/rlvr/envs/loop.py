@@ -74,10 +74,7 @@ class EnvSampler:
         return hasattr(self.policy, "observation_tokens")
 
     def generate(self, samples: list[Sample], group_ids: torch.Tensor, seeds: torch.Tensor) -> Batch:
-        if hasattr(self.policy, "encode_inputs"):
-            prompt_ids, prompt_mask, extras = self.policy.encode_inputs(samples)
-        else:  # a Policy that only encodes text
-            (prompt_ids, prompt_mask), extras = self.policy.encode(samples), {}
+        prompt_ids, prompt_mask, extras = self.policy.encode_inputs(samples)
         pixels, grids = extras.get("pixel_values"), extras.get("image_grid_thw")
         if any(len(g) for g in extras.get("video_grid_thw") or []):
             raise ValueError("a multi-turn environment with a video in the prompt is not supported yet; show frames "

@@ -9,7 +9,8 @@ from rlvr.policies.base import Policy, SamplingParams, prompt_owners
 from rlvr.policies.causal_lm import HFCausalLM
 from rlvr.policies.hf import TINY_CONFIGS, encode_prompts, load_policy
 from rlvr.policies.tokenizer import char_tokenizer
-from rlvr.policies.vlm import VLM_CONFIGS, HFVisionLM, is_vlm
+from rlvr.policies.vlm import HFVisionLM
+from rlvr.policies.vlm_models import VLM_CONFIGS, is_vlm
 
 __all__ = ["HFCausalLM", "HFVisionLM", "Policy", "SamplingParams", "TINY_CONFIGS", "VLM_CONFIGS", "char_tokenizer",
            "encode_prompts", "is_vlm", "load_policy", "load_policy_of", "prompt_owners"]

@@ -5,6 +5,7 @@
     policy.save(folder)                                                      # a folder from_pretrained loads
 
 1. `encode(samples)` -> left-padded prompt ids and mask (chat template, processor: the policy's business);
+   `encode_inputs(samples)` -> the same and the per-row extras the prompt forward reads (images: `prompt_inputs`);
    `sample(prompt_ids, prompt_mask, ...)` continues token contexts (the multi-turn loop feeds it whole histories);
    `generate` = encode + sample, as a Batch.
 2. `logp(batch)` is the training forward: log-probs of the completion tokens at the sampling temperature.
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +51,8 @@ class Policy(Protocol):
 
     def encode(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def encode_inputs(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]: ...
+
     def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, seeds: torch.Tensor,
                params: SamplingParams, offsets: torch.Tensor | None = None) -> dict: ...
 
@@ -65,6 +69,52 @@ class Policy(Protocol):
     def save(self, folder) -> None: ...
 
     def frozen_copy(self) -> Policy: ...
+
+
+class ModelPolicy:
+    """What a policy around one transformers model shares, whatever its modality: the device, the pad id, the
+    module's parameters and modes, saving (LoRA adapters merged for the final model) and a frozen copy of it."""
+
+    model: Any
+    tokenizer: Any
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    def save(self, folder, *, merge_adapters: bool = True) -> None:
+        """A Hugging Face folder (model and tokenizer) that from_pretrained loads. LoRA adapters are merged into the
+        weights for good (the final model) unless merge_adapters=False (the adapter only, as checkpoints keep it)."""
+        if merge_adapters and hasattr(self.model, "merge_and_unload"):
+            self.model = self.model.merge_and_unload()
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+
+    def frozen_model(self):
+        """A copy of the model with frozen weights in eval mode (a KL reference's)."""
+        model = copy.deepcopy(self.model).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
 
 
 def prompt_owners(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, inputs: list[Any] | None = None):

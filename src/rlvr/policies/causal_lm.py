@@ -8,7 +8,6 @@ and fast decoder where the model allows, the HF forward and decode loop otherwis
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any
 
@@ -16,13 +15,13 @@ import torch
 
 from rlvr.batch import Batch, Sample
 from rlvr.errors import DataError
-from rlvr.policies.base import SamplingParams, batch_owners
+from rlvr.policies.base import ModelPolicy, SamplingParams, batch_owners
 from rlvr.policies.hf import encode_prompts, load_policy
 from rlvr.policies.hf_forward import completion_logp
 from rlvr.policies.sampling import generate
 
 
-class HFCausalLM:
+class HFCausalLM(ModelPolicy):
     """The policy: a transformers causal LM, its tokenizer, and how its training forward runs.
 
     autocast: mixed-precision compute dtype of the training forward (weights stay in their dtype); lean: use the
@@ -60,15 +59,6 @@ class HFCausalLM:
             self.tokenizer, "chat_template", None) else "the tokenizer has none)")
 
     # ---- what the loop asks -------------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def pad_id(self) -> int:
-        tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def encode(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids and mask (N, P) on the policy's device, through the chat template when it applies."""
@@ -117,35 +107,9 @@ class HFCausalLM:
                                temperature=temperature, with_entropy=with_entropy, autocast=self.autocast,
                                lean=self.lean, owners=batch_owners(self, batch))
 
-    # ---- the module underneath ----------------------------------------------------------------------------------
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def train(self, mode: bool = True) -> HFCausalLM:
-        self.model.train(mode)
-        return self
-
-    def eval(self) -> HFCausalLM:
-        return self.train(False)
-
-    def to(self, device) -> HFCausalLM:
-        self.model.to(device)
-        return self
-
-    def save(self, folder, *, merge_adapters: bool = True) -> None:
-        """A Hugging Face folder (model and tokenizer): AutoModelForCausalLM.from_pretrained loads it. LoRA adapters
-        are merged into the weights for good (the final model) unless merge_adapters=False (the adapter only, as
-        checkpoints keep it)."""
-        if merge_adapters and hasattr(self.model, "merge_and_unload"):
-            self.model = self.model.merge_and_unload()
-        self.model.save_pretrained(folder, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
+    # ---- the module underneath (ModelPolicy: parameters, modes, device moves, save) -------------------------
 
     def frozen_copy(self) -> HFCausalLM:
         """A copy with frozen weights in eval mode (a KL reference)."""
-        model = copy.deepcopy(self.model).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return HFCausalLM(model, self.tokenizer, autocast=self.autocast, lean=self.lean,
+        return HFCausalLM(self.frozen_model(), self.tokenizer, autocast=self.autocast, lean=self.lean,
                           chat_template="auto" if self.templated else "none")  # a Jinja template is on the tokenizer

@@ -51,7 +51,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
@@ -59,7 +59,7 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _load_tokenizer(tokenizer: Any, path: str | None):
+def load_tokenizer(tokenizer: Any, path: str | None):
     """'char' -> char_tokenizer(); a folder -> AutoTokenizer; a tokenizer object -> itself; None -> from `path`."""
     from transformers import AutoTokenizer
 
@@ -117,10 +117,10 @@ def _tiny_config(name: str, overrides: dict[str, Any] | None, vocab_size: int):
 def prepare_tokenizer(model, tok) -> None:
     """Make a tokenizer the caller loaded usable for batched sampling (a pad token: eos when it has none) and write
     its special ids into the model's configs."""
-    _set_special_ids(model, _with_pad(tok))
+    set_special_ids(model, _with_pad(tok))
 
 
-def _set_special_ids(model, tok) -> None:
+def set_special_ids(model, tok) -> None:
     """Write the tokenizer's pad/eos ids into the model config and generation config."""
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     for cfg in (model.config, getattr(model, "generation_config", None)):
@@ -168,9 +168,9 @@ def load_gguf(spec: str | os.PathLike, *, tokenizer: Any = None, dtype: str | to
     if tokenizer is None:
         tok = _with_pad(AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True))
     else:
-        tok = _load_tokenizer(tokenizer, None)
+        tok = load_tokenizer(tokenizer, None)
     model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True,
-                                                 dtype=_as_dtype(dtype))
+                                                 dtype=as_dtype(dtype))
     # the weights are dequantized into plain tensors: drop the GGUF quantizer, which would refuse save_pretrained
     # ("quantized with gguf and is not serializable") and mark the checkpoints rlvr writes as quantized
     model.hf_quantizer, model.is_quantized = None, False
@@ -206,7 +206,7 @@ def load_policy(
             "load_policy: give exactly one of path= (a local checkpoint folder), gguf_file= (a GGUF file) or config= "
             f"(a name in TINY_CONFIGS: {sorted(TINY_CONFIGS)})"
         )
-    torch_dtype = _as_dtype(dtype)
+    torch_dtype = as_dtype(dtype)
     if gguf_file is not None:
         if config_overrides:
             raise ValueError("load_policy: config_overrides only apply to config=, not to a GGUF file")
@@ -216,10 +216,10 @@ def load_policy(
             raise ValueError(f"load_policy: checkpoint folder '{path}' does not exist (nothing is downloaded)")
         if config_overrides:
             raise ValueError("load_policy: config_overrides only apply to config=, not to a checkpoint path")
-        tok = _load_tokenizer(tokenizer, str(path))
+        tok = load_tokenizer(tokenizer, str(path))
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch_dtype)
     else:
-        tok = _load_tokenizer(tokenizer, None)
+        tok = load_tokenizer(tokenizer, None)
         cfg = _tiny_config(config, config_overrides, vocab_size=len(tok))
         # the special ids go into the config before the model is built, as from_pretrained sees them: the
         # embedding's padding_idx (no gradient to the pad row) must not change when a checkpoint is reloaded
@@ -228,7 +228,7 @@ def load_policy(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)
-    _set_special_ids(model, tok)
+    set_special_ids(model, tok)
     if device is not None:
         model = model.to(device)
     return model.eval(), tok

@@ -242,7 +242,7 @@ def generate(
     "generate"); offsets: (N,) index of each row's first draw in its stream (a multi-turn row continues its stream).
     dtype: compute dtype of the forward passes (e.g. torch.bfloat16: the fast decoder casts its fused weights once
     per call, the HF loop runs under autocast); None = the parameters' dtype. Sampling and logp are in fp32.
-    decoder: a decoder built by the caller (prefill / step, e.g. rlvr.policies.vlm.VisionDecoder) instead of one
+    decoder: a decoder built by the caller (prefill / step, e.g. rlvr.policies.vlm_forward.VisionDecoder) instead of one
     chosen by `backend`. banned: token ids never sampled (a VLM's vision placeholders: a sampled one would read as
     an image slot); their probability still counts in logp, as the training forward computes it.
     """

@@ -25,158 +25,16 @@
 from __future__ import annotations
 
 import copy
-import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rlvr.batch import Batch, Sample
 from rlvr.errors import DataError
-from rlvr.policies.base import SamplingParams
-from rlvr.policies.sampling import HFDecoder, generate
-from rlvr.policies.vlm_models import (  # noqa: F401  (re-exported: the policy's public names)
-    EMBEDDING_ONLY,
-    VISION_TOKENS,
-    VLM_CONFIGS,
-    VLM_MODEL_TYPES,
-    is_vlm,
-    load_vlm,
-)
-
-# ------------------------------------------------------------------ positions and embeddings
-
-
-def _inner(model):
-    """The Qwen2-VL family's inner model (get_rope_index, visual), under PEFT adapters too."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
-
-
-@dataclass
-class Visuals:
-    """Per-row vision inputs of a call, each a list over rows: images (pixel rows, grids) and videos (pixel rows,
-    grids, seconds per temporal patch); a row without any holds empty tensors."""
-
-    pixels: list[torch.Tensor]
-    grids: list[torch.Tensor]
-    video_pixels: list[torch.Tensor]
-    video_grids: list[torch.Tensor]
-    video_seconds: list[torch.Tensor]
-
-    @staticmethod
-    def of(extras: dict[str, Any], n: int) -> Visuals:
-        def get(key: str, empty):
-            values = extras.get(key) or [None] * n
-            return [v if v is not None else empty() for v in values]
-
-        grid = lambda: torch.zeros(0, 3, dtype=torch.long)  # noqa: E731
-        return Visuals(get("pixel_values", lambda: torch.zeros(0, 1)), get("image_grid_thw", grid),
-                       get("pixel_values_videos", lambda: torch.zeros(0, 1)), get("video_grid_thw", grid),
-                       get("video_seconds", lambda: torch.zeros(0)))
-
-    def any_video(self) -> bool:
-        return any(len(g) for g in self.video_grids)
-
-
-def rope_positions(model, ids: torch.Tensor, mask: torch.Tensor, vis: Visuals):
-    """M-RoPE position ids (3, N, L) of the real tokens and each row's text delta (N, 1): position of a text token
-    after the prompt = its index among the row's real tokens + delta. Video tokens' temporal ids advance by the
-    seconds each temporal patch spans (Qwen2.5-VL; Qwen2-VL counts patches)."""
-    core = _inner(model)
-    images = torch.cat(vis.grids) if any(len(g) for g in vis.grids) else None
-    videos = torch.cat(vis.video_grids) if vis.any_video() else None
-    kwargs: dict[str, Any] = dict(image_grid_thw=images, video_grid_thw=videos, attention_mask=mask)
-    if videos is not None:
-        kwargs["second_per_grid_ts"] = torch.cat(vis.video_seconds)
-    if "mm_token_type_ids" in inspect.signature(core.get_rope_index).parameters:
-        types = (ids == model.config.image_token_id).int() + 2 * (ids == model.config.video_token_id).int()
-        kwargs["mm_token_type_ids"] = types  # 0 text, 1 image, 2 video
-    return core.get_rope_index(ids, **kwargs)
-
-
-def _distinct(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
-    """The distinct tensor objects of `tensors` (a group's rows hold one sample's) and each entry's index among them."""
-    seen: dict[int, int] = {}
-    order = [seen.setdefault(id(t), len(seen)) for t in tensors]
-    firsts = {i: t for t, i in zip(tensors, order)}
-    return [firsts[i] for i in range(len(firsts))], order
-
-
-def vision_inputs(model, ids: torch.Tensor, vis: Visuals) -> dict[str, Any]:
-    """The inputs of a prompt forward: embeddings with the image and video features in place (EMBEDDING_ONLY
-    models), or the token ids with the rows' pixels for the model's own forward (Qwen3-VL)."""
-    if model.config.model_type in EMBEDDING_ONLY:
-        return {"inputs_embeds": embed(model, ids, vis)}
-    dev, out = ids.device, {"input_ids": ids}
-    for pixels, grids, key, grid_key in ((vis.pixels, vis.grids, "pixel_values", "image_grid_thw"),
-                                         (vis.video_pixels, vis.video_grids, "pixel_values_videos", "video_grid_thw")):
-        rows = [i for i, g in enumerate(grids) if len(g)]
-        if rows:
-            out[key] = torch.cat([pixels[i].to(dev) for i in rows])
-            out[grid_key] = torch.cat([grids[i].to(dev) for i in rows])
-    return out
-
-
-def _features(visual, pixels: list[torch.Tensor], grids: list[torch.Tensor], dev) -> torch.Tensor | None:
-    """Merged vision features (n_tokens, H) of every row's images (or videos) in row order; the tower runs once per
-    distinct pixel tensor."""
-    rows = [i for i, g in enumerate(grids) if len(g)]
-    if not rows:
-        return None
-    unique, order = _distinct([pixels[i] for i in rows])
-    first: dict[int, int] = {}
-    for row, u in zip(rows, order):
-        first.setdefault(u, row)
-    unique_grids = [grids[first[u]] for u in range(len(unique))]
-    feats = visual(torch.cat([u.to(dev, visual.dtype) for u in unique]),
-                   grid_thw=torch.cat([g.to(dev) for g in unique_grids]))
-    feats = getattr(feats, "pooler_output", feats)  # (n_merged, H) of every distinct image
-    merge = visual.spatial_merge_size ** 2
-    per_input = torch.split(feats, [int(g.prod(-1).sum()) // merge for g in unique_grids])
-    return torch.cat([per_input[order[j]] for j in range(len(rows))])
-
-
-def embed(model, ids: torch.Tensor, vis: Visuals) -> torch.Tensor:
-    """Token embeddings (N, L, H) with each row's image and video features in place of their placeholder tokens."""
-    embeds = model.get_input_embeddings()(ids)  # (N, L, H)
-    visual = _inner(model).visual
-    for pixels, grids, token in ((vis.pixels, vis.grids, model.config.image_token_id),
-                                 (vis.video_pixels, vis.video_grids, model.config.video_token_id)):
-        chosen = _features(visual, pixels, grids, embeds.device)
-        if chosen is not None:
-            slots = (ids == token)[..., None].expand_as(embeds)  # (N, L, H)
-            embeds = embeds.masked_scatter(slots, chosen.to(embeds.dtype))
-    return embeds
-
-
-# ------------------------------------------------------------------ sampling
-
-
-class VisionDecoder(HFDecoder):
-    """HFDecoder over a VLM: the prefill embeds the images and sets each row's M-RoPE delta; decode steps place
-    each new token at its text position + delta (a KV cache throughout)."""
-
-    def __init__(self, model, prompt_ids, prompt_mask, max_new_tokens, dtype, *, vis: Visuals):
-        super().__init__(model, prompt_ids, prompt_mask, max_new_tokens, dtype)
-        self.vis = vis
-
-    def prefill(self) -> torch.Tensor:
-        pos, self.delta = rope_positions(self.model, self.ids, self.mask, self.vis)  # (3, N, P), (N, 1)
-        return self._forward(vision_inputs(self.model, self.ids, self.vis), pos)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
-        pos, self.next_pos = self.next_pos, self.next_pos + 1
-        pos = (pos + self.delta.to(pos.device))[None].expand(3, -1, -1)  # (3, N, 1)
-        return self._forward({"input_ids": tokens[:, None]}, pos)
-
-    def _forward(self, inputs: dict[str, Any], pos: torch.Tensor) -> torch.Tensor:
-        dev = pos.device.type
-        with torch.autocast(dev, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            out = self.model(**inputs, attention_mask=self.mask, position_ids=pos, use_cache=True, **self.kwargs)
-        return out.logits[:, -1]  # (N, V)
-
+from rlvr.policies.base import ModelPolicy, SamplingParams
+from rlvr.policies.sampling import generate
+from rlvr.policies.vlm_forward import VisionDecoder, Visuals, rope_positions, vision_inputs
+from rlvr.policies.vlm_models import EMBEDDING_ONLY, VISION_TOKENS, load_vlm
 
 # ------------------------------------------------------------------ the policy
 
@@ -188,7 +46,7 @@ def _row_name(sample: Sample | None, row: int) -> str:
     return f"row {row} ({sample.task or 'task'} item {sample.index}{names})"
 
 
-class HFVisionLM:
+class HFVisionLM(ModelPolicy):
     """The policy: a transformers vision-language model, its tokenizer and image processor (module docstring)."""
 
     prompt_inputs: tuple[str, ...] = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
@@ -219,15 +77,6 @@ class HFVisionLM:
         how = "the tokenizer's chat template (images first in the user turn)" if self.templated else \
             "plain text after the image placeholders"
         return f"{how}; images through {type(self.image_processor).__name__}"
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def pad_id(self) -> int:
-        tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     # ---- prompts --------------------------------------------------------------------------------------------------
 
@@ -455,31 +304,11 @@ class HFVisionLM:
 
     # ---- the module underneath ------------------------------------------------------------------------------------
 
-    def parameters(self):
-        return self.model.parameters()
-
-    def train(self, mode: bool = True) -> HFVisionLM:
-        self.model.train(mode)
-        return self
-
-    def eval(self) -> HFVisionLM:
-        return self.train(False)
-
-    def to(self, device) -> HFVisionLM:
-        self.model.to(device)
-        return self
-
     def save(self, folder, *, merge_adapters: bool = True) -> None:
         """A Hugging Face folder (model, tokenizer, image processor): AutoModelForImageTextToText loads it."""
-        if merge_adapters and hasattr(self.model, "merge_and_unload"):
-            self.model = self.model.merge_and_unload()
-        self.model.save_pretrained(folder, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
+        super().save(folder, merge_adapters=merge_adapters)
         self.image_processor.save_pretrained(folder)
 
     def frozen_copy(self) -> HFVisionLM:
-        model = copy.deepcopy(self.model).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return HFVisionLM(model, self.tokenizer, self.image_processor, autocast=self.autocast,
+        return HFVisionLM(self.frozen_model(), self.tokenizer, self.image_processor, autocast=self.autocast,
                           chat_template="auto" if self.templated else "none")

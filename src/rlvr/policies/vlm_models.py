@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from rlvr.policies.hf import _as_dtype, _load_tokenizer, _set_special_ids
+from rlvr.policies.hf import as_dtype, load_tokenizer, set_special_ids
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 VLM_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # get_rope_index / visual / image_token_id as these define
@@ -72,7 +72,7 @@ def is_vlm(*, config: str | None = None, path: str | os.PathLike | None = None) 
 
 def vlm_tokenizer(tokenizer: Any = None):
     """The tokenizer with the vision special tokens (a char tokenizer gains them; a real VLM's has them)."""
-    tok = _load_tokenizer(tokenizer, None)
+    tok = load_tokenizer(tokenizer, None)
     missing = [t for t in VISION_TOKENS if t not in tok.get_vocab()]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
@@ -93,7 +93,7 @@ def load_vlm(*, path=None, config: str | None = None, config_overrides: dict[str
     """(model, tokenizer, image_processor): a local checkpoint folder (`path`) or a tiny random-weight model."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    torch_dtype = _as_dtype(dtype)
+    torch_dtype = as_dtype(dtype)
     if path is not None:
         if not os.path.isdir(path):
             raise ValueError(f"load_vlm: checkpoint folder '{path}' does not exist (nothing is downloaded)")
@@ -116,7 +116,7 @@ def load_vlm(*, path=None, config: str | None = None, config_overrides: dict[str
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForImageTextToText.from_config(cfg, dtype=torch_dtype)
-    _set_special_ids(model, tok)
+    set_special_ids(model, tok)
     return model.eval(), tok, _image_processor(path, processor, model.config.vision_config.patch_size)
 
 

@@ -96,8 +96,7 @@ class DatasetTask(Task):
                       images=images, image_names=names, videos=videos, video_names=video_names)
 
     def _video_path(self, row: dict[str, Any]) -> str | None:
-        ref = row.get(self.video_field) if self.video_field else None
-        return None if ref is None else ref if os.path.isabs(str(ref)) else os.path.join(self._image_root, str(ref))
+        return ref_path(row.get(self.video_field), root=self._image_root) if self.video_field else None
 
     def _check_video(self, row: dict[str, Any], i: int) -> None:
         if self.video_field is not None and (path := self._video_path(row)) is not None and not os.path.isfile(path):
