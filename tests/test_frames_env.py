@@ -8,6 +8,7 @@ import json
 import pytest
 
 from rlvr.envs import ENVS, Observation
+from rlvr.rewards.framethinker import GATES
 from rlvr.tasks import TASKS
 
 
@@ -32,20 +33,73 @@ def test_the_environment_shows_frames_on_request():
 
 
 def test_the_task_hides_the_change_and_its_search_scores_one():
-    task = TASKS.build("frame_quest", seed=1, frames=120, n=8)
-    for i in range(6):
+    from rlvr.envs.frames import BLACK, COLOURS, GREY, LIGHT
+
+    task = TASKS.build("frame_quest", seed=1, frames=120, n=8, timed=0.5)
+    looks = 0
+    for i in range(40):
         s = task[i]
         m = s.meta
         frames = m["frames"]
         centre = (m["x"] + task.side // 2, task.image_size // 2)
-        inside, outside = frames[m["start"]].getpixel(centre), frames[0].getpixel(centre)
-        assert inside != outside and len(frames) == 120 and 10 <= m["length"] <= 20
+        assert len(frames) == 120 and task.segment[0] <= m["length"] <= task.segment[1]
+        for t, frame in enumerate(frames):  # the labels, read back from the pixels that were drawn
+            inside = m["start"] <= t < m["start"] + m["length"]
+            assert frame.getpixel(centre) == (COLOURS[m["new"]] if inside else BLACK)
+            assert frame.getpixel((0, 0)) == (GREY if t >= m["start"] else LIGHT)
+        assert s.answer == "ABCD"[list(COLOURS).index(m["new"])]
         assert task.score(s, task.reference(s)) == 1.0
         wrong = task.reference(s).replace(f"output answer: {s.answer}", "output answer: Z")
         assert task.score(s, wrong) == 0.0
         assert ("around" in s.prompt) == m["timed"]
-    with pytest.raises(ValueError, match="need frames >= 4 n"):
-        TASKS.build("frame_quest", frames=10)
+        script = task._script(s)  # the agent answers from the first look only when it shows the change
+        shown_first = any(m["start"] <= t < m["start"] + m["length"] for t in task.look)
+        assert len(script) == (1 if shown_first else 2)
+        looks += len(script) == 2
+    assert 0 < looks < 40  # both kinds of episode occur
+    with pytest.raises(ValueError, match="first-look gaps of 5 frames"):
+        TASKS.build("frame_quest", frames=40, n=8)
+    with pytest.raises(ValueError, match="segment lengths 1-2 must lie in"):
+        TASKS.build("frame_quest", segment=[1, 2])
+
+
+def test_the_uniform_baseline_sees_the_same_videos_and_answers_at_once():
+    search, uniform = (TASKS.build("frame_quest", seed=3, **kw) for kw in ({}, {"initial": 16, "script": "answer"}))
+    env = ENVS.build("frame_select", n=8)
+    for i in range(10):
+        a, b = search[i], uniform[i]
+        assert {k: v for k, v in a.meta.items() if k not in ("frames", "initial")} == \
+               {k: v for k, v in b.meta.items() if k not in ("frames", "initial")}
+        assert len(env.reset(b).images) == 16 and len(uniform._script(b)) == 1  # 16 uniform frames, then the answer
+
+
+def test_the_budget_refuses_looks_and_the_metrics_name_the_failed_gate():
+    task = TASKS.build("frame_quest", seed=0)
+    s = task[0]
+    env = ENVS.build("frame_select", n=8, budget=16)
+    env.reset(s)
+    turn = "<think>between 10 and 40</think><action>choose frames between 10 and 40</action>"
+    assert len(env.step(turn)[0].images) == 8
+    reply, _, done = env.step(turn.replace("10 and 40", "50 and 80"))
+    assert reply.strip() == "no frames left (budget 16): answer now" and not done
+    env.step(f"<think>x</think><action>output answer: {s.answer}</action>")
+    m = env.metrics()
+    assert (m["frames_used"], m["looks"], m["refused_looks"], m["correct"]) == (16, 2, 1, 1.0)
+    assert sum(v for k, v in m.items() if k.startswith("gate_")) == 0
+    env = ENVS.build("frame_select", n=8)  # the think block names other frames than the action asks for
+    env.reset(s)
+    env.step("<think>between 10 and 41</think><action>choose frames between 10 and 40</action>")
+    env.step(f"<think>x</think><action>output answer: {s.answer}</action>")
+    m = env.metrics()
+    fired = sum(v for k, v in m.items() if k.startswith("gate_"))
+    assert m["gate_fidelity"] == 1.0 and m["correct"] == 0.0 and fired == 1
+    env = ENVS.build("frame_select", n=8)  # no action at all
+    env.reset(s)
+    assert env.step("I think it is red") == (None, 0.0, True)
+    m = env.metrics()
+    assert m["invalid_action"] == 1 and m["gate_count"] == 1.0
+    with pytest.raises(ValueError, match="budget"):
+        ENVS.build("frame_select", n=8, budget=4)
 
 
 def test_a_vision_language_model_trains_through_the_environment(tmp_path):
@@ -62,6 +116,7 @@ def test_a_vision_language_model_trains_through_the_environment(tmp_path):
     step = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if '"reward"' in x][0]
     assert step["skipped_steps"] == 0 and step["env/turns"] >= 1
     assert step["env/frames_used"] >= 4 and 0 <= step["env/invalid_action"] <= 1  # FrameThinker's efficiency metric
+    assert 0 <= step["env/correct"] <= 1 and all(f"env/gate_{k}" in step for k in GATES.values())
 
 
 def test_multi_turn_rows_with_frames_resume_exactly_and_micro_batching_does_not_change_the_gradient(tmp_path):

@@ -38,8 +38,10 @@ def text_sampler(policy, *, max_new_tokens: int, temperature: float = 1.0, stop:
 
 
 @torch.no_grad()
-def greedy_answers(sampler: Sampler, samples: list, batch_size: int = 64) -> tuple[list[str], list[int]]:
-    """Greedy completions of `samples` (texts, and their lengths in tokens), `batch_size` at a time."""
+def greedy_answers(sampler: Sampler, samples: list, batch_size: int = 64,
+                   env_stats: dict[str, list[float]] | None = None) -> tuple[list[str], list[int]]:
+    """Greedy completions of `samples` (texts, and their lengths in tokens), `batch_size` at a time; an
+    environment's per-episode numbers (batch extras env/<key>, and turns) are appended to `env_stats` when given."""
     greedy = sampler.with_params(dataclasses.replace(sampler.params, greedy=True))
     texts, lengths = [], []
     for start in range(0, len(samples), batch_size):
@@ -47,21 +49,27 @@ def greedy_answers(sampler: Sampler, samples: list, batch_size: int = 64) -> tup
         batch = greedy.generate(chunk, torch.arange(len(chunk)), torch.zeros(len(chunk), dtype=torch.long))
         texts += batch.texts
         lengths += batch.completion_mask.sum(-1).tolist()
+        if env_stats is not None:
+            for key in [k for k in batch.extras if k.startswith("env/")] + ["turns"] * ("turns" in batch.extras):
+                env_stats.setdefault(key.removeprefix("env/"), []).extend(batch.extras[key].float().tolist())
     return texts, lengths
 
 
 @torch.no_grad()
 def evaluate(sampler: Sampler, task, *, size: int, batch_size: int = 64, k: int = 0, seed: int = 0) -> dict[str, float]:
-    """Greedy accuracy and mean length on items 0..size-1 of `task`; pass@k when k > 0 (sampled at the sampler's
-    temperature from the stream ("eval", seed))."""
+    """Greedy accuracy and mean length on items 0..size-1 of `task` (and env/<key> means under an environment);
+    pass@k when k > 0 (sampled at the sampler's temperature from the stream ("eval", seed))."""
     samples = [task[i] for i in range(min(size, len(task)))]
-    texts, lengths = greedy_answers(sampler, samples, batch_size)
+    stats: dict[str, list[float]] = {}
+    texts, lengths = greedy_answers(sampler, samples, batch_size, env_stats=stats)
     scores = [task.score(s, t) for s, t in zip(samples, texts)]
     result = {
         "accuracy": sum(sc >= 1.0 for sc in scores) / len(scores),  # fully correct, the same bar as pass@k
         "mean_score": sum(scores) / len(scores),  # with the task's partial credit
         "mean_length": sum(lengths) / len(lengths),
     }
+    # a multi-turn environment's own numbers per episode, as means (FrameThinker: frames used, gates, turns)
+    result.update({f"env/{key}": sum(v) / len(v) for key, v in sorted(stats.items()) if v})
     if k > 0:
         groups = _sample_groups(sampler, samples, k, batch_size, seed)
         result[f"pass@{k}"] = sum(pass_at_k(k, sum(task.score(s, t) >= 1.0 for t in texts), k)

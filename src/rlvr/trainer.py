@@ -143,9 +143,11 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     sizes = [t.eval_size for t in cfg.tasks] if cfg.tasks else [cfg.task.eval_size]
     out: dict[str, float] = {}
     for (key, task), size in zip(tasks.items(), sizes):
+        if size <= 0:  # eval_size 0: this task is not evaluated
+            continue
         res = evaluate(run.sampler, task, size=size, batch_size=128, k=cfg.train.eval_pass_k, seed=cfg.seed + step)
         out.update({f"eval/{key + '/' if key else ''}{k}": v for k, v in res.items()})
-    if len(tasks) > 1:
+    if len(tasks) > 1 and all(s > 0 for s in sizes):
         k = cfg.train.eval_pass_k
         for metric in ("accuracy", "mean_score", "mean_length") + ((f"pass@{k}",) if k else ()):
             out[f"eval/{metric}"] = sum(out[f"eval/{k}/{metric}"] for k in tasks) / len(tasks)

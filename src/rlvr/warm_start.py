@@ -99,7 +99,8 @@ def sft(cfg: Config, *, out: str | None = None) -> dict[str, Any]:
         loss = _sft_step(policy, task, optimizer, step, s.batch_size)
         row = {"sft/loss": loss}
         bar.set_postfix(loss=f"{loss:.3f}")
-        if step % s.eval_every == 0 or step == s.steps:
+        due = (s.eval_every and step % s.eval_every == 0) or step == s.steps
+        if due and cfg.task.eval_size > 0:  # eval_every 0: only at the end; eval_size 0: never
             row.update({f"eval/{k}": v for k, v in ev().items()})
             history.append((step, row["eval/accuracy"]))
             bar.write(f"sft step {step}: loss {loss:.3f}, held-out greedy accuracy {row['eval/accuracy']:.3f}")

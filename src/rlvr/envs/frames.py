@@ -1,17 +1,26 @@
 """FrameThinker's frame-selection environment (arXiv 2509.24304) and a procedural long-video question task for it.
 
-    task = TASKS.build("frame_quest", seed=0)   # a square changes colour in a short hidden segment of 200 frames
+    task = TASKS.build("frame_quest", seed=0)   # a square changes colour in a short hidden segment of 128 frames
     env = ENVS.build("frame_select", n=8)        # reset: 8 uniform frames; then choose / time / answer actions
 
-1. `frame_select`: reset shows `initial` frames (default n) at linspace(0, N − 1) as lines `frame {i}: <image>`;
-   each turn ends at `</action>` and goes through rlvr.rewards.framethinker.transition: a choose shows the n frames
-   between its two indices, a time query answers with a frame number, an answer or an invalid action ends the
-   episode. Observations are escaped so they never open a <think> or <action> block. Frames used = n per look.
-2. `frame_quest`: N frames (default 200, 8 fps) of a square on a plain background; inside one hidden segment of
-   10-20 frames it turns another colour. Question: which colour it turned, four lettered options; half the items
-   also say when ("around M:SS", which the time query can use). Answer: the letter. The task scores a transcript
-   with the FrameThinker reward's gates: 1.0 when it passes them with the right letter; `reference_turns` is a
-   scripted search (choose the segment's frames, the reply showing them, then answer) that `rlvr sft` warm-starts on.
+1. `frame_select`: reset shows `initial` frames (the sample's meta["initial"], else n) at linspace(0, N − 1) as lines
+   `frame {i}: <image>`; each turn ends at `</action>` and goes through rlvr.rewards.framethinker.transition: a
+   choose shows the n frames between its two indices, a time query answers with a frame number, an answer or an
+   invalid action ends the episode. Observations are escaped so they never open a <think> or <action> block. Frames
+   used = the frames shown; `budget` caps them (a choose past it is told "no frames left" and shows nothing). Per
+   episode it reports frames used, looks, time queries, invalid actions, refused looks, and which of the reward's
+   consistency gates the transcript failed (`gate_<key>`, rlvr.rewards.framethinker.GATES) and whether it was right.
+2. `frame_quest`: N frames (default 128, 8 fps, 28 px) of a black square on a light background; inside one hidden
+   segment of a few frames it turns a colour, and from the segment's start on the background stays grey, so any
+   frame tells whether the change is still to come. Question: which colour it turned, four lettered options
+   (`timed`: the share of questions that also say when, "around M:SS"). Answer: the letter. The first look shows
+   the change only when one of its frames falls inside the segment; otherwise the segment lies between the last
+   light frame and the first grey one, and one choose between those two shows it (the segment lengths default to
+   the longest gap between the frames a choose returns, + 3, so that it always does). The task scores a transcript
+   with the FrameThinker reward's gates. `reference_turns`: a rule-based agent that notes what each frame it was
+   shown shows, then answers from the first look when it shows the change, else chooses the frames between the
+   bracketing two and answers from those; with `script="answer"` it answers from the first look alone (the
+   uniform-frames baseline: give it `initial` frames).
 """
 
 from __future__ import annotations
@@ -21,11 +30,19 @@ from typing import Any
 
 from rlvr.batch import Sample
 from rlvr.envs.base import ENVS, Observation
-from rlvr.rewards.framethinker import escape, judge, transition
+from rlvr.rewards.framethinker import GATES, choose_frames, escape, judge, transition
 from rlvr.tasks.base import TASKS, ProceduralTask
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 150, 50), "yellow": (230, 190, 0)}
+BLACK, LIGHT, GREY = (20, 20, 20), (245, 245, 245), (150, 150, 150)
+CODES = {"before": "L", "inside": "C", "after": "D"}  # what the agent writes for a frame: light, changed, dark
 LETTERS = "ABCD"
+
+
+def first_look(frames: int, initial: int) -> list[int]:
+    """The frames the environment shows before the first turn: linspace(0, N − 1, initial), rounded, distinct."""
+    last = frames - 1
+    return sorted({round(last * i / (initial - 1)) for i in range(initial)})
 
 
 @ENVS.register("frame_select")
@@ -34,22 +51,25 @@ class FrameSelect:
 
     stop = ("</action>",)
 
-    def __init__(self, *, n: int = 8, initial: int | None = None):
+    def __init__(self, *, n: int = 8, initial: int | None = None, budget: int | None = None, span_n: int | None = None):
         if n < 2:
             raise ValueError(f"frame_select: n (frames per request) must be >= 2, got {n}")
-        self.n, self.initial = n, initial or n
+        if budget is not None and budget < (initial or n):
+            raise ValueError(f"frame_select: budget ({budget} frames) is below the first look ({initial or n})")
+        self.n, self.initial, self.budget, self.span_n = n, initial, budget, span_n or n
         self.frames: list[Any] = []
         self.fps = 1.0
-        self.frames_used, self.looks, self.time_queries, self.invalid = 0, 0, 0, 0
+        self.sample: Sample | None = None
+        self.transcript: list[str] = []  # the turns and the text of the replies, as the reward reads them
+        self.frames_used, self.looks, self.time_queries, self.invalid, self.refused = 0, 0, 0, 0, 0
 
     def reset(self, sample: Sample) -> Observation:
         frames = sample.meta.get("frames")
         if not frames:
             raise ValueError(f"frame_select: sample {sample.task} item {sample.index} has no meta['frames']")
-        self.frames, self.fps = frames, float(sample.meta.get("fps", 1.0))
-        last = len(frames) - 1
-        shown = sorted({round(last * i / (self.initial - 1)) for i in range(self.initial)})
-        return self._show(shown)
+        self.frames, self.fps, self.sample = frames, float(sample.meta.get("fps", 1.0)), sample
+        initial = self.initial or int(sample.meta.get("initial", self.n))
+        return self._show(first_look(len(frames), initial))
 
     def _show(self, indices: list[int]) -> Observation:
         self.frames_used += len(indices)
@@ -57,20 +77,43 @@ class FrameSelect:
         return Observation(text, [self.frames[i] for i in indices])
 
     def step(self, turn: str) -> tuple[str | Observation | None, float, bool]:
+        self.transcript.append(turn)
         step = transition(turn, frames=len(self.frames), fps=self.fps, n=self.n)
         self.invalid += step.kind == "invalid"
         if step.done:
             return None, 0.0, True
         if step.kind == "choose":
             self.looks += 1
-            return self._show(step.frames), 0.0, False
-        self.time_queries += 1
-        return "\n" + escape(step.observation) + "\n", 0.0, False
+            if self.budget is not None and self.frames_used + len(step.frames) > self.budget:
+                self.refused += 1
+                reply = f"\nno frames left (budget {self.budget}): answer now\n"
+            else:
+                obs = self._show(step.frames)
+                self.transcript.append(obs.text.replace("<image>", ""))
+                return obs, 0.0, False
+        else:
+            self.time_queries += 1
+            reply = "\n" + escape(step.observation) + "\n"
+        self.transcript.append(reply)
+        return reply, 0.0, False
 
     def metrics(self) -> dict[str, float]:
-        """Per episode (logged as env/<key> means): frames shown, choose and time actions, ended by an invalid one."""
-        return {"frames_used": self.frames_used, "looks": self.looks, "time_queries": self.time_queries,
-                "invalid_action": self.invalid}
+        """Per episode (logged as env/<key> means): frames shown, choose and time actions, ended by an invalid one,
+        looks refused for the budget; which consistency gate of the FrameThinker reward the transcript failed
+        (gate_<key>, 0/1 each, the first failing gate only) and whether it passed them with the right answer."""
+        out = {"frames_used": self.frames_used, "looks": self.looks, "time_queries": self.time_queries,
+               "invalid_action": self.invalid, "refused_looks": self.refused}
+        gate = ""
+        correct = False
+        if self.sample is not None and self.sample.answer is not None:
+            prompt = self.sample.prompt
+            verdict = judge("".join(self.transcript), str(self.sample.answer), frames=len(self.frames),
+                            question=prompt if isinstance(prompt, str) else str(prompt[-1]["content"]),
+                            span_n=self.span_n)
+            gate, correct = verdict.gate, verdict.correct
+        out.update({f"gate_{key}": float(gate == name) for name, key in GATES.items()})
+        out["correct"] = float(correct)
+        return out
 
 
 @TASKS.register("frame_quest")
@@ -79,32 +122,59 @@ class FrameQuest(ProceduralTask):
 
     name = "frame_quest"
 
-    def __init__(self, *, seed: int = 0, size: int = 10_000, holdout: str | None = None, frames: int = 200,
-                 fps: float = 8.0, image_size: int = 56, n: int = 8):
+    def __init__(self, *, seed: int = 0, size: int = 10_000, holdout: str | None = None, frames: int = 128,
+                 fps: float = 8.0, image_size: int = 28, n: int = 8, initial: int | None = None,
+                 segment: tuple[int, int] | list[int] | None = None, timed: float = 0.0, script: str = "search"):
         super().__init__(seed=seed, size=size, holdout=holdout)
-        if frames < 4 * n or image_size < 28:
-            raise ValueError(f"frame_quest: need frames >= 4 n ({4 * n}) and image_size >= 28, got {frames}, "
+        initial = initial or n
+        if n < 2 or initial < 2 or image_size < 28 or initial > frames:
+            raise ValueError(f"frame_quest: need n >= 2, initial >= 2 and image_size >= 28, got {n}, {initial}, "
                              f"{image_size}")
-        self.frames, self.fps, self.image_size, self.n = frames, fps, image_size, n
+        look = first_look(frames, n)  # the geometry the segment lengths come from: the searching agent's first look
+        widest, narrowest = (f(b - a for a, b in zip(look, look[1:])) for f in (max, min))
+        if narrowest <= n:
+            raise ValueError(f"frame_quest: {frames} frames give first-look gaps of {narrowest} frames: a choose "
+                             f"between two of them must span more than n = {n} (more frames or a smaller n)")
+        gap = max(max(b - a for a, b in zip(c, c[1:])) for c in
+                  (choose_frames(p, q, n) for p, q in zip(look, look[1:])))
+        lo, hi = segment or (gap, gap + 3)
+        if not gap <= lo <= hi < widest:
+            raise ValueError(f"frame_quest: segment lengths {lo}-{hi} must lie in [{gap}, {widest}) so that one "
+                             f"choose always shows the change")
+        if script not in ("search", "answer") or not 0 <= timed <= 1:
+            raise ValueError(f"frame_quest: script must be search or answer and timed in [0, 1], got {script!r}, "
+                             f"{timed}")
+        self.frames, self.fps, self.image_size, self.n, self.initial = frames, fps, image_size, n, initial
+        self.segment, self.timed, self.script = (lo, hi), timed, script
+        self.look = first_look(frames, initial)  # what the environment shows first
         self.side = image_size // 3  # the square: a third of the frame, at mid height
 
     def generate(self, rng: random.Random, index: int) -> Sample:
         names = list(COLOURS)
-        base, new = rng.sample(names, 2)
-        length = rng.randint(10, 20)
+        new = rng.choice(names)
+        length = rng.randint(*self.segment)
         start = rng.randint(1, self.frames - length - 1)
-        timed = rng.random() < 0.5
+        timed = rng.random() < self.timed
         when = start / self.fps
         hint = f" around {int(when // 60)}:{int(when % 60):02d}" if timed else ""
         options = " ".join(f"{LETTERS[k]}) {c}" for k, c in enumerate(names))
-        prompt = f"What colour did the square turn{hint}? {options}"
-        meta = {"base": base, "new": new, "start": start, "length": length, "fps": self.fps, "timed": timed,
-                "total_frames": self.frames, "x": rng.randint(2, self.image_size - self.side - 2)}
+        prompt = f"What colour did the black square turn{hint}? {options}"
+        meta = {"new": new, "start": start, "length": length, "fps": self.fps, "timed": timed,
+                "total_frames": self.frames, "initial": self.initial,
+                "x": rng.randint(2, self.image_size - self.side - 2)}
         return Sample(prompt=prompt, answer=LETTERS[names.index(new)], task=self.name, index=index, meta=meta)
 
     def holdout_key(self, sample: Sample) -> str:
         m = sample.meta
-        return f"{m['base']}|{m['new']}|{m['start']}|{m['length']}|{m['x']}|{m['timed']}"
+        return f"{m['new']}|{m['start']}|{m['length']}|{m['x']}|{m['timed']}"
+
+    def inside(self, sample: Sample, t: int) -> bool:
+        return sample.meta["start"] <= t < sample.meta["start"] + sample.meta["length"]
+
+    def code(self, sample: Sample, t: int) -> str:
+        """What frame t shows: L (light background: the change is still to come), C (the square has its new colour),
+        D (grey background: the change is over)."""
+        return "C" if self.inside(sample, t) else "L" if t < sample.meta["start"] else "D"
 
     def __getitem__(self, i: int) -> Sample:
         from PIL import Image, ImageDraw
@@ -113,10 +183,10 @@ class FrameQuest(ProceduralTask):
         m, size = sample.meta, self.image_size
         frames = []
         for t in range(self.frames):
-            image = Image.new("RGB", (size, size), (245, 245, 245))
-            colour = m["new"] if m["start"] <= t < m["start"] + m["length"] else m["base"]
+            image = Image.new("RGB", (size, size), GREY if t >= m["start"] else LIGHT)
+            colour = COLOURS[m["new"]] if self.inside(sample, t) else BLACK
             top = (size - self.side) // 2
-            ImageDraw.Draw(image).rectangle([m["x"], top, m["x"] + self.side, top + self.side], fill=COLOURS[colour])
+            ImageDraw.Draw(image).rectangle([m["x"], top, m["x"] + self.side, top + self.side], fill=colour)
             frames.append(image)
         sample.meta = {**m, "frames": frames}
         return sample
@@ -126,28 +196,35 @@ class FrameQuest(ProceduralTask):
                             span_n=self.n).correct else 0.0
 
     def reference_turns(self, sample: Sample) -> list[tuple[str | Observation, bool]]:
-        """The scripted search as the rollout sees it: the environment's first look, the look (trained), the reply
-        with its frames, the answer (trained); replies attended, never trained. What `rlvr sft` warm-starts on. The
-        script knows where the segment is, which the first look often does not show: a policy can learn the format
-        and the answer from the frames it asked for, not yet the search."""
-        look, shown, answer = self._script(sample)
-        reply = "".join(f"\nframe {i}: <image>" for i in shown) + "\n"
+        """The rule-based agent's episode as the rollout sees it: the environment's first look, then the agent's
+        turns (trained) and the replies with their frames (attended, never trained). What `rlvr sft` warm-starts on."""
         frames = sample.meta["frames"]
-        first = FrameSelect(n=self.n).reset(sample)  # the environment's first look comes before the first turn
-        return [(first, False), (look, True),
-                (Observation(reply, [frames[i] for i in shown]), False), (answer, True)]
+        turns: list[tuple[str | Observation, bool]] = [(FrameSelect(n=self.n).reset(sample), False)]
+        for turn, shown in self._script(sample):
+            turns.append((turn, True))
+            if shown:
+                turns.append((Observation("".join(f"\nframe {i}: <image>" for i in shown) + "\n",
+                                          [frames[i] for i in shown]), False))
+        return turns
 
-    def _script(self, sample: Sample) -> tuple[str, list[int], str]:
-        """(the look turn, the frames it is shown, the answer turn) of the scripted search."""
+    def _script(self, sample: Sample) -> list[tuple[str, list[int]]]:
+        """The rule-based agent: (turn, the frames its reply shows) in order. It reads only what it was shown, and
+        writes what each frame shows before it acts ("36L 54C ...": light, changed, dark; see `code`): a changed
+        frame gives the answer; otherwise the last light frame and the first dark one bracket the change."""
         m = sample.meta
-        a, b = max(0, m["start"] - 2), min(self.frames, m["start"] + m["length"] + 2)
-        b = max(b, a + self.n + 1)
-        look = f"<think>the change is between {a} and {b}</think><action>choose frames between {a} and {b}</action>"
+        notes = lambda frames: " ".join(f"{t}{self.code(sample, t)}" for t in frames)  # noqa: E731
+        answer = lambda frames: (f"<think>{notes(frames)} so {m['new']}</think>"  # noqa: E731
+                                 f"<action>output answer: {sample.answer}</action>")
+        if self.script == "answer" or any(self.inside(sample, t) for t in self.look):
+            return [(answer(self.look), [])]  # the uniform baseline answers from its look, seen or not
+        p = max(t for t in self.look if t < m["start"])
+        q = min(t for t in self.look if t >= m["start"])
+        look = f"<think>{notes(self.look)} so {p} {q}</think><action>choose frames between {p} and {q}</action>"
         shown = transition(look, frames=self.frames, fps=self.fps, n=self.n).frames
-        return look, shown, f"<think>it turned {m['new']}</think><action>output answer: {sample.answer}</action>"
+        assert any(self.inside(sample, t) for t in shown), (m, shown)  # the segment lengths guarantee it (__init__)
+        return [(look, shown), (answer(shown), [])]
 
     def reference(self, sample: Sample) -> str:
-        """The scripted search as its transcript reads (the environment's reply included, as the reward sees it:
-        image tokens are not text)."""
-        look, shown, answer = self._script(sample)
-        return look + "".join(f"\nframe {i}: " for i in shown) + "\n" + answer
+        """The rule-based agent's transcript as the reward reads it (image tokens are not text)."""
+        return "".join(turn + "".join(f"\nframe {i}: " for i in shown) + ("\n" if shown else "")
+                       for turn, shown in self._script(sample))

@@ -88,6 +88,15 @@ def transition(turn: str, *, frames: int, fps: float, n: int) -> Step:
 # ------------------------------------------------------------------ the reward
 
 
+GATES = {  # the reward's consistency gates, in the order it checks them -> the metric key of each (`gate_<key>`)
+    "think/action count": "count", "no final answer": "no_answer", "choose misses the frame of the time query": "flow",
+    "repeated frame request": "repeat_frames", "span too narrow": "span",
+    "think does not state the requested frames": "fidelity", "repeated time query": "repeat_time",
+    "time query without an answer": "time_unanswered", "unknown action": "unknown_action",
+    "time query as the last tool call": "time_last",
+}
+
+
 @dataclass
 class Verdict:
     total: float

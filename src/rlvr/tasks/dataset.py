@@ -13,7 +13,8 @@ Formats: .jsonl, .json (a list of rows, or {split: [rows]}), .csv, .parquet (rea
 3. sample.meta holds the row's other fields, for rewards that need them; sample.task is `task_name`
    (give two dataset tasks different names so the "task" reward can route their samples).
 4. score(sample, text) = the `scorer` reward (REWARDS name, e.g. "math", "exact", "numeric") on that one
-   completion; reference(sample) = "\\boxed{answer}", which the answer-checking rewards all accept.
+   completion; reference(sample) = "\\boxed{answer}", which the answer-checking rewards all accept, or the answer
+   as written with reference="plain" (what `rlvr sft` imitates: VideoSSR's rows are answered directly).
 5. `image_field` names a column of images the prompt shows: a path (relative to the folder that holds `path`, or
    to the working directory for `rows=`), raw bytes, a {"bytes", "path"} dict (a `datasets` Image column in
    Parquet), a PIL image (a save_to_disk Image column decodes to one), or a list of these. Paths of in-file rows
@@ -54,6 +55,7 @@ class DatasetTask(Task):
         image_field: str | None = None,
         video_field: str | None = None,
         video_frames: int = 48,
+        reference: str = "boxed",
     ):
         from rlvr.rewards import REWARDS  # lazy: rewards never import tasks, but keep the edge one-way at runtime
 
@@ -63,6 +65,9 @@ class DatasetTask(Task):
         self.prompt_field, self.answer_field, self.system_prompt = prompt_field, answer_field, system_prompt
         self.image_field = image_field
         self.video_field, self.video_frames = video_field, video_frames
+        if reference not in ("boxed", "plain"):
+            raise ValueError(f"dataset: reference must be 'boxed' or 'plain', got {reference!r}")
+        self.reference_format = reference
         self._image_root = os.getcwd() if path is None else os.path.dirname(os.path.abspath(path))
         self._rows = load_rows(self.path, split=split) if path is not None else _in_memory(rows)
         available = len(self._rows)
@@ -126,7 +131,7 @@ class DatasetTask(Task):
         return 0.0 if value is None else float(value)
 
     def reference(self, sample: Sample) -> str:
-        return f"\\boxed{{{sample.answer}}}"
+        return f"\\boxed{{{sample.answer}}}" if self.reference_format == "boxed" else str(sample.answer)
 
     def _prompt(self, prompt: Any) -> str | list[dict[str, Any]]:
         if isinstance(prompt, list):  # already chat messages

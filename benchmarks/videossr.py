@@ -1,0 +1,174 @@
+"""VideoSSR's learning check (arXiv 2511.06281): GRPO on self-supervised pretext data made from raw videos.
+
+    python benchmarks/videossr.py                       # 3 seeds; JSON on stdout, docs/results/videossr.json
+    python benchmarks/videossr.py --seeds 0 --steps 20  # fewer seeds / steps
+    python benchmarks/videossr.py --quick               # a smoke run of a few steps (checks the script, not claims)
+
+1. Raw videos: procedural mp4 files (rlvr.video.make_video: moving shapes that may change colour, one shape that
+   appears for a while; 64 frames of 56 x 56 px at 8 fps): --train-videos for training, disjoint seeds for the
+   held-out pretext set and for the transfer set.
+2. Pretext data: `rlvr data videossr` (rlvr.tasks.videossr.build) with 24 frames per item, the released training
+   mix (channel_swap, mirror, zoom_out, rotate180 grounding; counting; jigsaw of 6 clips), the same on the held-out
+   videos. Rows are a `dataset` task with video_field, scored by the `videossr` reward (interval IoU, counting
+   accuracy, normalised footrule), answered directly as the paper's system prompt asks.
+3. Policy: qwen2.5-vl-tiny (random init), warm-started once (seed 0) for --sft-steps on the training rows' answers,
+   so that it answers in the tasks' formats. Then GRPO (recipes/videossr.yaml) for --steps with each seed.
+4. Scores: VIUBench-style per-task scores (rlvr.tasks.videossr.viubench; greedy) on the held-out pretext rows, for
+   the warm start and each final model, beside a random-guess row. Transfer: a procedural video QA set the pretext
+   data does not contain ("which shape appears partway through the video?", "which colour does the changing shape
+   turn to?"), scored zero-shot by option likelihood (the option with the highest mean token log-prob after the
+   question; chance 1/3 and 1/4), so that no answer format has to be learned for it.
+5. Output: one JSON object on stdout, docs/results/videossr.json with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from machine import cpu_model
+
+from recipes import seed_stats
+from rlvr.config import load_config
+from rlvr.evaluate import greedy_answers, text_sampler
+from rlvr.metrics import read_metrics
+from rlvr.policies import load_policy_of
+from rlvr.tasks import TASKS
+from rlvr.tasks.videossr import build, random_guesses, viubench
+from rlvr.trainer import train
+from rlvr.video import COLOURS, SHAPES, make_video
+from rlvr.warm_start import sft, sft_batch
+
+FRAMES, SIZE, CLIP = 64, 56, 24
+
+
+def videos(folder: Path, seeds: range) -> list[dict]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [make_video(folder / f"v{s:05d}.mp4", seed=s, num_frames=FRAMES, size=SIZE) for s in seeds]
+
+
+def qa_rows(specs: list[dict], folder: Path) -> list[dict]:
+    """The transfer set: questions about the source videos themselves (not about a pretext edit of them)."""
+    rows = []
+    for spec in specs:
+        video = str(Path(spec["path"]).relative_to(folder))
+        shape = spec["appearing"][0]["shape"]
+        rows.append({"prompt": "Which shape appears partway through the video?", "answer": shape,
+                     "options": list(SHAPES), "video": video, "kind": "appearing_shape"})
+        changed = [m for m in spec["movers"] if m["change_at"] is not None]
+        if changed:
+            rows.append({"prompt": f"A moving {changed[0]['shape']} changes colour. To which colour?",
+                         "answer": changed[0]["new_colour"], "options": list(COLOURS), "video": video,
+                         "kind": "new_colour"})
+    return rows
+
+
+@torch.no_grad()
+def option_choice(policy, samples, options: list[list[str]]) -> list[str]:
+    """Per sample, the option with the highest mean log-prob per token as the completion of its prompt."""
+    picks = []
+    for s, opts in zip(samples, options):
+        batch = sft_batch(policy, [s] * len(opts), [[(o, True)] for o in opts])
+        logp, _ = policy.logp(batch)
+        m = batch.loss_mask
+        score = (logp * m).sum(-1) / m.sum(-1).clamp_min(1)
+        picks.append(opts[int(score.argmax())])
+    return picks
+
+
+def scores(path: str | None, cfg, heldout, qa, qa_options) -> dict:
+    torch.manual_seed(0)
+    policy = load_policy_of(path=path) if path else load_policy_of(config=cfg.sft.init)  # None: the random init
+    policy.eval()
+    sampler = text_sampler(policy, max_new_tokens=cfg.rollout.max_new_tokens)
+    texts, _ = greedy_answers(sampler, heldout, batch_size=32)
+    out = {"viubench": viubench(heldout, texts), "examples": texts[:6]}
+    picks = option_choice(policy, qa, qa_options)
+    for kind in sorted({s.meta["kind"] for s in qa}):
+        hits = [p == s.answer for p, s in zip(picks, qa) if s.meta["kind"] == kind]
+        out[f"transfer/{kind}"] = 100 * sum(hits) / len(hits)
+    out["transfer/overall"] = 100 * sum(p == s.answer for p, s in zip(picks, qa)) / len(qa)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=60, help="GRPO steps per seed")
+    p.add_argument("--sft-steps", type=int, default=150)
+    p.add_argument("--train-videos", type=int, default=180)
+    p.add_argument("--heldout-videos", type=int, default=60)
+    p.add_argument("--out", default="runs/videossr-bench")
+    p.add_argument("--docs", default="docs/results")
+    p.add_argument("--quick", action="store_true", help="a few steps: checks that the script works")
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.sft_steps, args.seeds, args.train_videos, args.heldout_videos = 2, 4, args.seeds[:1], 12, 6
+    torch.set_num_threads(2)
+    out, docs = Path(args.out), Path(args.docs)
+    shutil.rmtree(out, ignore_errors=True)
+    docs.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        videos(out / "raw" / "train", range(args.train_videos))
+        videos(out / "raw" / "heldout", range(100_000, 100_000 + args.heldout_videos))
+        qa_specs = videos(out / "raw" / "qa", range(200_000, 200_000 + args.heldout_videos))
+        data = {split: build(sorted(str(v) for v in (out / "raw" / split).glob("*.mp4")), str(out / f"{split}.jsonl"),
+                             frames=CLIP, seed=k, progress=False)
+                for k, split in enumerate(("train", "heldout"))}
+        (out / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows(qa_specs, out)))
+        kwargs = "video_field: video, video_frames: 0, scorer: videossr, reference: plain"
+        overrides = [f"output_dir={out}", f"task.kwargs={{path: {out / 'train.jsonl'}, {kwargs}}}",
+                     f"sft.steps={args.sft_steps}", f"sft.output={out / 'warm'}", f"model.path={out / 'warm'}",
+                     "train.progress=false", "train.save_every=0", "train.threads=2"]
+        base = load_config("recipes/videossr.yaml", overrides + ["seed=0", "name=warm"])
+        heldout_task = TASKS.build("dataset", path=str(out / "heldout.jsonl"), video_field="video", video_frames=0,
+                                   scorer="videossr")
+        heldout = [heldout_task[i] for i in range(len(heldout_task))]
+        qa_task = TASKS.build("dataset", path=str(out / "qa.jsonl"), video_field="video", video_frames=16,
+                              scorer="exact")
+        qa = [qa_task[i] for i in range(len(qa_task))]
+        qa_options = [s.meta["options"] for s in qa]
+        guess = viubench(heldout, random_guesses(heldout, random.Random(0)))
+        chance = {"transfer/overall": 100 * statistics.mean(1 / len(o) for o in qa_options)}
+        init = scores(None, base, heldout, qa, qa_options)
+        warm = sft(base)
+        at_warm = scores(warm["model"], base, heldout, qa, qa_options)
+        runs = []
+        for seed in args.seeds:
+            name = f"grpo-s{seed}"
+            cfg = load_config("recipes/videossr.yaml", overrides + [f"seed={seed}", f"name={name}",
+                                                                   f"train.steps={args.steps}"])
+            t1 = time.perf_counter()
+            train(cfg)
+            rows = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r]
+            runs.append({"seed": seed, "seconds": time.perf_counter() - t1,
+                         "reward": [r["reward"] for r in rows],
+                         **scores(str(cfg.run_dir / "final"), cfg, heldout, qa, qa_options)})
+    keys = sorted(set(at_warm["viubench"]) | {"overall"})
+    summary = {"random": guess, "init": init["viubench"], "warm_start": at_warm["viubench"],
+               "grpo": {k: seed_stats([r["viubench"].get(k, 0.0) for r in runs]) for k in keys},
+               "transfer": {"chance": chance, "init": {k: v for k, v in init.items() if k.startswith("transfer")},
+                            "warm_start": {k: v for k, v in at_warm.items() if k.startswith("transfer")},
+                            "grpo": {k: seed_stats([r[k] for r in runs]) for k in at_warm if k.startswith("transfer")}},
+               "train_reward_first10_last10": [(statistics.mean(r["reward"][:10]), statistics.mean(r["reward"][-10:]))
+                                               for r in runs]}
+    name = "videossr_quick" if args.quick else "videossr"
+    result = {"benchmark": "videossr", "quick": args.quick, "args": vars(args), "data": data, "summary": summary,
+              "warm_start": {"sft_steps": args.sft_steps, "seconds": warm["seconds"], **at_warm},
+              "init": init, "runs": runs, "seconds": time.perf_counter() - t0,
+              "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads()}}
+    (docs / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("benchmark", "quick", "summary", "seconds", "machine")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
