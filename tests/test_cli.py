@@ -124,3 +124,21 @@ train: {{steps: 100000, progress: false}}
     assert done.returncode == 0, done.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"reward"' in line]
     assert steps == list(range(1, stopped_at + 3))
+
+
+def test_no_evaluation_when_eval_every_or_eval_size_is_zero(tmp_path):
+    """sft.eval_every 0: the warm start evaluates only at its end; task.eval_size 0: neither it nor training
+    evaluates (a dataset without held-out rows)."""
+    from rlvr.config import load_config
+    from rlvr.trainer import train
+    from rlvr.warm_start import sft
+
+    common = [f"output_dir={tmp_path}", "sft.init=qwen2-micro", f"sft.output={tmp_path}/w", "sft.steps=2",
+              "sft.batch_size=4", "task.name=arithmetic", "task.kwargs={digits: 1, ops: '+'}", "train.progress=false"]
+    assert [s for s, _ in sft(load_config(None, common + ["sft.eval_every=0", "task.eval_size=4"]))["history"]] == [2]
+    assert sft(load_config(None, common + ["sft.eval_every=1", "task.eval_size=0"]))["history"] == []
+    cfg = load_config(None, common + ["task.eval_size=0", f"model.path={tmp_path}/w", "train.steps=1", "name=r",
+                                      "train.eval_every=1", "rollout.prompts_per_step=2", "rollout.group_size=2",
+                                      "rollout.max_new_tokens=3"])
+    train(cfg)
+    assert not any('"eval/' in line for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines())

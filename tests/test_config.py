@@ -139,3 +139,25 @@ def test_vppo_recipe_is_its_dapo_baseline_plus_tgf_and_tas():
     for key in ("token_weights", "token_weights_kwargs", "advantage_shaping", "advantage_shaping_kwargs"):
         base["algo"].pop(key), a.pop(key)
     assert {**base, "name": "vppo"} == vppo
+
+
+def test_video_recipes_follow_their_papers():
+    """VideoSSR (arXiv 2511.06281): GRPO, G = 8, clip 0.2 / 0.2, dual-clip 3, token mean, k3 KL 0.001. FrameThinker
+    (arXiv 2509.24304): the same without KL, its v11 reward, 5 turns at most in the paper (3 here: a look and an
+    answer need 2); its uniform baseline differs only in the first look (16 frames, the budget), the answer-only
+    script and one turn."""
+    recipes = Path(__file__).parents[1] / "recipes"
+    ssr, ft, uni = (to_dict(load_config(recipes / f"{n}.yaml")) for n in ("videossr", "framethinker",
+                                                                          "framethinker_uniform"))
+    for cfg in (ssr, ft):
+        a = cfg["algo"]
+        assert a["loss_kwargs"] == {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0}
+        assert a["aggregation"] == "token_mean" and a["advantage"] == "grpo" and cfg["rollout"]["group_size"] == 8
+    assert (ssr["algo"]["kl_coef"], ssr["algo"]["kl_estimator"], ft["algo"]["kl_coef"]) == (0.001, "k3", 0.0)
+    assert [r["name"] for r in ssr["rewards"]] == ["videossr"]
+    assert ft["rewards"][0]["name"] == "framethinker" and ft["env"]["kwargs"]["budget"] == 16
+    assert uni["task"]["kwargs"] == {**ft["task"]["kwargs"], "initial": 16, "script": "answer"}
+    assert uni["env"]["max_turns"] == 1
+    for key in ("task", "env", "name", "model", "sft"):
+        uni.pop(key), ft.pop(key)
+    assert uni == ft

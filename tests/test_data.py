@@ -133,3 +133,15 @@ def test_null_answer_in_saved_dataset_is_found_at_build(tmp_path):
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
     with pytest.raises(ValueError, match=r"hf'?, row 3: missing field 'answer'"):
         TASKS.build("dataset", path=str(tmp_path / "hf"))
+
+
+def test_dataset_reference_plain_or_boxed(tmp_path):
+    from rlvr.tasks import TASKS
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "p", "answer": "1.5-3.0"}\n')
+    plain = TASKS.build("dataset", path=str(path), scorer="exact", reference="plain")
+    boxed = TASKS.build("dataset", path=str(path), scorer="exact")
+    assert plain.reference(plain[0]) == "1.5-3.0" and boxed.reference(boxed[0]) == r"\boxed{1.5-3.0}"
+    with pytest.raises(ValueError, match="reference must be 'boxed' or 'plain'"):
+        TASKS.build("dataset", path=str(path), reference="latex")

@@ -169,3 +169,61 @@ def test_sft_warm_starts_on_scripted_searches_with_image_observations(tmp_path):
     sft(cfg)
     losses = [json.loads(x)["sft/loss"] for x in (tmp_path / "fq-sft" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_observation_tokens_get_no_gradient_and_the_frames_they_show_do():
+    """The trainer's loss on an episode with image observations: d loss / d logp is zero at every observation token
+    (the frame lines and their image tokens) and non-zero at the model's own tokens; the vision tower still gets a
+    gradient, through the model's tokens that attend to the frames."""
+    import torch
+
+    from rlvr.algos import AGGREGATIONS, LOSSES
+    from rlvr.distributed import World
+    from rlvr.metrics import Metrics
+    from rlvr.policies import HFVisionLM
+    from rlvr.update import LossFns, micro_batch_loss
+    from rlvr.warm_start import sft_batch
+
+    task = TASKS.build("frame_quest", seed=0, frames=40, n=4, image_size=28)
+    policy = HFVisionLM.load(config="qwen2.5-vl-micro", seed=0)
+    samples = [task[i] for i in range(2)]
+    batch = sft_batch(policy, samples, [task.reference_turns(s) for s in samples])
+    batch.advantages = torch.tensor([1.0, -0.5])
+    seen = {}
+    logp_fn = policy.logp
+
+    def keep(mb, **kw):
+        logp, entropy = logp_fn(mb, **kw)
+        logp.retain_grad()
+        seen["logp"] = logp
+        return logp, entropy
+
+    policy.logp = keep
+    fns = LossFns(loss=LOSSES.bind("ppo_clip", clip_low=0.2, clip_high=0.2),
+                  aggregate=AGGREGATIONS.lookup("token_mean"))
+    loss = micro_batch_loss(policy, batch, fns, float(batch.loss_mask.sum()), 2.0, World(), Metrics())
+    loss.backward()
+    grad = seen["logp"].grad
+    observed = (batch.completion_mask == 1) & (batch.loss_mask == 0)
+    assert observed.sum() > 0 and (batch.completion_ids[observed] == policy.image_token_id).any()
+    assert (grad[observed] == 0).all() and (grad[batch.loss_mask == 1] != 0).all()
+    vision = [p.grad for n, p in policy.model.named_parameters() if "visual" in n and p.grad is not None]
+    assert vision and any(g.abs().sum() > 0 for g in vision)
+
+
+def test_the_held_out_evaluation_reports_the_environment():
+    """evaluate() under an environment: its per-episode numbers as means (eval/env/... in the run's metrics)."""
+    from rlvr.config import load_config
+    from rlvr.evaluate import evaluate
+    from rlvr.policies import HFVisionLM
+    from rlvr.run import build_sampler, build_task
+
+    cfg = load_config(None, [
+        "model.config=qwen2.5-vl-micro", "task.name=frame_quest", "task.kwargs={frames: 40, n: 4, image_size: 28}",
+        "env.name=frame_select", "env.kwargs={n: 4, budget: 8}", "env.max_turns=2", "env.max_tokens=300",
+        "rollout.max_new_tokens=8"])
+    policy = HFVisionLM.load(config="qwen2.5-vl-micro", seed=0)
+    result = evaluate(build_sampler(cfg, policy), build_task(cfg, eval_split=True), size=3)
+    assert result["env/frames_used"] == 4.0 and 1 <= result["env/turns"] <= 2  # 8 tokens: no look gets written
+    assert {f"env/gate_{k}" for k in GATES.values()} <= set(result)
+    assert result["env/correct"] == result["accuracy"]  # the environment's verdict is the task's score
