@@ -47,14 +47,15 @@ def common(args, arm: str, out: Path) -> list[str]:
     return [f"output_dir={out}", f"model.path={warm}", f"sft.output={warm}", f"sft.steps={args.sft_steps}",
             f"sft.eval_every={args.sft_steps}", f"train.eval_every={args.eval_every}",
             f"task.eval_size={args.eval_size}",
-            "train.save_every=0", "train.progress=false", "train.threads=2"]
+            "train.save_every=0", "train.progress=false", f"train.threads={args.threads}"]
 
 
 def run_arm(args, arm: str, seed: int, out: Path) -> dict:
     name = f"{arm}-s{seed}"
     shutil.rmtree(out / name, ignore_errors=True)
     cfg = load_config(ARMS[arm], common(args, arm, out) + [f"seed={seed}", f"name={name}",
-                                                          f"train.steps={args.steps}"])
+                                                          f"train.steps={args.steps}"]
+                      + ([f"optim.lr={args.lr}"] if args.lr else []))
     t0 = time.perf_counter()
     train(cfg)
     curve, steps = [], []
@@ -98,6 +99,9 @@ def main() -> None:
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--out", default="runs/framethinker-bench")
     p.add_argument("--docs", default="docs/results")
+    p.add_argument("--lr", type=float, default=None, help="RL learning rate (default: the recipe's, 1e-4)")
+    p.add_argument("--name", default="framethinker", help="output name: docs/results/<name>.json")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job shares the machine)")
     p.add_argument("--reuse-warm", action="store_true", help="keep warm starts an earlier run of this script left")
     p.add_argument("--quick", action="store_true", help="a few steps: checks that the script works")
     args = p.parse_args()
@@ -106,7 +110,7 @@ def main() -> None:
     arms = args.arms.split(",")
     if unknown := [a for a in arms if a not in ARMS]:
         p.error(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out, docs = Path(args.out), Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     t0, results, warm = time.perf_counter(), {a: [] for a in arms}, {}
@@ -122,7 +126,7 @@ def main() -> None:
         for seed in args.seeds:
             for arm in arms:
                 results[arm].append(run_arm(args, arm, seed, out))
-    name = "framethinker_quick" if args.quick else "framethinker"
+    name = f"{args.name}_quick" if args.quick else args.name
     summary = {arm: summarise(runs) for arm, runs in results.items()}
     (docs / f"{name}.json").write_text(json.dumps({"args": vars(args), "warm_start": warm, "summary": summary,
                                                    "curves": results}, indent=1))
