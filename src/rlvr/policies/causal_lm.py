@@ -33,8 +33,9 @@ class HFCausalLM(ModelPolicy):
     prompt_inputs: tuple[str, ...] = ()  # a text model's prompt forward reads its tokens only
 
     def __init__(self, model, tokenizer, *, autocast: torch.dtype | None = None, lean: bool = True,
-                 chat_template: str = "auto"):
+                 chat_template: str = "auto", banned: tuple[int, ...] = ()):
         self.model, self.tokenizer, self.autocast, self.lean = model, tokenizer, autocast, lean
+        self.banned = tuple(banned)  # token ids the sampler never draws (an image policy's non-code tokens)
         if chat_template not in ("auto", "none"):
             tokenizer.chat_template = chat_template
         self.templated = chat_template != "none" and bool(getattr(tokenizer, "chat_template", None))
@@ -88,7 +89,7 @@ class HFCausalLM(ModelPolicy):
         self.model.eval()
         return generate(self.model, self.tokenizer, prompt_ids, prompt_mask, max_new_tokens=params.max_new_tokens,
                         temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, stop=params.stop,
-                        greedy=params.greedy, seeds=seeds, offsets=offsets, dtype=params.dtype)
+                        greedy=params.greedy, seeds=seeds, offsets=offsets, dtype=params.dtype, banned=self.banned)
 
     def generate(self, samples: list[Sample], *, group_ids: torch.Tensor, seeds: torch.Tensor,
                  params: SamplingParams) -> Batch:
@@ -112,4 +113,5 @@ class HFCausalLM(ModelPolicy):
     def frozen_copy(self) -> HFCausalLM:
         """A copy with frozen weights in eval mode (a KL reference)."""
         return HFCausalLM(self.frozen_model(), self.tokenizer, autocast=self.autocast, lean=self.lean,
-                          chat_template="auto" if self.templated else "none")  # a Jinja template is on the tokenizer
+                          chat_template="auto" if self.templated else "none",  # a Jinja template is on the tokenizer
+                          banned=self.banned)
