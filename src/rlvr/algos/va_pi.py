@@ -1,0 +1,84 @@
+"""VA-π's pieces (arXiv 2512.19680): RL for an autoregressive image generator with a pixel-space reward under
+teacher forcing. Each is a plain function over tensors; the step that chains them is issue 11's next work.
+
+    context = noisy_context(codes, p=0.5, codes_n=V, generator=g)        # z̃: z* with tokens replaced at rate p
+    z = teacher_forced_samples(logits, G, generator=g)                   # (B, G, T): every position in parallel
+    r = pixel_reward(vq.decode(z.flatten(0, 1)), images.repeat_interleave(G, 0))    # −MSE on [−1, 1] pixels
+    A = group_advantages(r.view(B, G))                                   # (r − mean) / (std + 1e-8), clamped ±5
+    loss = va_pi_loss(logp, old_logp, A, logits, codes, lambda_ce=0.1)
+
+1. Teacher-forced "posterior" q(z | x) = Π_t π(z_t | z̃_{<t}, c): one forward pass over the (noisy) ground-truth
+   context gives every position's conditional, and G samples are drawn from all of them at once (not free-running
+   generation; evaluation must sample free-running). Position t reads z̃_{<t} only (the causal model's logits at t).
+2. Token noise: each context token is replaced, with probability p, by a code drawn uniformly from all V codes
+   (which may equal the original). Presets: C2I p off, T2I 0.5, Janus 1.0 (the launch scripts).
+3. Reward: r = −(w_mse · MSE(D(z), x) + w_lpips · LPIPS(D(z), x)), MSE over C, H, W with images mapped to [−1, 1]
+   as the code does (rlvr images are [0, 1]: the MSE is 4 × the [0, 1] one). LPIPS needs pretrained VGG weights and is
+   passed in as a function when a user has them; rlvr ships none.
+4. Advantage: per image over its G samples, (r − mean) / (std + 1e-8) with the unbiased std (torch.std), clamped to
+   ±5 (VA-π's values, not the GRPO family's 1e-6 and no clamp).
+5. Loss: ℓ_PPO = mean over samples of mean over positions of max(−A ρ, −A clip(ρ, 1 − ε, 1 + ε)), ρ = exp(logp −
+   old_logp); ℓ_CE = cross-entropy of the same teacher-forced logits against z* (mean over positions and images);
+   loss = ℓ_PPO + λ_CE ℓ_CE, ε = 0.2, λ_CE = 0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.nn import functional as F
+
+
+def noisy_context(codes: torch.Tensor, *, p: float, codes_n: int, generator: torch.Generator | None = None
+                  ) -> torch.Tensor:
+    """z̃: each token of `codes` (B, T) replaced by a uniform code with probability p (module docstring 2)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"noisy_context: p must lie in [0, 1], got {p}")
+    if p == 0.0:
+        return codes.clone()
+    hit = torch.rand(codes.shape, generator=generator, device=codes.device) < p
+    fresh = torch.randint(codes_n, codes.shape, generator=generator, device=codes.device)
+    return torch.where(hit, fresh, codes)
+
+
+def teacher_forced_samples(logits: torch.Tensor, group: int, *, temperature: float = 1.0,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, T, V) teacher-forced logits -> (B, G, T) codes, each position drawn independently from its conditional."""
+    probs = (logits.float() / temperature).softmax(-1)
+    b, t, v = probs.shape
+    draws = torch.multinomial(probs.reshape(b * t, v), group, replacement=True, generator=generator)  # (B·T, G)
+    return draws.view(b, t, group).transpose(1, 2)
+
+
+def pixel_reward(decoded: torch.Tensor, target: torch.Tensor, *, w_mse: float = 1.0, w_lpips: float = 0.0,
+                 lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """(N,) r = −(w_mse · MSE + w_lpips · LPIPS) on [0, 1] images mapped to [−1, 1] (module docstring 3)."""
+    if decoded.shape != target.shape:
+        raise ValueError(f"pixel_reward: decoded {tuple(decoded.shape)} and target {tuple(target.shape)} differ")
+    if w_lpips and lpips is None:
+        raise ValueError("pixel_reward: w_lpips > 0 needs an lpips function (rlvr ships no LPIPS weights)")
+    a, b = decoded * 2 - 1, target * 2 - 1
+    r = -w_mse * (a - b).square().flatten(1).mean(1)
+    if w_lpips:
+        r = r - w_lpips * lpips(a, b).flatten()
+    return r
+
+
+def group_advantages(rewards: torch.Tensor, *, eps: float = 1e-8, clamp: float = 5.0) -> torch.Tensor:
+    """(B, G) rewards -> (B, G) advantages (module docstring 4)."""
+    mean, std = rewards.mean(1, keepdim=True), rewards.std(1, keepdim=True)
+    return ((rewards - mean) / (std + eps)).clamp(-clamp, clamp)
+
+
+def va_pi_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, logits: torch.Tensor,
+               targets: torch.Tensor, *, clip: float = 0.2, lambda_ce: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """(loss, metrics) for logp / old_logp (N, T) of the sampled codes, advantages (N,), the teacher-forced logits
+    (B, T, V) and ground-truth codes (B, T) (module docstring 5)."""
+    ratio = (logp - old_logp).exp()
+    a = advantages[:, None]
+    ppo = torch.maximum(-a * ratio, -a * ratio.clamp(1 - clip, 1 + clip)).mean(1).mean()
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    clipped = ((ratio - 1).abs() > clip).float().mean()
+    return ppo + lambda_ce * ce, {"va_pi/ppo": float(ppo.detach()), "va_pi/ce": float(ce.detach()),
+                                  "va_pi/clip_frac": float(clipped)}
