@@ -74,3 +74,28 @@ def test_loss_hand_worked():
     assert m["va_pi/ppo"] == pytest.approx((-1.1 + 0.9) / 2)
     assert m["va_pi/ce"] == pytest.approx(math.log(4)) and float(loss) == pytest.approx(-0.1 + 0.1 * math.log(4))
     assert m["va_pi/clip_frac"] == pytest.approx(0.5)
+
+
+def test_a_va_pi_step_learns_from_the_pixel_reward_alone():
+    """PPO only (lambda_CE = 0): the policy never sees the ground-truth codes, yet over 40 steps on 4 images the
+    sampled reconstructions' reward rises and the teacher-forced greedy reconstruction error falls (measured when
+    written: reward -0.45 -> -0.37, greedy MSE 0.10 -> 0.08). The first update is on-policy: nothing is clipped."""
+    from rlvr.algos.va_pi import va_pi_step
+    from rlvr.images import toy_shapes
+    from rlvr.images.ar import ar_model, code_tokenizer, image_policy
+    from rlvr.images.vq import VQConfig, train_vq
+
+    x, y = toy_shapes(200, size=16, seed=0)
+    vq, _ = train_vq(x, steps=200, batch_size=64, lr=3e-3, config=VQConfig(size=16, hidden=32, codes=32))
+    vq.requires_grad_(False)
+    tok = code_tokenizer(codes=32, classes=4)
+    policy = image_policy(ar_model(tok, hidden=32, layers=2, heads=2, seed=0), tok)
+    opt = torch.optim.Adam(policy.model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    steps = [va_pi_step(policy, vq, x[:4], y[:4], opt, group=8, lambda_ce=0.0, generator=g) for _ in range(40)]
+    assert steps[0]["va_pi/clip_frac"] == 0.0
+    mean = lambda key, part: sum(s[key] for s in part) / len(part)  # noqa: E731
+    assert mean("va_pi/reward", steps[-5:]) > mean("va_pi/reward", steps[:5]) + 0.03
+    assert mean("va_pi/greedy_mse", steps[-5:]) < mean("va_pi/greedy_mse", steps[:5]) - 0.01
+    with pytest.raises(ValueError, match="group must be >= 2"):
+        va_pi_step(policy, vq, x[:4], y[:4], opt, group=1)

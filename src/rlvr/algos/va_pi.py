@@ -1,5 +1,6 @@
 """VA-π's pieces (arXiv 2512.19680): RL for an autoregressive image generator with a pixel-space reward under
-teacher forcing. Each is a plain function over tensors; the step that chains them is issue 11's next work.
+teacher forcing. Each is a plain function over tensors; `va_pi_step` chains them for one batch of images (the run
+loop, config and recipe around it are issue 11's next work).
 
     context = noisy_context(codes, p=0.5, codes_n=V, generator=g)        # z̃: z* with tokens replaced at rate p
     z = teacher_forced_samples(logits, G, generator=g)                   # (B, G, T): every position in parallel
@@ -20,6 +21,9 @@ teacher forcing. Each is a plain function over tensors; the step that chains the
 5. Loss: ℓ_PPO = mean over samples of mean over positions of max(−A ρ, −A clip(ρ, 1 − ε, 1 + ε)), ρ = exp(logp −
    old_logp); ℓ_CE = cross-entropy of the same teacher-forced logits against z* (mean over positions and images);
    loss = ℓ_PPO + λ_CE ℓ_CE, ε = 0.2, λ_CE = 0.1.
+6. `va_pi_step`: rlvr runs rollout and update in the same mode (dropout off), so the first update is exactly
+   on-policy (ρ = 1); the reference scripts sample in train mode (spec quirk: ρ ≠ 1 even on-policy). One update per
+   batch, as the scripts' one optimizer step per epoch.
 """
 
 from __future__ import annotations
@@ -82,3 +86,44 @@ def va_pi_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Ten
     clipped = ((ratio - 1).abs() > clip).float().mean()
     return ppo + lambda_ce * ce, {"va_pi/ppo": float(ppo.detach()), "va_pi/ce": float(ce.detach()),
                                   "va_pi/clip_frac": float(clipped)}
+
+
+def teacher_forced_logits(policy, labels: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits over the codes of an image policy (rlvr.images.ar) at every position, reading its class
+    token and the context codes before it: input [<class>, z̃_0 .. z̃_{T−2}]. The softmax is renormalised over the
+    codes, the tokens the sampler may draw."""
+    from rlvr.images.ar import first_code_id
+
+    tok = policy.tokenizer
+    first, n_codes = first_code_id(tok), len(tok) - first_code_id(tok)
+    classes = torch.tensor([tok.convert_tokens_to_ids(f"<class_{int(k)}>") for k in labels], device=context.device)
+    ids = torch.cat([classes[:, None], context[:, :-1] + first], 1)
+    return policy.model(input_ids=ids).logits[..., first : first + n_codes]
+
+
+def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer, *, group: int = 8, p: float = 0.0,
+               clip: float = 0.2, lambda_ce: float = 0.1, w_mse: float = 1.0,
+               generator: torch.Generator | None = None) -> dict[str, float]:
+    """One VA-π update on a batch of images and their classes (module docstring): encode, corrupt the context,
+    one teacher-forced forward, G parallel samples per image, pixel rewards through the frozen VQ decoder, clamped
+    group advantages, PPO-clip + λ_CE CE, one optimizer step. Returns its metrics."""
+    if group < 2:
+        raise ValueError(f"va_pi_step: group must be >= 2 (advantages are relative within it), got {group}")
+    with torch.no_grad():
+        target = vq.encode(images)
+    context = noisy_context(target, p=p, codes_n=vq.config.codes, generator=generator)
+    logits = teacher_forced_logits(policy, labels, context)  # (B, T, V)
+    b, t, v = logits.shape
+    with torch.no_grad():
+        z = teacher_forced_samples(logits, group, generator=generator)  # (B, G, T)
+        rewards = pixel_reward(vq.decode(z.flatten(0, 1)), images.repeat_interleave(group, 0), w_mse=w_mse)
+        advantages = group_advantages(rewards.view(b, group))
+        greedy_mse = float((vq.decode(logits.argmax(-1)) - images).square().mean())
+    logp = logits.log_softmax(-1)[:, None].expand(b, group, t, v).gather(-1, z[..., None])[..., 0].flatten(0, 1)
+    loss, metrics = va_pi_loss(logp, logp.detach(), advantages.flatten(), logits, target, clip=clip,
+                               lambda_ce=lambda_ce)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return {**metrics, "va_pi/reward": float(rewards.mean()), "va_pi/greedy_mse": greedy_mse,
+            "va_pi/loss": float(loss.detach())}
