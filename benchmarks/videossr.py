@@ -119,6 +119,42 @@ def scores(path: str | None, cfg, heldout, qa, qa_options) -> dict:
     return out
 
 
+def prepare(args, out: Path) -> dict:
+    """Module docstring 1-2: the raw videos, the pretext rows, the transfer rows, and the reference rows that need no
+    model (random and constant answers, the transfer set's chance)."""
+    videos(out / "raw" / "train", range(args.train_videos))
+    videos(out / "raw" / "heldout", range(100_000, 100_000 + args.heldout_videos))
+    qa_specs = videos(out / "raw" / "qa", range(200_000, 200_000 + args.heldout_videos))
+    data = {split: build(sorted(str(v) for v in (out / "raw" / split).glob("*.mp4")), str(out / f"{split}.jsonl"),
+                         frames=CLIP, seed=k, progress=False)
+            for k, split in enumerate(("train", "heldout"))}
+    (out / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows(qa_specs, out)))
+    heldout_task = TASKS.build("dataset", path=str(out / "heldout.jsonl"), video_field="video", video_frames=0,
+                               scorer="videossr")
+    heldout = [heldout_task[i] for i in range(len(heldout_task))]
+    qa_task = TASKS.build("dataset", path=str(out / "qa.jsonl"), video_field="video", video_frames=16, scorer="exact")
+    qa = [qa_task[i] for i in range(len(qa_task))]
+    qa_options = [s.meta["options"] for s in qa]
+    train_rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    return {"data": data, "heldout": heldout, "qa": qa, "qa_options": qa_options,
+            "random": viubench(heldout, random_guesses(heldout, random.Random(0))),
+            "constant": viubench(heldout, constant_guesses(train_rows, heldout)),
+            "chance": {"transfer/overall": 100 * statistics.mean(1 / len(o) for o in qa_options)}}
+
+
+def summarise(ref: dict, init: dict, at_warm: dict, runs: list[dict]) -> dict:
+    """The reference rows, the warm start and the GRPO seeds side by side (VIUBench-style and transfer scores)."""
+    transfer = lambda d: {k: v for k, v in d.items() if k.startswith("transfer")}  # noqa: E731
+    keys = sorted(set(at_warm["viubench"]) | {"overall"})
+    return {"random": ref["random"], "constant": ref["constant"], "init": init["viubench"],
+            "warm_start": at_warm["viubench"],
+            "grpo": {k: seed_stats([r["viubench"].get(k, 0.0) for r in runs]) for k in keys},
+            "transfer": {"chance": ref["chance"], "init": transfer(init), "warm_start": transfer(at_warm),
+                         "grpo": {k: seed_stats([r[k] for r in runs]) for k in transfer(at_warm)}},
+            "train_reward_first10_last10": [(statistics.mean(r["reward"][:10]), statistics.mean(r["reward"][-10:]))
+                                            for r in runs]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -139,29 +175,13 @@ def main() -> None:
     docs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        videos(out / "raw" / "train", range(args.train_videos))
-        videos(out / "raw" / "heldout", range(100_000, 100_000 + args.heldout_videos))
-        qa_specs = videos(out / "raw" / "qa", range(200_000, 200_000 + args.heldout_videos))
-        data = {split: build(sorted(str(v) for v in (out / "raw" / split).glob("*.mp4")), str(out / f"{split}.jsonl"),
-                             frames=CLIP, seed=k, progress=False)
-                for k, split in enumerate(("train", "heldout"))}
-        (out / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows(qa_specs, out)))
+        ref = prepare(args, out)
+        heldout, qa, qa_options = ref["heldout"], ref["qa"], ref["qa_options"]
         kwargs = "video_field: video, video_frames: 0, scorer: videossr, reference: plain"
         overrides = [f"output_dir={out}", f"task.kwargs={{path: {out / 'train.jsonl'}, {kwargs}}}",
                      f"sft.steps={args.sft_steps}", f"sft.output={out / 'warm'}", f"model.path={out / 'warm'}",
                      "train.progress=false", "train.save_every=0", f"train.threads={args.threads}"]
         base = load_config("recipes/videossr.yaml", overrides + ["seed=0", "name=warm"])
-        heldout_task = TASKS.build("dataset", path=str(out / "heldout.jsonl"), video_field="video", video_frames=0,
-                                   scorer="videossr")
-        heldout = [heldout_task[i] for i in range(len(heldout_task))]
-        qa_task = TASKS.build("dataset", path=str(out / "qa.jsonl"), video_field="video", video_frames=16,
-                              scorer="exact")
-        qa = [qa_task[i] for i in range(len(qa_task))]
-        qa_options = [s.meta["options"] for s in qa]
-        guess = viubench(heldout, random_guesses(heldout, random.Random(0)))
-        train_rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
-        constant = viubench(heldout, constant_guesses(train_rows, heldout))
-        chance = {"transfer/overall": 100 * statistics.mean(1 / len(o) for o in qa_options)}
         init = scores(None, base, heldout, qa, qa_options)
         warm = sft(base)
         at_warm = scores(warm["model"], base, heldout, qa, qa_options)
@@ -176,16 +196,9 @@ def main() -> None:
             runs.append({"seed": seed, "seconds": time.perf_counter() - t1,
                          "reward": [r["reward"] for r in rows],
                          **scores(str(cfg.run_dir / "final"), cfg, heldout, qa, qa_options)})
-    keys = sorted(set(at_warm["viubench"]) | {"overall"})
-    summary = {"random": guess, "constant": constant, "init": init["viubench"], "warm_start": at_warm["viubench"],
-               "grpo": {k: seed_stats([r["viubench"].get(k, 0.0) for r in runs]) for k in keys},
-               "transfer": {"chance": chance, "init": {k: v for k, v in init.items() if k.startswith("transfer")},
-                            "warm_start": {k: v for k, v in at_warm.items() if k.startswith("transfer")},
-                            "grpo": {k: seed_stats([r[k] for r in runs]) for k in at_warm if k.startswith("transfer")}},
-               "train_reward_first10_last10": [(statistics.mean(r["reward"][:10]), statistics.mean(r["reward"][-10:]))
-                                               for r in runs]}
+    summary = summarise(ref, init, at_warm, runs)
     name = "videossr_quick" if args.quick else "videossr"
-    result = {"benchmark": "videossr", "quick": args.quick, "args": vars(args), "data": data, "summary": summary,
+    result = {"benchmark": "videossr", "quick": args.quick, "args": vars(args), "data": ref["data"], "summary": summary,
               "warm_start": {"sft_steps": args.sft_steps, "seconds": warm["seconds"], **at_warm},
               "init": init, "runs": runs, "seconds": time.perf_counter() - t0,
               "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads()}}

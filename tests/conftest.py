@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny, fast run config (qwen2-micro, 1-digit addition) in a temporary folder."""
+"""Shared fixtures: a tiny, fast run config (qwen2-micro, 1-digit addition) in a temporary folder; d loss / d logp of
+the trainer's micro-batch loss."""
 
 import pytest
 import torch
@@ -20,3 +21,30 @@ def tiny_cfg(tmp_path):
         return load_config(None, base + list(overrides))
 
     return make
+
+
+@pytest.fixture
+def logp_grads():
+    """d loss / d logp (N, T) of one micro-batch loss through the policy's real forward (the parameters keep their
+    gradients): logp_grads(policy, batch, fns)."""
+    from rlvr.distributed import World
+    from rlvr.metrics import Metrics
+    from rlvr.update import micro_batch_loss
+
+    def grads(policy, batch, fns):
+        kept, real = {}, policy.logp
+
+        def spy(mb, **kw):
+            logp, entropy = real(mb, **kw)
+            logp.retain_grad()
+            kept["logp"] = logp
+            return logp, entropy
+
+        policy.logp = spy
+        try:
+            micro_batch_loss(policy, batch, fns, float(batch.loss_mask.sum()), 8.0, World(), Metrics()).backward()
+        finally:
+            policy.logp = real
+        return kept["logp"].grad
+
+    return grads

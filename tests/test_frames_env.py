@@ -171,17 +171,15 @@ def test_sft_warm_starts_on_scripted_searches_with_image_observations(tmp_path):
     assert losses[-1] < 0.6 * losses[0]
 
 
-def test_observation_tokens_get_no_gradient_and_the_frames_they_show_do():
+def test_observation_tokens_get_no_gradient_and_the_frames_they_show_do(logp_grads):
     """The trainer's loss on an episode with image observations: d loss / d logp is zero at every observation token
     (the frame lines and their image tokens) and non-zero at the model's own tokens; the vision tower still gets a
     gradient, through the model's tokens that attend to the frames."""
     import torch
 
     from rlvr.algos import AGGREGATIONS, LOSSES
-    from rlvr.distributed import World
-    from rlvr.metrics import Metrics
     from rlvr.policies import HFVisionLM
-    from rlvr.update import LossFns, micro_batch_loss
+    from rlvr.update import LossFns
     from rlvr.warm_start import sft_batch
 
     task = TASKS.build("frame_quest", seed=0, frames=40, n=4, image_size=28)
@@ -189,21 +187,9 @@ def test_observation_tokens_get_no_gradient_and_the_frames_they_show_do():
     samples = [task[i] for i in range(2)]
     batch = sft_batch(policy, samples, [task.reference_turns(s) for s in samples])
     batch.advantages = torch.tensor([1.0, -0.5])
-    seen = {}
-    logp_fn = policy.logp
-
-    def keep(mb, **kw):
-        logp, entropy = logp_fn(mb, **kw)
-        logp.retain_grad()
-        seen["logp"] = logp
-        return logp, entropy
-
-    policy.logp = keep
     fns = LossFns(loss=LOSSES.bind("ppo_clip", clip_low=0.2, clip_high=0.2),
                   aggregate=AGGREGATIONS.lookup("token_mean"))
-    loss = micro_batch_loss(policy, batch, fns, float(batch.loss_mask.sum()), 2.0, World(), Metrics())
-    loss.backward()
-    grad = seen["logp"].grad
+    grad = logp_grads(policy, batch, fns)
     observed = (batch.completion_mask == 1) & (batch.loss_mask == 0)
     assert observed.sum() > 0 and (batch.completion_ids[observed] == policy.image_token_id).any()
     assert (grad[observed] == 0).all() and (grad[batch.loss_mask == 1] != 0).all()

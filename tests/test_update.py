@@ -130,26 +130,7 @@ def test_bf16_autocast_forward_close_to_fp32():
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
-def _logp_grads(policy, batch, fns):
-    """d loss / d logp (N, T) of one micro-batch loss, through the policy's real forward."""
-    kept = {}
-    real = policy.logp
-
-    def spy(mb, **kw):
-        logp, entropy = real(mb, **kw)
-        logp.retain_grad()
-        kept["logp"] = logp
-        return logp, entropy
-
-    policy.logp = spy
-    try:
-        micro_batch_loss(policy, batch, fns, float(batch.loss_mask.sum()), 8.0, World(), Metrics()).backward()
-    finally:
-        policy.logp = real
-    return kept["logp"].grad
-
-
-def test_observation_tokens_are_attended_to_but_get_no_gradient():
+def test_observation_tokens_are_attended_to_but_get_no_gradient(logp_grads):
     """A multi-turn completion: positions 2-3 hold an environment's observation (completion_mask 1, loss_mask 0).
     The loss has no gradient through their log-probs, while later tokens' log-probs depend on them (attended)."""
     policy = HFCausalLM.load(config="qwen2-micro", seed=0).train()
@@ -158,7 +139,7 @@ def test_observation_tokens_are_attended_to_but_get_no_gradient():
     batch.loss_mask[:] = 1.0
     batch.loss_mask[:, 2:4] = 0.0  # observation tokens
     fns = LossFns(loss=LOSSES.bind("ppo_clip", clip_low=0.2), aggregate=AGGREGATIONS.lookup("token_mean"))
-    grad = _logp_grads(policy, batch, fns)
+    grad = logp_grads(policy, batch, fns)
     assert (grad[:, 2:4] == 0).all() and (grad[:, [0, 1, 4, 5, 6]] != 0).all()
     other = batch.replace(completion_ids=batch.completion_ids.clone())
     other.completion_ids[:, 2] = (other.completion_ids[:, 2] + 1) % policy.model.config.vocab_size
@@ -168,14 +149,14 @@ def test_observation_tokens_are_attended_to_but_get_no_gradient():
     assert torch.equal(a[:, :2], b[:, :2]) and not torch.allclose(a[:, 3:], b[:, 3:])
 
 
-def test_token_weights_scale_each_token_of_the_loss():
+def test_token_weights_scale_each_token_of_the_loss(logp_grads):
     policy = HFCausalLM.load(config="qwen2-micro", seed=0).train()
     batch = make_batch(policy)
     fns = LossFns(loss=LOSSES.bind("ppo_clip", clip_low=0.2), aggregate=AGGREGATIONS.lookup("token_mean"))
-    plain = _logp_grads(policy, batch, fns)
+    plain = logp_grads(policy, batch, fns)
     weights = torch.ones_like(batch.loss_mask)
     weights[:, 0], weights[:, 1] = 0.0, 2.0
-    weighted = _logp_grads(policy, batch.replace(token_weights=weights), fns)
+    weighted = logp_grads(policy, batch.replace(token_weights=weights), fns)
     m = batch.loss_mask.bool()
     assert (weighted[:, 0] == 0).all() and plain[m[:, 0], 0].abs().min() > 0
     torch.testing.assert_close(weighted[:, 1], 2 * plain[:, 1])

@@ -30,7 +30,7 @@ from typing import Any
 
 from rlvr.batch import Sample
 from rlvr.envs.base import ENVS, Observation
-from rlvr.rewards.framethinker import GATES, choose_frames, escape, judge, transition
+from rlvr.rewards.framethinker import GATES, choose_frames, escape, judge, question_text, transition
 from rlvr.tasks.base import TASKS, ProceduralTask
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 150, 50), "yellow": (230, 190, 0)}
@@ -106,10 +106,8 @@ class FrameSelect:
         gate = ""
         correct = False
         if self.sample is not None and self.sample.answer is not None:
-            prompt = self.sample.prompt
             verdict = judge("".join(self.transcript), str(self.sample.answer), frames=len(self.frames),
-                            question=prompt if isinstance(prompt, str) else str(prompt[-1]["content"]),
-                            span_n=self.span_n)
+                            question=question_text(self.sample), span_n=self.span_n)
             gate, correct = verdict.gate, verdict.correct
         out.update({f"gate_{key}": float(gate == name) for name, key in GATES.items()})
         out["correct"] = float(correct)
@@ -192,7 +190,7 @@ class FrameQuest(ProceduralTask):
         return sample
 
     def score(self, sample: Sample, text: str) -> float:
-        return 1.0 if judge(text, sample.answer, question=str(sample.prompt), frames=self.frames,
+        return 1.0 if judge(text, sample.answer, question=question_text(sample), frames=self.frames,
                             span_n=self.n).correct else 0.0
 
     def reference_turns(self, sample: Sample) -> list[tuple[str | Observation, bool]]:

@@ -157,14 +157,18 @@ def judge(text: str, answer: str, *, question: str = "", frames: int | None = No
     return Verdict(1.0 + bonus, correct=True)
 
 
+def question_text(sample: Sample) -> str:
+    """The question the timestamp bonus reads: the prompt, or the last message of a chat prompt."""
+    return sample.prompt if isinstance(sample.prompt, str) else str(sample.prompt[-1]["content"])
+
+
 @REWARDS.register("framethinker")
 def framethinker_reward(*, span_n: int = 8) -> RewardFn:
     """FrameThinker (arXiv 2509.24304): the reference code's reward v11, consistency gates included; span_n: the
     frames a request returns (the code checks 8 always)."""
 
     def fn(samples: list[Sample], completions: list[str], **kw) -> list[float | None]:
-        question = lambda s: s.prompt if isinstance(s.prompt, str) else str(s.prompt[-1]["content"])  # noqa: E731
-        return [None if s.answer is None else judge(c, s.answer, question=question(s), span_n=span_n,
+        return [None if s.answer is None else judge(c, s.answer, question=question_text(s), span_n=span_n,
                                                     frames=s.meta.get("total_frames")).total
                 for s, c in zip(samples, completions)]
 
