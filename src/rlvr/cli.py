@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from rlvr.checkpoint import CheckpointError
-from rlvr.config import ConfigError, load_config
+from rlvr.config import Config, ConfigError, load_config
 from rlvr.errors import DataError, TrainingError
 
 
@@ -75,10 +75,27 @@ def _kv(items: list[str]) -> dict:
     return out
 
 
+# `loop:` in a recipe picks a loop with its own schema beside the language-model trainer (module: RunConfig, train)
+LOOPS = {"va_pi": "rlvr.images.va_pi_train", "dmd": "rlvr.images.dmd_train"}
+
+
 def cmd_train(args) -> int:
+    import importlib
+
+    from rlvr.config import from_dict, raw_config
     from rlvr.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    raw = raw_config(args.config, args.overrides)
+    loop = raw.get("loop")
+    if loop is not None:
+        if loop not in LOOPS:
+            raise ConfigError(f"loop: unknown loop {loop!r}; choose from {sorted(LOOPS)} (or leave it out for RL on a "
+                              "language model)")
+        module = importlib.import_module(LOOPS[loop])
+        summary = module.train(from_dict(module.RunConfig, raw, ""), resume=args.resume, overwrite=args.overwrite)
+        print(json.dumps(summary, indent=1, default=str))
+        return 130 if summary.get("interrupted") else 0
+    cfg = from_dict(Config, raw, "")
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     _print_summary(summary)
     return 130 if summary.get("interrupted") else 0

@@ -291,8 +291,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 def config_from(source: str | Path | dict | Config, overrides: list[str] | dict | None = None) -> Config:
     """A Config from a YAML file, a dict of the same keys (its `base:` relative to the working directory) or a
     Config, with overrides as ["a.b=value", ...] (values parsed as YAML) or {"a.b": value}."""
-    if isinstance(source, Config):
-        raw = to_dict(source)
+    return from_dict(Config, raw_config(source, overrides), "")
+
+
+def raw_config(source: str | Path | dict | Any, overrides: list[str] | dict | None = None) -> dict:
+    """The merged dict of a YAML file (with `base:`), a dict or a config dataclass, overrides applied, before any
+    type check: the loops with their own schema (`loop:` image recipes) read it with `from_dict`."""
+    if dataclasses.is_dataclass(source):
+        raw = dataclasses.asdict(source)
     elif isinstance(source, dict):
         raw = copy.deepcopy(source)
         base = raw.pop("base", None)
@@ -307,7 +313,7 @@ def config_from(source: str | Path | dict | Config, overrides: list[str] | dict 
     else:
         for item in overrides or []:
             _apply_override(raw, item)
-    return from_dict(Config, raw, "")
+    return raw
 
 
 def _read_yaml(path: Path) -> dict:
