@@ -12,7 +12,8 @@
    time vs HF's.
 5. Vision-language models on CUDA (Qwen2-VL, Qwen2.5-VL, Qwen3-VL tiny configs): the update's log-probs equal the
    HF forward and the KV-cached sampler's, fp32 and bf16 autocast; VPPO training steps (corrupted-image pass, TGF,
-   TAS, a KL reference) in the train variants.
+   TAS, a KL reference) and FrameThinker's frame-selection environment in the train variants.
+6. Image generators: the AR image policy's log-probs against its HF forward and its sampler, and VA-π steps on CUDA.
 """
 
 from __future__ import annotations
@@ -97,7 +98,50 @@ VARIANTS = {
                "algo.loss=exgrpo_mixed", "algo.loss_kwargs={beta: 0.1}", "algo.advantage=dr_grpo"],
     "vppo": ["model.config=qwen2.5-vl-tiny", "tasks=[{name: count_shapes, key: count}, {name: arithmetic, key: add}]",
              "algo.token_weights=perception", "algo.advantage_shaping=vppo_tas", "train.diversity_unit=char"],
+    "frames": ["model.config=qwen2.5-vl-micro", "task.name=frame_quest",
+               "task.kwargs={frames: 40, n: 4, image_size: 28}", "env.name=frame_select", "env.kwargs={n: 4}",
+               "env.max_turns=2", "env.max_tokens=300",
+               "rollout.max_new_tokens=6"],
 }
+
+
+def image_checks() -> None:
+    """The AR image policy on CUDA: its update log-probs equal the HF forward's and the sampler's; VA-π steps on
+    CUDA (VQ tokenizer, teacher-forced sampling, pixel reward, PPO + CE) are finite and move the weights."""
+    from rlvr.algos.va_pi import va_pi_step
+    from rlvr.images.ar import ar_model, code_tokenizer, image_policy
+    from rlvr.images.data import toy_shapes
+    from rlvr.images.vq import train_vq
+    from rlvr.policies import SamplingParams
+
+    images, labels = toy_shapes(64, size=16, seed=0)
+    vq = train_vq(images, steps=100, seed=0)[0].cuda().eval()
+    tok = code_tokenizer(codes=vq.config.codes, classes=4)
+    policy = image_policy(ar_model(tok, hidden=64, layers=2, heads=4), tok).to("cuda")
+    from rlvr.batch import Sample
+
+    rows = [Sample(f"<class_{k % 4}>") for k in range(8)]
+    batch = policy.generate(rows, group_ids=torch.arange(8), seeds=torch.arange(8),
+                            params=SamplingParams(max_new_tokens=vq.tokens, temperature=1.0))
+    with torch.no_grad():
+        logp, _ = policy.logp(batch)
+        out = policy.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    P, mask = batch.prompt_ids.shape[1], batch.completion_mask.bool()
+    ref = out.logits[:, P - 1 : -1].float().log_softmax(-1).gather(-1, batch.completion_ids[..., None])[..., 0]
+    vs_hf, vs_sampler = float((logp - ref)[mask].abs().max()), float((logp - batch.rollout_logp)[mask].abs().max())
+    check("images/ar_logp", vs_hf < 1e-4 and vs_sampler < 1e-4, max_logp_diff_vs_hf=vs_hf,
+          max_logp_diff_vs_sampler=vs_sampler)
+    before = [q.detach().clone() for q in policy.model.parameters()]
+    opt = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+    g = torch.Generator("cuda").manual_seed(0)
+    x, y = images[:16].cuda(), labels[:16].cuda()
+    t0 = time.perf_counter()
+    rows = [va_pi_step(policy, vq, x, y, opt, group=8, p=0.5, generator=g) for _ in range(5)]
+    torch.cuda.synchronize()
+    moved = any(not torch.equal(a, b) for a, b in zip(before, policy.model.parameters()))
+    finite = all(abs(v) < float("inf") and v == v for r in rows for v in r.values())
+    check("images/va_pi_steps", moved and finite, reward_first=rows[0]["va_pi/reward"],
+          reward_last=rows[-1]["va_pi/reward"], seconds_per_step=(time.perf_counter() - t0) / 5)
 
 
 def vlm_exact(config, autocast):
@@ -220,6 +264,10 @@ def main() -> int:
                                                                      "exgrpo/replayed"))})
         except Exception as err:  # noqa: BLE001 - a device bug in one path must not hide the others' results
             check(f"train/{name}", False, error=f"{type(err).__name__}: {err}"[:500])
+    try:
+        image_checks()
+    except Exception as err:  # noqa: BLE001
+        check("images", False, error=f"{type(err).__name__}: {err}"[:500])
     results["failed"] = failed
     print(json.dumps(results, indent=1, default=str))
     return 1 if failed else 0
