@@ -1,6 +1,6 @@
 """VA-π's pieces (arXiv 2512.19680): RL for an autoregressive image generator with a pixel-space reward under
 teacher forcing. Each is a plain function over tensors; `va_pi_step` chains them for one batch of images (the run
-loop, config and recipe around it are issue 11's next work).
+loop, config and recipe around it are in rlvr.images.va_pi_train).
 
     context = noisy_context(codes, p=0.5, codes_n=V, generator=g)        # z̃: z* with tokens replaced at rate p
     z = teacher_forced_samples(logits, G, generator=g)                   # (B, G, T): every position in parallel
@@ -23,7 +23,10 @@ loop, config and recipe around it are issue 11's next work).
    loss = ℓ_PPO + λ_CE ℓ_CE, ε = 0.2, λ_CE = 0.1.
 6. `va_pi_step`: rlvr runs rollout and update in the same mode (dropout off), so the first update is exactly
    on-policy (ρ = 1); the reference scripts sample in train mode (spec quirk: ρ ≠ 1 even on-policy). One update per
-   batch, as the scripts' one optimizer step per epoch.
+   batch, as the scripts' one optimizer step per epoch. `ce_step` is plain next-code cross-entropy on the same batch:
+   the AR model's pretraining and VA-π's baseline.
+7. With every non-code token banned, the core sampler's free-running distribution over codes (full softmax, banned
+   logits −inf) is the same as this module's softmax renormalised over the codes.
 """
 
 from __future__ import annotations
@@ -127,3 +130,20 @@ def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer
     optimizer.step()
     return {**metrics, "va_pi/reward": float(rewards.mean()), "va_pi/greedy_mse": greedy_mse,
             "va_pi/loss": float(loss.detach())}
+
+
+def ce_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer, *, p: float = 0.0,
+            generator: torch.Generator | None = None) -> dict[str, float]:
+    """One plain cross-entropy (next-code) update on a batch: the AR model's pretraining, and the baseline VA-π is
+    measured against (the same steps, batches and optimizer without the pixel reward). Returns its metrics."""
+    with torch.no_grad():
+        target = vq.encode(images)
+    logits = teacher_forced_logits(policy, labels, noisy_context(target, p=p, codes_n=vq.config.codes,
+                                                                  generator=generator))  # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        greedy_mse = float((vq.decode(logits.argmax(-1)) - images).square().mean())
+    return {"va_pi/ce": float(loss.detach()), "va_pi/greedy_mse": greedy_mse}

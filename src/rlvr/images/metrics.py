@@ -116,8 +116,8 @@ def precision_recall(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, *,
     return manifold_precision_recall(net.features(real), net.features(fake), k=k)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8) -> Path:
-    """(N, 3, H, W) images in [0, 1] as one PNG, `nrow` per row."""
+def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8, scale: int = 1) -> Path:
+    """(N, 3, H, W) images in [0, 1] as one PNG, `nrow` per row, each pixel drawn `scale` x `scale` (nearest)."""
     from PIL import Image
 
     if images.dim() != 4 or images.shape[1] not in (1, 3):
@@ -128,6 +128,7 @@ def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 8) -> Path:
     for i, image in enumerate(images.clamp(0, 1).expand(n, 3, h, w) if c == 1 else images.clamp(0, 1)):
         r, q = divmod(i, nrow)
         grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = image
+    grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     pixels = (grid * 255).round().byte().permute(1, 2, 0).contiguous().numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,327 @@
+"""The VA-π run loop (arXiv 2512.19680): `rlvr train recipes/va_pi.yaml` (a recipe with `loop: va_pi`).
+
+    rlvr train recipes/va_pi.yaml                          # VQ tokenizer + CE-pretrained AR model + VA-π, in minutes
+    rlvr train recipes/va_pi.yaml algo.mode=ce name=ce     # the baseline: the same steps of plain CE fine-tuning
+    rlvr train recipes/va_pi.yaml --resume                 # continue from the latest checkpoint, exactly
+
+1. Data: a toy image set (`shapes`: procedural shapes, 4 classes; `digits`: scikit-learn's bundled digits) split into
+   training and held-out images.
+2. Tokenizer and starting model: the VQ tokenizer (`vq.path`, or trained at the start and saved to `<run>/vq`) and
+   the class-conditional AR policy (`policy.path`, or built and pretrained with next-code cross-entropy for
+   `policy.pretrain_steps`, saved to `<run>/init`): VA-π post-trains a generator that is already imperfect.
+3. Each step draws `train.batch` images and runs one `va_pi_step` (teacher-forced parallel sampling, pixel reward
+   through the frozen decoder, clamped group advantages, PPO-clip + λ_CE noisy-context CE), or one `ce_step` with
+   `algo.mode: ce`. Every random draw comes from a stream named by (seed, purpose, step), so a resumed run draws
+   what an uninterrupted one does.
+4. Evaluation (before training, every `train.eval_every` steps, at the end) on held-out images: the teacher-forced
+   greedy reconstruction error (clean context; VA-π's target), the CE of the ground-truth codes, and free-running
+   samples of every class scored by a small classifier trained on the training images (its held-out accuracy is in
+   the summary): class accuracy, feature-FID and precision/recall against the held-out images. A PNG grid of the
+   samples (one row per class) goes to `<run>/samples/step-NNNNNN.png`; `rlvr plot` draws the curves beside the
+   latest grid.
+5. Checkpoints (`train.save_every`) hold the policy, the optimizer and the RNG state; the tokenizer and the
+   classifier are written once to the run folder. One process: under torchrun the loop is refused with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlvr.config import ConfigError
+
+DATA = ("shapes", "digits")
+MODES = ("va_pi", "ce")
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"
+    """shapes (procedural shapes, 4 classes) | digits (scikit-learn's 8x8 digits, 10 classes, upsampled)."""
+    size: int = 16
+    """Image side in pixels (a multiple of 4: the tokenizer downsamples by 4, so (size/4)² codes per image)."""
+    train_size: int = 2000
+    """Training images (shapes: drawn; digits: the first 80% of a seeded shuffle, capped at this)."""
+    eval_size: int = 256
+    """Held-out images (shapes: drawn from another seed; digits: the last 20%)."""
+
+
+@dataclass
+class VQSection:
+    path: str | None = None
+    """A tokenizer folder (VQTokenizer.save); default: train one at the start and save it to <run>/vq."""
+    steps: int = 400
+    codes: int = 128
+    hidden: int = 64
+    dim: int = 16
+
+
+@dataclass
+class PolicySection:
+    path: str | None = None
+    """An image-policy folder (model + tokenizer, e.g. <run>/init of another run); default: build and pretrain one."""
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    pretrain_steps: int = 300
+    """Next-code CE steps before RL (kept short on purpose: VA-π starts from an imperfect generator)."""
+    pretrain_lr: float = 1e-3
+
+
+@dataclass
+class AlgoSection:
+    mode: str = "va_pi"
+    """va_pi | ce (the baseline: plain next-code cross-entropy on the same batches)."""
+    group: int = 8
+    """G: teacher-forced samples per image."""
+    clip: float = 0.2
+    lambda_ce: float = 0.1
+    """λ_CE: weight of the noisy-context CE regulariser (0: the pixel reward alone)."""
+    token_noise: float = 0.0
+    """p: share of context codes replaced by uniform codes (C2I script: off; T2I 0.5; Janus 1.0)."""
+    w_mse: float = 1.0
+    temperature: float = 1.0
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class TrainSection:
+    steps: int = 100
+    batch: int = 16
+    """B: images per step (B·G samples for VA-π)."""
+    eval_every: int = 50
+    """0: evaluate before and after only."""
+    samples_per_class: int = 32
+    """Free-running samples per class in each evaluation."""
+    classifier_steps: int = 400
+    save_every: int = 50
+    keep: int = 2
+
+
+@dataclass
+class RunConfig:
+    loop: str = "va_pi"
+    name: str = "va_pi"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    vq: VQSection = field(default_factory=VQSection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    algo: AlgoSection = field(default_factory=AlgoSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def check(cfg: RunConfig) -> None:
+    """One ConfigError line for a value out of range, before anything is written or loaded."""
+    from rlvr.distributed import requested_world_size
+
+    if requested_world_size() > 1:
+        raise ConfigError("loop va_pi runs in one process; torchrun data parallelism is not supported for it (run it "
+                          "with plain `rlvr train`)")
+    rules = [("data.name", cfg.data.name in DATA, f"one of {list(DATA)}"),
+             ("algo.mode", cfg.algo.mode in MODES, f"one of {list(MODES)}"),
+             ("data.size", cfg.data.size >= 8 and cfg.data.size % 4 == 0, "a multiple of 4, at least 8"),
+             ("data.train_size", cfg.data.train_size >= 16, ">= 16"),
+             ("data.eval_size", cfg.data.eval_size >= 8, ">= 8"),
+             ("algo.group", cfg.algo.group >= 2, ">= 2 (advantages are relative within a group)"),
+             ("algo.clip", cfg.algo.clip > 0, "> 0"), ("algo.lambda_ce", cfg.algo.lambda_ce >= 0, ">= 0"),
+             ("algo.token_noise", 0 <= cfg.algo.token_noise <= 1, "in [0, 1]"),
+             ("algo.temperature", cfg.algo.temperature > 0, "> 0"), ("optim.lr", cfg.optim.lr > 0, "> 0"),
+             ("optim.betas", len(cfg.optim.betas) == 2, "two numbers"), ("train.steps", cfg.train.steps >= 0, ">= 0"),
+             ("train.batch", cfg.train.batch >= 1, ">= 1"), ("train.eval_every", cfg.train.eval_every >= 0, ">= 0"),
+             ("train.save_every", cfg.train.save_every >= 0, ">= 0"),
+             ("train.samples_per_class", cfg.train.samples_per_class >= 2, ">= 2"),
+             ("vq.codes", cfg.vq.codes >= 2, ">= 2"), ("policy.pretrain_steps", cfg.policy.pretrain_steps >= 0, ">= 0")]
+    for key, ok, want in rules:
+        if not ok:
+            raise ConfigError(f"{key} must be {want}, got {_get(cfg, key)!r}")
+    for key in ("vq.path", "policy.path"):
+        path = _get(cfg, key)
+        if path is not None and not Path(path).is_dir():
+            raise ConfigError(f"{key}: '{path}' is not a folder")
+
+
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def image_data(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, held-out images, held-out labels) in [0, 1]."""
+    from rlvr.images.data import digits, toy_shapes
+
+    d = cfg.data
+    if d.name == "shapes":
+        return (*toy_shapes(d.train_size, size=d.size, seed=cfg.seed), *toy_shapes(d.eval_size, size=d.size,
+                                                                                   seed=cfg.seed + 1_000_003))
+    images, labels = digits(size=d.size)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
+    cut = int(0.8 * len(images))
+    train, held = order[:cut][: d.train_size], order[cut:][: d.eval_size]
+    return images[train], labels[train], images[held], labels[held]
+
+
+def _optimizer(params, lr: float, cfg: RunConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+
+
+def _batch(images: torch.Tensor, labels: torch.Tensor, n: int, g: torch.Generator):
+    idx = torch.randint(len(images), (n,), generator=g)
+    return images[idx], labels[idx]
+
+
+def prepare(cfg: RunConfig, run_dir: Path, train_images: torch.Tensor, train_labels: torch.Tensor, fresh: bool):
+    """The frozen tokenizer, the metric classifier (and its held-out accuracy) and the starting policy (module
+    docstring 2); a new run writes them to the run folder, a resumed one reads them back."""
+    from rlvr.images.ar import ar_model, code_tokenizer, image_policy, load_image_policy
+    from rlvr.images.metrics import FeatureNet, train_classifier
+    from rlvr.images.vq import VQConfig, VQTokenizer, train_vq
+    from rlvr.seeding import generator
+
+    if not fresh:
+        vq = VQTokenizer.load(run_dir / "vq")
+        saved = torch.load(run_dir / "classifier.pt", weights_only=True)
+        net = FeatureNet(size=cfg.data.size, classes=saved["classes"])
+        net.load_state_dict(saved["state"])
+        return vq.eval(), net.eval(), saved["accuracy"], None
+    if cfg.vq.path:
+        vq = VQTokenizer.load(cfg.vq.path)
+    else:
+        vq_cfg = VQConfig(size=cfg.data.size, codes=cfg.vq.codes, hidden=cfg.vq.hidden, dim=cfg.vq.dim)
+        vq, _ = train_vq(train_images, steps=cfg.vq.steps, seed=cfg.seed, config=vq_cfg)
+    if vq.config.size != cfg.data.size:
+        raise ConfigError(f"vq.path: the tokenizer is for {vq.config.size} px images, data.size is {cfg.data.size}")
+    vq.save(run_dir / "vq")
+    classes = int(train_labels.max()) + 1
+    net, accuracy = train_classifier(train_images, train_labels, steps=cfg.train.classifier_steps, seed=cfg.seed)
+    torch.save({"state": net.state_dict(), "classes": classes, "accuracy": accuracy}, run_dir / "classifier.pt")
+    if cfg.policy.path:
+        policy = load_image_policy(cfg.policy.path)
+    else:
+        tok = code_tokenizer(codes=vq.config.codes, classes=classes)
+        policy = image_policy(ar_model(tok, hidden=cfg.policy.hidden, layers=cfg.policy.layers,
+                                       heads=cfg.policy.heads, seed=cfg.seed), tok)
+        opt = _optimizer(policy.model.parameters(), cfg.policy.pretrain_lr, cfg)
+        from rlvr.algos.va_pi import ce_step
+
+        for step in range(cfg.policy.pretrain_steps):
+            g = generator(cfg.seed, "va_pi_pretrain", step)
+            ce_step(policy, vq, *_batch(train_images, train_labels, 64, g), opt)
+    policy.save(run_dir / "init")
+    return vq.eval(), net, accuracy, policy
+
+
+@torch.no_grad()
+def evaluate_generator(policy, vq, net, images: torch.Tensor, labels: torch.Tensor, *, per_class: int, seed: int,
+                       temperature: float = 1.0, grid: Path | None = None) -> dict[str, float]:
+    """Teacher-forced reconstruction and free-running sample quality on held-out images (module docstring 4)."""
+    from torch.nn import functional as F
+
+    from rlvr.algos.va_pi import teacher_forced_logits
+    from rlvr.batch import Sample
+    from rlvr.images.ar import code_ids
+    from rlvr.images.metrics import class_accuracy, feature_fid, precision_recall, save_grid
+    from rlvr.policies import SamplingParams
+    from rlvr.seeding import row_seeds
+
+    codes = vq.encode(images)
+    logits = teacher_forced_logits(policy, labels, codes)  # (B, T, V)
+    out = {"eval/recon_mse": float((vq.decode(logits.argmax(-1)) - images).square().mean()),
+           "eval/ce": float(F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten())),
+           "eval/vq_mse": float((vq.decode(codes) - images).square().mean())}
+    classes = int(net.head.out_features)
+    wanted = torch.arange(classes).repeat_interleave(per_class)
+    rows = [Sample(prompt=f"<class_{int(k)}>") for k in wanted]
+    n = len(rows)
+    batch = policy.generate(rows, group_ids=torch.arange(n), seeds=row_seeds(seed, "va_pi_eval", torch.arange(n)),
+                            params=SamplingParams(max_new_tokens=vq.tokens, temperature=temperature))
+    samples = vq.decode(code_ids(policy, batch.completion_ids.cpu()))
+    precision, recall = precision_recall(net, images, samples)
+    out.update({"eval/class_accuracy": class_accuracy(net, samples, wanted),
+                "eval/fid": feature_fid(net, images, samples), "eval/precision": precision, "eval/recall": recall})
+    if grid is not None:
+        shown = min(per_class, 8)
+        save_grid(samples.view(classes, per_class, *samples.shape[1:])[:, :shown].flatten(0, 1), grid, nrow=shown,
+                  scale=max(1, 64 // samples.shape[-1]))
+    return out
+
+
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run VA-π (or the CE baseline) as the module docstring says; returns the run's summary."""
+    from rlvr.algos.va_pi import ce_step, va_pi_step
+    from rlvr.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
+    from rlvr.images.ar import load_image_policy
+    from rlvr.metrics import RunLogger
+    from rlvr.run_folder import claim_run_folder
+    from rlvr.seeding import generator
+
+    check(cfg)
+    resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train_images, train_labels, held_images, held_labels = image_data(cfg)
+    vq, net, classifier_accuracy, policy = prepare(cfg, run_dir, train_images, train_labels, resume_from is None)
+    if resume_from is not None:
+        policy = load_image_policy(str(resume_from / "model"))
+    opt = _optimizer(policy.model.parameters(), cfg.optim.lr, cfg)
+    state = {"step": 0, "eval_before": {}}
+    if resume_from is not None:
+        saved = load_trainer_state(resume_from)
+        opt.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
+        state = {"step": saved["step"], "eval_before": saved["eval_before"]}
+    logger = RunLogger(run_dir, resume=resume_from is not None)
+
+    def evaluate(step: int) -> dict[str, float]:
+        return evaluate_generator(policy, vq, net, held_images, held_labels, per_class=cfg.train.samples_per_class,
+                                  seed=cfg.seed, temperature=cfg.algo.temperature,
+                                  grid=run_dir / "samples" / f"step-{step:06d}.png")
+
+    if resume_from is None:
+        (run_dir / "samples").mkdir(exist_ok=True)
+        state["eval_before"] = evaluate(0)
+        logger.log(0, state["eval_before"])
+    last: dict[str, float] = {}
+    a = cfg.algo
+    for step in range(state["step"] + 1, cfg.train.steps + 1):
+        t0 = time.perf_counter()
+        images, labels = _batch(train_images, train_labels, cfg.train.batch, generator(cfg.seed, "va_pi_batch", step))
+        g = generator(cfg.seed, "va_pi_step", step)
+        if a.mode == "va_pi":
+            row = va_pi_step(policy, vq, images, labels, opt, group=a.group, p=a.token_noise, clip=a.clip,
+                             lambda_ce=a.lambda_ce, w_mse=a.w_mse, generator=g)
+            row["reward"] = row["va_pi/reward"]
+        else:
+            row = ce_step(policy, vq, images, labels, opt, p=a.token_noise, generator=g)
+        row["time/step"] = time.perf_counter() - t0
+        if step == cfg.train.steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
+            row.update(evaluate(step))
+        logger.log(step, row)
+        last = row
+        if step == cfg.train.steps or (cfg.train.save_every and step % cfg.train.save_every == 0):
+            save_checkpoint(run_dir / "checkpoints", step, policy,
+                            {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(),
+                             "eval_before": state["eval_before"], "config": dataclasses.asdict(cfg)},
+                            keep=cfg.train.keep)
+    logger.close()
+    policy.save(run_dir / "final")
+    after = {k: v for k, v in last.items() if k.startswith("eval/")}
+    return {"run_dir": str(run_dir), "mode": a.mode, "steps": cfg.train.steps,
+            "classifier_accuracy": classifier_accuracy, "eval_before": state["eval_before"], "eval_after": after}
