@@ -112,3 +112,11 @@ def test_torchrun_is_refused_with_one_line(tmp_path):
     assert out.returncode != 0
     assert "loop va_pi runs in one process; torchrun data parallelism is not supported" in out.stderr
     assert not (tmp_path / "tiny").exists()
+
+
+def test_plot_draws_an_image_run_with_its_latest_grid(tmp_path):
+    from rlvr.plot import plot_run
+
+    train(config(tmp_path, **{"train.steps": 2}))
+    out = plot_run(tmp_path / "tiny")
+    assert out.is_file() and out.stat().st_size > 10_000

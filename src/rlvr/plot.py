@@ -1,5 +1,7 @@
 """Draw a run's curves (reward, held-out accuracy, length, entropy) from metrics.jsonl into plot.png. A run of several
-tasks also gets one held-out accuracy curve per task (eval/<key>/accuracy) beside their mean."""
+tasks also gets one held-out accuracy curve per task (eval/<key>/accuracy) beside their mean. An image-generator run
+(loop va_pi or dmd) gets its own panels (reconstruction error, feature-FID, recall) and its latest sample grid
+(samples/*.png) beside them. Only panels with data are drawn."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ PANELS = [
     ("eval/accuracy", "held-out greedy accuracy"),
     ("completions/mean_length", "completion length (tokens)"),
     ("entropy", "token entropy"),
+    ("eval/recon_mse", "held-out teacher-forced MSE"),
+    ("eval/fid", "feature-FID (held-out)"),
+    ("eval/recall", "recall (held-out)"),
 ]
 
 
@@ -34,8 +39,17 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder?")
     rows = read_metrics(path)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
-    for ax, (key, title) in zip(axes, PANELS):
+    panels = [(k, t) for k, t in PANELS if any(r.get(k) is not None for r in rows)] or PANELS[:1]
+    grids = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
+    fig, axes = plt.subplots(1, len(panels) + bool(grids), figsize=(4 * (len(panels) + bool(grids)), 3.2),
+                             squeeze=False)
+    axes = list(axes[0])
+    if grids:  # the latest sample grid, as saved
+        ax = axes.pop()
+        ax.imshow(plt.imread(grids[-1]))
+        ax.set_title(f"samples: {grids[-1].stem}", fontsize=10)
+        ax.axis("off")
+    for ax, (key, title) in zip(axes, panels):
         series = per_task(rows) if key == "eval/accuracy" else {}
         for label, k in {"mean" if series else None: key, **series}.items():
             pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
