@@ -8,14 +8,14 @@ generator over the same steps of plain cross-entropy fine-tuning?
 1. Per seed, one `rlvr train recipes/va_pi.yaml` run (loop va_pi) trains the VQ tokenizer, the metric classifier and
    the starting AR model (next-code CE for policy.pretrain_steps: deliberately short, so the generator is imperfect)
    and then VA-π for --steps. The other arms start from that run's tokenizer and starting model (vq.path,
-   policy.path): `ce` (plain next-code CE on the same batches, same optimizer and steps) and `va_pi_no_ce`
-   (λ_CE = 0: the pixel reward alone, the sheet's ablation).
+   policy.path): `va_pi_noise` (token noise p = 0.5 in the context, as the T2I script), `ce` (plain next-code CE on
+   the same batches, same optimizer and steps) and `va_pi_no_ce` (λ_CE = 0: the pixel reward alone, an ablation).
 2. Reported per arm and seed, before and after: teacher-forced greedy reconstruction MSE on held-out images (VA-π's
    target; [0, 1] pixels, beside the tokenizer's own floor eval/vq_mse), the held-out CE of the ground-truth codes,
    and free-running samples (64 per class) scored by the classifier: class accuracy, feature-FID, precision, recall.
    The classifier's held-out accuracy is reported with them.
 3. Output: one JSON object on stdout, docs/results/va_pi.json with every number, and each arm's last sample grid
-   copied to docs/results/va_pi_<arm>_seed<k>.png.
+   copied beside it (docs/results/va_pi_<arm>_seed<k>.png).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ KEYS = ("eval/recon_mse", "eval/ce", "eval/class_accuracy", "eval/fid", "eval/pr
 
 def arm_overrides(arm: str, first: Path | None) -> dict:
     shared = {} if first is None else {"vq.path": str(first / "vq"), "policy.path": str(first / "init")}
-    return {"va_pi": {}, "ce": {"algo.mode": "ce"}, "va_pi_no_ce": {"algo.lambda_ce": 0.0}}[arm] | shared
+    return {"va_pi": {}, "va_pi_noise": {"algo.token_noise": 0.5}, "ce": {"algo.mode": "ce"},
+            "va_pi_no_ce": {"algo.lambda_ce": 0.0}}[arm] | shared
 
 
 def run_arm(arm: str, seed: int, args, out: Path, first: Path | None) -> dict:
@@ -81,7 +82,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--arms", nargs="+", default=["va_pi", "ce", "va_pi_no_ce"])
+    p.add_argument("--arms", nargs="+", default=["va_pi", "va_pi_noise", "ce", "va_pi_no_ce"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "va_pi.json"))
     p.add_argument("--runs", default="/tmp/rlvr_bench_va_pi")
@@ -99,7 +100,8 @@ def main() -> int:
             first = first or runs / f"{arm}_seed{seed}"
             if not args.quick:
                 grid = sorted((runs / f"{arm}_seed{seed}" / "samples").glob("step-*.png"))[-1]
-                shutil.copy(grid, Path(args.out).with_name(f"va_pi_{arm}_seed{seed}.png"))
+                out = Path(args.out)
+                shutil.copy(grid, out.with_name(f"{out.stem}_{arm}_seed{seed}.png"))
             print(f"{arm} seed {seed}: {json.dumps(results[arm][seed]['after'])}", file=sys.stderr)
     report = {"benchmark": "va_pi", "machine": cpu_model(), "torch_threads": args.threads, "steps": args.steps,
               "lr": args.lr, "seeds": args.seeds, "seconds": time.perf_counter() - t0,
