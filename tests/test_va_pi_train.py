@@ -83,6 +83,8 @@ def test_the_ce_baseline_shares_the_starting_point_and_batches(tmp_path):
     ("algo.token_noise", 1.5, "algo.token_noise must be in [0, 1]"),
     ("data.size", 10, "data.size must be a multiple of 4"),
     ("vq.path", "/nonexistent/vq", "vq.path: '/nonexistent/vq' is not a folder"),
+    ("algo.w_lpips", 1.0, "algo.w_lpips needs algo.lpips"),
+    ("algo.lpips", "nofile.py:lpips", "algo.lpips: python reward: file 'nofile.py' not found"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -120,3 +122,16 @@ def test_plot_draws_an_image_run_with_its_latest_grid(tmp_path):
     train(config(tmp_path, **{"train.steps": 2}))
     out = plot_run(tmp_path / "tiny")
     assert out.is_file() and out.stat().st_size > 10_000
+
+
+def test_a_user_lpips_function_enters_the_reward_and_the_evaluation(tmp_path):
+    # a stand-in perceptual distance (mean absolute difference of horizontal gradients); rlvr ships no LPIPS weights
+    fn = tmp_path / "perceptual.py"
+    fn.write_text("def grad_l1(a, b):\n    d = lambda x: x[..., 1:] - x[..., :-1]\n"
+                  "    return (d(a) - d(b)).abs().flatten(1).mean(1)\n")
+    base = train(config(tmp_path / "a", **{"train.steps": 1}))
+    with_lpips = train(config(tmp_path / "b", **{"train.steps": 1, "algo.w_lpips": 1.0,
+                                                 "algo.lpips": f"{fn}:grad_l1"}))
+    rows_a, rows_b = (read_metrics(tmp_path / x / "tiny" / "metrics.jsonl") for x in "ab")
+    assert rows_b[1]["reward"] < rows_a[1]["reward"]  # the same samples, minus a positive perceptual distance
+    assert "eval/lpips" in with_lpips["eval_after"] and "eval/lpips" not in base["eval_after"]

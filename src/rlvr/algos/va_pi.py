@@ -105,8 +105,8 @@ def teacher_forced_logits(policy, labels: torch.Tensor, context: torch.Tensor) -
 
 
 def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer, *, group: int = 8, p: float = 0.0,
-               clip: float = 0.2, lambda_ce: float = 0.1, w_mse: float = 1.0,
-               generator: torch.Generator | None = None) -> dict[str, float]:
+               clip: float = 0.2, lambda_ce: float = 0.1, w_mse: float = 1.0, w_lpips: float = 0.0,
+               lpips: Callable | None = None, generator: torch.Generator | None = None) -> dict[str, float]:
     """One VA-π update on a batch of images and their classes (module docstring): encode, corrupt the context,
     one teacher-forced forward, G parallel samples per image, pixel rewards through the frozen VQ decoder, clamped
     group advantages, PPO-clip + λ_CE CE, one optimizer step. Returns its metrics."""
@@ -119,7 +119,8 @@ def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer
     b, t, v = logits.shape
     with torch.no_grad():
         z = teacher_forced_samples(logits, group, generator=generator)  # (B, G, T)
-        rewards = pixel_reward(vq.decode(z.flatten(0, 1)), images.repeat_interleave(group, 0), w_mse=w_mse)
+        rewards = pixel_reward(vq.decode(z.flatten(0, 1)), images.repeat_interleave(group, 0), w_mse=w_mse,
+                               w_lpips=w_lpips, lpips=lpips)
         advantages = group_advantages(rewards.view(b, group))
         greedy_mse = float((vq.decode(logits.argmax(-1)) - images).square().mean())
     logp = logits.log_softmax(-1)[:, None].expand(b, group, t, v).gather(-1, z[..., None])[..., 0].flatten(0, 1)

@@ -84,6 +84,12 @@ class AlgoSection:
     token_noise: float = 0.0
     """p: share of context codes replaced by uniform codes (C2I script: off; T2I 0.5; Janus 1.0)."""
     w_mse: float = 1.0
+    w_lpips: float = 0.0
+    """Weight of LPIPS in the reward (the paper's 1.0); needs `lpips`."""
+    lpips: str | None = None
+    """'path/to/file.py:function' computing LPIPS of (N, 3, H, W) pixel batches in [−1, 1] -> (N,), e.g. the `lpips`
+    package with VGG weights you have locally; rlvr ships no LPIPS/VGG weights and downloads nothing. Also reported
+    as eval/lpips when given."""
     temperature: float = 1.0
 
 
@@ -150,6 +156,16 @@ def check(cfg: RunConfig) -> None:
     for key, ok, want in rules:
         if not ok:
             raise ConfigError(f"{key} must be {want}, got {_get(cfg, key)!r}")
+    if cfg.algo.w_lpips and not cfg.algo.lpips:
+        raise ConfigError("algo.w_lpips needs algo.lpips: a 'file.py:function' computing LPIPS (rlvr ships no LPIPS "
+                          "or VGG weights; leave w_lpips at 0 for the MSE reward alone)")
+    if cfg.algo.lpips:
+        from rlvr.rewards.library import load_function
+
+        try:
+            load_function(cfg.algo.lpips)
+        except ValueError as err:
+            raise ConfigError(f"algo.lpips: {err}") from err
     for key in ("vq.path", "policy.path"):
         path = _get(cfg, key)
         if path is not None and not Path(path).is_dir():
@@ -229,7 +245,7 @@ def prepare(cfg: RunConfig, run_dir: Path, train_images: torch.Tensor, train_lab
 
 @torch.no_grad()
 def evaluate_generator(policy, vq, net, images: torch.Tensor, labels: torch.Tensor, *, per_class: int, seed: int,
-                       temperature: float = 1.0, grid: Path | None = None) -> dict[str, float]:
+                       temperature: float = 1.0, grid: Path | None = None, lpips=None) -> dict[str, float]:
     """Teacher-forced reconstruction and free-running sample quality on held-out images (module docstring 4)."""
     from torch.nn import functional as F
 
@@ -245,6 +261,8 @@ def evaluate_generator(policy, vq, net, images: torch.Tensor, labels: torch.Tens
     out = {"eval/recon_mse": float((vq.decode(logits.argmax(-1)) - images).square().mean()),
            "eval/ce": float(F.cross_entropy(logits.flatten(0, 1).float(), codes.flatten())),
            "eval/vq_mse": float((vq.decode(codes) - images).square().mean())}
+    if lpips is not None:
+        out["eval/lpips"] = float(lpips(vq.decode(logits.argmax(-1)) * 2 - 1, images * 2 - 1).mean())
     classes = int(net.head.out_features)
     wanted = torch.arange(classes).repeat_interleave(per_class)
     rows = [Sample(prompt=f"<class_{int(k)}>") for k in wanted]
@@ -288,10 +306,15 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         set_rng_state(saved["rng"])
         state = {"step": saved["step"], "eval_before": saved["eval_before"]}
     logger = RunLogger(run_dir, resume=resume_from is not None)
+    lpips = None
+    if cfg.algo.lpips:
+        from rlvr.rewards.library import load_function
+
+        lpips = load_function(cfg.algo.lpips)
 
     def evaluate(step: int) -> dict[str, float]:
         return evaluate_generator(policy, vq, net, held_images, held_labels, per_class=cfg.train.samples_per_class,
-                                  seed=cfg.seed, temperature=cfg.algo.temperature,
+                                  seed=cfg.seed, temperature=cfg.algo.temperature, lpips=lpips,
                                   grid=run_dir / "samples" / f"step-{step:06d}.png")
 
     if resume_from is None:
@@ -306,7 +329,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         g = generator(cfg.seed, "va_pi_step", step)
         if a.mode == "va_pi":
             row = va_pi_step(policy, vq, images, labels, opt, group=a.group, p=a.token_noise, clip=a.clip,
-                             lambda_ce=a.lambda_ce, w_mse=a.w_mse, generator=g)
+                             lambda_ce=a.lambda_ce, w_mse=a.w_mse, w_lpips=a.w_lpips, lpips=lpips, generator=g)
             row["reward"] = row["va_pi/reward"]
         else:
             row = ce_step(policy, vq, images, labels, opt, p=a.token_noise, generator=g)
