@@ -1,7 +1,7 @@
 """Draw a run's curves (reward, held-out accuracy, length, entropy) from metrics.jsonl into plot.png. A run of several
 tasks also gets one held-out accuracy curve per task (eval/<key>/accuracy) beside their mean. An image-generator run
-(loop va_pi or dmd) gets its own panels (reconstruction error, feature-FID, recall) and its latest sample grid
-(samples/*.png) beside them. Only panels with data are drawn."""
+(loop va_pi or dmd) gets its own panels (reconstruction error, feature-FID or Fréchet distance, recall, reward, modes
+covered) and its latest samples (samples/*.png, or the diffusion loop's samples.png) beside them. Only panels with data are drawn."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ PANELS = [
     ("entropy", "token entropy"),
     ("eval/recon_mse", "held-out teacher-forced MSE"),
     ("eval/fid", "feature-FID (held-out)"),
+    ("eval/frechet", "Fréchet distance to data"),
     ("eval/recall", "recall (held-out)"),
+    ("eval/reward", "reward of samples"),
+    ("eval/modes_covered", "modes covered"),
 ]
 
 
@@ -41,6 +44,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     rows = read_metrics(path)
     panels = [(k, t) for k, t in PANELS if any(r.get(k) is not None for r in rows)] or PANELS[:1]
     grids = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
+    grids = grids or [f for f in [run_dir / "samples.png"] if f.is_file()]  # the diffusion loop's scatter
     fig, axes = plt.subplots(1, len(panels) + bool(grids), figsize=(4 * (len(panels) + bool(grids)), 3.2),
                              squeeze=False)
     axes = list(axes[0])

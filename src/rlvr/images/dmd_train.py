@@ -1,0 +1,626 @@
+"""DMD2 / Flash-DMD distillation with optional joint RL on a 2-D Gaussian mixture: `rlvr train recipes/flash_dmd.yaml`.
+
+1. Teacher: the exact eps of the noised mixture (`teacher.kind: exact`), or a `ScoreMLP` trained on data samples for
+   `teacher.pretrain_steps` at the start of the run (`mlp`: a realistic, imperfect teacher). The pretrained MLP is
+   also the generator's and the fake score's starting point (`student.init: pretrained`), as DMD2 initialises both
+   from the teacher; it is saved with the run (teacher.safetensors and every checkpoint).
+2. Each iteration (DMD2 `train_one_step`): the generator G makes x0 at a step of its K-step schedule (backward
+   simulation: one k per iteration, its own k-step output re-noised to tau[k]; otherwise a per-sample k on data
+   re-noised). Every `ratio`-th iteration G is updated (guidance networks frozen) on
+   w_dm(t_k) dm_weight L_DM + w_gan(t_k) gan_weight L_G,GAN + lambda_R L_RL, with the preset's weights (dmd2: both at
+   every step; flash: DM for t_k >= split, GAN below, reconstruction). Every iteration the fake score and the
+   discriminator are updated on the detached x0: L_fake + disc_weight L_D (two time-scale rule).
+3. `rl.distill: false` drops the distillation terms and the guidance updates: RL alone on the student, the
+   reward-hacking baseline. Rewards are differentiable functions of x0 (mode posterior, distance, or "module:fn").
+4. Evaluation on `eval_size` student samples vs fresh data: Fréchet distance between Gaussian fits of the 2-D points
+   (the "feature-FID" of this scale, the features being the points), energy distance, modes covered (>= 5% of
+   samples within 3 sigma of the mode), precision / recall (k = 3), mean reward, within-mode std; the teacher's DDIM
+   samples get the same metrics once, with their wall time. A scatter PNG of the final samples lands in the run folder.
+5. Every random draw comes from a named stream keyed by the step (rlvr.seeding), so a resumed run repeats the
+   uninterrupted one exactly; checkpoints hold every network and optimizer. One process only (no torchrun).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlvr.algos.dmd import (
+    PRESETS,
+    dm_loss,
+    dm_targets,
+    fake_score_loss,
+    gan_discriminator_loss,
+    gan_generator_loss,
+    rl_loss,
+)
+from rlvr.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from rlvr.config import ConfigError
+from rlvr.distributed import requested_world_size
+from rlvr.images.diffusion import (
+    T_STEPS,
+    GaussianMixture,
+    ScoreMLP,
+    add_noise,
+    backward_simulation,
+    ddim_sample,
+    generator_x0,
+    student_sample,
+    student_timesteps,
+    timesteps,
+)
+from rlvr.images.metrics import frechet_distance, manifold_precision_recall
+from rlvr.metrics import RunLogger
+from rlvr.run_folder import claim_run_folder
+from rlvr.seeding import generator, stream_seed
+
+
+@dataclass
+class DataConfig:
+    modes: int = 8
+    """Mixture modes, evenly spaced on a circle."""
+    radius: float = 4.0
+    """Radius of the circle of means."""
+    sigma: float = 0.3
+    """Standard deviation of each mode."""
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "exact"
+    """exact: the analytic eps of the noised mixture; mlp: a ScoreMLP trained on data at the start of the run."""
+    pretrain_steps: int = 2000
+    """Steps of eps-MSE training of the ScoreMLP on data (the mlp teacher, and the student's start); 0: none."""
+    pretrain_batch: int = 512
+    """Data points per pretraining step."""
+    pretrain_lr: float = 2e-3
+    """AdamW learning rate of the pretraining (cosine decay to 0)."""
+    sample_steps: int = 100
+    """DDIM steps of the teacher's evaluation samples."""
+
+
+@dataclass
+class StudentConfig:
+    steps: int = 4
+    """K: generator steps at inference (tau = 999, 999 - 1000 // K, ...)."""
+    backward_simulation: bool = True
+    """Train G on its own k-step outputs (one k per iteration); false: data re-noised to a per-sample tau[k]."""
+    init: str = "pretrained"
+    """pretrained: generator and fake score start from the pretrained ScoreMLP (DMD2); fresh: random weights."""
+
+
+@dataclass
+class DistillConfig:
+    preset: str = "dmd2"
+    """dmd2: DM + GAN at every step, diffusion-GAN head on the fake score; flash: Flash-DMD's split (DM at
+    t_k >= split, GAN below) with a data-space discriminator (reconstruction)."""
+    split: int = 500
+    """Flash split timestep tau*."""
+    dm_weight: float = 1.0
+    """Weight of L_DM in the generator loss."""
+    gan_weight: float = 0.0
+    """Weight of the generator's GAN loss; 0 turns the GAN (and its discriminator) off."""
+    disc_weight: float = 1.0
+    """Weight of the discriminator loss in the guidance loss."""
+    gan_t_max: int = 1000
+    """Diffusion-GAN noise level: t' ~ U{0 .. gan_t_max - 1} (dmd2 preset)."""
+    ratio: int = 5
+    """Guidance updates per generator update (two time-scale rule)."""
+    t_min: int = 20
+    """Lowest DM timestep."""
+    t_max: int = 980
+    """Highest DM timestep."""
+
+
+@dataclass
+class RLConfig:
+    reward: str = "distance"
+    """mode: the mode posterior of `mode`; distance: -distance to mode `mode`; or "module:function" taking x0 (N, 2)
+    and returning (N,) differentiable rewards."""
+    mode: int = 0
+    """The rewarded mode."""
+    form: str = "log"
+    """mode reward: log (log p(mode | x)) or prob (p(mode | x))."""
+    lambda_R: float = 0.0
+    """Weight of L_RL = -mean R(x0) in the generator loss; 0: no RL (the reward is still evaluated)."""
+    distill: bool = True
+    """false: drop the distillation terms and guidance updates (RL alone on the student)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """AdamW learning rate of the generator."""
+    guidance_lr: float | None = None
+    """AdamW learning rate of the fake score and discriminator; None: `lr`."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    grad_clip: float = 10.0
+    """Gradient-norm clip of each update."""
+    warmup: int = 0
+    """Linear learning-rate warm-up steps (DMD2: 500)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    """Iterations (guidance updates; the generator updates every `distill.ratio`-th)."""
+    batch: int = 256
+    """Samples per iteration."""
+    eval_every: int = 250
+    """Evaluate every this many steps (and at step 0 and the end)."""
+    eval_size: int = 1000
+    """Samples per evaluation."""
+    save_every: int = 500
+    """Checkpoint every this many steps (and at the end)."""
+    keep: int = 2
+    """Checkpoints kept."""
+
+
+@dataclass
+class RunConfig:
+    loop: str = "dmd"
+    """This loop's name in `rlvr train` (rlvr.cli.LOOPS)."""
+    name: str = "dmd"
+    """Run folder name under output_dir."""
+    seed: int = 0
+    """Seed of every random stream."""
+    output_dir: str = "runs"
+    """Parent folder of run folders."""
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _check(ok: bool, key: str, want: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: must be {want}, got {value!r}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range checks of every field, before anything is written; one ConfigError line naming the field."""
+    _check(cfg.loop == "dmd", "loop", "'dmd'", cfg.loop)
+    _check(cfg.data.modes >= 1, "data.modes", ">= 1", cfg.data.modes)
+    _check(cfg.data.radius >= 0, "data.radius", ">= 0", cfg.data.radius)
+    _check(cfg.data.sigma > 0, "data.sigma", "> 0", cfg.data.sigma)
+    _check(cfg.teacher.kind in ("exact", "mlp"), "teacher.kind", "exact or mlp", cfg.teacher.kind)
+    _check(cfg.teacher.pretrain_steps >= 0, "teacher.pretrain_steps", ">= 0", cfg.teacher.pretrain_steps)
+    needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
+    _check(not needs or cfg.teacher.pretrain_steps > 0, "teacher.pretrain_steps", "> 0 for an mlp teacher or a "
+           "pretrained student init", cfg.teacher.pretrain_steps)
+    _check(cfg.teacher.pretrain_batch >= 1, "teacher.pretrain_batch", ">= 1", cfg.teacher.pretrain_batch)
+    _check(cfg.teacher.pretrain_lr > 0, "teacher.pretrain_lr", "> 0", cfg.teacher.pretrain_lr)
+    _check(1 <= cfg.teacher.sample_steps <= T_STEPS, "teacher.sample_steps", f"in [1, {T_STEPS}]",
+           cfg.teacher.sample_steps)
+    _check(1 <= cfg.student.steps <= 100, "student.steps", "in [1, 100]", cfg.student.steps)
+    _check(cfg.student.init in ("pretrained", "fresh"), "student.init", "pretrained or fresh", cfg.student.init)
+    _validate_distill(cfg.distill)
+    _validate_rl(cfg.rl, cfg.data.modes)
+    _validate_optim(cfg.optim)
+    tr = cfg.train
+    for key in ("steps", "batch", "eval_every", "save_every", "keep"):
+        _check(getattr(tr, key) >= 1, f"train.{key}", ">= 1", getattr(tr, key))
+    _check(tr.eval_size >= 8, "train.eval_size", ">= 8 (precision / recall need k + 1 = 4 points)", tr.eval_size)
+
+
+def _validate_distill(d: DistillConfig) -> None:
+    _check(d.preset in PRESETS, "distill.preset", f"one of {sorted(PRESETS)}", d.preset)
+    _check(0 <= d.split <= T_STEPS, "distill.split", f"in [0, {T_STEPS}]", d.split)
+    for key in ("dm_weight", "gan_weight", "disc_weight"):
+        _check(getattr(d, key) >= 0, f"distill.{key}", ">= 0", getattr(d, key))
+    _check(1 <= d.gan_t_max <= T_STEPS, "distill.gan_t_max", f"in [1, {T_STEPS}]", d.gan_t_max)
+    _check(d.ratio >= 1, "distill.ratio", ">= 1", d.ratio)
+    _check(0 <= d.t_min <= d.t_max < T_STEPS, "distill.t_min / t_max", f"0 <= t_min <= t_max < {T_STEPS}",
+           (d.t_min, d.t_max))
+
+
+def _validate_rl(rl: RLConfig, modes: int) -> None:
+    _check(rl.reward in REWARDS or ":" in rl.reward, "rl.reward", f"one of {sorted(REWARDS)} or 'module:function'",
+           rl.reward)
+    _check(0 <= rl.mode < modes, "rl.mode", f"in [0, data.modes - 1 = {modes - 1}]", rl.mode)
+    _check(rl.form in ("log", "prob"), "rl.form", "log or prob", rl.form)
+    _check(rl.lambda_R >= 0, "rl.lambda_R", ">= 0", rl.lambda_R)
+    _check(rl.distill or rl.lambda_R > 0, "rl.lambda_R", "> 0 when rl.distill is false (nothing would train)",
+           rl.lambda_R)
+
+
+def _validate_optim(op: OptimConfig) -> None:
+    _check(op.lr > 0, "optim.lr", "> 0", op.lr)
+    _check(op.guidance_lr is None or op.guidance_lr > 0, "optim.guidance_lr", "> 0 or null", op.guidance_lr)
+    _check(len(op.betas) == 2 and all(0 <= b < 1 for b in op.betas), "optim.betas", "two values in [0, 1)", op.betas)
+    _check(op.weight_decay >= 0, "optim.weight_decay", ">= 0", op.weight_decay)
+    _check(op.grad_clip > 0, "optim.grad_clip", "> 0", op.grad_clip)
+    _check(op.warmup >= 0, "optim.warmup", ">= 0", op.warmup)
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def mode_reward(gmm: GaussianMixture, *, mode: int, form: str):
+    """x0 -> log p(mode | x0) or p(mode | x0) under the clean mixture."""
+    def reward(x0: torch.Tensor) -> torch.Tensor:
+        logp = gmm.log_posterior(x0)[:, mode].to(x0.dtype)
+        return logp if form == "log" else logp.exp()
+    return reward
+
+
+def distance_reward(gmm: GaussianMixture, *, mode: int, form: str):
+    """x0 -> -|x0 - mu_mode|."""
+    center = gmm.means[mode].float()
+    return lambda x0: -(x0 - center).norm(dim=-1)
+
+
+REWARDS = {"mode": mode_reward, "distance": distance_reward}
+
+
+def build_reward(rl: RLConfig, gmm: GaussianMixture):
+    if rl.reward in REWARDS:
+        return REWARDS[rl.reward](gmm, mode=rl.mode, form=rl.form)
+    module, _, name = rl.reward.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"rl.reward: cannot import {rl.reward!r}: {err}") from err
+
+
+# ---------------------------------------------------------------- networks
+
+
+class Networks:
+    """Every network of a run; `save` writes each state dict as safetensors (the checkpoint's model folder)."""
+
+    def __init__(self, cfg: RunConfig, pretrained: ScoreMLP | None):
+        with torch.random.fork_rng():  # initial weights from the run's own stream, global RNG untouched
+            torch.manual_seed(stream_seed(cfg.seed, "init"))
+            self.pretrained = pretrained
+            self.generator = _copy(pretrained) if cfg.student.init == "pretrained" else ScoreMLP()
+            self.fake = _copy(pretrained) if cfg.student.init == "pretrained" else ScoreMLP()
+            self.disc = PRESETS[cfg.distill.preset].discriminator()
+        if pretrained is not None:
+            pretrained.requires_grad_(False)
+
+    def named(self) -> dict[str, nn.Module]:
+        nets = {"generator": self.generator, "fake": self.fake, "disc": self.disc}
+        return nets if self.pretrained is None else {**nets, "pretrained": self.pretrained}
+
+    def guidance_parameters(self) -> list[nn.Parameter]:
+        return [*self.fake.parameters(), *self.disc.parameters()]
+
+    def save(self, folder: Path, merge_adapters: bool = False) -> None:
+        from safetensors.torch import save_file
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, net in self.named().items():
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / f"{name}.safetensors"))
+
+    def load(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+        for name, net in self.named().items():
+            net.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+
+
+def _copy(net: ScoreMLP) -> ScoreMLP:
+    fresh = ScoreMLP()
+    fresh.load_state_dict(net.state_dict())
+    return fresh.requires_grad_(True)
+
+
+def pretrain_denoiser(cfg: RunConfig, gmm: GaussianMixture) -> ScoreMLP:
+    """A ScoreMLP trained by eps-MSE on data samples, t ~ U{0 .. 999} (DDPM's objective), cosine-decayed AdamW."""
+    tc = cfg.teacher
+    with torch.random.fork_rng():
+        torch.manual_seed(stream_seed(cfg.seed, "pretrain_init"))
+        net = ScoreMLP()
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.pretrain_lr, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.pretrain_steps)
+    for step in range(tc.pretrain_steps):
+        g = generator(cfg.seed, "pretrain", step)
+        x0, _ = gmm.sample(tc.pretrain_batch, generator=g)
+        t = timesteps(len(x0), 0, T_STEPS - 1, generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        loss = (net(add_noise(x0, eps, t), t) - eps).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+# ---------------------------------------------------------------- one iteration
+
+
+def generator_input(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, step: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t (B, 2), t_k (B,)): where G is applied this iteration (module docstring 2)."""
+    batch, steps = cfg.train.batch, cfg.student.steps
+    g = generator(cfg.seed, "generator_input", step)
+    noises = [torch.randn(batch, 2, generator=g) for _ in range(steps)]
+    tau = torch.tensor(student_timesteps(steps))
+    if cfg.student.backward_simulation:
+        k = int(torch.randint(steps, (1,), generator=g))  # one k for the whole batch (DMD2)
+        x_t, t = backward_simulation(nets.generator, noises, steps=steps, k=k)
+        return x_t, torch.full((batch,), t, dtype=torch.long)
+    t_k = tau[torch.randint(steps, (batch,), generator=g)]  # (B,) per-sample step
+    real, _ = gmm.sample(batch, generator=g)
+    x_t = torch.where((t_k == T_STEPS - 1)[:, None], noises[0], add_noise(real, noises[1 % steps], t_k))
+    return x_t, t_k
+
+
+def generator_loss(nets: Networks, cfg: RunConfig, x0: torch.Tensor, t_k: torch.Tensor, teacher_eps, reward_fn,
+                   step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """w_dm dm_weight L_DM + w_gan gan_weight L_G,GAN + lambda_R L_RL (module docstring 2)."""
+    d, metrics = cfg.distill, {}
+    loss = torch.zeros(())
+    if cfg.rl.distill:
+        w_dm, w_gan = PRESETS[d.preset].weights(t_k, split=d.split)
+        if d.dm_weight > 0 and w_dm.any():
+            x0_real, x0_fake = dm_targets(x0, teacher_eps, nets.fake, generator=generator(cfg.seed, "dm", step),
+                                          t_min=d.t_min, t_max=d.t_max)
+            dm, m = dm_loss(x0, x0_real, x0_fake, weights=w_dm)
+            loss, metrics = loss + d.dm_weight * dm, {**metrics, **m, "dm/loss": float(dm.detach())}
+        if d.gan_weight > 0 and w_gan.any():
+            logits = nets.disc.logits(nets.fake, x0, generator=generator(cfg.seed, "gan_gen", step), t_gan=d.gan_t_max)
+            gan, m = gan_generator_loss(logits, weights=w_gan)
+            loss, metrics = loss + d.gan_weight * gan, {**metrics, **m}
+    if cfg.rl.lambda_R > 0:
+        rl, m = rl_loss(reward_fn(x0))
+        loss, metrics = loss + cfg.rl.lambda_R * rl, {**metrics, **m}
+    return loss, metrics
+
+
+def guidance_loss(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, x0: torch.Tensor, step: int
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_fake + disc_weight L_D on the detached x0 (module docstring 2)."""
+    g = generator(cfg.seed, "guidance", step)
+    x0 = x0.detach()
+    t = timesteps(len(x0), 0, T_STEPS - 1, generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    loss, metrics = fake_score_loss(nets.fake(add_noise(x0, eps, t), t), eps)
+    d = cfg.distill
+    if d.gan_weight > 0 and d.disc_weight > 0:
+        real, _ = gmm.sample(len(x0), generator=g)
+        fake_logits = nets.disc.logits(nets.fake, x0, generator=g, t_gan=d.gan_t_max)
+        real_logits = nets.disc.logits(nets.fake, real, generator=g, t_gan=d.gan_t_max)
+        disc, m = gan_discriminator_loss(fake_logits, real_logits)
+        loss, metrics = loss + d.disc_weight * disc, {**metrics, **m}
+    return loss, metrics
+
+
+def _update(opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor, clip: float) -> float:
+    """Zero, backward, clip, step; the gradients stay until the next update of `opt` (tests read them)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    opt.step()
+    return norm
+
+
+def generator_update(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg: RunConfig, x0: torch.Tensor,
+                     t_k: torch.Tensor, teacher_eps, reward_fn, step: int) -> dict[str, float]:
+    """One generator update with the guidance networks frozen, as DMD2 does: no gradient reaches them."""
+    guidance = nets.guidance_parameters()
+    for p in guidance:
+        p.requires_grad_(False)
+    try:
+        loss, metrics = generator_loss(nets, cfg, x0, t_k, teacher_eps, reward_fn, step)
+        metrics["gen/grad_norm"] = _update(opts["generator"], list(nets.generator.parameters()), loss,
+                                           cfg.optim.grad_clip)
+    finally:
+        for p in guidance:
+            p.requires_grad_(True)
+    metrics["gen/loss"] = float(loss.detach())
+    return metrics
+
+
+def train_step(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg: RunConfig, gmm: GaussianMixture,
+               teacher_eps, reward_fn, step: int) -> dict[str, float]:
+    """One iteration (1-based `step`): a generator update every `ratio`-th, then a guidance update."""
+    x_t, t_k = generator_input(nets, cfg, gmm, step)
+    ratio = cfg.distill.ratio if cfg.rl.distill else 1
+    gen_turn = (step - 1) % ratio == 0
+    metrics = {}
+    with torch.set_grad_enabled(gen_turn):
+        x0 = generator_x0(nets.generator, x_t, t_k)  # (B, 2)
+    if gen_turn:
+        metrics = generator_update(nets, opts, cfg, x0, t_k, teacher_eps, reward_fn, step)
+    if cfg.rl.distill:
+        loss, m = guidance_loss(nets, cfg, gmm, x0, step)
+        metrics.update(m)
+        metrics["guidance/grad_norm"] = _update(opts["guidance"], nets.guidance_parameters(), loss,
+                                                cfg.optim.grad_clip)
+    metrics["gen/t_k"] = float(t_k.float().mean())
+    return metrics
+
+
+def _set_lr(opts: dict[str, torch.optim.Optimizer], cfg: RunConfig, step: int) -> None:
+    scale = min(1.0, step / cfg.optim.warmup) if cfg.optim.warmup else 1.0
+    lrs = {"generator": cfg.optim.lr, "guidance": cfg.optim.guidance_lr or cfg.optim.lr}
+    for name, opt in opts.items():
+        for group in opt.param_groups:
+            group["lr"] = lrs[name] * scale
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """2 E|X - Y| - E|X - X'| - E|Y - Y'| (Székely & Rizzo), V-statistic form."""
+    x, y = x.double(), y.double()
+    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+
+
+def _gauss_fit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.double()
+    return x.mean(0), torch.cov(x.T)
+
+
+@torch.no_grad()
+def sample_metrics(x: torch.Tensor, data: torch.Tensor, gmm: GaussianMixture, reward_fn, *, target: int
+                   ) -> dict[str, float]:
+    """Fréchet distance of Gaussian fits, energy distance, modes covered, precision / recall, reward, mode spread."""
+    x = torch.nan_to_num(x.float(), nan=1e6, posinf=1e6, neginf=-1e6)
+    dist = torch.cdist(x.double(), gmm.means)  # (N, K)
+    near, mode = dist.min(1)
+    inside = near <= 3 * gmm.sigma
+    share = torch.bincount(mode[inside], minlength=len(gmm.means)).double() / len(x)  # (K,)
+    spread = (x.double()[inside] - gmm.means[mode[inside]]).square().mean().sqrt() if inside.any() else float("nan")
+    precision, recall = manifold_precision_recall(data, x, k=3)
+    return {"frechet": frechet_distance(*_gauss_fit(x), *_gauss_fit(data)), "energy": energy_distance(x, data),
+            "modes_covered": float((share >= 0.05).sum()), "in_mode": float(inside.double().mean()),
+            "target_share": float(share[target]), "precision": precision, "recall": recall,
+            "reward": float(reward_fn(x).mean()), "mode_std": float(spread)}
+
+
+def eval_batch(cfg: RunConfig, gmm: GaussianMixture) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The fixed evaluation noises (one per student step) and data points: the same at every evaluation."""
+    g = generator(cfg.seed, "eval")
+    noises = [torch.randn(cfg.train.eval_size, 2, generator=g) for _ in range(cfg.student.steps)]
+    return noises, gmm.sample(cfg.train.eval_size, generator=g)[0]
+
+
+def evaluate_student(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, reward_fn
+                     ) -> tuple[dict[str, float], torch.Tensor]:
+    noises, data = eval_batch(cfg, gmm)
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = student_sample(nets.generator, noises, steps=cfg.student.steps)
+    seconds = time.perf_counter() - start
+    metrics = sample_metrics(x, data, gmm, reward_fn, target=cfg.rl.mode)
+    metrics["time/sample_per_1000"] = seconds * 1000 / len(x)
+    return metrics, x
+
+
+def evaluate_teacher(cfg: RunConfig, gmm: GaussianMixture, teacher_eps, reward_fn) -> tuple[dict[str, Any], Any]:
+    noises, data = eval_batch(cfg, gmm)
+    start = time.perf_counter()
+    x = ddim_sample(teacher_eps, noises[0], steps=cfg.teacher.sample_steps)
+    seconds = time.perf_counter() - start
+    metrics = sample_metrics(x, data, gmm, reward_fn, target=cfg.rl.mode)
+    return {**metrics, "sample_steps": cfg.teacher.sample_steps, "kind": cfg.teacher.kind,
+            "time/sample_per_1000": seconds * 1000 / len(x)}, x
+
+
+def save_scatter(path: Path, samples: torch.Tensor, data: torch.Tensor, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(*data.T.numpy(), s=3, c="0.7", label="data")
+    ax.scatter(*samples.clamp(-8, 8).T.numpy(), s=3, c="C3", label="samples")
+    ax.set(xlim=(-7, 7), ylim=(-7, 7), aspect="equal", title=title)
+    ax.legend(loc="upper right", markerscale=4)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _teacher(cfg: RunConfig, gmm: GaussianMixture, pretrained: ScoreMLP | None):
+    if cfg.teacher.kind == "exact":
+        return gmm.eps
+    return lambda x_t, t: pretrained(x_t, t)
+
+
+def _setup(cfg: RunConfig, checkpoint: Path | None) -> tuple[Networks, dict[str, torch.optim.Optimizer], int]:
+    gmm = GaussianMixture(modes=cfg.data.modes, radius=cfg.data.radius, sigma=cfg.data.sigma)
+    needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
+    pretrained = ScoreMLP().eval() if checkpoint is not None and needs else None
+    if checkpoint is None and needs:
+        pretrained = pretrain_denoiser(cfg, gmm)
+    nets = Networks(cfg, pretrained)
+    op = cfg.optim
+    kw = {"betas": tuple(op.betas), "weight_decay": op.weight_decay}
+    opts = {"generator": torch.optim.AdamW(nets.generator.parameters(), lr=op.lr, **kw),
+            "guidance": torch.optim.AdamW(nets.guidance_parameters(), lr=op.guidance_lr or op.lr, **kw)}
+    if checkpoint is None:
+        return nets, opts, 0
+    nets.load(checkpoint / "model")
+    state = load_trainer_state(checkpoint)
+    for name, opt in opts.items():
+        opt.load_state_dict(state[f"optim/{name}"])
+    set_rng_state(state["rng"])
+    return nets, opts, int(state["step"])
+
+
+def _save(cfg: RunConfig, nets: Networks, opts: dict[str, torch.optim.Optimizer], step: int) -> None:
+    state = {"step": step, "config": dataclasses.asdict(cfg), "rng": rng_state(),
+             **{f"optim/{name}": opt.state_dict() for name, opt in opts.items()}}
+    save_checkpoint(cfg.run_dir / "checkpoints", step, nets, state, keep=cfg.train.keep)
+
+
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run the loop of the module docstring; returns a summary (final and teacher metrics, files, timings)."""
+    if requested_world_size() > 1:
+        raise ConfigError(f"loop 'dmd' runs in one process: launch `rlvr train` without torchrun (WORLD_SIZE="
+                          f"{requested_world_size()})")
+    validate(cfg)
+    checkpoint = claim_run_folder(cfg, resume=resume, overwrite=overwrite)
+    gmm = GaussianMixture(modes=cfg.data.modes, radius=cfg.data.radius, sigma=cfg.data.sigma)
+    reward_fn = build_reward(cfg.rl, gmm)
+    start = time.perf_counter()
+    nets, opts, step = _setup(cfg, checkpoint)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None and nets.pretrained is not None:
+        from safetensors.torch import save_file
+        save_file(nets.pretrained.state_dict(), str(run_dir / "teacher.safetensors"))
+    setup_seconds = time.perf_counter() - start
+    teacher_eps = _teacher(cfg, gmm, nets.pretrained)
+    teacher = _teacher_summary(cfg, gmm, teacher_eps, reward_fn)
+    logger = RunLogger(run_dir, resume=checkpoint is not None)
+    if step == 0:
+        logger.log(0, {f"eval/{k}": v for k, v in evaluate_student(nets, cfg, gmm, reward_fn)[0].items()})
+    final, loop_start = None, time.perf_counter()
+    try:
+        while step < cfg.train.steps:
+            step += 1
+            tick = time.perf_counter()
+            _set_lr(opts, cfg, step)
+            metrics = train_step(nets, opts, cfg, gmm, teacher_eps, reward_fn, step)
+            metrics["time/step"] = time.perf_counter() - tick
+            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                final, samples = evaluate_student(nets, cfg, gmm, reward_fn)
+                if step % cfg.train.eval_every == 0:
+                    metrics.update({f"eval/{k}": v for k, v in final.items()})
+            logger.log(step, metrics)
+            if step % cfg.train.save_every == 0 or step == cfg.train.steps:
+                _save(cfg, nets, opts, step)
+    finally:
+        logger.close()
+    if final is None:
+        final, samples = evaluate_student(nets, cfg, gmm, reward_fn)
+    save_scatter(run_dir / "samples.png", samples, eval_batch(cfg, gmm)[1],
+                 f"{cfg.student.steps}-step student, {cfg.distill.preset}, step {step}")
+    return {"run_dir": str(run_dir), "steps": step, "final": final, "teacher": teacher,
+            "time/setup": setup_seconds, "time/train": time.perf_counter() - loop_start, "interrupted": False}
+
+
+def _teacher_summary(cfg: RunConfig, gmm: GaussianMixture, teacher_eps, reward_fn) -> dict[str, Any]:
+    """The teacher's evaluation, computed once per run folder (teacher.json, teacher.png)."""
+    path = cfg.run_dir / "teacher.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics, x = evaluate_teacher(cfg, gmm, teacher_eps, reward_fn)
+    path.write_text(json.dumps(metrics, indent=1))
+    save_scatter(cfg.run_dir / "teacher.png", x, eval_batch(cfg, gmm)[1],
+                 f"teacher ({cfg.teacher.kind}), DDIM {cfg.teacher.sample_steps} steps")
+    return metrics

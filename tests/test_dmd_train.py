@@ -1,0 +1,147 @@
+"""The DMD2 / Flash-DMD loop (rlvr.images.dmd_train): a tiny run leaves finite metrics, a checkpoint and PNGs; a run of
+2 steps resumed to 4 equals a run of 4 bit for bit (every network, every optimizer state, every metrics row but
+timings); bad values are one-line ConfigErrors naming the field; torchrun is refused before anything is written; a
+generator update leaves no gradient in the fake score or the discriminator."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from rlvr.checkpoint import load_trainer_state
+from rlvr.config import ConfigError, from_dict
+from rlvr.images.diffusion import GaussianMixture, full
+from rlvr.images.dmd_train import (
+    Networks,
+    RunConfig,
+    build_reward,
+    generator_update,
+    pretrain_denoiser,
+    train,
+    validate,
+)
+from rlvr.metrics import read_metrics
+
+TINY = {"teacher": {"kind": "mlp", "pretrain_steps": 20, "pretrain_batch": 64, "sample_steps": 5},
+        "student": {"steps": 4, "backward_simulation": True},
+        "distill": {"preset": "flash", "gan_weight": 0.5, "ratio": 2},
+        "rl": {"reward": "distance", "lambda_R": 0.1},
+        "train": {"steps": 4, "batch": 32, "eval_every": 2, "eval_size": 64, "save_every": 2, "keep": 3}}
+
+
+def tiny(tmp_path, name, **over):
+    raw = {"name": name, "output_dir": str(tmp_path), **yaml.safe_load(yaml.safe_dump(TINY))}
+    for key, value in over.items():
+        section, field = key.split("__")
+        raw.setdefault(section, {})[field] = value
+    return from_dict(RunConfig, raw, "")
+
+
+def test_tiny_run_writes_finite_metrics_checkpoint_and_pngs(tmp_path):
+    summary = train(tiny(tmp_path, "a"))
+    run = tmp_path / "a"
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    # mode_std is NaN (logged as null) while no sample lies within 3 sigma of a mode: 20 pretraining steps
+    assert all(math.isfinite(v) for r in rows for k, v in r.items() if k != "eval/mode_std")
+    assert {"gen/loss", "rl/reward", "fake/loss", "gan/disc_loss"} <= set(rows[1]) and "gen/loss" not in rows[2]
+    assert (run / "checkpoints" / "step-000004" / "model" / "generator.safetensors").is_file()
+    assert (run / "samples.png").stat().st_size > 1000 and (run / "teacher.png").is_file()
+    assert (run / "teacher.safetensors").is_file()
+    final, teacher = summary["final"], summary["teacher"]
+    assert 0 <= final["modes_covered"] <= 8 and math.isfinite(final["frechet"]) and 0 <= final["recall"] <= 1
+    assert teacher["sample_steps"] == 5 and teacher["time/sample_per_1000"] > 0
+
+
+def _state(run, step):
+    folder = run / "checkpoints" / f"step-{step:06d}"
+    nets = {p.name: load_file(str(p)) for p in sorted((folder / "model").glob("*.safetensors"))}
+    return nets, load_trainer_state(folder)
+
+
+def _equal(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("preset", ["dmd2", "flash"])
+def test_resume_equals_uninterrupted(tmp_path, preset):
+    train(tiny(tmp_path, "full", distill__preset=preset))
+    train(tiny(tmp_path, "split", distill__preset=preset, train__steps=2))
+    train(tiny(tmp_path, "split", distill__preset=preset), resume=True)
+    full_nets, full_state = _state(tmp_path / "full", 4)
+    split_nets, split_state = _state(tmp_path / "split", 4)
+    assert set(full_nets) == {"generator.safetensors", "fake.safetensors", "disc.safetensors",
+                              "pretrained.safetensors"}
+    assert _equal(full_nets, split_nets)
+    for key in ("optim/generator", "optim/guidance", "step"):
+        assert _equal(full_state[key], split_state[key]), key
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time/") and "/time/" not in k} for r in rows]
+
+    assert strip(read_metrics(tmp_path / "full" / "metrics.jsonl")) == strip(
+        read_metrics(tmp_path / "split" / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("key,value,field", [
+    ("teacher__kind", "oracle", "teacher.kind"),
+    ("distill__preset", "dmd3", "distill.preset"),
+    ("distill__ratio", 0, "distill.ratio"),
+    ("distill__split", 1200, "distill.split"),
+    ("rl__mode", 8, "rl.mode"),
+    ("rl__reward", "nothing", "rl.reward"),
+    ("optim__lr", -1.0, "optim.lr"),
+    ("train__eval_size", 3, "train.eval_size"),
+    ("student__steps", 0, "student.steps"),
+])
+def test_bad_values_are_one_line_errors(tmp_path, key, value, field):
+    with pytest.raises(ConfigError) as err:
+        validate(tiny(tmp_path, "bad", **{key: value}))
+    assert str(err.value).startswith(field) and "\n" not in str(err.value)
+
+
+def test_rl_alone_needs_a_reward_weight(tmp_path):
+    with pytest.raises(ConfigError, match="^rl.lambda_R"):
+        validate(tiny(tmp_path, "bad", rl__distill=False, rl__lambda_R=0.0))
+
+
+def test_torchrun_is_refused_before_anything_is_written(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({"loop": "dmd", "name": "tr", "output_dir": str(tmp_path), **TINY}))
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29533", "-m", "rlvr.cli", "train", str(recipe)], env=env, cwd=tmp_path, timeout=300,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "rlvr: error: loop 'dmd' runs in one process: launch `rlvr train` without torchrun (WORLD_SIZE=2)" \
+        in proc.stderr
+    assert not (tmp_path / "tr").exists()
+
+
+@pytest.mark.parametrize("preset", ["dmd2", "flash"])
+def test_generator_update_leaves_no_gradient_in_guidance_networks(tmp_path, preset):
+    cfg = tiny(tmp_path, "g", distill__preset=preset, distill__split=1000)  # flash: the GAN at t_k = 749 too
+    gmm = GaussianMixture()
+    nets = Networks(cfg, pretrain_denoiser(cfg, gmm))
+    kw = {"betas": (0.9, 0.999)}
+    opts = {"generator": torch.optim.AdamW(nets.generator.parameters(), **kw),
+            "guidance": torch.optim.AdamW(nets.guidance_parameters(), **kw)}
+    x_t, t_k = torch.randn(16, 2), full(749, 16)
+    x0 = nets.generator(x_t, t_k)
+    metrics = generator_update(nets, opts, cfg, x0, t_k, gmm.eps, build_reward(cfg.rl, gmm), step=1)
+    assert "gan/gen_loss" in metrics
+    assert all(p.grad is not None for p in nets.generator.parameters())
+    assert all(p.grad is None for p in nets.guidance_parameters())
+    assert all(p.requires_grad for p in nets.guidance_parameters())  # unfrozen again for the guidance update
