@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from rlvr.cli import main
 from rlvr.config import ConfigError, from_dict, raw_config
-from rlvr.images.va_pi_train import RunConfig, check, train
+from rlvr.images.va_pi_train import RunConfig, train, validate
 from rlvr.metrics import read_metrics
 
 TINY = {"loop": "va_pi", "name": "tiny", "data": {"name": "shapes", "size": 8, "train_size": 64, "eval_size": 16},
@@ -88,7 +88,7 @@ def test_the_ce_baseline_shares_the_starting_point_and_batches(tmp_path):
 ])
 def test_bad_values_are_one_line_errors(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        check(config(tmp_path, **{key: value}))
+        validate(config(tmp_path, **{key: value}))
     assert not (tmp_path / "tiny").exists()  # refused before anything is written
 
 

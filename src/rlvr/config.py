@@ -291,7 +291,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 def config_from(source: str | Path | dict | Config, overrides: list[str] | dict | None = None) -> Config:
     """A Config from a YAML file, a dict of the same keys (its `base:` relative to the working directory) or a
     Config, with overrides as ["a.b=value", ...] (values parsed as YAML) or {"a.b": value}."""
-    return from_dict(Config, raw_config(source, overrides), "")
+    raw = raw_config(source, overrides)
+    if "loop" in raw:  # an image-generator recipe: its own schema (rlvr.cli.LOOPS)
+        raise ConfigError(f"this config runs the {raw['loop']!r} loop, which only `rlvr train` runs (not `rlvr sft`, "
+                          "`rlvr eval` or rlvr.train); its keys are that loop's RunConfig")
+    return from_dict(Config, raw, "")
 
 
 def raw_config(source: str | Path | dict | Any, overrides: list[str] | dict | None = None) -> dict:

@@ -1,7 +1,8 @@
 """Draw a run's curves (reward, held-out accuracy, length, entropy) from metrics.jsonl into plot.png. A run of several
 tasks also gets one held-out accuracy curve per task (eval/<key>/accuracy) beside their mean. An image-generator run
 (loop va_pi or dmd) gets its own panels (reconstruction error, feature-FID or Fréchet distance, recall, reward, modes
-covered) and its latest samples (samples/*.png, or the diffusion loop's samples.png) beside them. Only panels with data are drawn."""
+covered) and its latest samples (samples/*.png, or the diffusion loop's samples.png) beside them. Only panels with
+data are drawn."""
 
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ class RunConfig:
         return Path(self.output_dir) / self.name
 
 
-def check(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig) -> None:
     """One ConfigError line for a value out of range, before anything is written or loaded."""
     from rlvr.distributed import requested_world_size
 
@@ -289,7 +289,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     from rlvr.run_folder import claim_run_folder
     from rlvr.seeding import generator
 
-    check(cfg)
+    validate(cfg)
     resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
