@@ -567,6 +567,13 @@ def _save(cfg: RunConfig, nets: Networks, opts: dict[str, torch.optim.Optimizer]
     save_checkpoint(cfg.run_dir / "checkpoints", step, nets, state, keep=cfg.train.keep)
 
 
+def _arm(cfg: RunConfig) -> str:
+    """What the run trains, for plot titles: the preset, with RL's weight; or RL alone."""
+    if not cfg.rl.distill:
+        return f"RL alone (lambda_R {cfg.rl.lambda_R:g})"
+    return cfg.distill.preset + (f" + RL (lambda_R {cfg.rl.lambda_R:g})" if cfg.rl.lambda_R else "")
+
+
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run the loop of the module docstring; returns a summary (final and teacher metrics, files, timings)."""
     if requested_world_size() > 1:
@@ -609,7 +616,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     if final is None:
         final, samples = evaluate_student(nets, cfg, gmm, reward_fn)
     save_scatter(run_dir / "samples.png", samples, eval_batch(cfg, gmm)[1],
-                 f"{cfg.student.steps}-step student, {cfg.distill.preset}, step {step}")
+                 f"{cfg.student.steps}-step student, {_arm(cfg)}, step {step}")
     return {"run_dir": str(run_dir), "steps": step, "final": final, "teacher": teacher,
             "time/setup": setup_seconds, "time/train": time.perf_counter() - loop_start, "interrupted": False}
 
