@@ -145,3 +145,14 @@ def test_generator_update_leaves_no_gradient_in_guidance_networks(tmp_path, pres
     assert all(p.grad is not None for p in nets.generator.parameters())
     assert all(p.grad is None for p in nets.guidance_parameters())
     assert all(p.requires_grad for p in nets.guidance_parameters())  # unfrozen again for the guidance update
+
+
+def test_a_user_reward_file_drives_joint_rl(tmp_path):
+    fn = tmp_path / "my_reward.py"
+    fn.write_text("def right_half(x0):\n    return x0[:, 0]\n")  # (N,) differentiable: push samples to +x
+    cfg = tiny(tmp_path, "u", rl__reward=f"{fn}:right_half", rl__lambda_R=1.0, rl__distill=False)
+    train(cfg)
+    rows = read_metrics(tmp_path / "u" / "metrics.jsonl")
+    assert rows[-1]["eval/reward"] > rows[0]["eval/reward"]  # the mean x of the samples moved right
+    with pytest.raises(ConfigError, match="rl.reward: python reward: file 'nofile.py' not found"):
+        build_reward(tiny(tmp_path, "v", rl__reward="nofile.py:f").rl, GaussianMixture())

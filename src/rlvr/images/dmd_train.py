@@ -233,8 +233,8 @@ def _validate_distill(d: DistillConfig) -> None:
 
 
 def _validate_rl(rl: RLConfig, modes: int) -> None:
-    _check(rl.reward in REWARDS or ":" in rl.reward, "rl.reward", f"one of {sorted(REWARDS)} or 'module:function'",
-           rl.reward)
+    _check(rl.reward in REWARDS or ":" in rl.reward, "rl.reward",
+           f"one of {sorted(REWARDS)}, 'file.py:function' or 'module:function'", rl.reward)
     _check(0 <= rl.mode < modes, "rl.mode", f"in [0, data.modes - 1 = {modes - 1}]", rl.mode)
     _check(rl.form in ("log", "prob"), "rl.form", "log or prob", rl.form)
     _check(rl.lambda_R >= 0, "rl.lambda_R", ">= 0", rl.lambda_R)
@@ -274,7 +274,14 @@ REWARDS = {"mode": mode_reward, "distance": distance_reward}
 def build_reward(rl: RLConfig, gmm: GaussianMixture):
     if rl.reward in REWARDS:
         return REWARDS[rl.reward](gmm, mode=rl.mode, form=rl.form)
-    module, _, name = rl.reward.partition(":")
+    module, _, name = rl.reward.rpartition(":")
+    if module.endswith(".py"):  # a file, as the language-model rewards take it
+        from rlvr.rewards.library import load_function
+
+        try:
+            return load_function(rl.reward)
+        except ValueError as err:
+            raise ConfigError(f"rl.reward: {err}") from err
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
