@@ -5,14 +5,17 @@
 1. Teacher: a ScoreMLP trained on data for 2000 steps at the start of each run (recipes/dmd2.yaml); every student
    starts from its weights, as DMD2 initialises the generator (and the fake score) from the teacher. The teacher is
    evaluated with 100-step DDIM; its numbers and sampling time are the reference row.
-2. Arms (rlvr.images.dmd_train, one run each per seed): dmd2_1step (DM + diffusion-GAN, K = 1), dmd2_4step (DM +
+2. Arms (rlvr.images.dmd_train, one run each per seed): dmd2_1step (DM + diffusion-GAN, K = 1), dmd2_1step_t399
+   (the same, its one step told t = 399 as one of DMD2's SDXL configs does), dmd2_4step (DM +
    GAN summed at every step, backward simulation), flash_4step (DM at t_k >= 500, data-space GAN below), joint_rl
    (flash_4step + lambda_R (-distance to mode 0), distillation on), rl_alone (the same reward, no distillation: the
    generator is updated every iteration, 5x as often as in the distilled arms, whose ratio is 5).
 3. Metrics (on 1000 samples vs 1000 fresh data points, see dmd_train's docstring): Fréchet distance of Gaussian fits
    of the 2-D points (this scale's "feature-FID"), energy distance, modes covered, precision / recall (k = 3), mean
    reward, in-mode share, the share at the rewarded mode 0, within-mode std; curves of Fréchet distance / recall /
-   reward at every evaluation; sampling wall time per 1000 samples (students: K steps; teacher: 100 DDIM steps).
+   reward at every evaluation; sampling wall time per 1000 samples (students: K steps; teacher: 100 DDIM steps);
+   where DM and GAN act on the same samples (dmd2 arms), the mean cosine between their gradients on x0 per student
+   timestep (Flash-DMD's stated reason for the split is that they conflict).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from rlvr.metrics import read_metrics
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "dmd2.yaml"
 ARMS = {
     "dmd2_1step": {"student": {"steps": 1}},
+    "dmd2_1step_t399": {"student": {"steps": 1, "start": 399}},
     "dmd2_4step": {},
     "flash_4step": {"distill": {"preset": "flash", "split": 500}},
     "joint_rl": {"distill": {"preset": "flash", "split": 500}, "rl": {"lambda_R": 0.1}},
@@ -62,7 +66,12 @@ def run_arm(arm: str, seed: int, steps: int, root: Path) -> tuple[dict, dict]:
     final = {k: summary["final"][k] for k in KEYS}
     final["sample_s_per_1000"] = summary["final"]["time/sample_per_1000"]
     final["train_s"] = time.perf_counter() - start
-    return {"final": final, "curve": curve}, summary["teacher"]
+    by_t: dict[int, list[float]] = {}
+    for r in read_metrics(cfg.run_dir / "metrics.jsonl"):
+        if r.get("gen/dm_gan_cos") is not None:
+            by_t.setdefault(int(r["gen/t_k"]), []).append(r["gen/dm_gan_cos"])
+    cos = {t: statistics.fmean(v) for t, v in sorted(by_t.items())}
+    return {"final": final, "curve": curve, "dm_gan_cos_by_t": cos}, summary["teacher"]
 
 
 def _mean_std(values: list[float]) -> list[float]:

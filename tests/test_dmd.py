@@ -215,3 +215,22 @@ def test_discriminators_return_one_logit_per_point_and_head_reads_fake_features(
     assert data_d.logits(fake, x0, generator=gen(1)).shape == (5,)
     head.logits(fake, x0, generator=gen(1)).sum().backward()
     assert all(p.grad is not None for p in fake.lower.parameters())
+
+
+def test_student_timesteps_from_another_conditioning_timestep():
+    assert student_timesteps(1, start=399) == [399]
+    assert student_timesteps(2, start=399) == [399, 199]
+    assert student_timesteps(4) == student_timesteps(4, start=999)
+    with pytest.raises(ValueError, match="start timestep must lie in"):
+        student_timesteps(4, start=2)
+
+
+def test_gradient_cosine_of_two_terms_on_the_outputs():
+    from rlvr.images.dmd_train import gradient_cosine
+
+    x0 = torch.tensor([[1.0, 2.0], [3.0, -1.0]], requires_grad=True)
+    u, v = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[0.0, 5.0], [0.0, 1.0]])
+    # row 0: gradients (1, 0) and (0, 5): orthogonal; row 1: (0, 2) and (0, 1): parallel -> mean cos 0.5
+    assert abs(gradient_cosine((x0 * u).sum(), (x0 * v).sum(), x0) - 0.5) < 1e-6
+    assert abs(gradient_cosine((x0 * u).sum(), -(x0 * u).sum(), x0) + 1.0) < 1e-6
+    assert x0.grad is None  # nothing accumulated

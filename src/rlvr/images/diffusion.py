@@ -155,11 +155,15 @@ def ddim_sample(eps_fn: EpsFn, noise: torch.Tensor, *, steps: int) -> torch.Tens
     return x
 
 
-def student_timesteps(steps: int) -> list[int]:
-    """tau for a K-step student: [999, 999 - 1000 // K, ...] (K = 4: [999, 749, 499, 249]; K = 1: [999])."""
+def student_timesteps(steps: int, *, start: int = T_STEPS - 1) -> list[int]:
+    """tau for a K-step student: [start, start - (start + 1) // K, ...] (start 999: K = 4 gives [999, 749, 499, 249],
+    K = 1 [999]). The first step always reads pure noise; `start` is the timestep it is told (DMD2's "conditioning
+    timestep": 999, or 399 in one of its one-step SDXL configurations)."""
     if not 1 <= steps <= T_STEPS:
         raise ValueError(f"student steps must lie in [1, {T_STEPS}], got {steps}")
-    return [T_STEPS - 1 - i * (T_STEPS // steps) for i in range(steps)]
+    if not steps - 1 <= start < T_STEPS:
+        raise ValueError(f"student start timestep must lie in [{steps - 1}, {T_STEPS - 1}], got {start}")
+    return [start - i * ((start + 1) // steps) for i in range(steps)]
 
 
 def generator_x0(net: nn.Module, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
@@ -168,11 +172,11 @@ def generator_x0(net: nn.Module, x_t: torch.Tensor, t: int | torch.Tensor) -> to
     return x0_from_eps(x_t, net(x_t, tt), tt)
 
 
-def student_sample(net: nn.Module, noises: list[torch.Tensor], *, steps: int, upto: int | None = None
-                   ) -> torch.Tensor:
+def student_sample(net: nn.Module, noises: list[torch.Tensor], *, steps: int, upto: int | None = None,
+                   start: int = T_STEPS - 1) -> torch.Tensor:
     """Run the K-step student from noises[0]; noises[i] re-noises step i's x0 to tau[i]. `upto` = k stops after k
     steps and returns the input of step k (x_t at tau[k]; k = 0: pure noise) instead of the last x0."""
-    tau = student_timesteps(steps)
+    tau = student_timesteps(steps, start=start)
     x = noises[0]
     stop = steps if upto is None else upto
     for i in range(stop):
@@ -184,11 +188,12 @@ def student_sample(net: nn.Module, noises: list[torch.Tensor], *, steps: int, up
     return x
 
 
-def backward_simulation(net: nn.Module, noises: list[torch.Tensor], *, steps: int, k: int) -> tuple[torch.Tensor, int]:
+def backward_simulation(net: nn.Module, noises: list[torch.Tensor], *, steps: int, k: int,
+                        start: int = T_STEPS - 1) -> tuple[torch.Tensor, int]:
     """(x_t, t) to train the generator at: its own k-step output re-noised to tau[k], pure noise at k = 0
     (DMD2 §4.3, module docstring 6). No gradient flows into the first k steps."""
     if not 0 <= k < steps:
         raise ValueError(f"backward simulation: k must lie in [0, {steps - 1}], got {k}")
     with torch.no_grad():
-        x_t = student_sample(net, noises, steps=steps, upto=k)
-    return x_t, student_timesteps(steps)[k]
+        x_t = student_sample(net, noises, steps=steps, upto=k, start=start)
+    return x_t, student_timesteps(steps, start=start)[k]

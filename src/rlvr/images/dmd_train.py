@@ -90,7 +90,11 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     steps: int = 4
-    """K: generator steps at inference (tau = 999, 999 - 1000 // K, ...)."""
+    """K: generator steps at inference (tau = start, start - (start + 1) // K, ...)."""
+    start: int = 999
+    """The timestep the first step is told while it reads pure noise (DMD2's conditioning timestep: 999; one of its
+    one-step SDXL configs uses 399). With eps-prediction at 999, x0 = (x_t - sqrt(1 - ab) eps) / 0.0064 amplifies
+    the network's error 157x; a lower start tempers that for a 1-step student."""
     backward_simulation: bool = True
     """Train G on its own k-step outputs (one k per iteration); false: data re-noised to a per-sample tau[k]."""
     init: str = "pretrained"
@@ -211,6 +215,8 @@ def validate(cfg: RunConfig) -> None:
     _check(1 <= cfg.teacher.sample_steps <= T_STEPS, "teacher.sample_steps", f"in [1, {T_STEPS}]",
            cfg.teacher.sample_steps)
     _check(1 <= cfg.student.steps <= 100, "student.steps", "in [1, 100]", cfg.student.steps)
+    _check(cfg.student.steps - 1 <= cfg.student.start < T_STEPS, "student.start", f"in [student.steps - 1, "
+           f"{T_STEPS - 1}]", cfg.student.start)
     _check(cfg.student.init in ("pretrained", "fresh"), "student.init", "pretrained or fresh", cfg.student.init)
     _validate_distill(cfg.distill)
     _validate_rl(cfg.rl, cfg.data.modes)
@@ -359,14 +365,14 @@ def generator_input(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, step: 
     batch, steps = cfg.train.batch, cfg.student.steps
     g = generator(cfg.seed, "generator_input", step)
     noises = [torch.randn(batch, 2, generator=g) for _ in range(steps)]
-    tau = torch.tensor(student_timesteps(steps))
+    tau = torch.tensor(student_timesteps(steps, start=cfg.student.start))
     if cfg.student.backward_simulation:
         k = int(torch.randint(steps, (1,), generator=g))  # one k for the whole batch (DMD2)
-        x_t, t = backward_simulation(nets.generator, noises, steps=steps, k=k)
+        x_t, t = backward_simulation(nets.generator, noises, steps=steps, k=k, start=cfg.student.start)
         return x_t, torch.full((batch,), t, dtype=torch.long)
     t_k = tau[torch.randint(steps, (batch,), generator=g)]  # (B,) per-sample step
     real, _ = gmm.sample(batch, generator=g)
-    x_t = torch.where((t_k == T_STEPS - 1)[:, None], noises[0], add_noise(real, noises[1 % steps], t_k))
+    x_t = torch.where((t_k == tau[0])[:, None], noises[0], add_noise(real, noises[1 % steps], t_k))
     return x_t, t_k
 
 
@@ -375,6 +381,7 @@ def generator_loss(nets: Networks, cfg: RunConfig, x0: torch.Tensor, t_k: torch.
     """w_dm dm_weight L_DM + w_gan gan_weight L_G,GAN + lambda_R L_RL (module docstring 2)."""
     d, metrics = cfg.distill, {}
     loss = torch.zeros(())
+    dm = gan = None
     if cfg.rl.distill:
         w_dm, w_gan = PRESETS[d.preset].weights(t_k, split=d.split)
         if d.dm_weight > 0 and w_dm.any():
@@ -386,10 +393,20 @@ def generator_loss(nets: Networks, cfg: RunConfig, x0: torch.Tensor, t_k: torch.
             logits = nets.disc.logits(nets.fake, x0, generator=generator(cfg.seed, "gan_gen", step), t_gan=d.gan_t_max)
             gan, m = gan_generator_loss(logits, weights=w_gan)
             loss, metrics = loss + d.gan_weight * gan, {**metrics, **m}
+    if dm is not None and gan is not None:  # both act on the same samples: do they pull x0 the same way?
+        metrics["gen/dm_gan_cos"] = gradient_cosine(dm, gan, x0)
     if cfg.rl.lambda_R > 0:
         rl, m = rl_loss(reward_fn(x0))
         loss, metrics = loss + cfg.rl.lambda_R * rl, {**metrics, **m}
     return loss, metrics
+
+
+def gradient_cosine(a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor) -> float:
+    """Mean over samples of the cosine between d a / d x0 and d b / d x0: the conflict Flash-DMD names between the
+    DM and GAN terms (negative: they pull each sample's output apart). No parameter gradient is touched."""
+    ga = torch.autograd.grad(a, x0, retain_graph=True)[0]
+    gb = torch.autograd.grad(b, x0, retain_graph=True)[0]
+    return float(torch.nn.functional.cosine_similarity(ga.flatten(1), gb.flatten(1), dim=1).mean())
 
 
 def guidance_loss(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, x0: torch.Tensor, step: int
@@ -507,7 +524,7 @@ def evaluate_student(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, rewar
     noises, data = eval_batch(cfg, gmm)
     start = time.perf_counter()
     with torch.no_grad():
-        x = student_sample(nets.generator, noises, steps=cfg.student.steps)
+        x = student_sample(nets.generator, noises, steps=cfg.student.steps, start=cfg.student.start)
     seconds = time.perf_counter() - start
     metrics = sample_metrics(x, data, gmm, reward_fn, target=cfg.rl.mode)
     metrics["time/sample_per_1000"] = seconds * 1000 / len(x)
