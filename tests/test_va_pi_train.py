@@ -65,6 +65,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     sa = torch.load(a / "checkpoints" / "step-000004" / "trainer.pt", weights_only=True)["optimizer"]["state"]
     sb = torch.load(b / "checkpoints" / "step-000004" / "trainer.pt", weights_only=True)["optimizer"]["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    again = train(config(tmp_path / "b"), resume=True)  # nothing left to run: the final numbers are reported
+    assert again["eval_after"]["eval/recon_mse"] == read_metrics(b / "metrics.jsonl")[-1]["eval/recon_mse"]
 
 
 def test_the_ce_baseline_shares_the_starting_point_and_batches(tmp_path):

@@ -344,6 +344,9 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
                              "eval_before": state["eval_before"], "config": dataclasses.asdict(cfg)},
                             keep=cfg.train.keep)
     logger.close()
+    if not last:  # resumed at its last step: nothing ran, report the checkpoint's own numbers
+        last = evaluate_generator(policy, vq, net, held_images, held_labels, per_class=cfg.train.samples_per_class,
+                                  seed=cfg.seed, temperature=cfg.algo.temperature, lpips=lpips)
     policy.save(run_dir / "final")
     after = {k: v for k, v in last.items() if k.startswith("eval/")}
     return {"run_dir": str(run_dir), "mode": a.mode, "steps": cfg.train.steps,
