@@ -28,7 +28,8 @@ scored by feature-FID against held-out real images.
 4. Metrics on --eval-size samples from fixed noise vs the held-out real images, at the start, a few points and the
    end: feature-FID, precision, recall, the class distribution and target-class share (metric classifier), the
    target share under the reward classifier, mean reward, and sampling wall time per 256 images (teacher: DDIM
-   steps; students: 4 steps). Seed 0's samples are saved as grids beside the JSON (docs/results/dmd_images_<arm>_seed0.png).
+   steps; students: 4 steps). Seed 0's samples are saved as grids beside the JSON
+   (docs/results/dmd_images_<arm>_seed0.png).
 """
 
 from __future__ import annotations
