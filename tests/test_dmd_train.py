@@ -156,3 +156,10 @@ def test_a_user_reward_file_drives_joint_rl(tmp_path):
     assert rows[-1]["eval/reward"] > rows[0]["eval/reward"]  # the mean x of the samples moved right
     with pytest.raises(ConfigError, match="rl.reward: python reward: file 'nofile.py' not found"):
         build_reward(tiny(tmp_path, "v", rl__reward="nofile.py:f").rl, GaussianMixture())
+
+
+def test_the_schema_names_every_built_in_reward():
+    from rlvr.images.dmd_config import REWARD_NAMES
+    from rlvr.images.dmd_train import REWARDS
+
+    assert sorted(REWARDS) == sorted(REWARD_NAMES)

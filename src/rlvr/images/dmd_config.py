@@ -1,0 +1,208 @@
+"""The `loop: dmd` recipe schema (rlvr.images.dmd_train): typed sections with one docstring per field, and `validate`,
+the range check of every field (one ConfigError line naming it) before anything is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlvr.algos.dmd import PRESETS
+from rlvr.config import ConfigError
+from rlvr.images.diffusion import T_STEPS
+
+REWARD_NAMES = ("distance", "mode")  # rlvr.images.dmd_train.REWARDS; or 'file.py:function' / 'module:function'
+
+
+@dataclass
+class DataConfig:
+    modes: int = 8
+    """Mixture modes, evenly spaced on a circle."""
+    radius: float = 4.0
+    """Radius of the circle of means."""
+    sigma: float = 0.3
+    """Standard deviation of each mode."""
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "exact"
+    """exact: the analytic eps of the noised mixture; mlp: a ScoreMLP trained on data at the start of the run."""
+    pretrain_steps: int = 2000
+    """Steps of eps-MSE training of the ScoreMLP on data (the mlp teacher, and the student's start); 0: none."""
+    pretrain_batch: int = 512
+    """Data points per pretraining step."""
+    pretrain_lr: float = 2e-3
+    """AdamW learning rate of the pretraining (cosine decay to 0)."""
+    sample_steps: int = 100
+    """DDIM steps of the teacher's evaluation samples."""
+
+
+@dataclass
+class StudentConfig:
+    steps: int = 4
+    """K: generator steps at inference (tau = start, start - (start + 1) // K, ...)."""
+    start: int = 999
+    """The timestep the first step is told while it reads pure noise (DMD2's conditioning timestep: 999; one of its
+    one-step SDXL configs uses 399). With eps-prediction at 999, x0 = (x_t - sqrt(1 - ab) eps) / 0.0064 amplifies
+    the network's error 157x; a lower start tempers that for a 1-step student."""
+    backward_simulation: bool = True
+    """Train G on its own k-step outputs (one k per iteration); false: data re-noised to a per-sample tau[k]."""
+    init: str = "pretrained"
+    """pretrained: generator and fake score start from the pretrained ScoreMLP (DMD2); fresh: random weights."""
+
+
+@dataclass
+class DistillConfig:
+    preset: str = "dmd2"
+    """dmd2: DM + GAN at every step, diffusion-GAN head on the fake score; flash: Flash-DMD's split (DM at
+    t_k >= split, GAN below) with a data-space discriminator (reconstruction)."""
+    split: int = 500
+    """Flash split timestep tau*."""
+    dm_weight: float = 1.0
+    """Weight of L_DM in the generator loss."""
+    gan_weight: float = 0.0
+    """Weight of the generator's GAN loss; 0 turns the GAN (and its discriminator) off."""
+    disc_weight: float = 1.0
+    """Weight of the discriminator loss in the guidance loss."""
+    gan_t_max: int = 1000
+    """Diffusion-GAN noise level: t' ~ U{0 .. gan_t_max - 1} (dmd2 preset)."""
+    ratio: int = 5
+    """Guidance updates per generator update (two time-scale rule)."""
+    t_min: int = 20
+    """Lowest DM timestep."""
+    t_max: int = 980
+    """Highest DM timestep."""
+
+
+@dataclass
+class RLConfig:
+    reward: str = "distance"
+    """mode: the mode posterior of `mode`; distance: -distance to mode `mode`; or "module:function" taking x0 (N, 2)
+    and returning (N,) differentiable rewards."""
+    mode: int = 0
+    """The rewarded mode."""
+    form: str = "log"
+    """mode reward: log (log p(mode | x)) or prob (p(mode | x))."""
+    lambda_R: float = 0.0
+    """Weight of L_RL = -mean R(x0) in the generator loss; 0: no RL (the reward is still evaluated)."""
+    distill: bool = True
+    """false: drop the distillation terms and guidance updates (RL alone on the student)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """AdamW learning rate of the generator."""
+    guidance_lr: float | None = None
+    """AdamW learning rate of the fake score and discriminator; None: `lr`."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    grad_clip: float = 10.0
+    """Gradient-norm clip of each update."""
+    warmup: int = 0
+    """Linear learning-rate warm-up steps (DMD2: 500)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    """Iterations (guidance updates; the generator updates every `distill.ratio`-th)."""
+    batch: int = 256
+    """Samples per iteration."""
+    eval_every: int = 250
+    """Evaluate every this many steps (and at step 0 and the end)."""
+    eval_size: int = 1000
+    """Samples per evaluation."""
+    save_every: int = 500
+    """Checkpoint every this many steps (and at the end)."""
+    keep: int = 2
+    """Checkpoints kept."""
+
+
+@dataclass
+class RunConfig:
+    loop: str = "dmd"
+    """This loop's name in `rlvr train` (rlvr.cli.LOOPS)."""
+    name: str = "dmd"
+    """Run folder name under output_dir."""
+    seed: int = 0
+    """Seed of every random stream."""
+    output_dir: str = "runs"
+    """Parent folder of run folders."""
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _check(ok: bool, key: str, want: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: must be {want}, got {value!r}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range checks of every field, before anything is written; one ConfigError line naming the field."""
+    _check(cfg.loop == "dmd", "loop", "'dmd'", cfg.loop)
+    _check(cfg.data.modes >= 1, "data.modes", ">= 1", cfg.data.modes)
+    _check(cfg.data.radius >= 0, "data.radius", ">= 0", cfg.data.radius)
+    _check(cfg.data.sigma > 0, "data.sigma", "> 0", cfg.data.sigma)
+    _check(cfg.teacher.kind in ("exact", "mlp"), "teacher.kind", "exact or mlp", cfg.teacher.kind)
+    _check(cfg.teacher.pretrain_steps >= 0, "teacher.pretrain_steps", ">= 0", cfg.teacher.pretrain_steps)
+    needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
+    _check(not needs or cfg.teacher.pretrain_steps > 0, "teacher.pretrain_steps", "> 0 for an mlp teacher or a "
+           "pretrained student init", cfg.teacher.pretrain_steps)
+    _check(cfg.teacher.pretrain_batch >= 1, "teacher.pretrain_batch", ">= 1", cfg.teacher.pretrain_batch)
+    _check(cfg.teacher.pretrain_lr > 0, "teacher.pretrain_lr", "> 0", cfg.teacher.pretrain_lr)
+    _check(1 <= cfg.teacher.sample_steps <= T_STEPS, "teacher.sample_steps", f"in [1, {T_STEPS}]",
+           cfg.teacher.sample_steps)
+    _check(1 <= cfg.student.steps <= 100, "student.steps", "in [1, 100]", cfg.student.steps)
+    _check(cfg.student.steps - 1 <= cfg.student.start < T_STEPS, "student.start", f"in [student.steps - 1, "
+           f"{T_STEPS - 1}]", cfg.student.start)
+    _check(cfg.student.init in ("pretrained", "fresh"), "student.init", "pretrained or fresh", cfg.student.init)
+    _validate_distill(cfg.distill)
+    _validate_rl(cfg.rl, cfg.data.modes)
+    _validate_optim(cfg.optim)
+    tr = cfg.train
+    for key in ("steps", "batch", "eval_every", "save_every", "keep"):
+        _check(getattr(tr, key) >= 1, f"train.{key}", ">= 1", getattr(tr, key))
+    _check(tr.eval_size >= 8, "train.eval_size", ">= 8 (precision / recall need k + 1 = 4 points)", tr.eval_size)
+
+
+def _validate_distill(d: DistillConfig) -> None:
+    _check(d.preset in PRESETS, "distill.preset", f"one of {sorted(PRESETS)}", d.preset)
+    _check(0 <= d.split <= T_STEPS, "distill.split", f"in [0, {T_STEPS}]", d.split)
+    for key in ("dm_weight", "gan_weight", "disc_weight"):
+        _check(getattr(d, key) >= 0, f"distill.{key}", ">= 0", getattr(d, key))
+    _check(1 <= d.gan_t_max <= T_STEPS, "distill.gan_t_max", f"in [1, {T_STEPS}]", d.gan_t_max)
+    _check(d.ratio >= 1, "distill.ratio", ">= 1", d.ratio)
+    _check(0 <= d.t_min <= d.t_max < T_STEPS, "distill.t_min / t_max", f"0 <= t_min <= t_max < {T_STEPS}",
+           (d.t_min, d.t_max))
+
+
+def _validate_rl(rl: RLConfig, modes: int) -> None:
+    _check(rl.reward in REWARD_NAMES or ":" in rl.reward, "rl.reward",
+           f"one of {sorted(REWARD_NAMES)}, 'file.py:function' or 'module:function'", rl.reward)
+    _check(0 <= rl.mode < modes, "rl.mode", f"in [0, data.modes - 1 = {modes - 1}]", rl.mode)
+    _check(rl.form in ("log", "prob"), "rl.form", "log or prob", rl.form)
+    _check(rl.lambda_R >= 0, "rl.lambda_R", ">= 0", rl.lambda_R)
+    _check(rl.distill or rl.lambda_R > 0, "rl.lambda_R", "> 0 when rl.distill is false (nothing would train)",
+           rl.lambda_R)
+
+
+def _validate_optim(op: OptimConfig) -> None:
+    _check(op.lr > 0, "optim.lr", "> 0", op.lr)
+    _check(op.guidance_lr is None or op.guidance_lr > 0, "optim.guidance_lr", "> 0 or null", op.guidance_lr)
+    _check(len(op.betas) == 2 and all(0 <= b < 1 for b in op.betas), "optim.betas", "two values in [0, 1)", op.betas)
+    _check(op.weight_decay >= 0, "optim.weight_decay", ">= 0", op.weight_decay)
+    _check(op.grad_clip > 0, "optim.grad_clip", "> 0", op.grad_clip)
+    _check(op.warmup >= 0, "optim.warmup", ">= 0", op.warmup)
