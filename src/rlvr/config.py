@@ -104,6 +104,11 @@ class RolloutConfig:
     """Stop strings (the completion is cut before them); EOS always stops."""
     dtype: str | None = None
     """Compute dtype of the sampler's forward passes: float32 | bfloat16 | float16; None follows model.autocast."""
+    max_staleness: int = 0
+    """Asynchronous rollouts: 0 = synchronous (each step samples with the weights it trains). S >= 1: step k's batch is
+    sampled by a copy of the policy holding the weights after update max(0, k - S), in a background thread that runs
+    while the previous step updates; the mismatch correction (algo.mismatch, on by default) reweights the stale
+    tokens. One process only; not with a replay buffer."""
 
 
 @dataclass
@@ -228,6 +233,9 @@ class TrainConfig:
     num_samples_logged: int = 4
     """Completions written to samples.jsonl per step."""
     progress: bool = True
+    async_thread: bool = True
+    """With rollout.max_staleness > 0: sample the next batch in a background thread (false: in the foreground, one
+    after the other; the same run, for checking and debugging)."""
     diversity_metrics: bool = True
     """Log distinct-1/2 and self-BLEU of each step's groups (diversity/*; arXiv 2509.26209 §metrics)."""
     diversity_unit: str = "word"
@@ -532,6 +540,9 @@ def _check_world(cfg: Config) -> None:
     size = requested_world_size()
     if size == 1:
         return
+    if cfg.rollout.max_staleness:
+        raise ConfigError(f"rollout.max_staleness: asynchronous rollouts run in one process for now, not under "
+                          f"torchrun ({size} ranks); set it to 0 or run one process")
     if cfg.rollout.prompts_per_step % size:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by the "
                           f"number of data-parallel ranks ({size})")
@@ -665,6 +676,7 @@ def _check_ranges(cfg: Config) -> None:
         "rollout.top_k": cfg.rollout.top_k, "optim.warmup_steps": cfg.optim.warmup_steps,
         "optim.weight_decay": cfg.optim.weight_decay, "optim.grad_clip": cfg.optim.grad_clip,
         "algo.kl_coef": cfg.algo.kl_coef, "sft.steps": cfg.sft.steps,
+        "rollout.max_staleness": cfg.rollout.max_staleness,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -686,5 +698,8 @@ def _check_ranges(cfg: Config) -> None:
             f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "
             f"algo.mini_batches ({cfg.algo.mini_batches})"
         )
+    if cfg.rollout.max_staleness and cfg.buffer.name != "none":
+        raise ConfigError(f"rollout.max_staleness: asynchronous rollouts do not run with a replay buffer yet "
+                          f"(buffer.name '{cfg.buffer.name}' plans each step's rollout from the latest step); use 0")
     if not cfg.rewards and not all(t.rewards for _, t in task_configs(cfg)):
         raise ConfigError("rewards: give at least one reward, e.g. [{name: task}]")

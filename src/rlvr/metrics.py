@@ -67,6 +67,14 @@ class Metrics:
         else:
             item[1] = (min if op == "min" else max)(item[1], value)
 
+    def merge(self, other: Metrics) -> None:
+        """Add every metric of `other` with its own reduction (e.g. a rollout made in another thread)."""
+        for key, (op, value, weight) in other._items.items():
+            if op == "mean":
+                self.add(key, value / weight if weight else 0.0, op, weight)
+            else:
+                self.add(key, value, op)
+
     def mean(self, key: str, value: Any, weight: Any = 1.0) -> None:
         self.add(key, value, "mean", weight)
 

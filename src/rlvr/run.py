@@ -81,6 +81,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     logger: RunLogger | None
+    pipeline: Any = None  # rlvr.rollout.pipeline.RolloutPipeline when rollout.max_staleness > 0 (set by the trainer)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from rlvr.evaluate import evaluate
 from rlvr.metrics import Metrics, length_metrics
 from rlvr.rewards.diversity import group_diversity_metrics
 from rlvr.rollout.collect import collect
+from rlvr.rollout.pipeline import RolloutPipeline
 from rlvr.rollout.score import score
 from rlvr.run import Given, Run, State, setup
 from rlvr.run_folder import claim_run_folder
@@ -54,9 +55,16 @@ from rlvr.update import update
 def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]:
     """One RL step over this rank's rows; returns the metrics (reduced over ranks) and the trained batch."""
     cfg, log, t_start = run.cfg, Metrics(), time.perf_counter()
-    with log.timer("time/rollout"):
-        plan = run.buffer.plan(step, cfg.rollout.prompts_per_step, run.policy, log)
-    batch = gather(run, state, plan, step, log)
+    if run.pipeline is None:
+        with log.timer("time/rollout"):
+            plan = run.buffer.plan(step, cfg.rollout.prompts_per_step, run.policy, log)
+        batch = gather(run, state, plan, step, log)
+    else:  # asynchronous: this batch was sampled with older weights while the last step updated (rlvr.rollout.pipeline)
+        rollout, waited = run.pipeline.take(step, state.data_pos, more=step + 1 < cfg.train.steps)
+        batch, state.data_pos = rollout.batch, rollout.end
+        log.merge(rollout.log)
+        log.mean("async/staleness", step - rollout.version)
+        log.add("time/rollout_wait", waited, "time")
     batch = advantages(run.advantage, batch, run.world, log)
     batch = logprobs(run.logprobs, run.policy, run.ref_policy, batch)
     batch = perception(run.perception, run.policy, batch, step, run.world, log)  # VPPO: visual dependency per token
@@ -69,20 +77,23 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]
                          mini_batches=a.mini_batches, micro_batch_size=a.micro_batch_size,
                          grad_clip=cfg.optim.grad_clip, world=run.world,
                          generator=generator(cfg.seed, "minibatch", step), log=log)
+    if run.pipeline is not None:
+        run.pipeline.publish(step + 1)
     describe(run, batch, log, time.perf_counter() - t_start)
     metrics = log.reduce(run.world)
     metrics["skipped_steps"] = float(skipped)
     return metrics, batch
 
 
-def gather(run: Run, state: State, plan: Plan, step: int, log: Metrics) -> Batch:
-    """collect -> score -> filter, in rounds while the group filters leave groups missing (DAPO dynamic sampling)."""
+def gather(run: Run, state: State, plan: Plan, step: int, log: Metrics, *, sampler=None) -> Batch:
+    """collect -> score -> filter, in rounds while the group filters leave groups missing (DAPO dynamic sampling).
+    `sampler`: another sampler than the run's (the asynchronous pipeline's copy of the policy)."""
     parts, wanted = [], plan.fresh
     need = wanted
     for round_ in range(run.filters.max_rounds):
         with log.timer("time/rollout"):
-            fresh, state.data_pos = collect(run.sampler, run.stream, plan if round_ == 0 else plan.later_round(),
-                                            state.data_pos, step, log)
+            fresh, state.data_pos = collect(sampler or run.sampler, run.stream,
+                                            plan if round_ == 0 else plan.later_round(), state.data_pos, step, log)
         with log.timer("time/reward"):
             fresh = score(run.scorer, fresh, step, run.world, log)
         fresh, need = run.filters.keep(fresh, need, run.world, log)
@@ -161,6 +172,7 @@ def checkpoint(run: Run, state: State) -> Path | None:
     trainer_state = {
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
         "state": state.__dict__.copy(), "config": to_dict(run.cfg), "buffer": run.buffer.state_dict(),
+        "rollout_versions": run.pipeline.saved_versions(state.step) if run.pipeline is not None else None,
     }
     path = save_checkpoint(run.cfg.run_dir / "checkpoints", state.step, run.policy, trainer_state)
     barrier(run.world)
@@ -204,9 +216,15 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, given: 
                                    main=int(os.environ.get("RANK", "0")) == 0)
     run = setup(cfg, resume_from=resume_from, given=given)
     state = restore(run, resume_from) if resume_from else State()
+    if cfg.rollout.max_staleness:
+        saved = load_trainer_state(resume_from).get("rollout_versions") if resume_from else None
+        run.pipeline = RolloutPipeline(run, gather, staleness=cfg.rollout.max_staleness, versions=saved,
+                                       current=state.step, threaded=cfg.train.async_thread)
     try:
         return _loop(run, state)
     finally:
+        if run.pipeline is not None:
+            run.pipeline.close()
         if run.logger:
             run.logger.close()
         shutdown(run.world)
