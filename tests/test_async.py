@@ -119,3 +119,19 @@ def test_metrics_merge_keeps_each_reduction():
     a.merge(b)
     out = a.local()
     assert out["m"] == pytest.approx((1 + 12) / 4) and out["s"] == 7 and out["x"] == 7 and out["time/t"] == 0.5
+
+
+def test_a_two_rank_launch_is_refused_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29537", "-m", "rlvr.cli", "train", "recipes/quickstart.yaml", "rollout.max_staleness=1",
+                          "model.path=null", "model.config=qwen2-tiny", f"output_dir={tmp_path}"],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert out.returncode != 0
+    assert "asynchronous rollouts run in one process for now, not under torchrun (2 ranks)" in out.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything is written
