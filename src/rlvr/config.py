@@ -257,6 +257,17 @@ class SFTConfig:
 
 
 @dataclass
+class DistributedConfig:
+    backend: str = "none"
+    """none: rollouts in the trainer's process (and torchrun for data parallelism); ray: rollout workers as Ray actors
+    (`pip install 'rlvr[ray]'`; a local Ray on this machine, or the cluster RAY_ADDRESS names)."""
+    rollout_workers: int = 2
+    """Ray actors that sample each step's rows (backend ray); each holds a copy of the policy."""
+    worker_threads: int = 1
+    """torch threads (and Ray CPUs) per rollout worker."""
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = False
     wandb: bool = False
@@ -281,6 +292,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
@@ -540,6 +552,9 @@ def _check_world(cfg: Config) -> None:
     size = requested_world_size()
     if size == 1:
         return
+    if cfg.distributed.backend == "ray":
+        raise ConfigError(f"distributed.backend 'ray' starts its own workers: run it with plain `rlvr train`, not "
+                          f"under torchrun ({size} ranks)")
     if cfg.rollout.max_staleness:
         raise ConfigError(f"rollout.max_staleness: asynchronous rollouts run in one process for now, not under "
                           f"torchrun ({size} ranks); set it to 0 or run one process")
@@ -698,6 +713,20 @@ def _check_ranges(cfg: Config) -> None:
             f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "
             f"algo.mini_batches ({cfg.algo.mini_batches})"
         )
+    d = cfg.distributed
+    if d.backend not in ("none", "ray"):
+        raise ConfigError(f"distributed.backend must be 'none' or 'ray', got {d.backend!r}")
+    if d.backend == "ray":
+        if d.rollout_workers < 1 or d.worker_threads < 1:
+            raise ConfigError(f"distributed.rollout_workers and worker_threads must be >= 1, got {d.rollout_workers} "
+                              f"and {d.worker_threads}")
+        if cfg.rollout.max_staleness:
+            raise ConfigError("distributed.backend 'ray' does not run with asynchronous rollouts yet "
+                              "(rollout.max_staleness > 0); use one of them")
+        try:
+            import ray  # noqa: F401
+        except ImportError as err:
+            raise ConfigError("distributed.backend 'ray' needs Ray: pip install 'rlvr[ray]'") from err
     if cfg.rollout.max_staleness and cfg.buffer.name != "none":
         raise ConfigError(f"rollout.max_staleness: asynchronous rollouts do not run with a replay buffer yet "
                           f"(buffer.name '{cfg.buffer.name}' plans each step's rollout from the latest step); use 0")

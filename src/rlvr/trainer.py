@@ -79,6 +79,9 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]
                          generator=generator(cfg.seed, "minibatch", step), log=log)
     if run.pipeline is not None:
         run.pipeline.publish(step + 1)
+    if hasattr(run.sampler, "sync"):  # Ray rollout workers get the new weights (rlvr.distributed.ray_rollout)
+        run.sampler.sync(run.policy)
+        log.add("ray/restarts", run.sampler.restarts, "max")
     describe(run, batch, log, time.perf_counter() - t_start)
     metrics = log.reduce(run.world)
     metrics["skipped_steps"] = float(skipped)
@@ -216,6 +219,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, given: 
                                    main=int(os.environ.get("RANK", "0")) == 0)
     run = setup(cfg, resume_from=resume_from, given=given)
     state = restore(run, resume_from) if resume_from else State()
+    if cfg.distributed.backend == "ray":
+        from rlvr.distributed.ray_rollout import RaySampler
+
+        run.sampler = RaySampler.start(run.sampler, workers=cfg.distributed.rollout_workers,
+                                       threads=cfg.distributed.worker_threads)
     if cfg.rollout.max_staleness:
         saved = load_trainer_state(resume_from).get("rollout_versions") if resume_from else None
         run.pipeline = RolloutPipeline(run, gather, staleness=cfg.rollout.max_staleness, versions=saved,
@@ -225,6 +233,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, given: 
     finally:
         if run.pipeline is not None:
             run.pipeline.close()
+        if hasattr(run.sampler, "close"):
+            run.sampler.close()
         if run.logger:
             run.logger.close()
         shutdown(run.world)

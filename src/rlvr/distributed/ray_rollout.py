@@ -1,0 +1,144 @@
+"""Rollout workers as Ray actors (`distributed: {backend: ray, rollout_workers: N}`; `pip install 'rlvr[ray]'`).
+
+    sampler = RaySampler.start(run.sampler, workers=2)   # a Sampler: generate(samples, group_ids, seeds) -> Batch
+    ...; sampler.sync(run.policy)                        # after each update: the workers get the new weights
+    sampler.close()
+
+1. Each worker holds a frozen copy of the policy inside the run's own sampler (text or environment episodes) and
+   samples the rows it is given with their own counter-based seeds (rlvr.seeding), so splitting a step's rows over
+   workers samples the same tokens as one process does; the trainer concatenates the shards in row order.
+2. After every update the trainer's weights go to every worker through Ray's object store (one `put`, N loads).
+3. A worker that dies (its process killed, an out-of-memory kill) is replaced by a new actor with the current
+   weights and its shard is issued again: no batch is lost, and `ray/restarts` counts it.
+4. Ray starts on this machine (`ray.init(num_cpus=...)`) unless a cluster is already connected
+   (`RAY_ADDRESS` / `ray.init(address=...)` before the run): the same config runs on a cluster.
+Reward workers, a Ray trainer group and weight sync by collective are the next steps of issue 12; so is running this
+together with asynchronous rollouts (refused with one line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from rlvr.batch import Batch
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("distributed.backend 'ray' needs Ray: pip install 'rlvr[ray]'") from err
+    return ray
+
+
+class _Worker:
+    """A rollout worker: the run's sampler around its own frozen copy of the policy."""
+
+    def __init__(self, sampler, threads: int):
+        torch.set_num_threads(threads)
+        self.sampler = sampler
+
+    def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.sampler.policy.model.load_state_dict(weights)
+
+    def generate(self, params, samples, group_ids: torch.Tensor, seeds: torch.Tensor) -> Batch:
+        return self.sampler.with_params(params).generate(samples, group_ids, seeds).to("cpu")
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+@dataclasses.dataclass
+class RaySampler:
+    """A Sampler whose rows are sampled by Ray actors (module docstring)."""
+
+    inner: Any  # the run's sampler (its policy is the trainer's: pad id, device)
+    workers: list
+    threads: int = 1
+    restarts: int = 0
+    owns_ray: bool = False
+
+    def __getattr__(self, name: str):  # the inner sampler's other settings (max_turns, sees_images, ...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def policy(self):
+        return self.inner.policy
+
+    @property
+    def group_size(self) -> int:
+        return self.inner.group_size
+
+    @property
+    def params(self):
+        return self.inner.params
+
+    @classmethod
+    def start(cls, sampler, *, workers: int, threads: int = 1) -> RaySampler:
+        ray = _ray()
+        owns = not ray.is_initialized()
+        if owns:
+            ray.init(num_cpus=max(workers * threads, 1), include_dashboard=False, log_to_driver=False)
+        out = cls(sampler, [], threads, 0, owns)
+        out.workers = [out._new_worker() for _ in range(workers)]
+        return out
+
+    def _new_worker(self):
+        ray = _ray()
+        copy = dataclasses.replace(self.inner, policy=self.inner.policy.frozen_copy())
+        copy.policy.to("cpu")
+        actor = ray.remote(num_cpus=self.threads, max_restarts=0)(_Worker).remote(copy, self.threads)
+        ray.get(actor.set_weights.remote(_weights(self.inner.policy)))
+        return actor
+
+    def with_params(self, params) -> RaySampler:
+        return dataclasses.replace(self, inner=self.inner.with_params(params))
+
+    def sync(self, policy) -> None:
+        """The trainer's current weights to every worker (module docstring 2)."""
+        ray = _ray()
+        ref = ray.put(_weights(policy))
+        ray.get([w.set_weights.remote(ref) for w in self.workers])
+
+    def generate(self, samples, group_ids: torch.Tensor, seeds: torch.Tensor) -> Batch:
+        ray = _ray()
+        n = len(samples)
+        bounds = [round(i * n / len(self.workers)) for i in range(len(self.workers) + 1)]
+        shards = [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        refs = [self._issue(i, a, b, samples, group_ids, seeds) for i, (a, b) in enumerate(shards)]
+        parts = []
+        for i, ((a, b), ref) in enumerate(zip(shards, refs)):
+            while True:
+                try:
+                    parts.append(ray.get(ref) if b > a else None)
+                    break
+                except ray.exceptions.RayActorError:  # the worker died: replace it, issue its shard again
+                    self.workers[i] = self._new_worker()
+                    self.restarts += 1
+                    ref = self._issue(i, a, b, samples, group_ids, seeds)
+        parts = [p for p in parts if p is not None]
+        return Batch.concat(parts, self.policy.pad_id).to(self.policy.device)
+
+    def _issue(self, i: int, a: int, b: int, samples, group_ids, seeds):
+        if b <= a:
+            return None
+        return self.workers[i].generate.remote(self.inner.params, samples[a:b], group_ids[a:b].cpu(), seeds[a:b].cpu())
+
+    def close(self) -> None:
+        ray = _ray()
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+        if self.owns_ray:
+            ray.shutdown()
+
+
+def _weights(policy) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone() for k, v in policy.model.state_dict().items()}
