@@ -19,6 +19,7 @@ together with asynchronous rollouts (refused with one line).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import torch
@@ -48,8 +49,6 @@ class _Worker:
         return self.sampler.with_params(params).generate(samples, group_ids, seeds).to("cpu")
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
 
 
@@ -84,7 +83,9 @@ class RaySampler:
     def start(cls, sampler, *, workers: int, threads: int = 1) -> RaySampler:
         ray = _ray()
         owns = not ray.is_initialized()
-        if owns:
+        if owns and os.environ.get("RAY_ADDRESS"):  # a cluster: connect, its resources are its own
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        elif owns:
             ray.init(num_cpus=max(workers * threads, 1), include_dashboard=False, log_to_driver=False)
         out = cls(sampler, [], threads, 0, owns)
         out.workers = [out._new_worker() for _ in range(workers)]
