@@ -56,6 +56,9 @@ def test_tiny_run_writes_finite_metrics_checkpoint_and_pngs(tmp_path):
     final, teacher = summary["final"], summary["teacher"]
     assert 0 <= final["modes_covered"] <= 8 and math.isfinite(final["frechet"]) and 0 <= final["recall"] <= 1
     assert teacher["sample_steps"] == 5 and teacher["time/sample_per_1000"] > 0
+    from rlvr.plot import plot_run
+
+    assert plot_run(run).stat().st_size > 10_000  # its curves beside samples.png
 
 
 def _state(run, step):
