@@ -48,9 +48,6 @@ class _Worker:
     def generate(self, params, samples, group_ids: torch.Tensor, seeds: torch.Tensor) -> Batch:
         return self.sampler.with_params(params).generate(samples, group_ids, seeds).to("cpu")
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 @dataclasses.dataclass
 class RaySampler:
@@ -62,22 +59,10 @@ class RaySampler:
     restarts: int = 0
     owns_ray: bool = False
 
-    def __getattr__(self, name: str):  # the inner sampler's other settings (max_turns, sees_images, ...)
+    def __getattr__(self, name: str):  # the inner sampler's policy, group_size, params, max_turns, ...
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
-
-    @property
-    def policy(self):
-        return self.inner.policy
-
-    @property
-    def group_size(self) -> int:
-        return self.inner.group_size
-
-    @property
-    def params(self):
-        return self.inner.params
 
     @classmethod
     def start(cls, sampler, *, workers: int, threads: int = 1) -> RaySampler:
