@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,6 +92,24 @@ class TaskConfig:
 
 
 @dataclass
+class VLLMConfig:
+    colocate: bool = True
+    """true: the engine shares the trainer's GPU and sleeps during the update (its KV cache and, at sleep level 2, its
+    weights freed); false: it runs on `device`, another GPU."""
+    device: str = "cuda:1"
+    """The engine's GPU when colocate is false."""
+    gpu_memory_utilization: float = 0.4
+    """Share of the engine's GPU memory vLLM may take (weights + KV cache)."""
+    sleep_level: int = 1
+    """1: offload weights to CPU and free the KV cache while the trainer updates; 2: free the weights too (the new
+    weights arrive after each update anyway)."""
+    enforce_eager: bool = False
+    """No CUDA graphs (faster start, slower decoding)."""
+    max_model_len: int | None = None
+    """The engine's context length; None: prompt length bound + rollout.max_new_tokens."""
+
+
+@dataclass
 class RolloutConfig:
     prompts_per_step: int = 8
     """Prompts (groups) per RL step."""
@@ -109,6 +128,10 @@ class RolloutConfig:
     sampled by a copy of the policy holding the weights after update max(0, k - S), in a background thread that runs
     while the previous step updates; the mismatch correction (algo.mismatch, on by default) reweights the stale
     tokens. One process only; not with a replay buffer."""
+    engine: str = "hf"
+    """hf: the policy samples itself (rlvr.policies); vllm: a vLLM engine samples (CUDA only, `pip install
+    'rlvr[vllm]'`; rlvr.policies.vllm_engine) and gets the trainer's weights after every update."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 @dataclass
@@ -259,12 +282,28 @@ class SFTConfig:
 @dataclass
 class DistributedConfig:
     backend: str = "none"
-    """none: rollouts in the trainer's process (and torchrun for data parallelism); ray: rollout workers as Ray actors
-    (`pip install 'rlvr[ray]'`; a local Ray on this machine, or the cluster RAY_ADDRESS names)."""
+    """none: everything in the trainer's process (and torchrun for data parallelism); ray: rollout workers, reward
+    workers and the trainer ranks as Ray actors (`pip install 'rlvr[ray]'`; a local Ray on this machine, or the
+    cluster RAY_ADDRESS names)."""
     rollout_workers: int = 2
-    """Ray actors that sample each step's rows (backend ray); each holds a copy of the policy."""
+    """Ray actors that sample each trainer rank's rows (backend ray; 0: the trainer samples); each holds a copy of the
+    policy."""
     worker_threads: int = 1
     """torch threads (and Ray CPUs) per rollout worker."""
+    reward_workers: int = 0
+    """Ray actors that run the reward functions on each trainer rank's rows, whole groups per worker (backend ray;
+    0: the trainer scores)."""
+    reward_cpus: float = 1.0
+    """Ray CPUs per reward worker (a verifier sandbox may want more)."""
+    trainers: int = 1
+    """Trainer ranks (backend ray): Ray actors in one placement group that form a torch.distributed group, as torchrun
+    ranks do (rollout and reward workers are per rank)."""
+    trainer_threads: int = 1
+    """torch threads (and Ray CPUs) per trainer rank when trainers > 1."""
+    trainer_gpus: float = 0.0
+    """GPUs per trainer rank (a Ray resource; 0 on CPU machines)."""
+    placement: str = "pack"
+    """pack | spread: the trainer ranks' placement-group strategy (spread: one rank per node where possible)."""
 
 
 @dataclass
@@ -544,6 +583,66 @@ def _check_env(cfg: Config) -> None:
             raise ConfigError(f"{key} must be >= 1, got {value}")
 
 
+def _check_distributed(cfg: Config) -> None:
+    d = cfg.distributed
+    if d.backend not in ("none", "ray"):
+        raise ConfigError(f"distributed.backend must be 'none' or 'ray', got {d.backend!r}")
+    if d.placement not in ("pack", "spread"):
+        raise ConfigError(f"distributed.placement must be 'pack' or 'spread', got {d.placement!r}")
+    counts = {"rollout_workers": d.rollout_workers, "reward_workers": d.reward_workers}
+    for key, value in counts.items():
+        if value < 0:
+            raise ConfigError(f"distributed.{key} must be >= 0, got {value}")
+    for key, value in {"worker_threads": d.worker_threads, "trainers": d.trainers,
+                       "trainer_threads": d.trainer_threads}.items():
+        if value < 1:
+            raise ConfigError(f"distributed.{key} must be >= 1, got {value}")
+    if d.reward_cpus < 0 or d.trainer_gpus < 0:
+        raise ConfigError(f"distributed.reward_cpus and trainer_gpus must be >= 0, got {d.reward_cpus} and "
+                          f"{d.trainer_gpus}")
+    if d.backend != "ray":
+        return
+    if cfg.rollout.max_staleness and d.trainers > 1:
+        raise ConfigError(f"rollout.max_staleness: asynchronous rollouts run in one trainer rank for now "
+                          f"(distributed.trainers {d.trainers}); set one of them to its single-process value")
+    if d.trainers > 1 and cfg.rollout.prompts_per_step % d.trainers:
+        raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "
+                          f"distributed.trainers ({d.trainers})")
+    try:
+        import ray  # noqa: F401
+    except ImportError as err:
+        raise ConfigError("distributed.backend 'ray' needs Ray: pip install 'rlvr[ray]'") from err
+
+
+def _check_engine(cfg: Config) -> None:
+    """rollout.engine: vLLM runs on CUDA only and samples plain text; what it cannot run is refused in one line."""
+    r = cfg.rollout
+    if r.engine not in ("hf", "vllm"):
+        raise ConfigError(f"rollout.engine must be 'hf' or 'vllm', got {r.engine!r}")
+    if r.engine == "hf":
+        return
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("rollout.engine 'vllm' needs a CUDA GPU and this machine has none; use rollout.engine: hf")
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.engine 'vllm' needs vLLM: pip install 'rlvr[vllm]'")
+    v = r.vllm
+    if v.sleep_level not in (1, 2):
+        raise ConfigError(f"rollout.vllm.sleep_level must be 1 or 2, got {v.sleep_level}")
+    if not 0 < v.gpu_memory_utilization <= 1:
+        raise ConfigError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {v.gpu_memory_utilization}")
+    refused = {"env.name": (cfg.env.name != "none", "multi-turn environments sample through the policy"),
+               "rollout.max_staleness": (bool(r.max_staleness), "asynchronous rollouts keep their own policy copy"),
+               "distributed.rollout_workers": (cfg.distributed.backend == "ray" and cfg.distributed.rollout_workers > 0,
+                                               "Ray rollout workers sample with the HF policy; set it to 0")}
+    for key, (bad, why) in refused.items():
+        if bad:
+            raise ConfigError(f"{key}: not with rollout.engine 'vllm' yet ({why})")
+
+
 def _check_world(cfg: Config) -> None:
     """What data parallelism (torchrun) cannot run, refused before any process group or model exists."""
     from rlvr.buffers import BUFFERS
@@ -552,9 +651,9 @@ def _check_world(cfg: Config) -> None:
     size = requested_world_size()
     if size == 1:
         return
-    if cfg.distributed.backend == "ray":
-        raise ConfigError(f"distributed.backend 'ray' starts its own workers: run it with plain `rlvr train`, not "
-                          f"under torchrun ({size} ranks)")
+    if cfg.distributed.backend == "ray" and not os.environ.get("RLVR_RAY_TRAINER"):
+        raise ConfigError(f"distributed.backend 'ray' starts its own trainer ranks (distributed.trainers): run it with "
+                          f"plain `rlvr train`, not under torchrun ({size} ranks)")
     if cfg.rollout.max_staleness:
         raise ConfigError(f"rollout.max_staleness: asynchronous rollouts run in one process for now, not under "
                           f"torchrun ({size} ranks); set it to 0 or run one process")
@@ -713,20 +812,8 @@ def _check_ranges(cfg: Config) -> None:
             f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "
             f"algo.mini_batches ({cfg.algo.mini_batches})"
         )
-    d = cfg.distributed
-    if d.backend not in ("none", "ray"):
-        raise ConfigError(f"distributed.backend must be 'none' or 'ray', got {d.backend!r}")
-    if d.backend == "ray":
-        if d.rollout_workers < 1 or d.worker_threads < 1:
-            raise ConfigError(f"distributed.rollout_workers and worker_threads must be >= 1, got {d.rollout_workers} "
-                              f"and {d.worker_threads}")
-        if cfg.rollout.max_staleness:
-            raise ConfigError("distributed.backend 'ray' does not run with asynchronous rollouts yet "
-                              "(rollout.max_staleness > 0); use one of them")
-        try:
-            import ray  # noqa: F401
-        except ImportError as err:
-            raise ConfigError("distributed.backend 'ray' needs Ray: pip install 'rlvr[ray]'") from err
+    _check_distributed(cfg)
+    _check_engine(cfg)
     if cfg.rollout.max_staleness and cfg.buffer.name != "none":
         raise ConfigError(f"rollout.max_staleness: asynchronous rollouts do not run with a replay buffer yet "
                           f"(buffer.name '{cfg.buffer.name}' plans each step's rollout from the latest step); use 0")
