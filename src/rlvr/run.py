@@ -216,6 +216,11 @@ def sampling_params(cfg: Config) -> SamplingParams:
 
 def build_sampler(cfg: Config, policy) -> Sampler:
     params, G = sampling_params(cfg), cfg.rollout.group_size
+    if cfg.rollout.engine == "vllm":  # CUDA only (rlvr.config._check_engine); vllm is imported inside start
+        from rlvr.policies.vllm_engine import VLLMSampler
+
+        return VLLMSampler.start(policy, params, G, settings=cfg.rollout.vllm, mask_truncated=cfg.algo.mask_truncated,
+                                 seed=cfg.seed)
     if cfg.env.name == "none":
         return TextSampler(policy, params, G, mask_truncated=cfg.algo.mask_truncated)
     e = cfg.env
