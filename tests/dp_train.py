@@ -74,6 +74,10 @@ CASES = {
                "task.kwargs={frames: 40, n: 4, image_size: 28}",
                "env.name=frame_select", "env.kwargs={n: 4}", "env.max_turns=2", "env.max_tokens=300",
                f"rewards=[{reward('digit_fraction')}]", "rollout.max_new_tokens=6"],
+    # asynchronous rollouts: each rank samples batch k with the weights after update k - 1 in its own thread, whose
+    # collectives (dynamic sampling's decisions) run over a process group of their own while the update all-reduces
+    "async": [f"rewards=[{reward('starts_with_digit')}]", "rollout.max_staleness=1",
+              "algo.dynamic_sampling={enabled: true, max_rounds: 2, on_exhaust: partial}"],
     "multiturn": ["task.name=guess_number", "task.kwargs={hi: 8}", "env.name=guess_number", "env.max_turns=3",
                   "env.max_tokens=24", f"rewards=[{{name: env}}, {reward('digit_fraction', 0.5)}]"],
 }

@@ -5,7 +5,7 @@ and the same data positions on every rank, over 3 steps, for GRPO (2 mini-batche
 sampling, a 3-task mixture with a reward that returns None and per-source normalisation, DIVER, REINFORCE++
 whitening with CISPO, high-entropy token weights and KL, SAPO with batch-std advantages, a multi-turn
 environment, VPPO on a vision-language model with image and text-only rows, FrameThinker's environment (the first look's
-frames as an image observation), and a run
+frames as an image observation), asynchronous rollouts with dynamic sampling in each rank's sampling thread, and a run
 through the Python API with rows, a reward callable and a model object (tests/dp_train.py).
 What cannot run under data parallelism is refused with one line."""
 
@@ -50,7 +50,7 @@ def close(a, b, key: str = "") -> bool:
     return a == b
 
 
-CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "multiturn", "vppo", "frames", "api"]
+CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "multiturn", "vppo", "frames", "async", "api"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -90,6 +90,8 @@ def test_the_cases_exercise_what_they_claim(runs):
     assert all("rewards/python/mean" in r and "rewards/task/mean" in r for r in steps["api"])  # the callable and a name
     assert all(r["vppo/dependency_mean"] > 0 and r["token_weights/mean"] < 1 for r in steps["vppo"])
     assert any(r["vppo/alpha_max"] > 1 for r in steps["vppo"])
+    assert [r["async/staleness"] for r in steps["async"]] == [0, 1, 1]
+    assert any(r["dynamic_sampling/rounds"] > 1 for r in steps["async"])  # collectives in the sampling thread
 
 
 def test_what_data_parallelism_cannot_run_is_refused_in_one_line(monkeypatch, tiny_cfg):

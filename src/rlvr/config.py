@@ -127,7 +127,7 @@ class RolloutConfig:
     """Asynchronous rollouts: 0 = synchronous (each step samples with the weights it trains). S >= 1: step k's batch is
     sampled by a copy of the policy holding the weights after update max(0, k - S), in a background thread that runs
     while the previous step updates; the mismatch correction (algo.mismatch, on by default) reweights the stale
-    tokens. One process only; not with a replay buffer."""
+    tokens. Also under torchrun (each rank its own thread); not with a replay buffer."""
     engine: str = "hf"
     """hf: the policy samples itself (rlvr.policies); vllm: a vLLM engine samples (CUDA only, `pip install
     'rlvr[vllm]'`; rlvr.policies.vllm_engine) and gets the trainer's weights after every update."""
@@ -654,9 +654,6 @@ def _check_world(cfg: Config) -> None:
     if cfg.distributed.backend == "ray" and not os.environ.get("RLVR_RAY_TRAINER"):
         raise ConfigError(f"distributed.backend 'ray' starts its own trainer ranks (distributed.trainers): run it with "
                           f"plain `rlvr train`, not under torchrun ({size} ranks)")
-    if cfg.rollout.max_staleness:
-        raise ConfigError(f"rollout.max_staleness: asynchronous rollouts run in one process for now, not under "
-                          f"torchrun ({size} ranks); set it to 0 or run one process")
     if cfg.rollout.prompts_per_step % size:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by the "
                           f"number of data-parallel ranks ({size})")

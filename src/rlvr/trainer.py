@@ -16,6 +16,7 @@ samples exactly what an uninterrupted single process does. Ctrl-C finishes the s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -80,17 +81,22 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]
     if run.pipeline is not None:
         run.pipeline.publish(step + 1)
     if hasattr(run.sampler, "sync"):  # Ray rollout workers get the new weights (rlvr.distributed.ray_rollout)
-        run.sampler.sync(run.policy)
+        if run.pipeline is None:  # asynchronous: the pipeline loads each batch's version (rlvr.rollout.pipeline)
+            run.sampler.sync(run.policy)
         log.add("ray/restarts", run.sampler.restarts, "max")
+    if run.scorer.runner is not None:  # Ray reward workers (rlvr.distributed.ray_reward)
+        log.add("ray/reward_restarts", run.scorer.runner.restarts, "max")
     describe(run, batch, log, time.perf_counter() - t_start)
     metrics = log.reduce(run.world)
     metrics["skipped_steps"] = float(skipped)
     return metrics, batch
 
 
-def gather(run: Run, state: State, plan: Plan, step: int, log: Metrics, *, sampler=None) -> Batch:
+def gather(run: Run, state: State, plan: Plan, step: int, log: Metrics, *, sampler=None, world=None) -> Batch:
     """collect -> score -> filter, in rounds while the group filters leave groups missing (DAPO dynamic sampling).
-    `sampler`: another sampler than the run's (the asynchronous pipeline's copy of the policy)."""
+    `sampler`, `world`: another sampler than the run's and another process group over the same ranks (the
+    asynchronous pipeline's policy copy, and its own group for collectives in its thread)."""
+    world = world or run.world
     parts, wanted = [], plan.fresh
     need = wanted
     for round_ in range(run.filters.max_rounds):
@@ -98,8 +104,8 @@ def gather(run: Run, state: State, plan: Plan, step: int, log: Metrics, *, sampl
             fresh, state.data_pos = collect(sampler or run.sampler, run.stream,
                                             plan if round_ == 0 else plan.later_round(), state.data_pos, step, log)
         with log.timer("time/reward"):
-            fresh = score(run.scorer, fresh, step, run.world, log)
-        fresh, need = run.filters.keep(fresh, need, run.world, log)
+            fresh = score(run.scorer, fresh, step, world, log)
+        fresh, need = run.filters.keep(fresh, need, world, log)
         parts.append(fresh)
         if not need:
             break
@@ -215,15 +221,15 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, given: 
     model_given = given is not None and given.policy is not None
     validate(cfg, model_given=model_given)
     check_files(cfg, model_given=model_given)
+    if cfg.distributed.backend == "ray" and cfg.distributed.trainers > 1 and not os.environ.get("RLVR_RAY_TRAINER"):
+        from rlvr.distributed.ray_trainers import train_on_ray
+
+        return train_on_ray(cfg, resume=resume, overwrite=overwrite, given=given)
     resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite,
                                    main=int(os.environ.get("RANK", "0")) == 0)
     run = setup(cfg, resume_from=resume_from, given=given)
     state = restore(run, resume_from) if resume_from else State()
-    if cfg.distributed.backend == "ray":
-        from rlvr.distributed.ray_rollout import RaySampler
-
-        run.sampler = RaySampler.start(run.sampler, workers=cfg.distributed.rollout_workers,
-                                       threads=cfg.distributed.worker_threads)
+    owns_ray = _ray_workers(run) if cfg.distributed.backend == "ray" else False
     if cfg.rollout.max_staleness:
         saved = load_trainer_state(resume_from).get("rollout_versions") if resume_from else None
         run.pipeline = RolloutPipeline(run, gather, staleness=cfg.rollout.max_staleness, versions=saved,
@@ -233,11 +239,35 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, given: 
     finally:
         if run.pipeline is not None:
             run.pipeline.close()
-        if hasattr(run.sampler, "close"):
-            run.sampler.close()
+        for part in (run.sampler, run.scorer.runner):
+            if hasattr(part, "close"):
+                part.close()
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
         if run.logger:
             run.logger.close()
         shutdown(run.world)
+
+
+def _ray_workers(run: Run) -> bool:
+    """Rollout and reward workers as Ray actors for this rank (rlvr.distributed); True when this call started Ray."""
+    from rlvr.distributed.ray_cluster import ensure_ray, needed_cpus
+
+    d = run.cfg.distributed
+    owns = ensure_ray(needed_cpus(d))
+    if d.rollout_workers:
+        from rlvr.distributed.ray_rollout import RaySampler
+
+        run.sampler = RaySampler.start(run.sampler, workers=d.rollout_workers, threads=d.worker_threads)
+    if d.reward_workers:
+        from rlvr.distributed.ray_reward import RewardPool
+
+        run.scorer = dataclasses.replace(run.scorer, runner=RewardPool.start(run.scorer.routes,
+                                                                             workers=d.reward_workers,
+                                                                             cpus=d.reward_cpus))
+    return owns
 
 
 def _loop(run: Run, state: State) -> dict[str, Any]:

@@ -23,6 +23,7 @@ class World:
     rank: int = 0
     size: int = 1
     owned: bool = field(default=False, compare=False)  # init_world created the process group (shutdown ends it)
+    group: Any = field(default=None, compare=False)  # a process group of these ranks; None: the default group
 
     @property
     def is_main(self) -> bool:
@@ -47,6 +48,15 @@ def init_world() -> World:
     return World(rank=dist.get_rank(), size=dist.get_world_size(), owned=owned)
 
 
+def side_world(world: World) -> World:
+    """The same ranks over a process group of their own, for collectives that run in another thread at the same time
+    as the default group's (asynchronous rollouts: rlvr.rollout.pipeline). Every rank must call it, in the same
+    order."""
+    if world.size == 1:
+        return world
+    return World(rank=world.rank, size=world.size, group=dist.new_group(list(range(world.size))))
+
+
 _OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
 
 
@@ -55,7 +65,7 @@ def all_reduce(values: torch.Tensor, world: World, op: str = "sum") -> torch.Ten
     if world.size == 1:
         return values
     out = values.clone()
-    dist.all_reduce(out, op=_OPS[op])
+    dist.all_reduce(out, op=_OPS[op], group=world.group)
     return out
 
 
@@ -64,7 +74,7 @@ def all_gather_object(obj: Any, world: World) -> list[Any]:
     if world.size == 1:
         return [obj]
     out: list[Any] = [None] * world.size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=world.group)
     return out
 
 
@@ -80,7 +90,7 @@ def gather_rows(x: torch.Tensor, world: World) -> tuple[torch.Tensor, slice]:
     padded = x.new_zeros([full[0], *full[1:]])
     padded[tuple(slice(0, n) for n in x.shape)] = x
     parts = [torch.empty_like(padded) for _ in range(world.size)]
-    dist.all_gather(parts, padded)
+    dist.all_gather(parts, padded, group=world.group)
     rows = torch.cat([p[: s[0]] for p, s in zip(parts, shapes)])
     start = sum(s[0] for s in shapes[: world.rank])
     return rows, slice(start, start + x.shape[0])
@@ -101,7 +111,7 @@ def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
         return
     grads = [p.grad for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=world.group)
     flat /= world.size
     offset = 0
     for g in grads:
@@ -111,7 +121,7 @@ def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
 
 def barrier(world: World) -> None:
     if world.size > 1:
-        dist.barrier()
+        dist.barrier(group=world.group)
 
 
 def shutdown(world: World) -> None:

@@ -10,29 +10,22 @@
 2. After every update the trainer's weights go to every worker through Ray's object store (one `put`, N loads).
 3. A worker that dies (its process killed, an out-of-memory kill) is replaced by a new actor with the current
    weights and its shard is issued again: no batch is lost, and `ray/restarts` counts it.
-4. Ray starts on this machine (`ray.init(num_cpus=...)`) unless a cluster is already connected
-   (`RAY_ADDRESS` / `ray.init(address=...)` before the run): the same config runs on a cluster.
-Reward workers, a Ray trainer group and weight sync by collective are the next steps of issue 12; so is running this
-together with asynchronous rollouts (refused with one line).
+4. Ray starts on this machine unless a cluster is already connected (`RAY_ADDRESS` / `ray.init(address=...)` before
+   the run; rlvr.distributed.ray_cluster): the same config runs on a cluster.
+5. With asynchronous rollouts the pipeline (rlvr.rollout.pipeline) loads the version each batch needs into the
+   workers (`load_weights`) instead of the trainer's `sync`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import torch
 
 from rlvr.batch import Batch
-
-
-def _ray():
-    try:
-        import ray
-    except ImportError as err:
-        raise ImportError("distributed.backend 'ray' needs Ray: pip install 'rlvr[ray]'") from err
-    return ray
+from rlvr.distributed.ray_cluster import ensure_ray, get_retrying
+from rlvr.distributed.ray_cluster import ray_module as _ray
 
 
 class _Worker:
@@ -58,6 +51,7 @@ class RaySampler:
     threads: int = 1
     restarts: int = 0
     owns_ray: bool = False
+    weights: dict | None = None  # the workers' weights when set by load_weights (else the trainer policy's)
 
     def __getattr__(self, name: str):  # the inner sampler's policy, group_size, params, max_turns, ...
         if name == "inner":
@@ -66,12 +60,7 @@ class RaySampler:
 
     @classmethod
     def start(cls, sampler, *, workers: int, threads: int = 1) -> RaySampler:
-        ray = _ray()
-        owns = not ray.is_initialized()
-        if owns and os.environ.get("RAY_ADDRESS"):  # a cluster: connect, its resources are its own
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-        elif owns:
-            ray.init(num_cpus=max(workers * threads, 1), include_dashboard=False, log_to_driver=False)
+        owns = ensure_ray(workers * threads)
         out = cls(sampler, [], threads, 0, owns)
         out.workers = [out._new_worker() for _ in range(workers)]
         return out
@@ -81,7 +70,7 @@ class RaySampler:
         copy = dataclasses.replace(self.inner, policy=self.inner.policy.frozen_copy())
         copy.policy.to("cpu")
         actor = ray.remote(num_cpus=self.threads, max_restarts=0)(_Worker).remote(copy, self.threads)
-        ray.get(actor.set_weights.remote(_weights(self.inner.policy)))
+        ray.get(actor.set_weights.remote(self.weights if self.weights is not None else _weights(self.inner.policy)))
         return actor
 
     def with_params(self, params) -> RaySampler:
@@ -89,28 +78,30 @@ class RaySampler:
 
     def sync(self, policy) -> None:
         """The trainer's current weights to every worker (module docstring 2)."""
+        self.load_weights(_weights(policy))
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         ray = _ray()
-        ref = ray.put(_weights(policy))
+        self.weights = weights  # a replaced worker starts from these
+        ref = ray.put(weights)
         ray.get([w.set_weights.remote(ref) for w in self.workers])
 
     def generate(self, samples, group_ids: torch.Tensor, seeds: torch.Tensor) -> Batch:
-        ray = _ray()
         n = len(samples)
         bounds = [round(i * n / len(self.workers)) for i in range(len(self.workers) + 1)]
         shards = [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         refs = [self._issue(i, a, b, samples, group_ids, seeds) for i, (a, b) in enumerate(shards)]
         parts = []
         for i, ((a, b), ref) in enumerate(zip(shards, refs)):
-            while True:
-                try:
-                    parts.append(ray.get(ref) if b > a else None)
-                    break
-                except ray.exceptions.RayActorError:  # the worker died: replace it, issue its shard again
-                    self.workers[i] = self._new_worker()
-                    self.restarts += 1
-                    ref = self._issue(i, a, b, samples, group_ids, seeds)
-        parts = [p for p in parts if p is not None]
+            if b > a:
+                parts.append(get_retrying(ref, lambda i=i, a=a, b=b: self._issue(i, a, b, samples, group_ids, seeds),
+                                          lambda i=i: self._replace(i), "rollout workers"))
         return Batch.concat(parts, self.policy.pad_id).to(self.policy.device)
+
+    def _replace(self, i: int) -> None:
+        _ray().kill(self.workers[i])
+        self.workers[i] = self._new_worker()
+        self.restarts += 1
 
     def _issue(self, i: int, a: int, b: int, samples, group_ids, seeds):
         if b <= a:

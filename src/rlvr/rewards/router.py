@@ -32,25 +32,24 @@ NORMALIZE = ("none", "per_source")
 
 def route_rewards(routes: dict, samples: list, completions: list[str], *, lengths=None, on_error: str = "raise",
                   step: int | None = None, normalize: str = "none", group_ids=None, extra: dict | None = None,
-                  world: World | None = None, log: Metrics | None = None) -> tuple[torch.Tensor, dict]:
+                  world: World | None = None, log: Metrics | None = None, runner=None) -> tuple[torch.Tensor, dict]:
     """Rewards (N,) (NaN = no source applied) and each source's values {key: (N,)} before weighting.
 
     extra: more call-time keywords for the reward fns, per row (lists of N) or for the whole call.
+    runner: runs the reward fns in place of `score_rows`, with its arguments and result (Ray reward workers,
+    rlvr.distributed.ray_reward).
     """
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
     log, world = Metrics() if log is None else log, World() if world is None else world
     rows_by_task = _rows_by_task(routes, samples)
     call_extra = {"lengths": _as_list(lengths), "group_ids": _as_list(group_ids), "step": step, **(extra or {})}
+    scored = (runner or score_rows)(routes, samples, completions, call_extra, on_error, step)
     sources = {key: torch.full((len(samples),), math.nan, dtype=torch.float64) for key in _all_keys(routes)}
     many = len(routes) > 1
     for task, rows in rows_by_task.items():
         prefix = f"tasks/{task}/" if many else ""
-        keyed = zip(source_keys([name for name, _, _ in routes[task]]), routes[task])
-        picked = {k: [v[i] for i in rows] if isinstance(v, list) else v for k, v in call_extra.items()}
-        for key, (name, _, fn) in keyed:
-            values, errors = run_reward(name, fn, [samples[i] for i in rows], [completions[i] for i in rows], picked,
-                                        on_error, step)
+        for key, (values, errors) in scored[task].items():
             sources[key][rows] = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
             _source_metrics(log, f"{prefix}rewards/{key}", values, errors)
     if normalize == "per_source":
@@ -58,6 +57,19 @@ def route_rewards(routes: dict, samples: list, completions: list[str], *, length
     rewards = _weighted_total(routes, rows_by_task, sources, len(samples))
     _total_metrics(log, rewards, rows_by_task, many)
     return rewards.float(), {k: v.float() for k, v in sources.items()}
+
+
+def score_rows(routes: dict, samples: list, completions: list[str], call_extra: dict, on_error: str,
+               step: int | None) -> dict[str, dict[str, tuple[list[float | None], int]]]:
+    """{task: {source key: (values on the task's rows in row order, failed samples)}}: every source of each row's
+    task on that task's rows (module docstring 2); call_extra's lists hold one entry per row."""
+    out = {}
+    for task, rows in _rows_by_task(routes, samples).items():
+        picked = {k: [v[i] for i in rows] if isinstance(v, list) else v for k, v in call_extra.items()}
+        keyed = zip(source_keys([name for name, _, _ in routes[task]]), routes[task])
+        out[task] = {key: run_reward(name, fn, [samples[i] for i in rows], [completions[i] for i in rows], picked,
+                                     on_error, step) for key, (name, _, fn) in keyed}
+    return out
 
 
 def _rows_by_task(routes: dict, samples: list) -> dict[str, list[int]]:

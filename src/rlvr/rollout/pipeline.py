@@ -18,7 +18,13 @@
 3. A batch comes back with the data position after it and its own rollout metrics; the trainer's data position
    moves when it trains the batch, so a checkpoint names the first untrained prompt and holds the versions the next
    batches need (`saved_versions`): a resumed run samples the in-flight batch again and continues exactly.
-4. Metrics: `async/staleness` (k minus the version that sampled batch k), `time/rollout_wait` (the trainer's wait
+4. With Ray rollout workers (rlvr.distributed.ray_rollout) the workers sample, loaded with each batch's version
+   before it; the trainer does not sync them after its updates.
+5. Under data parallelism (torchrun) each rank runs its own pipeline; the sampling thread's collectives (filters,
+   per-source reward normalisation) go over a process group of their own (rlvr.distributed.side_world), so they
+   never interleave with the update's gradient all-reduce on the default group, and 2 ranks train as one process
+   (tests/test_distributed.py, case async).
+6. Metrics: `async/staleness` (k minus the version that sampled batch k), `time/rollout_wait` (the trainer's wait
    for its batch); `time/rollout` is the sampling thread's own time.
 """
 
@@ -32,6 +38,7 @@ from types import SimpleNamespace
 import torch
 
 from rlvr.batch import Batch
+from rlvr.distributed import side_world
 from rlvr.metrics import Metrics
 
 
@@ -57,7 +64,9 @@ class RolloutPipeline:
             raise ValueError(f"RolloutPipeline: staleness must be >= 1, got {staleness}")
         self.run, self.gather, self.staleness, self.threaded = run, gather, staleness, threaded
         self.copy = run.policy.frozen_copy()
-        self.sampler = dataclasses.replace(run.sampler, policy=self.copy)
+        self.remote = hasattr(run.sampler, "load_weights")  # Ray rollout workers: they get each batch's version
+        self.sampler = run.sampler if self.remote else dataclasses.replace(run.sampler, policy=self.copy)
+        self.world = side_world(run.world)  # the thread's collectives never interleave with the update's
         self.versions: dict[int, dict] = dict(versions or {})
         self.publish(current)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-rollout") if threaded else None
@@ -99,9 +108,11 @@ class RolloutPipeline:
     def _produce(self, step: int, data_pos: int, weights: dict[str, torch.Tensor]) -> Rollout:
         version = self.version_for(step)
         self.copy.model.load_state_dict(weights)
+        if self.remote:
+            self.sampler.load_weights(weights)
         log, state = Metrics(), SimpleNamespace(data_pos=data_pos)
         plan = self.run.buffer.plan(step, self.run.cfg.rollout.prompts_per_step, self.copy, log)
-        batch = self.gather(self.run, state, plan, step, log, sampler=self.sampler)
+        batch = self.gather(self.run, state, plan, step, log, sampler=self.sampler, world=self.world)
         return Rollout(batch, state.data_pos, log, version)
 
     def close(self) -> None:

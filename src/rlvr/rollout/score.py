@@ -9,6 +9,7 @@ included), group_ids, step, and env_rewards (a multi-turn environment's summed r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rlvr.batch import Batch
 from rlvr.distributed import World
@@ -23,13 +24,15 @@ class Scorer:
     routes: dict
     normalize: str = "none"  # none | per_source (mixture of rewards)
     on_error: str = "raise"  # raise | zero
+    runner: Any = None  # Ray reward workers (rlvr.distributed.ray_reward.RewardPool); None: in this process
 
 
 def score(scorer: Scorer, batch: Batch, step: int, world: World, log: Metrics) -> Batch:
     extra = {"env_rewards": batch.extras["env_rewards"].tolist()} if "env_rewards" in batch.extras else {}
     rewards, sources = route_rewards(scorer.routes, batch.samples, batch.texts, lengths=batch.completion_mask.sum(-1),
                                      on_error=scorer.on_error, step=step, normalize=scorer.normalize,
-                                     group_ids=batch.group_ids, extra=extra, world=world, log=log)
+                                     group_ids=batch.group_ids, extra=extra, world=world, log=log,
+                                     runner=scorer.runner)
     reward_metrics(log, rewards, batch.group_ids.cpu())
     device = batch.device
     return batch.replace(rewards=rewards.to(device), reward_sources={k: v.to(device) for k, v in sources.items()})
