@@ -3,7 +3,7 @@
     python benchmarks/ray_rewards.py            # JSON on stdout (docs/bench/ray_rewards.json keeps a run)
 
 A reward-heavy setting: random-weight qwen2-tiny, 64 completions of 16 tokens per step, a CPU-bound verifier of
-about 10 ms per row (benchmarks/slow_reward.py), 8 steps. One process with 2 torch threads vs
+about 3.6 ms per row (benchmarks/slow_reward.py), 8 steps. One process with 2 torch threads vs
 `distributed: {backend: ray, rollout_workers: 0, reward_workers: 2}` (a local Ray; sampling stays in the trainer),
 each run twice in alternation; the median of steps 3-8 of the step, its reward stage and its rollout. Run it alone
 on the machine.
