@@ -40,16 +40,27 @@ def close(a: dict, b: dict) -> bool:
         abs(a[k] - b[k]) <= tol(k) * max(1.0, abs(a[k])) if isinstance(a[k], float) else a[k] == b[k] for k in a)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray for the module (each run would otherwise start and stop its own): 6 CPUs, what the 2-rank run
+    with a rollout and a reward worker per rank asks for (rlvr.distributed.ray_cluster.needed_cpus)."""
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ray")
+    dying = (f"rewards=[{{name: python, kwargs: {{function: tests/ray_dying_reward.py:digit_fraction_dying_once, "
+             f"options: {{marker: '{out / 'died'}'}}}}}}]")
     for name, over in (("one", []), ("ray", RAY), ("async", ASYNC), ("ray_async", [*RAY, *ASYNC]),
-                       ("trainers", TRAINERS)):
+                       ("trainers", TRAINERS), ("killed", [*RAY, dying])):
         train(load_config(None, [*BASE, f"output_dir={out}", f"name={name}", *over]))
     return out
 
 
-@pytest.mark.parametrize("pair", [("one", "ray"), ("async", "ray_async")])
+@pytest.mark.parametrize("pair", [("one", "ray"), ("async", "ray_async"), ("one", "killed")])
 def test_ray_workers_train_as_one_process(runs, pair):
     one, two = runs / pair[0], runs / pair[1]
     rows_one, rows_two = metrics(one), metrics(two)
@@ -58,6 +69,10 @@ def test_ray_workers_train_as_one_process(runs, pair):
     wa, wb = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
     trained = [r for r in read_metrics(two / "metrics.jsonl") if "reward" in r]
+    if pair[1] == "killed":  # a reward worker's process died at step 1: replaced, its groups scored again
+        assert (runs / "died").exists()
+        assert [r["ray/reward_restarts"] for r in trained] == [0, 1, 1]
+        return
     assert all(r["ray/restarts"] == 0 and r["ray/reward_restarts"] == 0 for r in trained)
     if "async" in pair[0]:
         assert [r["async/staleness"] for r in trained] == [0, 1, 1]

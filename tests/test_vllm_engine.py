@@ -68,6 +68,19 @@ def test_vllm_is_refused_in_one_line_without_cuda():
         validate(load_config(None, ["model.config=qwen2-micro", "rollout.engine=vllm"]))
 
 
+@pytest.mark.parametrize("over, message", [
+    (["env.name=guess_number", "task.name=guess_number"], "env.name: not with rollout.engine 'vllm' yet"),
+    (["rollout.max_staleness=1"], "rollout.max_staleness: not with rollout.engine 'vllm' yet"),
+    (["distributed.backend=ray"], "distributed.rollout_workers: not with rollout.engine 'vllm' yet"),
+    (["distributed.backend=ray", "distributed.rollout_workers=0", "distributed.trainers=2"],
+     "distributed.trainers: not with rollout.engine 'vllm' yet"),
+    (["rollout.vllm.sleep_level=3"], "rollout.vllm.sleep_level must be 1 or 2, got 3"),
+])
+def test_what_vllm_cannot_run_is_refused_before_the_machine_is_asked(over, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        validate(load_config(None, ["model.config=qwen2-micro", "rollout.engine=vllm", *over]))
+
+
 def test_unknown_engine_is_refused():
     with pytest.raises(ConfigError, match=r"rollout.engine must be 'hf' or 'vllm', got 'foo'"):
         validate(load_config(None, ["model.config=qwen2-micro", "rollout.engine=foo"]))

@@ -621,14 +621,6 @@ def _check_engine(cfg: Config) -> None:
         raise ConfigError(f"rollout.engine must be 'hf' or 'vllm', got {r.engine!r}")
     if r.engine == "hf":
         return
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError("rollout.engine 'vllm' needs a CUDA GPU and this machine has none; use rollout.engine: hf")
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("rollout.engine 'vllm' needs vLLM: pip install 'rlvr[vllm]'")
     v = r.vllm
     if v.sleep_level not in (1, 2):
         raise ConfigError(f"rollout.vllm.sleep_level must be 1 or 2, got {v.sleep_level}")
@@ -637,10 +629,21 @@ def _check_engine(cfg: Config) -> None:
     refused = {"env.name": (cfg.env.name != "none", "multi-turn environments sample through the policy"),
                "rollout.max_staleness": (bool(r.max_staleness), "asynchronous rollouts keep their own policy copy"),
                "distributed.rollout_workers": (cfg.distributed.backend == "ray" and cfg.distributed.rollout_workers > 0,
-                                               "Ray rollout workers sample with the HF policy; set it to 0")}
+                                               "Ray rollout workers sample with the HF policy; set it to 0"),
+               "distributed.trainers": (cfg.distributed.backend == "ray" and cfg.distributed.trainers > 1,
+                                        "one engine serves one trainer process"),
+               "torchrun": (int(os.environ.get("WORLD_SIZE", "1")) > 1, "one engine serves one trainer process")}
     for key, (bad, why) in refused.items():
         if bad:
             raise ConfigError(f"{key}: not with rollout.engine 'vllm' yet ({why})")
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("rollout.engine 'vllm' needs a CUDA GPU and this machine has none; use rollout.engine: hf")
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.engine 'vllm' needs vLLM: pip install 'rlvr[vllm]'")
 
 
 def _check_world(cfg: Config) -> None:
