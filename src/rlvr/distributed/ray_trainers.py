@@ -48,7 +48,8 @@ class _TrainerRank:
 
 
 def train_on_ray(cfg, *, resume: bool = False, overwrite: bool = False, given=None) -> dict:
-    """Run `cfg` with distributed.trainers ranks as Ray actors; returns rank 0's summary (module docstring)."""
+    """Run `cfg` with distributed.trainers ranks as Ray actors; returns rank 0's summary (module docstring) and on
+    how many nodes the ranks ran (trainer_nodes)."""
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -67,7 +68,9 @@ def train_on_ray(cfg, *, resume: bool = False, overwrite: bool = False, given=No
         port = ray.get(ranks[0].free_port.remote())
         refs = [r.train.remote(cfg, _rank_env(i, nodes, port), os.getcwd(), d.trainer_threads, resume, overwrite,
                                given) for i, r in enumerate(ranks)]
-        return _first_error_or(refs)[0]
+        where = len({n for n, _ in nodes})
+        print(f"rlvr: {d.trainers} trainer ranks on {where} Ray node(s) (placement {d.placement})")
+        return {**_first_error_or(refs)[0], "trainer_nodes": where}
     finally:
         for r in ranks:
             ray.kill(r)
