@@ -22,7 +22,7 @@ BASE = ["model.config=qwen2-tiny", "task.name=arithmetic", "rollout.prompts_per_
 RAY = ["distributed.backend=ray", "distributed.rollout_workers=2", "distributed.reward_workers=2"]
 ASYNC = ["rollout.max_staleness=1", "train.async_thread=false"]
 TRAINERS = ["distributed.backend=ray", "distributed.trainers=2", "distributed.rollout_workers=1",
-            "distributed.reward_workers=1"]
+            "distributed.reward_workers=1", "rollout.max_staleness=1"]  # synchronous ranks: tests/test_ray_cluster.py
 TIMING = ("time/", "tokens_per_second", "completions_per_second", "ray/")
 
 
@@ -104,9 +104,9 @@ def test_a_killed_worker_is_replaced_and_its_shard_sampled_again():
 
 
 def test_two_ray_trainer_ranks_train_as_one_process(runs):
-    """A placement group of 2 trainer actors forming a gloo group, each with its own rollout and reward worker: the
-    tolerances of torchrun's 2 ranks against one process (tests/test_distributed.py: 1e-4)."""
-    one, two = runs / "one", runs / "trainers"
+    """A placement group of 2 trainer actors forming a gloo group, each with its own rollout and reward worker and
+    asynchronous rollouts: the tolerances of torchrun's 2 ranks against one process (tests/test_distributed.py)."""
+    one, two = runs / "async", runs / "trainers"
     rows_one, rows_two = metrics(one), metrics(two)
     assert len(rows_one) == len(rows_two) == 5
     for a, b in zip(rows_one, rows_two):
@@ -164,8 +164,8 @@ def test_reward_workers_score_as_one_process_and_survive_a_killed_worker(tmp_pat
 
 
 def test_what_ray_cannot_run_with_is_refused(monkeypatch):
-    with pytest.raises(ConfigError, match="asynchronous rollouts run in one trainer rank for now"):
-        validate(load_config(None, [*BASE, *RAY, "rollout.max_staleness=1", "distributed.trainers=2"]))
+    with pytest.raises(ConfigError, match=r"rollout.prompts_per_step \(4\) must be divisible by distributed.trainers"):
+        validate(load_config(None, [*BASE, *RAY, "distributed.trainers=3"]))
     with pytest.raises(ConfigError, match="distributed.reward_workers must be >= 0"):
         validate(load_config(None, [*BASE, *RAY, "distributed.reward_workers=-1"]))
     with pytest.raises(ConfigError, match="distributed.backend must be 'none' or 'ray'"):

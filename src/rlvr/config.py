@@ -127,7 +127,7 @@ class RolloutConfig:
     """Asynchronous rollouts: 0 = synchronous (each step samples with the weights it trains). S >= 1: step k's batch is
     sampled by a copy of the policy holding the weights after update max(0, k - S), in a background thread that runs
     while the previous step updates; the mismatch correction (algo.mismatch, on by default) reweights the stale
-    tokens. Also under torchrun (each rank its own thread); not with a replay buffer."""
+    tokens. Also under torchrun and with Ray trainer ranks (each rank its own thread); not with a replay buffer."""
     engine: str = "hf"
     """hf: the policy samples itself (rlvr.policies); vllm: a vLLM engine samples (CUDA only, `pip install
     'rlvr[vllm]'`; rlvr.policies.vllm_engine) and gets the trainer's weights after every update."""
@@ -602,9 +602,6 @@ def _check_distributed(cfg: Config) -> None:
                           f"{d.trainer_gpus}")
     if d.backend != "ray":
         return
-    if cfg.rollout.max_staleness and d.trainers > 1:
-        raise ConfigError(f"rollout.max_staleness: asynchronous rollouts run in one trainer rank for now "
-                          f"(distributed.trainers {d.trainers}); set one of them to its single-process value")
     if d.trainers > 1 and cfg.rollout.prompts_per_step % d.trainers:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "
                           f"distributed.trainers ({d.trainers})")
