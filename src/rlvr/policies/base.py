@@ -104,9 +104,17 @@ class ModelPolicy:
     def save(self, folder, *, merge_adapters: bool = True) -> None:
         """A Hugging Face folder (model and tokenizer) that from_pretrained loads. LoRA adapters are merged into the
         weights for good (the final model) unless merge_adapters=False (the adapter only, as checkpoints keep it)."""
+        from transformers.utils import logging as hf_logging
+
         if merge_adapters and hasattr(self.model, "merge_and_unload"):
             self.model = self.model.merge_and_unload()
-        self.model.save_pretrained(folder, safe_serialization=True)
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the middle of training output
+        try:
+            self.model.save_pretrained(folder, safe_serialization=True)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         self.tokenizer.save_pretrained(folder)
 
     def frozen_model(self):
