@@ -59,6 +59,9 @@ class RewardPool:
         return ray.remote(num_cpus=self.cpus, max_restarts=0)(_RewardWorker).remote(self.routes)
 
     def __call__(self, routes, samples, completions, call_extra, on_error, step):
+        """score_rows(routes, ...) on the workers; `routes` must be the ones the workers hold."""
+        if routes is not self.routes:
+            raise ValueError("RewardPool: called with other reward routes than the workers were started with")
         ray = ray_module()
         shards = group_shards(call_extra.get("group_ids"), len(samples), len(self.workers))
         refs = [self._issue(i, rows, samples, completions, call_extra, on_error, step) for i, rows in enumerate(shards)]
