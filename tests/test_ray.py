@@ -1,9 +1,10 @@
 """Rollout and reward workers as Ray actors (rlvr.distributed.ray_rollout, ray_reward) on a local Ray: 3 steps with 2
 rollout and 2 reward workers train as one process does (every metric but timings within 1e-6, weights within 1e-4:
 Adam turns float rounding of near-zero gradients into steps of up to lr, as in tests/test_distributed.py), and so do
-asynchronous rollouts sampled by the workers; a worker killed mid-run is replaced and its shard done again (the same
-batch, the same rewards, restarts 1); a reward's error reads as in one process; what Ray cannot run with is refused
-with one line."""
+asynchronous rollouts sampled by the workers and multi-turn episodes scored with the environment's rewards; 2 Ray
+trainer ranks train as one process; a worker killed mid-run is replaced and its shard done again (the same batch, the
+same rewards, restarts 1); a reward's error reads as in one process; what Ray cannot run with is refused with one
+line."""
 
 import pytest
 import torch
@@ -21,6 +22,9 @@ BASE = ["model.config=qwen2-tiny", "task.name=arithmetic", "rollout.prompts_per_
         "optim.lr=1e-3", DENSE]
 RAY = ["distributed.backend=ray", "distributed.rollout_workers=2", "distributed.reward_workers=2"]
 ASYNC = ["rollout.max_staleness=1", "train.async_thread=false"]
+ENV = ["task.name=guess_number", "task.kwargs={hi: 8}", "env.name=guess_number", "env.max_turns=3",
+       "env.max_tokens=24", "rewards=[{name: env}, {name: python, weight: 0.5, kwargs: {function: "
+                            "tests/gpu/digit_reward.py:digit_fraction}}]"]  # multi-turn episodes, the env's rewards
 TRAINERS = ["distributed.backend=ray", "distributed.trainers=2", "distributed.rollout_workers=1",
             "distributed.reward_workers=1", "rollout.max_staleness=1"]  # synchronous ranks: tests/test_ray_cluster.py
 TIMING = ("time/", "tokens_per_second", "completions_per_second", "ray/")
@@ -55,12 +59,12 @@ def runs(tmp_path_factory):
     dying = (f"rewards=[{{name: python, kwargs: {{function: tests/ray_dying_reward.py:digit_fraction_dying_once, "
              f"options: {{marker: '{out / 'died'}'}}}}}}]")
     for name, over in (("one", []), ("ray", RAY), ("async", ASYNC), ("ray_async", [*RAY, *ASYNC]),
-                       ("trainers", TRAINERS), ("killed", [*RAY, dying])):
+                       ("trainers", TRAINERS), ("killed", [*RAY, dying]), ("env", ENV), ("env_ray", [*ENV, *RAY])):
         train(load_config(None, [*BASE, f"output_dir={out}", f"name={name}", *over]))
     return out
 
 
-@pytest.mark.parametrize("pair", [("one", "ray"), ("async", "ray_async"), ("one", "killed")])
+@pytest.mark.parametrize("pair", [("one", "ray"), ("async", "ray_async"), ("one", "killed"), ("env", "env_ray")])
 def test_ray_workers_train_as_one_process(runs, pair):
     one, two = runs / pair[0], runs / pair[1]
     rows_one, rows_two = metrics(one), metrics(two)
@@ -76,6 +80,8 @@ def test_ray_workers_train_as_one_process(runs, pair):
     assert all(r["ray/restarts"] == 0 and r["ray/reward_restarts"] == 0 for r in trained)
     if "async" in pair[0]:
         assert [r["async/staleness"] for r in trained] == [0, 1, 1]
+    if pair[0] == "env":  # episodes of several turns, scored with the environment's rewards on the workers
+        assert any(r["env/turns"] > 1 for r in trained) and "rewards/env/mean" in trained[0]
 
 
 def test_a_killed_worker_is_replaced_and_its_shard_sampled_again():
