@@ -127,7 +127,8 @@ class RolloutConfig:
     """Asynchronous rollouts: 0 = synchronous (each step samples with the weights it trains). S >= 1: step k's batch is
     sampled by a copy of the policy holding the weights after update max(0, k - S), in a background thread that runs
     while the previous step updates; the mismatch correction (algo.mismatch, on by default) reweights the stale
-    tokens. Also under torchrun and with Ray trainer ranks (each rank its own thread); not with a replay buffer."""
+    tokens. Also under torchrun and with Ray trainer ranks (each rank its own thread), and with a replay buffer (the
+    next batch then starts after the buffer's observe)."""
     engine: str = "hf"
     """hf: the policy samples itself (rlvr.policies); vllm: a vLLM engine samples (CUDA only, `pip install
     'rlvr[vllm]'`; rlvr.policies.vllm_engine) and gets the trainer's weights after every update."""
@@ -811,8 +812,5 @@ def _check_ranges(cfg: Config) -> None:
         )
     _check_distributed(cfg)
     _check_engine(cfg)
-    if cfg.rollout.max_staleness and cfg.buffer.name != "none":
-        raise ConfigError(f"rollout.max_staleness: asynchronous rollouts do not run with a replay buffer yet "
-                          f"(buffer.name '{cfg.buffer.name}' plans each step's rollout from the latest step); use 0")
     if not cfg.rewards and not all(t.rewards for _, t in task_configs(cfg)):
         raise ConfigError("rewards: give at least one reward, e.g. [{name: task}]")

@@ -71,6 +71,8 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]
     batch = perception(run.perception, run.policy, batch, step, run.world, log)  # VPPO: visual dependency per token
     batch = shape_advantages(run.shaping, batch, run.world, log)  # VPPO: trajectory-level advantage shaping
     batch = run.buffer.observe(batch, step, log)
+    if run.pipeline is not None:  # a replay buffer's plan for the next batch reads what observe recorded
+        run.pipeline.start_next()
     batch = token_weights(run.weights, batch, run.world, log)
     with log.timer("time/update"):
         a = cfg.algo

@@ -20,11 +20,14 @@
    batches need (`saved_versions`): a resumed run samples the in-flight batch again and continues exactly.
 4. With Ray rollout workers (rlvr.distributed.ray_rollout) the workers sample, loaded with each batch's version
    before it; the trainer does not sync them after its updates.
-5. Under data parallelism (torchrun) each rank runs its own pipeline; the sampling thread's collectives (filters,
+5. With a replay buffer (ExGRPO) the next batch starts after this step's `buffer.observe` (`start_next`), so its
+   plan reads the pool the synchronous run's plan reads (and a resumed run's); it overlaps the update only. Its
+   trajectory choice scores entropies under the sampling version's weights (the synchronous run: the current ones).
+6. Under data parallelism (torchrun) each rank runs its own pipeline; the sampling thread's collectives (filters,
    per-source reward normalisation) go over a process group of their own (rlvr.distributed.side_world), so they
    never interleave with the update's gradient all-reduce on the default group, and 2 ranks train as one process
    (tests/test_distributed.py, case async).
-6. Metrics: `async/staleness` (k minus the version that sampled batch k), `time/rollout_wait` (the trainer's wait
+7. Metrics: `async/staleness` (k minus the version that sampled batch k), `time/rollout_wait` (the trainer's wait
    for its batch); `time/rollout` is the sampling thread's own time.
 """
 
@@ -38,6 +41,7 @@ from types import SimpleNamespace
 import torch
 
 from rlvr.batch import Batch
+from rlvr.buffers.base import NoBuffer
 from rlvr.distributed import side_world
 from rlvr.metrics import Metrics
 
@@ -71,6 +75,9 @@ class RolloutPipeline:
         self.publish(current)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-rollout") if threaded else None
         self.pending: tuple[int, Future] | None = None
+        self.next: tuple[int, int] | None = None  # (step, data position) of the batch to start next
+        # a replay buffer plans each batch from what its observe recorded: the next batch starts after observe
+        self.defer = not isinstance(run.buffer, NoBuffer)
 
     def version_for(self, step: int) -> int:
         return max(0, step - self.staleness)
@@ -87,7 +94,8 @@ class RolloutPipeline:
         return {v: w for v, w in self.versions.items() if v >= self.version_for(next_step)}
 
     def take(self, step: int, data_pos: int, *, more: bool) -> tuple[Rollout, float]:
-        """Step's batch and the seconds waited for it; with `more`, step + 1's batch starts in the background."""
+        """Step's batch and the seconds waited for it; with `more`, step + 1's batch starts in the background (after
+        the buffer's observe when a replay buffer plans it: `start_next`)."""
         t0 = time.perf_counter()
         if self.pending is not None and self.pending[0] == step:
             rollout = self.pending[1].result()
@@ -95,15 +103,24 @@ class RolloutPipeline:
             rollout = self._produce(step, data_pos, self.versions[self.version_for(step)])
         self.pending = None
         waited = time.perf_counter() - t0
-        if more:
-            weights = self.versions[self.version_for(step + 1)]  # chosen here, not in the thread: no race
-            if self.threaded:
-                self.pending = (step + 1, self.pool.submit(self._produce, step + 1, rollout.end, weights))
-            else:
-                done: Future = Future()
-                done.set_result(self._produce(step + 1, rollout.end, weights))
-                self.pending = (step + 1, done)
+        self.next = (step + 1, rollout.end) if more else None
+        if not self.defer:
+            self.start_next()
         return rollout, waited
+
+    def start_next(self) -> None:
+        """Start sampling the next batch (module docstring 2); a no-op once started or when none is due."""
+        if self.next is None:
+            return
+        step, data_pos = self.next
+        self.next = None
+        weights = self.versions[self.version_for(step)]  # chosen here, not in the thread: no race
+        if self.threaded:
+            self.pending = (step, self.pool.submit(self._produce, step, data_pos, weights))
+        else:
+            done: Future = Future()
+            done.set_result(self._produce(step, data_pos, weights))
+            self.pending = (step, done)
 
     def _produce(self, step: int, data_pos: int, weights: dict[str, torch.Tensor]) -> Rollout:
         version = self.version_for(step)
