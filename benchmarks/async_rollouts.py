@@ -2,6 +2,7 @@
 
     python benchmarks/async_rollouts.py                 # 3 seeds; JSON on stdout and docs/results/async_rollouts.json
     python benchmarks/async_rollouts.py --seeds 0 --steps 100
+    python benchmarks/async_rollouts.py --recipe exgrpo --no-timing   # ExGRPO's replay buffer, asynchronously
 
 1. Per seed, the quickstart's warm start (recipes/quickstart.yaml's SFT; reused from runs/bench-quickstart-s<seed>-sft
    when benchmarks/quickstart.py made it, else made here), then GRPO from it twice with the same seed: synchronous
@@ -10,9 +11,10 @@
 2. Reported per arm: held-out greedy accuracy before and after, the training reward of the last 50 steps, seconds per
    step (the step's own wall time, evaluation excluded; median and mean), the RL run's total seconds, and for the
    asynchronous arm the trainer's wait for its batch and the mismatch between trainer and sampler log-probs.
-3. Timing alone: a rollout-heavy setting (the random-weight qwen2-tiny, 64 completions of 48 tokens per step, a
-   dense reward, 12 steps) synchronous vs asynchronous with 1 and with 2 torch threads, the median seconds per step
-   of steps 3-12, each pair run twice in alternation. Run the benchmark alone on the machine.
+   `--recipe exgrpo` trains recipes/exgrpo.yaml (the same warm start) instead, into docs/results/async_exgrpo.json.
+3. Timing alone (skipped with --no-timing): a rollout-heavy setting (the random-weight qwen2-tiny, 64 completions of
+   48 tokens per step, a dense reward, 12 steps) synchronous vs asynchronous with 1 and with 2 torch threads, the
+   median seconds per step of steps 3-12, each pair run twice in alternation. Run the benchmark alone on the machine.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ def warm_start(seed: int, output_dir: str) -> str:
     return sft_out
 
 
-def arm(seed: int, staleness: int, steps: int, model: str, output_dir: str) -> dict:
-    name = f"bench-async-s{seed}-stale{staleness}"
-    cfg = load_config(ROOT / "recipes" / "quickstart.yaml", [
+def arm(seed: int, staleness: int, steps: int, model: str, output_dir: str, recipe: str = "quickstart") -> dict:
+    name = f"bench-async-{recipe}-s{seed}-stale{staleness}"
+    cfg = load_config(ROOT / "recipes" / f"{recipe}.yaml", [
         f"seed={seed}", f"name={name}", f"output_dir={output_dir}", f"model.path={model}", f"train.steps={steps}",
         f"rollout.max_staleness={staleness}", "train.progress=false", f"train.save_every={steps}"])
     t0 = time.perf_counter()
@@ -93,27 +95,33 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--staleness", type=int, default=1)
     p.add_argument("--output-dir", default=str(ROOT / "runs"))
-    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "async_rollouts.json"))
+    p.add_argument("--recipe", default="quickstart", choices=["quickstart", "exgrpo"])
+    p.add_argument("--no-timing", action="store_true", help="skip the timing runs (item 3)")
+    p.add_argument("--out", default=None, help="default docs/results/async_rollouts.json (async_exgrpo.json)")
     args = p.parse_args()
+    out = args.out or str(ROOT / "docs" / "results" / ("async_rollouts.json" if args.recipe == "quickstart" else
+                                                       f"async_{args.recipe}.json"))
     t0 = time.perf_counter()
-    timings = {f"threads{n}": {f"{arm}_run{k}": timing(n, st, args.output_dir)
-                               for k in (1, 2) for arm, st in (("sync", 0), ("async", 1))} for n in (1, 2)}
+    timings = {} if args.no_timing else {
+        f"threads{n}": {f"{arm}_run{k}": timing(n, st, args.output_dir)
+                        for k in (1, 2) for arm, st in (("sync", 0), ("async", 1))} for n in (1, 2)}
     print("timing: " + json.dumps(timings), file=sys.stderr, flush=True)
     torch.set_num_threads(2)
     results = {}
     for seed in args.seeds:
         model = warm_start(seed, args.output_dir)
-        results[seed] = {"sync": arm(seed, 0, args.steps, model, args.output_dir),
-                         "async": arm(seed, args.staleness, args.steps, model, args.output_dir)}
+        results[seed] = {"sync": arm(seed, 0, args.steps, model, args.output_dir, args.recipe),
+                         "async": arm(seed, args.staleness, args.steps, model, args.output_dir, args.recipe)}
         print(f"seed {seed}: " + json.dumps({a: {k: round(v, 4) for k, v in r.items() if k != "curve"}
                                              for a, r in results[seed].items()}), file=sys.stderr, flush=True)
     mean = {a: {k: statistics.fmean(results[s][a][k] for s in args.seeds)
                 for k in results[args.seeds[0]][a] if k != "curve"} for a in ("sync", "async")}
-    report = {"benchmark": "async_rollouts", "machine": cpu_model(), "torch_threads": 2, "steps": args.steps,
+    report = {"benchmark": "async_rollouts", "recipe": args.recipe, "machine": cpu_model(), "torch_threads": 2,
+              "steps": args.steps,
               "staleness": args.staleness, "seconds": time.perf_counter() - t0, "timing": timings, "mean": mean,
               "per_seed": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1))
     print(json.dumps({"timing": timings, "mean": mean}, indent=1))
     return 0
 
