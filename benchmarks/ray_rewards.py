@@ -11,16 +11,11 @@ on the machine.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import statistics
 import sys
 
 import torch
-
-from rlvr.config import load_config
-from rlvr.metrics import read_metrics
-from rlvr.trainer import train
+from ray_rollouts import alternate
 
 ARMS = {"one_process": [], "ray_2_reward_workers": ["distributed.backend=ray", "distributed.rollout_workers=0",
                                                     "distributed.reward_workers=2"]}
@@ -28,21 +23,11 @@ ARMS = {"one_process": [], "ray_2_reward_workers": ["distributed.backend=ray", "
 
 def main() -> int:
     torch.set_num_threads(2)
-    out = {}
-    for rep in (1, 2):
-        for name, over in ARMS.items():
-            cfg = load_config(None, [
-                "model.config=qwen2-tiny", "task.name=arithmetic", "output_dir=/tmp/rlvr_bench_ray_rewards",
-                f"name={name}", "rollout.prompts_per_step=8", "rollout.group_size=8", "rollout.max_new_tokens=16",
-                "train.steps=8", "train.eval_every=0", "task.eval_size=0", "train.progress=false", "optim.lr=1e-4",
-                "rewards=[{name: python, kwargs: {function: benchmarks/slow_reward.py:checked_digit_fraction}}]",
-                *over])
-            with contextlib.redirect_stdout(sys.stderr):
-                train(cfg, overwrite=True)
-            rows = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r][2:]
-            out[f"{name}_run{rep}"] = {k: statistics.median(r[f"time/{k}"] for r in rows)
-                                       for k in ("step", "reward", "rollout", "update")}
-    print(json.dumps(out, indent=1))
+    common = ["model.config=qwen2-tiny", "task.name=arithmetic", "output_dir=/tmp/rlvr_bench_ray_rewards",
+              "rollout.prompts_per_step=8", "rollout.group_size=8", "rollout.max_new_tokens=16", "train.steps=8",
+              "train.eval_every=0", "task.eval_size=0", "train.progress=false", "optim.lr=1e-4",
+              "rewards=[{name: python, kwargs: {function: benchmarks/slow_reward.py:checked_digit_fraction}}]"]
+    print(json.dumps(alternate(ARMS, common, ("step", "reward", "rollout", "update")), indent=1))
     return 0
 
 

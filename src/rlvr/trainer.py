@@ -82,9 +82,9 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]
                          generator=generator(cfg.seed, "minibatch", step), log=log)
     if run.pipeline is not None:
         run.pipeline.publish(step + 1)
-    if hasattr(run.sampler, "sync"):  # Ray rollout workers get the new weights (rlvr.distributed.ray_rollout)
-        if run.pipeline is None:  # asynchronous: the pipeline loads each batch's version (rlvr.rollout.pipeline)
-            run.sampler.sync(run.policy)
+    if hasattr(run.sampler, "sync") and run.pipeline is None:  # Ray workers, a vLLM engine: the new weights
+        run.sampler.sync(run.policy)  # (asynchronous: the pipeline loads each batch's version, rlvr.rollout.pipeline)
+    if hasattr(run.sampler, "restarts"):  # Ray rollout workers (rlvr.distributed.ray_rollout)
         log.add("ray/restarts", run.sampler.restarts, "max")
     if run.scorer.runner is not None:  # Ray reward workers (rlvr.distributed.ray_reward)
         log.add("ray/reward_restarts", run.scorer.runner.restarts, "max")

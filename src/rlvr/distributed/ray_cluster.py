@@ -25,20 +25,34 @@ def ray_module():
     return ray
 
 
-def get_retrying(get, issue, replace, what: str):
-    """ray.get of one shard's call; a dead actor is replaced (`replace()`) and the shard issued again (`issue()`),
-    once per death; a replacement that dies before answering ends the run with Ray's reason in one line."""
-    ray = ray_module()
-    ref, retried = get, False
-    while True:
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayActorError as err:
-            if retried:
-                reason = " ".join(str(err).split())[:400]
-                raise RuntimeError(f"{what}: a replaced Ray worker died too: {reason}") from err
-            replace()
-            ref, retried = issue(), True
+class ActorPool:
+    """What rlvr's pools of Ray workers share (rollout workers: ray_rollout.RaySampler, reward workers:
+    ray_reward.RewardPool): they hold `workers`, `restarts`, `owns_ray`, `what` and make a fresh actor in
+    `_new_worker()`."""
+
+    def _result(self, i: int, ref, issue):
+        """ray.get of worker i's shard; a dead worker is replaced and the shard issued again (`issue()`), once per
+        death; a replacement that dies before answering ends the run with Ray's reason in one line."""
+        ray, retried = ray_module(), False
+        while True:
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                if retried:
+                    reason = " ".join(str(err).split())[:400]
+                    raise RuntimeError(f"{self.what}: a replaced Ray worker died too: {reason}") from err
+                ray.kill(self.workers[i])
+                self.workers[i] = self._new_worker()
+                self.restarts += 1
+                ref, retried = issue(), True
+
+    def close(self) -> None:
+        ray = ray_module()
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+        if self.owns_ray:
+            ray.shutdown()
 
 
 def needed_cpus(d) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlvr.distributed.ray_cluster import ensure_ray, get_retrying, ray_module
+from rlvr.distributed.ray_cluster import ActorPool, ensure_ray, ray_module
 from rlvr.rewards.router import score_rows
 
 
@@ -38,8 +38,10 @@ class _RewardWorker:
 
 
 @dataclasses.dataclass
-class RewardPool:
+class RewardPool(ActorPool):
     """A route_rewards runner whose reward calls run on Ray actors (module docstring)."""
+
+    what = "reward workers"
 
     routes: dict
     workers: list
@@ -69,18 +71,12 @@ class RewardPool:
         for i, (rows, ref) in enumerate(zip(shards, refs)):
             if not rows:
                 continue
+            issue = lambda i=i, rows=rows: self._issue(i, rows, samples, completions, call_extra, on_error, step)  # noqa: E731
             try:
-                parts.append((rows, get_retrying(ref, lambda i=i, rows=rows: self._issue(i, rows, samples, completions,
-                                                                                         call_extra, on_error, step),
-                                                 lambda i=i: self._replace(i), "reward workers")))
+                parts.append((rows, self._result(i, ref, issue)))
             except ray.exceptions.RayTaskError as err:  # a reward raised: the error one process would give
                 raise err.cause from None
         return merge_shards(parts, samples)
-
-    def _replace(self, i: int) -> None:
-        ray_module().kill(self.workers[i])
-        self.workers[i] = self._new_worker()
-        self.restarts += 1
 
     def _issue(self, i, rows, samples, completions, call_extra, on_error, step):
         if not rows:
@@ -88,15 +84,6 @@ class RewardPool:
         extra = {k: [v[r] for r in rows] if isinstance(v, list) else v for k, v in call_extra.items()}
         return self.workers[i].score.remote([samples[r] for r in rows], [completions[r] for r in rows], extra,
                                             on_error, step)
-
-    def close(self) -> None:
-        ray = ray_module()
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []
-        if self.owns_ray:
-            ray.shutdown()
-
 
 def group_shards(group_ids: list | None, n: int, workers: int) -> list[list[int]]:
     """Row indices per worker: groups in order of first appearance, cut into `workers` contiguous runs of about

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from rlvr.batch import Batch
-from rlvr.distributed.ray_cluster import ensure_ray, get_retrying
+from rlvr.distributed.ray_cluster import ActorPool, ensure_ray
 from rlvr.distributed.ray_cluster import ray_module as _ray
 
 
@@ -43,8 +43,10 @@ class _Worker:
 
 
 @dataclasses.dataclass
-class RaySampler:
+class RaySampler(ActorPool):
     """A Sampler whose rows are sampled by Ray actors (module docstring)."""
+
+    what = "rollout workers"
 
     inner: Any  # the run's sampler (its policy is the trainer's: pad id, device)
     workers: list
@@ -94,27 +96,14 @@ class RaySampler:
         parts = []
         for i, ((a, b), ref) in enumerate(zip(shards, refs)):
             if b > a:
-                parts.append(get_retrying(ref, lambda i=i, a=a, b=b: self._issue(i, a, b, samples, group_ids, seeds),
-                                          lambda i=i: self._replace(i), "rollout workers"))
+                issue = lambda i=i, a=a, b=b: self._issue(i, a, b, samples, group_ids, seeds)  # noqa: E731
+                parts.append(self._result(i, ref, issue))
         return Batch.concat(parts, self.policy.pad_id).to(self.policy.device)
-
-    def _replace(self, i: int) -> None:
-        _ray().kill(self.workers[i])
-        self.workers[i] = self._new_worker()
-        self.restarts += 1
 
     def _issue(self, i: int, a: int, b: int, samples, group_ids, seeds):
         if b <= a:
             return None
         return self.workers[i].generate.remote(self.inner.params, samples[a:b], group_ids[a:b].cpu(), seeds[a:b].cpu())
-
-    def close(self) -> None:
-        ray = _ray()
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []
-        if self.owns_ray:
-            ray.shutdown()
 
 
 def _weights(policy) -> dict[str, torch.Tensor]:

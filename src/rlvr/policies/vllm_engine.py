@@ -212,7 +212,6 @@ class VLLMSampler:
     group_size: int
     mask_truncated: bool = False
     engine: Engine | None = None
-    restarts: int = 0  # the trainer logs it beside Ray's; an in-process engine never restarts
 
     @classmethod
     def start(cls, policy: Policy, params: SamplingParams, group_size: int, *, settings, mask_truncated: bool = False,
