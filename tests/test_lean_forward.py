@@ -2,7 +2,7 @@
 and plain forward, grouped and all-distinct rows, left-padded prompts, right-padded completions, GQA and MHA, tied and
 untied heads, qkv biases, Qwen3 q/k norms); the gradients of every parameter match; padded positions are finite and
 garbage there changes nothing; bf16 autocast stays close to fp32; `lean_reason` accepts the plain family and refuses
-PEFT, dropout, gradient checkpointing and other architectures."""
+PEFT, dropout and other architectures."""
 
 import pytest
 import torch
@@ -193,7 +193,7 @@ def test_lean_reason_refusals():
 
     ckpt, _ = load_policy(config="qwen3-micro", seed=0)
     ckpt.gradient_checkpointing_enable()
-    assert "checkpointing" in lean_reason(ckpt.train())
+    assert lean_reason(ckpt.train()) is None  # the lean forward checkpoints its own layers
 
     gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=40))
     assert "model_type" in lean_reason(gpt2)

@@ -54,6 +54,13 @@ class ModelConfig:
     lean_forward: bool = True
     """Log-probs for the update through rlvr's lean forward (rlvr/policies/lean.py: no padding computed, fused
     projections) when the model allows it (Llama / Qwen2 / Qwen3 without adapters or dropout); false: the HF forward."""
+    activation_checkpointing: bool = False
+    """Keep only each decoder layer's input in the training forward and recompute the layer in backward (the lean
+    forward checkpoints its own layers; the HF forward turns on HF's gradient checkpointing): less memory, ~1/3 more
+    compute."""
+    logp_chunk_tokens: int = 0
+    """Memory-lean log-probs: the lm_head, log-softmax and entropy run over this many completion tokens at a time and
+    are recomputed in backward, so (N, T, V) logits never exist (lean forward and plain HF forward); 0: one pass."""
     processor: dict[str, Any] = field(default_factory=dict)
     """Image processor options of a vision-language model (min_pixels, max_pixels); default for a tiny config:
     112x112 to 224x224 pixels after the resize; a checkpoint's own preprocessor_config.json otherwise."""
@@ -133,6 +140,12 @@ class RolloutConfig:
     """hf: the policy samples itself (rlvr.policies); vllm: a vLLM engine samples (CUDA only, `pip install
     'rlvr[vllm]'`; rlvr.policies.vllm_engine) and gets the trainer's weights after every update."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    max_prompt_tokens: int | None = None
+    """Longest prompt (in tokens) a row may have; None: the model's context (max_position_embeddings) less
+    max_new_tokens. A longer prompt is refused naming its file and row, or cut (truncate_prompts)."""
+    truncate_prompts: str = "error"
+    """error: a prompt longer than max_prompt_tokens is a one-line error naming its task, file and row; left: keep
+    its last max_prompt_tokens tokens (counted in prompts/truncated)."""
 
 
 @dataclass
@@ -201,6 +214,10 @@ class AlgoConfig:
     """Optimizer steps per epoch over one rollout batch."""
     micro_batch_size: int = 64
     """Sequences per forward/backward (gradient accumulation does not change the update)."""
+    micro_batch_tokens: int = 0
+    """Token-budget micro-batches (verl's dynamic batch size): rows, longest first, packed into micro-batches of at
+    most this many real prompt + completion tokens (and at most micro_batch_size rows); a longer row goes alone. The
+    loss normalisers stay global, so the update equals the row-count split. 0: split by micro_batch_size only."""
     mask_truncated: bool = False
     """Zero the loss mask of completions that hit max_new_tokens (TRL mask_truncated_completions)."""
     token_weights: str = "none"
@@ -305,6 +322,15 @@ class DistributedConfig:
     """GPUs per trainer rank (a Ray resource; 0 on CPU machines)."""
     placement: str = "pack"
     """pack | spread: the trainer ranks' placement-group strategy (spread: one rank per node where possible)."""
+    strategy: str = "replicate"
+    """How data-parallel ranks (torchrun, or Ray trainer ranks) hold the model: replicate (every rank a full copy,
+    gradients all-reduced) | fsdp (FSDP2 `fully_shard` per decoder layer and on the root: each rank holds 1/world of
+    the weights, gradients and optimizer state; rlvr.distributed.fsdp)."""
+    fsdp_offload: bool = False
+    """strategy fsdp: keep the parameter shards, gradients and optimizer state in CPU memory (CUDA runs)."""
+    fsdp_reshard_after_forward: bool = True
+    """strategy fsdp: free each layer's gathered weights after its forward (regathered in backward): less memory,
+    one more all-gather per layer."""
 
 
 @dataclass
@@ -684,6 +710,8 @@ def _check_choices(cfg: Config, model_given: bool = False) -> None:
         "model.dtype": (cfg.model.dtype, ["bfloat16", "float16", "float32"]),
         "model.autocast": (cfg.model.autocast, [None, "bfloat16", "float16"]),
         "rollout.dtype": (cfg.rollout.dtype, [None, "float32", "bfloat16", "float16"]),
+        "rollout.truncate_prompts": (cfg.rollout.truncate_prompts, ["error", "left"]),
+        "distributed.strategy": (cfg.distributed.strategy, ["replicate", "fsdp"]),
         "mixture.normalize": (cfg.mixture.normalize, ["none", "per_source"]),
         "train.diversity_unit": (cfg.train.diversity_unit, ["char", "word"]),
         "algo.perception.score": (cfg.algo.perception.score, ["full_kl", "k3_sampled"]),
@@ -789,10 +817,14 @@ def _check_ranges(cfg: Config) -> None:
         "optim.weight_decay": cfg.optim.weight_decay, "optim.grad_clip": cfg.optim.grad_clip,
         "algo.kl_coef": cfg.algo.kl_coef, "sft.steps": cfg.sft.steps,
         "rollout.max_staleness": cfg.rollout.max_staleness,
+        "model.logp_chunk_tokens": cfg.model.logp_chunk_tokens,
+        "algo.micro_batch_tokens": cfg.algo.micro_batch_tokens,
     }
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
+    if cfg.rollout.max_prompt_tokens is not None and cfg.rollout.max_prompt_tokens < 1:
+        raise ConfigError(f"rollout.max_prompt_tokens must be >= 1, got {cfg.rollout.max_prompt_tokens}")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be > 0 (use `rlvr eval` for greedy decoding)")
     if not 0 < cfg.rollout.top_p <= 1:

@@ -51,6 +51,7 @@ from rlvr.rollout.filters import FILTERS, GroupFilters
 from rlvr.rollout.score import Scorer
 from rlvr.stages import AdvantageStage, LogprobNeeds, PerceptionStage, ShapingStage, TokenWeightStage
 from rlvr.tasks import TASKS
+from rlvr.scale import prepare_policy
 from rlvr.tasks.mixture import MixtureTask
 from rlvr.update import LossFns
 
@@ -320,7 +321,7 @@ def setup(cfg: Config, *, resume_from: Path | None = None, given: Given | None =
     else:
         policy, ref_policy = build_policy(cfg, resume_from)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    policy.to(device)
+    prepare_policy(cfg, policy, world, device)
     if ref_policy is not None:
         ref_policy.to(device)
     optimizer, scheduler = build_optimizer(cfg, policy)

@@ -27,14 +27,16 @@ class HFCausalLM(ModelPolicy):
     autocast: mixed-precision compute dtype of the training forward (weights stay in their dtype); lean: use the
     lean forward when `lean_reason(model)` allows it; chat_template: "auto" (a plain-text prompt becomes a user turn
     of the tokenizer's chat template when it has one), "none" (plain text, chat messages joined by newlines) or a
-    Jinja template that replaces the tokenizer's.
+    Jinja template that replaces the tokenizer's. logp_chunk: completion tokens per lm_head chunk of the training
+    forward (0: full logits; rlvr.policies.hf_forward).
     """
 
     prompt_inputs: tuple[str, ...] = ()  # a text model's prompt forward reads its tokens only
 
     def __init__(self, model, tokenizer, *, autocast: torch.dtype | None = None, lean: bool = True,
-                 chat_template: str = "auto", banned: tuple[int, ...] = ()):
+                 chat_template: str = "auto", banned: tuple[int, ...] = (), logp_chunk: int = 0):
         self.model, self.tokenizer, self.autocast, self.lean = model, tokenizer, autocast, lean
+        self.logp_chunk = logp_chunk
         self.banned = tuple(banned)  # token ids the sampler never draws (an image policy's non-code tokens)
         if chat_template not in ("auto", "none"):
             tokenizer.chat_template = chat_template
@@ -106,7 +108,7 @@ class HFCausalLM(ModelPolicy):
         """Log-probs (N, T) of the batch's completion tokens (differentiable), and their entropy when asked."""
         return completion_logp(self.model, batch.input_ids, batch.attention_mask, batch.completion_ids.shape[1],
                                temperature=temperature, with_entropy=with_entropy, autocast=self.autocast,
-                               lean=self.lean, owners=batch_owners(self, batch))
+                               lean=self.lean, owners=batch_owners(self, batch), chunk=self.logp_chunk)
 
     # ---- the module underneath (ModelPolicy: parameters, modes, device moves, save) -------------------------
 
@@ -114,4 +116,4 @@ class HFCausalLM(ModelPolicy):
         """A copy with frozen weights in eval mode (a KL reference)."""
         return HFCausalLM(self.frozen_model(), self.tokenizer, autocast=self.autocast, lean=self.lean,
                           chat_template="auto" if self.templated else "none",  # a Jinja template is on the tokenizer
-                          banned=self.banned)
+                          banned=self.banned, logp_chunk=self.logp_chunk)

@@ -10,34 +10,43 @@ cache, or the plain HF forward; all give the same values and gradients (tests/te
    fused projections) when `lean_reason(model)` allows it; values at completion positions that are padding are
    then those of zero logits (any value is fine there: every consumer masks them).
 3. `autocast` (e.g. torch.bfloat16) runs the forward in mixed precision; log-probs are taken in fp32.
+4. `chunk` > 0 (config model.logp_chunk_tokens) stops the lean or plain HF forward at the final hidden states and
+   runs lm_head + log-softmax + entropy over `chunk` completion tokens at a time, recomputed in backward
+   (rlvr.ops.head_logprobs): (N, T, V) logits never exist. The shared-prefix forward is then not used.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 
 import torch
 
-from rlvr.ops import entropy_from_logits, token_logprobs
+from rlvr.ops import entropy_from_logits, head_logprobs, token_logprobs
 from rlvr.policies.base import prompt_owners
-from rlvr.policies.lean import lean_completion_logits, lean_reason
+from rlvr.policies.lean import lean_completion_hidden, lean_completion_logits, lean_reason
 
 
 def completion_logp(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, T: int, *,
     temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True,
     autocast: torch.dtype | None = None, lean: bool = True, owners: tuple[torch.Tensor, torch.Tensor] | None = None,
+    chunk: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the last T tokens of `input_ids` under `model` at `temperature`, and entropy (N, T).
 
     owners: (owner (N,), first (U,)) of rows that may share a prompt forward; default: equal prompt tokens.
     """
     owner, first = owners or prompt_owners(input_ids[:, :-T], attention_mask[:, :-T])
+    use_lean = lean and lean_reason(model) is None
+    if chunk > 0 and (use_lean or _plain_head(model)):
+        return _chunked_logp(model, input_ids, attention_mask, T, owner, first, temperature=temperature, chunk=chunk,
+                             with_entropy=with_entropy, autocast=autocast, use_lean=use_lean)
     with torch.autocast(input_ids.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        if lean and lean_reason(model) is None:
+        if use_lean:
             logits = lean_completion_logits(model, input_ids, attention_mask, T, owner, first)
-        elif share_prefix and len(first) < len(owner):
+        elif share_prefix and len(first) < len(owner) and not _checkpointing(model):  # HF's checkpointing: no cache
             logits = shared_prefix_logits(model, input_ids, attention_mask, T, owner, first)
         else:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: first token at 0
@@ -47,6 +56,42 @@ def completion_logp(
     logits = logits.float() / temperature
     logp = token_logprobs(logits, input_ids[:, -T:])  # (N, T)
     entropy = entropy_from_logits(logits) if with_entropy else None
+    return logp, entropy
+
+
+def _checkpointing(model) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def _plain_head(model) -> bool:
+    """The model splits into a decoder (get_decoder) and a plain nn.Linear lm_head, as HF causal LMs do."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return type(head) is torch.nn.Linear and hasattr(model, "get_decoder")
+
+
+def _chunked_logp(model, input_ids, attention_mask, T: int, owner, first, *, temperature: float, chunk: int,
+                  with_entropy: bool, autocast: torch.dtype | None, use_lean: bool):
+    """completion_logp through rlvr.ops.head_logprobs; positions that predict padding get the values of zero
+    logits, as the lean forward gives them (-log V and log V: finite, masked by every consumer)."""
+    N, head = input_ids.shape[0], model.get_output_embeddings()
+    with torch.autocast(input_ids.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        if use_lean:
+            h, pred_at = lean_completion_hidden(model, input_ids, attention_mask, T, owner, first)  # (K, hidden)
+        else:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: first token at 0
+            out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            h = out.last_hidden_state[:, -T - 1 : -1].reshape(N * T, -1)  # (N T, hidden)
+            pred_at = None
+        targets = input_ids[:, -T:].reshape(-1)
+        targets = targets if pred_at is None else targets[pred_at]
+        logp, entropy = head_logprobs(h, head.weight, head.bias, targets, temperature=temperature, chunk=chunk,
+                                      with_entropy=with_entropy)  # (K,) each
+    if pred_at is None:
+        return logp.view(N, T), entropy.view(N, T) if with_entropy else None
+    log_v = math.log(head.weight.shape[0])
+    logp = logp.new_full((N * T,), -log_v).index_copy(0, pred_at, logp).view(N, T)
+    if with_entropy:
+        entropy = entropy.new_full((N * T,), log_v).index_copy(0, pred_at, entropy).view(N, T)
     return logp, entropy
 
 

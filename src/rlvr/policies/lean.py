@@ -20,6 +20,10 @@ Face forward (and as its shared-prefix form, policies/hf_forward.py), with fewer
 5. logits of completion token 0 come from the last prompt position, token t from completion position t - 1; the
    lm_head runs only on those that predict a real token. Logits that predict padding are 0 (finite, unused).
 
+With gradient checkpointing on (`model.gradient_checkpointing_enable()`, config model.activation_checkpointing) each
+decoder layer runs under torch.utils.checkpoint: only its (M, hidden) input is kept, the layer is recomputed in
+backward. `lean_completion_hidden` stops before the lm_head, for rlvr.ops.head_logprobs to run it in chunks.
+
 RMSNorm runs in fp32 and, under autocast, the residual stream stays in the parameter dtype, as in HF. Equality with
 the HF forward at every real completion position, and of the gradients: tests/test_lean_forward.py.
 `lean_reason(model)` says why a model must use the HF forward instead:
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from rlvr.policies.family import family_reason, rms, rope_tables
 
@@ -51,8 +56,6 @@ def lean_reason(model) -> str | None:
     if reason:
         return reason
     modules = list(model.modules())
-    if any(getattr(m, "gradient_checkpointing", False) for m in modules):
-        return "gradient checkpointing is on"
     if model.training and getattr(model.config, "attention_dropout", 0.0) > 0:
         return f"attention_dropout={model.config.attention_dropout} in training mode"
     if any(isinstance(m, torch.nn.Dropout) and m.training and m.p > 0 for m in modules):
@@ -88,20 +91,31 @@ def lean_completion_logits(model, input_ids, attention_mask, T: int, owner, firs
     each row's distinct prompt; first (U,): the row holding each distinct prompt (rlvr.policies.base.prompt_owners).
     Logits that predict a padding token are 0. Check `lean_reason(model)` first.
     """
+    h, pred_at = lean_completion_hidden(model, input_ids, attention_mask, T, owner, first)
+    head = model.get_output_embeddings()
+    pred = F.linear(h, head.weight, head.bias)  # (K, V)
+    N = input_ids.shape[0]
+    if len(pred_at) < N * T:
+        pred = pred.new_zeros(N * T, pred.shape[-1]).index_copy_(0, pred_at, pred)
+    return pred.view(N, T, -1)  # (N, T, V)
+
+
+def lean_completion_hidden(model, input_ids, attention_mask, T: int, owner, first):
+    """The final-norm hidden states (K, hidden) that predict the K real completion tokens, and where each token sits
+    in the flattened (N T) completion positions, pred_at (K,); arguments as `lean_completion_logits`."""
     emb, device_type = model.get_input_embeddings(), input_ids.device.type
     autocast = torch.is_autocast_enabled(device_type)
     t = _tables(model, input_ids, attention_mask, T, owner, first,
                 torch.get_autocast_dtype(device_type) if autocast else emb.weight.dtype)
     x = F.embedding(t.ids, emb.weight, emb.padding_idx)  # (M, hidden)
+    recompute = torch.is_grad_enabled() and getattr(model.model, "gradient_checkpointing", False)
     for layer in model.model.layers:
-        x = _layer(x, layer, t, model.config, autocast)
-    norm, head = model.model.norm, model.get_output_embeddings()
-    h = _norm(x.index_select(0, t.pred_rows), norm.weight, norm.variance_epsilon)  # (K, hidden)
-    pred = F.linear(h, head.weight, head.bias)  # (K, V)
-    N = input_ids.shape[0]
-    if len(t.pred_at) < N * T:
-        pred = pred.new_zeros(N * T, pred.shape[-1]).index_copy_(0, t.pred_at, pred)
-    return pred.view(N, T, -1)  # (N, T, V)
+        if recompute:
+            x = checkpoint(_layer, x, layer, t, model.config, autocast, use_reentrant=False)
+        else:
+            x = _layer(x, layer, t, model.config, autocast)
+    norm = model.model.norm
+    return _norm(x.index_select(0, t.pred_rows), norm.weight, norm.variance_epsilon), t.pred_at  # (K, hidden), (K,)
 
 
 def _layer(x: torch.Tensor, layer, t: _Tables, cfg, autocast: bool) -> torch.Tensor:

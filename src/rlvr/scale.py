@@ -1,0 +1,40 @@
+"""How a run fits its model in memory: activation checkpointing, chunked log-probs and sharding, applied to the
+policy once it is built (rlvr.run.setup), before the optimizer sees its parameters.
+
+1. model.activation_checkpointing turns on HF gradient checkpointing; the lean forward then checkpoints each of its
+   own decoder layers (rlvr.policies.lean), the HF forward its modules.
+2. model.logp_chunk_tokens sets the policy's lm_head chunk (rlvr.policies.hf_forward, rlvr.ops.head_logprobs).
+3. distributed.strategy: fsdp shards the model over the data-parallel ranks (rlvr.distributed.fsdp).
+
+A policy that cannot do what the config asks is refused in one line naming the key.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.config import Config, ConfigError
+from rlvr.distributed import World
+
+
+def prepare_policy(cfg: Config, policy, world: World, device: torch.device) -> None:
+    """Memory options, then the device move, then sharding (FSDP shards what is already on the device)."""
+    model = getattr(policy, "model", None)
+    if cfg.model.activation_checkpointing:
+        enable_checkpointing(model, f"model.activation_checkpointing: {type(policy).__name__}")
+    if cfg.model.logp_chunk_tokens:
+        if not hasattr(policy, "logp_chunk"):
+            raise ConfigError(f"model.logp_chunk_tokens: {type(policy).__name__} computes its log-probs in one pass "
+                              "(chunking is for causal LMs: rlvr.policies.causal_lm)")
+        policy.logp_chunk = cfg.model.logp_chunk_tokens
+    policy.to(device)
+
+
+def enable_checkpointing(model, who: str) -> None:
+    """HF activation checkpointing with torch's non-reentrant checkpoint (transformers >= 5.2x names it
+    activation_checkpointing_enable, older ones gradient_checkpointing_enable)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable",
+                                                                                None)
+    if enable is None:
+        raise ConfigError(f"{who} has no Hugging Face model to checkpoint")
+    enable({"use_reentrant": False})
