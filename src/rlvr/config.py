@@ -215,9 +215,10 @@ class AlgoConfig:
     micro_batch_size: int = 64
     """Sequences per forward/backward (gradient accumulation does not change the update)."""
     micro_batch_tokens: int = 0
-    """Token-budget micro-batches (verl's dynamic batch size): rows, longest first, packed into micro-batches of at
-    most this many real prompt + completion tokens (and at most micro_batch_size rows); a longer row goes alone. The
-    loss normalisers stay global, so the update equals the row-count split. 0: split by micro_batch_size only."""
+    """Token-budget micro-batches (verl's dynamic batch size): consecutive rows (groups stay together) packed into
+    micro-batches of at most this many computed tokens (real completion tokens, plus a prompt's real tokens once per
+    micro-batch) and at most micro_batch_size rows; a longer row goes alone. The loss normalisers stay global, so the
+    update equals the row-count split. 0: split by micro_batch_size only."""
     mask_truncated: bool = False
     """Zero the loss mask of completions that hit max_new_tokens (TRL mask_truncated_completions)."""
     token_weights: str = "none"

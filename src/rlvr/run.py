@@ -279,7 +279,8 @@ def logprob_needs(cfg: Config, buffer: Buffer, weights: TokenWeightStage) -> Log
     old = a.ppo_epochs > 1 or a.mini_batches > 1 or "old_logp" in buffer.reads
     reuse = old and needs_perception(cfg) and a.perception.score == "k3_sampled"
     return LogprobNeeds(old_logp=old, entropy="entropy" in weights.needs or reuse,
-                        temperature=cfg.rollout.temperature, micro_batch_size=a.micro_batch_size)
+                        temperature=cfg.rollout.temperature, micro_batch_size=a.micro_batch_size,
+                        micro_batch_tokens=a.micro_batch_tokens)
 
 
 def build_buffer(cfg: Config, task) -> Buffer:

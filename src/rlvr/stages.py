@@ -25,6 +25,7 @@ from rlvr.batch import Batch
 from rlvr.distributed import World, gather_rows
 from rlvr.metrics import Metrics
 from rlvr.seeding import row_seeds
+from rlvr.update import micro_batches
 
 DERIVED: dict[str, Callable[[Batch], torch.Tensor]] = {
     "lengths": lambda b: b.loss_mask.sum(-1),  # (N,) trained tokens (observations of a multi-turn row excluded)
@@ -80,15 +81,16 @@ class LogprobNeeds:
     entropy: bool = False
     temperature: float = 1.0
     micro_batch_size: int = 64
+    micro_batch_tokens: int = 0
 
 
 @torch.no_grad()
 def chunked_logp(policy, batch: Batch, micro_batch_size: int, temperature: float,
-                 with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """No-grad log-probs (and entropy) of the batch's completions, `micro_batch_size` rows per forward."""
-    parts = [policy.logp(batch.select(torch.arange(s, min(s + micro_batch_size, len(batch)))),
-                         temperature=temperature, with_entropy=with_entropy) for s in range(0, len(batch),
-                                                                                         micro_batch_size)]
+                 with_entropy: bool = False, micro_batch_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """No-grad log-probs (and entropy) of the batch's completions, micro-batched as the update is
+    (rlvr.update.micro_batches)."""
+    parts = [policy.logp(batch.select(torch.arange(sl.start, sl.stop)), temperature=temperature,
+                         with_entropy=with_entropy) for sl in micro_batches(batch, micro_batch_size, micro_batch_tokens)]
     if not parts:
         empty = batch.loss_mask.new_zeros(batch.loss_mask.shape)
         return empty, (empty if with_entropy else None)
@@ -101,10 +103,12 @@ def logprobs(needs: LogprobNeeds, policy, ref_policy, batch: Batch) -> Batch:
     fields = {}
     if needs.old_logp or needs.entropy:
         policy.eval()
-        old, entropy = chunked_logp(policy, batch, needs.micro_batch_size, needs.temperature, needs.entropy)
+        old, entropy = chunked_logp(policy, batch, needs.micro_batch_size, needs.temperature, needs.entropy,
+                                    needs.micro_batch_tokens)
         fields.update(old_logp=old if needs.old_logp else None, old_entropy=entropy)
     if ref_policy is not None:
-        fields["ref_logp"], _ = chunked_logp(ref_policy, batch, needs.micro_batch_size, needs.temperature)
+        fields["ref_logp"], _ = chunked_logp(ref_policy, batch, needs.micro_batch_size, needs.temperature,
+                                             micro_batch_tokens=needs.micro_batch_tokens)
     return batch.replace(**fields) if fields else batch
 
 

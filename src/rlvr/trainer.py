@@ -78,6 +78,7 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]
         a = cfg.algo
         skipped = update(run.policy, run.optimizer, run.scheduler, batch, run.loss, ppo_epochs=a.ppo_epochs,
                          mini_batches=a.mini_batches, micro_batch_size=a.micro_batch_size,
+                         micro_batch_tokens=a.micro_batch_tokens,
                          grad_clip=cfg.optim.grad_clip, world=run.world,
                          generator=generator(cfg.seed, "minibatch", step), log=log)
     if run.pipeline is not None:

@@ -90,13 +90,34 @@ def split_micro(n: int, micro_batch_size: int) -> list[slice]:
     return [slice(s, min(s + micro_batch_size, n)) for s in range(0, n, micro_batch_size)]
 
 
+def micro_batches(batch: Batch, micro_batch_size: int, micro_batch_tokens: int = 0) -> list[slice]:
+    """Consecutive row ranges of at most `micro_batch_size` rows and, when micro_batch_tokens > 0, at most that many
+    computed tokens (verl's dynamic batch size): a row costs its real completion tokens, plus its real prompt tokens
+    when its prompt is not the previous row's (the forward runs a shared prompt once per micro-batch). Rows stay in
+    order, so groups stay together; a row over the budget goes alone."""
+    if micro_batch_tokens <= 0:
+        return split_micro(len(batch), micro_batch_size)
+    prompt_len, tail_len = batch.prompt_mask.sum(-1).tolist(), batch.completion_mask.sum(-1).tolist()
+    same = [False] + ((batch.prompt_ids[1:] == batch.prompt_ids[:-1]) & (batch.prompt_mask[1:] == batch.prompt_mask[
+        :-1])).all(-1).tolist()  # (N,) the row repeats the previous row's prompt
+    out, start, used = [], 0, 0
+    for i in range(len(batch)):
+        cost = tail_len[i] + (0 if same[i] and i > start else prompt_len[i])
+        if i > start and (used + cost > micro_batch_tokens or i - start == micro_batch_size):
+            out.append(slice(start, i))
+            start, used, cost = i, 0, tail_len[i] + prompt_len[i]
+        used += cost
+    return out + [slice(start, len(batch))] if len(batch) else out
+
+
 def optimizer_step(policy, optimizer, scheduler, batch: Batch, fns: LossFns, *, micro_batch_size: int,
-                   grad_clip: float, world: World, log: Metrics, share: float = 1.0) -> bool:
+                   grad_clip: float, world: World, log: Metrics, share: float = 1.0,
+                   micro_batch_tokens: int = 0) -> bool:
     """One optimizer step over this rank's rows of a mini-batch; returns True when it was skipped (non-finite)."""
     counts = torch.tensor([float(batch.loss_mask.sum()), float((batch.loss_mask.sum(-1) > 0).sum())])
     num_tokens, num_seqs = all_reduce(counts, world).clamp(min=1).tolist()
     finite = True
-    for sl in split_micro(len(batch), micro_batch_size):
+    for sl in micro_batches(batch, micro_batch_size, micro_batch_tokens):
         mb = batch if sl.stop - sl.start == len(batch) else batch.select(torch.arange(sl.start, sl.stop))
         loss = micro_batch_loss(policy, mb, fns, num_tokens, num_seqs, world, log, share=share)
         finite &= bool(torch.isfinite(loss.detach()))
@@ -125,7 +146,7 @@ def mini_batch_groups(batch: Batch, mini_batches: int, generator: torch.Generato
 
 def update(policy, optimizer, scheduler, batch: Batch, fns: LossFns, *, ppo_epochs: int, mini_batches: int,
            micro_batch_size: int, grad_clip: float, world: World, generator: torch.Generator,
-           log: Metrics) -> int:
+           log: Metrics, micro_batch_tokens: int = 0) -> int:
     """All optimizer steps for one step's batch; returns how many were skipped. Metrics go to `log`."""
     policy.train()
     plan = [mini_batch_groups(batch, mini_batches, generator, world) for _ in range(ppo_epochs)]
@@ -136,6 +157,7 @@ def update(policy, optimizer, scheduler, batch: Batch, fns: LossFns, *, ppo_epoc
             rows = batch.rows_of(groups)
             part = batch if len(rows) == len(batch) else batch.select(rows)  # one mini-batch: every row, in order
             skipped += optimizer_step(policy, optimizer, scheduler, part, fns, micro_batch_size=micro_batch_size,
-                                      grad_clip=grad_clip, world=world, log=log, share=1.0 / steps)
+                                      grad_clip=grad_clip, world=world, log=log, share=1.0 / steps,
+                                      micro_batch_tokens=micro_batch_tokens)
     log.max("optimizer_steps", steps)
     return skipped
