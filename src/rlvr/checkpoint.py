@@ -2,7 +2,9 @@
 
 Layout of `runs/<name>/checkpoints/`:
     step-000020/        model/ (save_pretrained: AutoModelForCausalLM loads it), tokenizer files,
-                        trainer.pt (optimizer, scheduler, RNG states, step, data position, counters)
+                        trainer.pt (optimizer, scheduler, RNG states, step, data position, counters);
+                        under distributed.strategy fsdp: sharded/ (torch.distributed.checkpoint: every rank's
+                        weight and optimizer shards) instead of model/ and of trainer.pt's optimizer
     latest              text file naming the newest complete checkpoint folder
 
 1. Everything is written into a temporary sibling folder, flushed, then renamed into place (os.replace is
@@ -52,13 +54,14 @@ def _write_atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_model_atomic(policy, folder: Path) -> None:
+def save_model_atomic(policy, folder: Path, **save_options: Any) -> None:
     """`policy.save` into a temporary sibling, then renamed into place: a Hugging Face folder that
-    `AutoModelForCausalLM.from_pretrained(folder)` loads (LoRA merged first)."""
+    `AutoModelForCausalLM.from_pretrained(folder)` loads (LoRA merged first). save_options: e.g. the state_dict
+    gathered from FSDP shards."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    policy.save(tmp)
+    policy.save(tmp, **save_options)
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         os.replace(folder, old)
@@ -71,10 +74,21 @@ def save_model_atomic(policy, folder: Path) -> None:
 def save_checkpoint(root: Path, step: int, policy, trainer_state: dict[str, Any], keep: int = 2) -> Path:
     """Write checkpoint `step` atomically under `root` (the policy's folder, LoRA as its adapter; trainer.pt);
     return its folder."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}.tmp-"))
+    tmp = begin_checkpoint(root, step)
     policy.save(tmp / "model", merge_adapters=False)
+    return commit_checkpoint(root, step, tmp, trainer_state, keep)
+
+
+def begin_checkpoint(root: Path, step: int) -> Path:
+    """A fresh temporary folder for checkpoint `step`, renamed into place by commit_checkpoint."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:06d}.tmp-"))
+
+
+def commit_checkpoint(root: Path, step: int, tmp: Path, trainer_state: dict[str, Any], keep: int = 2) -> Path:
+    """trainer.pt into `tmp` (the weights are there already), then `tmp` renamed to step-N and `latest` pointed at
+    it; older checkpoints beyond `keep` pruned. Returns the step's folder."""
+    final = root / f"step-{step:06d}"
     torch.save(trainer_state, tmp / "trainer.pt")
     old = None
     if final.exists():  # the same step saved again: keep the finished copy until the new one is in place
@@ -97,7 +111,8 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def _complete(folder: Path) -> bool:
-    return (folder / "trainer.pt").is_file() and (folder / "model").is_dir()
+    """trainer.pt and the weights: a model folder, or FSDP shards (rlvr.distributed.fsdp_checkpoint)."""
+    return (folder / "trainer.pt").is_file() and ((folder / "model").is_dir() or (folder / "sharded").is_dir())
 
 
 def latest_checkpoint(root: Path) -> Path | None:

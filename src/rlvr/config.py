@@ -685,6 +685,11 @@ def _check_world(cfg: Config) -> None:
     if cfg.rollout.prompts_per_step % size:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by the "
                           f"number of data-parallel ranks ({size})")
+    if cfg.distributed.strategy == "fsdp":
+        from rlvr.scale import fsdp_reason
+
+        if reason := fsdp_reason(cfg):
+            raise ConfigError(f"distributed.strategy fsdp: {reason}")
     if not getattr(BUFFERS.lookup(cfg.buffer.name), "data_parallel", True):
         raise ConfigError(f"buffer.name: '{cfg.buffer.name}' keeps one experience pool per process and does not run "
                           f"under data parallelism yet (torchrun with {size} ranks); run it in one process")

@@ -41,7 +41,7 @@ from rlvr.config import (
     to_dict,
     validate,
 )
-from rlvr.distributed import World, init_world
+from rlvr.distributed import World, init_world, is_sharded
 from rlvr.envs import ENVS, EnvSampler
 from rlvr.metrics import RunLogger
 from rlvr.policies import SamplingParams, load_policy_of
@@ -299,8 +299,10 @@ def apply_lora(model, lora: dict):
 def build_optimizer(cfg: Config, policy):
     o = cfg.optim
     params = [p for p in policy.parameters() if p.requires_grad]
-    # the fused kernel (CPU and CUDA) is one pass over each tensor instead of a dozen small ops per parameter
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
+    # the fused kernel (CPU and CUDA) is one pass over each tensor instead of a dozen small ops per parameter; FSDP's
+    # DTensor shards take the foreach one
+    fused = {"foreach": True} if any(is_sharded(p) for p in params) else {"fused": True}
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **fused)
     warm = max(o.warmup_steps, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     return optimizer, scheduler
@@ -344,7 +346,7 @@ def given_policy(cfg: Config, policy, resume_from: Path | None):
     """(policy, frozen reference or None) around a model the caller loaded: the reference is the model as given; a
     resume loads the checkpoint's weights (or its LoRA adapter) into it."""
     ref_policy = policy.frozen_copy() if cfg.algo.kl_coef else None
-    if resume_from is not None and not cfg.model.lora:
+    if resume_from is not None and not cfg.model.lora and (resume_from / "model").is_dir():  # else FSDP shards
         _load_weights(policy.model, resume_from / "model")
     _lora(cfg, policy, resume_from)
     return policy, ref_policy
@@ -368,7 +370,8 @@ def build_policy(cfg: Config, resume_from: Path | None):
     """(policy, frozen reference or None). A full-weight resume loads the checkpoint's weights; a LoRA resume loads the
     base model, then the checkpoint's adapter. The reference is always the starting model."""
     m = cfg.model
-    full_resume = resume_from is not None and not m.lora
+    # a full-weight resume loads the checkpoint's model folder; FSDP shards load after sharding (trainer.restore)
+    full_resume = resume_from is not None and not m.lora and (resume_from / "model").is_dir()
     start = dict(path=m.path, config=m.config, gguf_file=m.gguf_file)  # the run's starting model
     source = dict(path=str(resume_from / "model"), config=None, gguf_file=None) if full_resume else start
     options = dict(dtype=m.dtype, seed=cfg.seed, autocast=getattr(torch, m.autocast) if m.autocast else None,

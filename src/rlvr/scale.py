@@ -20,6 +20,8 @@ from rlvr.distributed import World
 def prepare_policy(cfg: Config, policy, world: World, device: torch.device) -> None:
     """Memory options, then the device move, then sharding (FSDP shards what is already on the device)."""
     model = getattr(policy, "model", None)
+    if cfg.distributed.strategy == "fsdp" and (reason := fsdp_reason(cfg, policy)):
+        raise ConfigError(f"distributed.strategy fsdp: {reason}")
     if cfg.model.activation_checkpointing:
         enable_checkpointing(model, f"model.activation_checkpointing: {type(policy).__name__}")
     if cfg.model.logp_chunk_tokens:
@@ -28,6 +30,31 @@ def prepare_policy(cfg: Config, policy, world: World, device: torch.device) -> N
                               "(chunking is for causal LMs: rlvr.policies.causal_lm)")
         policy.logp_chunk = cfg.model.logp_chunk_tokens
     policy.to(device)
+    if cfg.distributed.strategy == "fsdp" and world.size > 1:
+        from rlvr.distributed.fsdp import shard_model
+
+        compute = getattr(torch, cfg.model.autocast) if cfg.model.autocast else None
+        shard_model(model, world, compute_dtype=compute, offload=cfg.distributed.fsdp_offload,
+                    reshard_after_forward=cfg.distributed.fsdp_reshard_after_forward)
+
+
+def fsdp_reason(cfg: Config, policy=None) -> str | None:
+    """Why distributed.strategy: fsdp cannot shard this run's policy (once built; before: what the config says), or
+    None."""
+    from rlvr.config import _names_vlm
+
+    if policy is None and cfg.model.config is not None and _names_vlm(cfg.model):
+        return f"model.config '{cfg.model.config}' is not a causal LM with decoder layers (vision-language models " \
+               "train with strategy: replicate)"
+    model = getattr(policy, "model", None)
+    if policy is not None and (not hasattr(getattr(model, "model", None), "layers") or not hasattr(policy,
+                                                                                                  "logp_chunk")):
+        return f"{type(policy).__name__} is not a causal LM with decoder layers (model.model.layers)"
+    if cfg.model.lora:
+        return "model.lora: LoRA adapters train a few weights; run them with distributed.strategy: replicate"
+    if cfg.rollout.max_staleness:
+        return "rollout.max_staleness > 0 samples from a copy of the policy; run it with strategy: replicate"
+    return None
 
 
 def enable_checkpointing(model, who: str) -> None:

@@ -34,9 +34,11 @@ from rlvr.checkpoint import (
     save_model_atomic,
     set_rng_state,
 )
-from rlvr.config import Config, check_files, to_dict, validate
+from rlvr.config import Config, ConfigError, check_files, to_dict, validate
 from rlvr.distributed import barrier, shutdown
 from rlvr.errors import TrainingError
+from rlvr.distributed.fsdp import gathered, sharded
+from rlvr.distributed.fsdp_checkpoint import load_sharded, save_full_model, save_sharded
 from rlvr.evaluate import evaluate
 from rlvr.metrics import Metrics, length_metrics
 from rlvr.rewards.diversity import group_diversity_metrics
@@ -56,24 +58,8 @@ from rlvr.update import update
 def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]:
     """One RL step over this rank's rows; returns the metrics (reduced over ranks) and the trained batch."""
     cfg, log, t_start = run.cfg, Metrics(), time.perf_counter()
-    if run.pipeline is None:
-        with log.timer("time/rollout"):
-            plan = run.buffer.plan(step, cfg.rollout.prompts_per_step, run.policy, log)
-        batch = gather(run, state, plan, step, log)
-    else:  # asynchronous: this batch was sampled with older weights while the last step updated (rlvr.rollout.pipeline)
-        rollout, waited = run.pipeline.take(step, state.data_pos, more=step + 1 < cfg.train.steps)
-        batch, state.data_pos = rollout.batch, rollout.end
-        log.merge(rollout.log)
-        log.mean("async/staleness", step - rollout.version)
-        log.add("time/rollout_wait", waited, "time")
-    batch = advantages(run.advantage, batch, run.world, log)
-    batch = logprobs(run.logprobs, run.policy, run.ref_policy, batch)
-    batch = perception(run.perception, run.policy, batch, step, run.world, log)  # VPPO: visual dependency per token
-    batch = shape_advantages(run.shaping, batch, run.world, log)  # VPPO: trajectory-level advantage shaping
-    batch = run.buffer.observe(batch, step, log)
-    if run.pipeline is not None:  # a replay buffer's plan for the next batch reads what observe recorded
-        run.pipeline.start_next()
-    batch = token_weights(run.weights, batch, run.world, log)
+    with gathered(run.policy):  # FSDP: full weights for sampling and the no-grad passes, sharded for the update
+        batch = _batch(run, state, step, log)
     with log.timer("time/update"):
         a = cfg.algo
         skipped = update(run.policy, run.optimizer, run.scheduler, batch, run.loss, ppo_epochs=a.ppo_epochs,
@@ -93,6 +79,30 @@ def rl_step(run: Run, state: State, step: int) -> tuple[dict[str, float], Batch]
     metrics = log.reduce(run.world)
     metrics["skipped_steps"] = float(skipped)
     return metrics, batch
+
+
+def _batch(run: Run, state: State, step: int, log: Metrics) -> Batch:
+    """This step's batch to train: sampled (or taken from the pipeline), with advantages, log-probs, replay and token
+    weights."""
+    cfg = run.cfg
+    if run.pipeline is None:
+        with log.timer("time/rollout"):
+            plan = run.buffer.plan(step, cfg.rollout.prompts_per_step, run.policy, log)
+        batch = gather(run, state, plan, step, log)
+    else:  # asynchronous: this batch was sampled with older weights while the last step updated (rlvr.rollout.pipeline)
+        rollout, waited = run.pipeline.take(step, state.data_pos, more=step + 1 < cfg.train.steps)
+        batch, state.data_pos = rollout.batch, rollout.end
+        log.merge(rollout.log)
+        log.mean("async/staleness", step - rollout.version)
+        log.add("time/rollout_wait", waited, "time")
+    batch = advantages(run.advantage, batch, run.world, log)
+    batch = logprobs(run.logprobs, run.policy, run.ref_policy, batch)
+    batch = perception(run.perception, run.policy, batch, step, run.world, log)  # VPPO: visual dependency per token
+    batch = shape_advantages(run.shaping, batch, run.world, log)  # VPPO: trajectory-level advantage shaping
+    batch = run.buffer.observe(batch, step, log)
+    if run.pipeline is not None:  # a replay buffer's plan for the next batch reads what observe recorded
+        run.pipeline.start_next()
+    return token_weights(run.weights, batch, run.world, log)
 
 
 def gather(run: Run, state: State, plan: Plan, step: int, log: Metrics, *, sampler=None, world=None) -> Batch:
@@ -159,9 +169,12 @@ class StopRequest:
 
 def run_eval(run: Run, step: int) -> dict[str, float]:
     """Greedy held-out metrics; for a mixture, per task (eval/<key>/...) and their mean (eval/accuracy)."""
+    with gathered(run.policy):  # FSDP: every rank gathers the weights, the main rank evaluates
+        return _eval_main(run, step) if run.world.is_main else {}
+
+
+def _eval_main(run: Run, step: int) -> dict[str, float]:
     cfg = run.cfg
-    if not run.world.is_main:
-        return {}
     tasks = run.eval_task.tasks if isinstance(run.eval_task, MixtureTask) else {"": run.eval_task}
     sizes = [t.eval_size for t in cfg.tasks] if cfg.tasks else [cfg.task.eval_size]
     out: dict[str, float] = {}
@@ -178,22 +191,34 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
 
 
 def checkpoint(run: Run, state: State) -> Path | None:
+    root, shards = run.cfg.run_dir / "checkpoints", sharded(getattr(run.policy, "model", None))
+    trainer_state = {
+        "optimizer": None if shards else run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "rng": rng_state(), "state": state.__dict__.copy(), "config": to_dict(run.cfg),
+        "buffer": run.buffer.state_dict(),
+        "rollout_versions": run.pipeline.saved_versions(state.step) if run.pipeline is not None else None,
+    } if run.world.is_main else None
+    if shards:  # every rank writes its own shards (rlvr.distributed.fsdp_checkpoint)
+        return save_sharded(root, state.step, run.policy.model, run.optimizer, trainer_state, run.world)
     if not run.world.is_main:
         barrier(run.world)
         return None
-    trainer_state = {
-        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
-        "state": state.__dict__.copy(), "config": to_dict(run.cfg), "buffer": run.buffer.state_dict(),
-        "rollout_versions": run.pipeline.saved_versions(state.step) if run.pipeline is not None else None,
-    }
-    path = save_checkpoint(run.cfg.run_dir / "checkpoints", state.step, run.policy, trainer_state)
+    path = save_checkpoint(root, state.step, run.policy, trainer_state)
     barrier(run.world)
     return path
 
 
 def restore(run: Run, folder: Path) -> State:
     saved = load_trainer_state(folder)
-    run.optimizer.load_state_dict(saved["optimizer"])
+    shards = sharded(getattr(run.policy, "model", None))
+    if (folder / "sharded").is_dir() != shards:
+        written = "fsdp" if (folder / "sharded").is_dir() else "replicate"
+        raise ConfigError(f"{folder}: written with distributed.strategy {written}; resume it with strategy {written}"
+                          + ("" if written == "replicate" else " under torchrun"))
+    if shards:
+        load_sharded(folder, run.policy.model, run.optimizer)
+    else:
+        run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
     run.buffer.load_state_dict(saved["buffer"] or {})
@@ -334,8 +359,11 @@ def _finish(run: Run, state: State) -> dict[str, Any]:
     if run.world.is_main:
         run.logger.log(state.step, after)
     checkpoint(run, state)
-    if run.world.is_main:
+    if sharded(getattr(run.policy, "model", None)):
+        save_full_model(run.policy, run.cfg.run_dir / "final", run.world)
+    elif run.world.is_main:
         save_model_atomic(run.policy, run.cfg.run_dir / "final")
+    if run.world.is_main:
         _plot(run)
     return _summary(run, state)
 

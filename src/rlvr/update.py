@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from rlvr.batch import Batch
-from rlvr.distributed import World, all_gather_object, all_reduce, average_gradients
+from rlvr.distributed import World, all_gather_object, all_reduce, average_gradients, is_sharded
+from rlvr.distributed.fsdp import sharded
 from rlvr.metrics import Mean, Metrics
 
 
@@ -112,19 +113,24 @@ def micro_batches(batch: Batch, micro_batch_size: int, micro_batch_tokens: int =
 
 def optimizer_step(policy, optimizer, scheduler, batch: Batch, fns: LossFns, *, micro_batch_size: int,
                    grad_clip: float, world: World, log: Metrics, share: float = 1.0,
-                   micro_batch_tokens: int = 0) -> bool:
-    """One optimizer step over this rank's rows of a mini-batch; returns True when it was skipped (non-finite)."""
+                   micro_batch_tokens: int = 0, filler: Batch | None = None) -> bool:
+    """One optimizer step over this rank's rows of a mini-batch; returns True when it was skipped (non-finite).
+    filler: a row of this rank (any) for the zero-loss passes of a sharded model (_lockstep)."""
     counts = torch.tensor([float(batch.loss_mask.sum()), float((batch.loss_mask.sum(-1) > 0).sum())])
     num_tokens, num_seqs = all_reduce(counts, world).clamp(min=1).tolist()
     finite = True
-    for sl in micro_batches(batch, micro_batch_size, micro_batch_tokens):
-        mb = batch if sl.stop - sl.start == len(batch) else batch.select(torch.arange(sl.start, sl.stop))
-        loss = micro_batch_loss(policy, mb, fns, num_tokens, num_seqs, world, log, share=share)
+    for sl in _lockstep(policy, micro_batches(batch, micro_batch_size, micro_batch_tokens), world):
+        if sl is None:  # FSDP: a rank with fewer micro-batches joins the others' collectives with a zero loss
+            loss = 0.0 * micro_batch_loss(policy, filler, fns, num_tokens, num_seqs, world, Metrics())
+        else:
+            mb = batch if sl.stop - sl.start == len(batch) else batch.select(torch.arange(sl.start, sl.stop))
+            loss = micro_batch_loss(policy, mb, fns, num_tokens, num_seqs, world, log, share=share)
         finite &= bool(torch.isfinite(loss.detach()))
         loss.backward()
     params = [p for p in policy.parameters() if p.requires_grad]
     average_gradients(params, world)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    grad_norm = float(norm.full_tensor() if is_sharded(norm) else norm)
     log.mean("grad_norm", grad_norm)
     finite = bool(all_reduce(torch.tensor([float(finite)]), world, "min")) and math.isfinite(grad_norm)
     if finite:
@@ -132,6 +138,15 @@ def optimizer_step(policy, optimizer, scheduler, batch: Batch, fns: LossFns, *, 
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return not finite
+
+
+def _lockstep(policy, slices: list[slice], world: World) -> list[slice | None]:
+    """Under FSDP every forward and backward is a collective (all-gather, reduce-scatter), so every rank runs as many
+    micro-batches as the rank with most; None marks a zero-loss pass. Replicas: the slices as they are."""
+    if world.size == 1 or not sharded(getattr(policy, "model", None)):
+        return slices
+    most = int(all_reduce(torch.tensor([len(slices)]), world, "max"))
+    return slices + [None] * (most - len(slices))
 
 
 def mini_batch_groups(batch: Batch, mini_batches: int, generator: torch.Generator, world: World) -> list[list[int]]:
@@ -158,6 +173,7 @@ def update(policy, optimizer, scheduler, batch: Batch, fns: LossFns, *, ppo_epoc
             part = batch if len(rows) == len(batch) else batch.select(rows)  # one mini-batch: every row, in order
             skipped += optimizer_step(policy, optimizer, scheduler, part, fns, micro_batch_size=micro_batch_size,
                                       grad_clip=grad_clip, world=world, log=log, share=1.0 / steps,
-                                      micro_batch_tokens=micro_batch_tokens)
+                                      micro_batch_tokens=micro_batch_tokens,
+                                      filler=batch.select([0]) if len(batch) else None)
     log.max("optimizer_steps", steps)
     return skipped

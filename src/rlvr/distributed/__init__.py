@@ -96,11 +96,19 @@ def gather_rows(x: torch.Tensor, world: World) -> tuple[torch.Tensor, slice]:
     return rows, slice(start, start + x.shape[0])
 
 
+def is_sharded(t: torch.Tensor) -> bool:
+    """A DTensor: an FSDP parameter shard."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
 def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
     """Average .grad over ranks with a single flattened all-reduce. A rank without a gradient for a parameter that
     another rank has (no rows in this mini-batch) contributes zeros; a parameter no rank touched keeps None, as in
     one process (AdamW skips it)."""
-    if world.size == 1:
+    params = [p for p in params if not is_sharded(p)]  # FSDP reduce-scatters its own (rlvr.distributed.fsdp)
+    if world.size == 1 or not params:
         return
     has = all_reduce(torch.tensor([p.grad is not None for p in params], dtype=torch.int32), world, "max")
     params = [p for p, h in zip(params, has.tolist()) if h]

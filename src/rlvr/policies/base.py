@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -101,9 +102,10 @@ class ModelPolicy:
         self.model.to(device)
         return self
 
-    def save(self, folder, *, merge_adapters: bool = True) -> None:
+    def save(self, folder, *, merge_adapters: bool = True, state_dict: dict | None = None) -> None:
         """A Hugging Face folder (model and tokenizer) that from_pretrained loads. LoRA adapters are merged into the
-        weights for good (the final model) unless merge_adapters=False (the adapter only, as checkpoints keep it)."""
+        weights for good (the final model) unless merge_adapters=False (the adapter only, as checkpoints keep it).
+        state_dict: the weights to write instead of the model's own (gathered from FSDP shards)."""
         from transformers.utils import logging as hf_logging
 
         if merge_adapters and hasattr(self.model, "merge_and_unload"):
@@ -111,7 +113,11 @@ class ModelPolicy:
         shown = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the middle of training output
         try:
-            self.model.save_pretrained(folder, safe_serialization=True)
+            self.model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+            if type(self.model).__name__.startswith("FSDP"):
+                from rlvr.distributed.fsdp_checkpoint import unwrapped_architectures
+
+                unwrapped_architectures(Path(folder))
         finally:
             if shown:
                 hf_logging.enable_progress_bar()

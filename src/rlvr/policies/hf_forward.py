@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from rlvr.distributed.fsdp import sharded, through
 from rlvr.ops import entropy_from_logits, head_logprobs, token_logprobs
 from rlvr.policies.base import prompt_owners
 from rlvr.policies.lean import lean_completion_hidden, lean_completion_logits, lean_reason
@@ -39,6 +40,16 @@ def completion_logp(
     owners: (owner (N,), first (U,)) of rows that may share a prompt forward; default: equal prompt tokens.
     """
     owner, first = owners or prompt_owners(input_ids[:, :-T], attention_mask[:, :-T])
+    if sharded(model) and (chunk > 0 or lean and lean_reason(model) is None):  # FSDP: forwards that read the root's
+        # weights (embeddings, norm, lm_head) directly run inside its hooks; model(...) runs them itself
+        return through(model, functools.partial(_completion_logp, model, input_ids, attention_mask, T, owner, first,
+                                                temperature, with_entropy, share_prefix, autocast, lean, chunk))
+    return _completion_logp(model, input_ids, attention_mask, T, owner, first, temperature, with_entropy,
+                            share_prefix, autocast, lean, chunk)
+
+
+def _completion_logp(model, input_ids, attention_mask, T: int, owner, first, temperature: float, with_entropy: bool,
+                     share_prefix: bool, autocast: torch.dtype | None, lean: bool, chunk: int):
     use_lean = lean and lean_reason(model) is None
     if chunk > 0 and (use_lean or _plain_head(model)):
         return _chunked_logp(model, input_ids, attention_mask, T, owner, first, temperature=temperature, chunk=chunk,

@@ -37,12 +37,14 @@ It reads the weights directly: forward hooks on the model's submodules do not ru
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from rlvr.distributed.fsdp import through
 from rlvr.policies.family import family_reason, rms, rope_tables
 
 
@@ -110,10 +112,8 @@ def lean_completion_hidden(model, input_ids, attention_mask, T: int, owner, firs
     x = F.embedding(t.ids, emb.weight, emb.padding_idx)  # (M, hidden)
     recompute = torch.is_grad_enabled() and getattr(model.model, "gradient_checkpointing", False)
     for layer in model.model.layers:
-        if recompute:
-            x = checkpoint(_layer, x, layer, t, model.config, autocast, use_reentrant=False)
-        else:
-            x = _layer(x, layer, t, model.config, autocast)
+        x = through(layer, functools.partial(_checkpointed if recompute else _layer, layer=layer, t=t, cfg=model.config,
+                                             autocast=autocast), x)  # (M, hidden); FSDP: the layer's gathered weights
     norm = model.model.norm
     return _norm(x.index_select(0, t.pred_rows), norm.weight, norm.variance_epsilon), t.pred_at  # (K, hidden), (K,)
 
@@ -139,6 +139,10 @@ def _layer(x: torch.Tensor, layer, t: _Tables, cfg, autocast: bool) -> torch.Ten
     x = _residual(x, a, att.o_proj, autocast)
     h = _norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
     return _residual(x, F.silu(_linear(h, mlp.gate_proj)) * _linear(h, mlp.up_proj), mlp.down_proj, autocast)
+
+
+def _checkpointed(x: torch.Tensor, layer, t: _Tables, cfg, autocast: bool) -> torch.Tensor:
+    return checkpoint(_layer, x, layer, t, cfg, autocast, use_reentrant=False)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:

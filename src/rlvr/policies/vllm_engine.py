@@ -189,8 +189,10 @@ class Engine:
             self.asleep = {"weights", "kv_cache"}
 
     def load(self, policy: Policy) -> None:
-        """The policy's parameters copied into the engine's model, by their HF names (vLLM stacks q/k/v itself)."""
-        weights = [(name, p.detach()) for name, p in policy.model.named_parameters()]
+        """The policy's parameters copied into the engine's model, by their HF names (vLLM stacks q/k/v itself).
+        FSDP shards are gathered one parameter at a time (every rank loads its own engine, in the same order)."""
+        weights = [(name, p.detach().full_tensor() if hasattr(p, "full_tensor") else p.detach())
+                   for name, p in policy.model.named_parameters()]
         self.llm.apply_model(lambda model: model.load_weights(weights))
         self.llm.reset_prefix_cache()  # cached prompt keys and values came from the old weights
         self.stale = False
