@@ -78,6 +78,10 @@ CASES = {
     # collectives (dynamic sampling's decisions) run over a process group of their own while the update all-reduces
     "async": [f"rewards=[{reward('starts_with_digit')}]", "rollout.max_staleness=1",
               "algo.dynamic_sampling={enabled: true, max_rounds: 2, on_exhaust: partial}"],
+    # ExGRPO: every rank keeps the same experience pool, fed by the gathered groups; replay from step 2 on
+    "exgrpo": ["buffer={name: exgrpo, kwargs: {replay_ratio: 0.5, start_threshold: 0.0, correct_threshold: 0.2}}",
+               "algo.loss=exgrpo_mixed", "algo.loss_kwargs={beta: 0.1}", "algo.advantage=dr_grpo",
+               f"rewards=[{reward('digit_fraction')}]"],
     "multiturn": ["task.name=guess_number", "task.kwargs={hi: 8}", "env.name=guess_number", "env.max_turns=3",
                   "env.max_tokens=24", f"rewards=[{{name: env}}, {reward('digit_fraction', 0.5)}]"],
 }

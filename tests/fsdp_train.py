@@ -27,6 +27,10 @@ CASES = {
     # a 3-task mixture with per-source normalisation and DAPO dynamic sampling (ranks hold different row counts)
     "mixture": DP_CASES["mixture"] + ["algo.dynamic_sampling={enabled: true, max_rounds: 2, on_exhaust: partial}",
                                       "algo.mini_batches=2"],
+    # ExGRPO: replay in step 3 (every rank keeps the same pool, fed by the gathered groups), mixed loss
+    "exgrpo": ["buffer={name: exgrpo, kwargs: {replay_ratio: 0.5, start_threshold: 0.0, correct_threshold: 0.2}}",
+               "algo.loss=exgrpo_mixed", "algo.loss_kwargs={beta: 0.1}", "algo.advantage=dr_grpo",
+               f"rewards=[{reward('digit_fraction')}]"],
     # 4 steps with a checkpoint every 2 (the kill -9 + resume test crashes it in step 4)
     "resume": [f"rewards=[{reward('digit_fraction_then_die')}]", "train.steps=4", "train.save_every=2",
                "train.eval_every=0"],

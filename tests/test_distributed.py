@@ -3,7 +3,7 @@ trains exactly as one process with the whole batch: the same metrics (all but ti
 same final weights (within 1e-4; Adam turns float-rounding differences of near-zero gradients into steps of up to lr)
 and the same data positions on every rank, over 3 steps, for GRPO (2 mini-batches x 2 epochs), DAPO with dynamic
 sampling, a 3-task mixture with a reward that returns None and per-source normalisation, DIVER, REINFORCE++
-whitening with CISPO, high-entropy token weights and KL, SAPO with batch-std advantages, a multi-turn
+whitening with CISPO, high-entropy token weights and KL, SAPO with batch-std advantages, ExGRPO replay, a multi-turn
 environment, VPPO on a vision-language model with image and text-only rows, FrameThinker's environment (the first look's
 frames as an image observation), asynchronous rollouts with dynamic sampling in each rank's sampling thread, and a run
 through the Python API with rows, a reward callable and a model object (tests/dp_train.py).
@@ -50,7 +50,7 @@ def close(a, b, key: str = "") -> bool:
     return a == b
 
 
-CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "multiturn", "vppo", "frames", "async", "api"]
+CASES = ["grpo", "dapo", "mixture", "diver", "whiten", "sapo", "exgrpo", "multiturn", "vppo", "frames", "async", "api"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -72,7 +72,7 @@ def test_two_ranks_train_as_one_process(runs, case):
     else:  # another architecture (the vision-language case): its updates were not empty
         assert any(r.get("grad_norm", 0) > 0 for r in rows_one)
     positions = [json.loads((r / f"rank{i}.json").read_text())["data_pos"] for r, i in ((one, 0), (two, 0), (two, 1))]
-    assert len(set(positions)) == 1 and positions[0] >= 12
+    assert len(set(positions)) == 1 and positions[0] >= (10 if case == "exgrpo" else 12)  # replay draws fewer
 
 
 def test_the_cases_exercise_what_they_claim(runs):
@@ -91,14 +91,11 @@ def test_the_cases_exercise_what_they_claim(runs):
     assert all(r["vppo/dependency_mean"] > 0 and r["token_weights/mean"] < 1 for r in steps["vppo"])
     assert any(r["vppo/alpha_max"] > 1 for r in steps["vppo"])
     assert [r["async/staleness"] for r in steps["async"]] == [0, 1, 1]
+    assert steps["exgrpo"][0]["exgrpo/replayed_questions"] == 0 < steps["exgrpo"][-1]["exgrpo/replayed_questions"]
     assert any(r["dynamic_sampling/rounds"] > 1 for r in steps["async"])  # collectives in the sampling thread
 
 
-def test_what_data_parallelism_cannot_run_is_refused_in_one_line(monkeypatch, tiny_cfg):
+def test_what_data_parallelism_cannot_run_is_refused_in_one_line(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    cfg = tiny_cfg("buffer={name: exgrpo, kwargs: {}}", "algo.loss=exgrpo_mixed", "algo.loss_kwargs={}")
-    with pytest.raises(ConfigError, match=r"buffer.name: 'exgrpo' keeps one experience pool per process") as err:
-        validate(cfg)
-    assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="divisible by the number of data-parallel ranks"):
         validate(load_config(None, ["model.config=qwen2-micro", "rollout.prompts_per_step=3"]))

@@ -2,7 +2,8 @@
 every weight, gradient and AdamW state, train exactly as one process with the whole batch (every metric but timings
 within 1e-4 relative, final weights within 1e-4) for GRPO with 2 mini-batches x 2 epochs and uneven micro-batches,
 the memory options together (checkpointed lean layers, chunked lm_head log-probs, token-budget micro-batches), and a
-3-task mixture with DAPO dynamic sampling; a 2-rank run killed with SIGKILL between checkpoints and resumed from its
+3-task mixture with DAPO dynamic sampling, and ExGRPO replay (one experience pool per rank, fed by the gathered
+groups); a 2-rank run killed with SIGKILL between checkpoints and resumed from its
 sharded checkpoint ends with the weights of the uninterrupted run; the final model is one Hugging Face folder; what
 FSDP cannot shard is refused in one line."""
 
@@ -21,7 +22,7 @@ from rlvr.metrics import read_metrics
 from test_distributed import TIMING, close
 
 WORKER = Path(__file__).with_name("fsdp_train.py")
-CASES = ["grpo", "lean", "mixture"]
+CASES = ["grpo", "lean", "mixture", "exgrpo"]
 
 
 def run(args, cwd, **env_extra):
@@ -67,6 +68,9 @@ def test_cases_exercise_what_they_claim(runs):
     steps = [r for r in read_metrics(runs / "two" / "mixture" / "metrics.jsonl") if "reward" in r]
     assert any(r["dynamic_sampling/rounds"] > 1 for r in steps)
     assert any(r["dynamic_sampling/kept_fraction"] * r["dynamic_sampling/rounds"] < 1 for r in steps)  # partial
+    replay = [r for r in read_metrics(runs / "two" / "exgrpo" / "metrics.jsonl") if "reward" in r]
+    assert replay[0]["exgrpo/replayed_questions"] == 0 < replay[-1]["exgrpo/replayed_questions"]
+    assert replay[-1]["exgrpo/replay_frac"] > 0
 
 
 def test_kill_and_resume_equals_uninterrupted(runs):

@@ -45,6 +45,7 @@ from rlvr.distributed import World, init_world, is_sharded
 from rlvr.envs import ENVS, EnvSampler
 from rlvr.metrics import RunLogger
 from rlvr.policies import SamplingParams, load_policy_of
+from rlvr.prompt_limit import fit_prompts
 from rlvr.rewards import REWARDS
 from rlvr.rollout.collect import PromptStream, Sampler, TextSampler
 from rlvr.rollout.filters import FILTERS, GroupFilters
@@ -316,8 +317,13 @@ def setup(cfg: Config, *, resume_from: Path | None = None, given: Given | None =
         torch.set_num_threads(cfg.train.threads)
     task = given.task if given.task is not None else build_task(cfg, eval_split=False)
     eval_task = given.eval_task if given.eval_task is not None else build_task(cfg, eval_split=True)
+    notices = fit_prompts(cfg, (task, eval_task), policy=given.policy)  # rows too long for the model, before it loads
+    if world.is_main and notices:
+        print("\n".join(notices), file=sys.stderr)
     scorer = Scorer(build_rewards(cfg, task, given.functions), cfg.mixture.normalize, cfg.train.on_reward_error)
     buffer, weights = build_buffer(cfg, task), build_token_weights(cfg)
+    if hasattr(buffer, "world"):  # a buffer that keeps one pool per rank in step (ExGRPO) gathers over them
+        buffer.world = world
     torch.manual_seed(cfg.seed)
     if given.policy is not None:
         policy, ref_policy = given_policy(cfg, given.policy, resume_from)

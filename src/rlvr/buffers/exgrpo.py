@@ -16,7 +16,11 @@ observe(batch, step):
    full retire their question; the switch to mixed mode happens at the end of the step.
 4. Importance-sampling correction: pi_old of replayed rows becomes their recorded pi_past; every row is marked with
    the loss mode of this batch (`mixed_mode`: replay had started before the step), which exgrpo_mixed reads.
-Data parallelism is refused for this buffer (rlvr.config): each rank would keep its own pool.
+Data parallelism (torchrun, FSDP): every rank keeps the same pool. plan() runs identically on every rank (the same
+stream, pool and weights) and each rank takes a contiguous share of the replayed groups; observe() all-gathers every
+group's record and feeds them to the pool in group-id order, which is the one process's order (fresh groups by data
+position, then replayed groups by question), so the pool, the replay and the loss are those of one process
+(tests/test_fsdp.py, case exgrpo). Metrics of the pool are taken from the gathered groups (op max over ranks).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from rlvr.algos.exgrpo import mixed_group_advantages, replay_old_logp
 from rlvr.batch import Batch
 from rlvr.buffers.base import Plan
 from rlvr.buffers.experience import ExperienceBuffer, Trajectory, pad_trajectories, trajectory_entropy
+from rlvr.distributed import World, all_gather_object
 from rlvr.metrics import Metrics
 from rlvr.policies.base import Policy
 from rlvr.registry import check_kwargs
@@ -40,7 +45,8 @@ class ExGRPOBuffer:
 
     needs = ("task", "group_size", "seed", "temperature", "micro_batch_size")  # what rlvr.run builds it with
     reads = ("old_logp",)
-    data_parallel = False  # one pool per process: refused under torchrun (rlvr.config)
+    data_parallel = True  # one identical pool per rank, fed by the gathered groups
+    world = World()  # the data-parallel ranks; rlvr.run.setup sets it
 
     def __init__(self, *, task, group_size: int, seed: int, temperature: float, micro_batch_size: int, **options):
         check_kwargs(ExperienceBuffer, options, "replay buffer 'exgrpo'")  # a misspelt option fails with a hint
@@ -56,13 +62,15 @@ class ExGRPOBuffer:
 
     def plan(self, step: int, n: int, policy: Policy, log: Metrics) -> Plan:
         questions = self.pool.sample_questions(n, generator=generator(self.seed, "exgrpo_replay", step))
-        log.sum("exgrpo/replayed_questions", len(questions))
+        log.max("exgrpo/replayed_questions", len(questions))  # the same on every rank
         skip = self.pool.excluded(len(self.task), batch_size=n)
         if not questions:
             return Plan(n, None, skip)
         chosen, metrics = self.pool.select_trajectories(questions, lambda trajs: self.entropies(policy, trajs))
         log.update(metrics)
-        return Plan(n - len(questions), self.stored_rows(policy, chosen), skip)
+        w = self.world
+        mine = chosen[w.rank * len(chosen) // w.size : (w.rank + 1) * len(chosen) // w.size]  # this rank's groups
+        return Plan(n - len(questions), self.stored_rows(policy, mine) if mine else None, skip)
 
     @torch.no_grad()
     def entropies(self, policy: Policy, trajs: list[Trajectory]) -> torch.Tensor:
@@ -94,22 +102,40 @@ class ExGRPOBuffer:
     def observe(self, batch: Batch, step: int, log: Metrics) -> Batch:
         mixed = self.pool.started  # the loss mode of this batch: replay had started before this step
         is_replay = batch.extras.get("is_replay", torch.zeros(len(batch), dtype=torch.bool, device=batch.device))
+        records = self._records(batch, is_replay)
         counts: dict[str, int] = {}
-        for g in batch.groups().tolist():
-            rows = batch.rows_of([g])
-            verdict = self.pool.observe_group(
-                self.question_of(g), batch.rewards[rows].cpu(), step=step,
-                completion_ids=batch.completion_ids[rows].cpu(), completion_mask=batch.completion_mask[rows].cpu(),
-                loss_mask=batch.loss_mask[rows].cpu(), logp=batch.old_logp[rows].cpu(),
-                prompt_ids=batch.prompt_ids[rows].cpu(), prompt_mask=batch.prompt_mask[rows].cpu(),
-                is_replay=is_replay[rows].cpu())
+        for g, rec in records:
+            verdict = self.pool.observe_group(self.question_of(g), step=step, **rec)
             counts[verdict] = counts.get(verdict, 0) + 1
-        log.update(self.pool.end_step(batch.rewards.cpu(), step=step), op="max")
-        log.update({f"exgrpo/groups_{k}": v for k, v in counts.items()}, op="sum")
-        log.update(mixed_group_advantages(batch.rewards, batch.group_ids, is_replay)[1])
+        rewards = torch.cat([rec["rewards"] for _, rec in records]) if records else batch.rewards.cpu()
+        log.update(self.pool.end_step(rewards, step=step), op="max")
+        log.update({f"exgrpo/groups_{k}": v for k, v in counts.items()}, op="max")  # every rank counts every group
+        log.update(self._advantage_metrics(batch, is_replay), op="max")
         old = replay_old_logp(batch.old_logp, batch.rollout_logp, is_replay)  # pi_past for replayed rows
         flags = {"is_replay": is_replay, "mixed_mode": torch.full_like(is_replay, mixed)}
         return batch.replace(old_logp=old, extras={**batch.extras, **flags})
+
+    def _records(self, batch: Batch, is_replay: torch.Tensor):
+        """[(group id, the group's rows as observe_group takes them)] of every rank's groups, in group-id order under
+        data parallelism (one process: batch order, which is group-id order too)."""
+        out = []
+        for g in batch.groups().tolist():
+            rows = batch.rows_of([g])
+            rec = {"rewards": batch.rewards[rows], "completion_ids": batch.completion_ids[rows],
+                   "completion_mask": batch.completion_mask[rows], "loss_mask": batch.loss_mask[rows],
+                   "logp": batch.old_logp[rows], "prompt_ids": batch.prompt_ids[rows],
+                   "prompt_mask": batch.prompt_mask[rows], "is_replay": is_replay[rows]}
+            out.append((g, {k: v.cpu() for k, v in rec.items()}))
+        if self.world.size == 1:
+            return out
+        return sorted((r for part in all_gather_object(out, self.world) for r in part), key=lambda r: r[0])
+
+    def _advantage_metrics(self, batch: Batch, is_replay: torch.Tensor) -> dict:
+        """Zero-variance fractions of fresh and replayed groups, over every rank's groups."""
+        if self.world.size == 1:
+            return mixed_group_advantages(batch.rewards, batch.group_ids, is_replay)[1]
+        parts = all_gather_object((batch.rewards.cpu(), batch.group_ids.cpu(), is_replay.cpu()), self.world)
+        return mixed_group_advantages(*(torch.cat([p[i] for p in parts]) for i in range(3)))[1]
 
     # ---- checkpointing ---------------------------------------------------------------------------------------------
 
