@@ -11,8 +11,9 @@ cases of tests/dp_train.py's BASE; `strategy=fsdp` is set for every case (a sing
 import sys
 
 import torch
+from dp_train import BASE, reward
+from dp_train import CASES as DP_CASES
 
-from dp_train import BASE, CASES as DP_CASES, reward
 from rlvr.config import load_config
 from rlvr.distributed import init_world, shutdown
 from rlvr.trainer import train

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_distributed import TIMING, close
 
 from rlvr.config import ConfigError, load_config, validate
 from rlvr.metrics import read_metrics
-from test_distributed import TIMING, close
 
 WORKER = Path(__file__).with_name("fsdp_train.py")
 CASES = ["grpo", "lean", "mixture", "exgrpo"]

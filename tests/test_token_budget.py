@@ -3,13 +3,13 @@ a computed-token budget (a shared prompt counted once per micro-batch), the row 
 alone; a whole optimizer step with token budgets gives the weights and metrics of the row-count split."""
 
 import torch
+from test_update import make_batch
 
 from rlvr.algos import AGGREGATIONS, LOSSES
 from rlvr.distributed import World
 from rlvr.metrics import Metrics
 from rlvr.policies import HFCausalLM
 from rlvr.update import LossFns, micro_batches, optimizer_step
-from test_update import make_batch
 
 
 def spans(slices):

@@ -3,11 +3,13 @@
     rlvr sft   recipes/quickstart.yaml                 # supervised warm start
     rlvr train recipes/quickstart.yaml algo.loss=gspo  # RL, with key.sub=value overrides
     rlvr train recipes/quickstart.yaml --resume        # continue from the latest checkpoint
+    rlvr train recipes/quickstart.yaml --overwrite train.steps=50  # flags and overrides mix in any order
     rlvr eval  runs/quickstart/final --task arithmetic --task-kwargs digits=2 --k 8
     rlvr plot  runs/quickstart
     rlvr recipes                                        # recipes and every registered name
 
-Usage errors (bad config key, unknown name, missing file) print one line and exit with code 2.
+Usage errors (bad config key, unknown name, missing file, a data row whose prompt does not fit the model) print one
+line and exit with code 2.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 from rlvr.checkpoint import CheckpointError
 from rlvr.config import Config, ConfigError, load_config
 from rlvr.errors import DataError, TrainingError
+from rlvr.prompt_limit import PromptTooLong
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("run")
     sub.add_parser("recipes", help="list recipes and registered names")
     return p
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; key=value overrides after a flag (`train CFG --overwrite a=b`) join the overrides,
+    since argparse hands a positional list only the words before the first flag."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides += [word for word in extra if not word.startswith("-")]
+        extra = [word for word in extra if word.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _kv(items: list[str]) -> dict:
@@ -208,10 +224,10 @@ COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "data": cmd_da
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError, PromptTooLong) as err:
         print(f"rlvr: error: {err}", file=sys.stderr)
         return 2
     except (TrainingError, DataError) as err:

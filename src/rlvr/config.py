@@ -145,7 +145,7 @@ class RolloutConfig:
     max_new_tokens. A longer prompt is refused naming its file and row, or cut (truncate_prompts)."""
     truncate_prompts: str = "error"
     """error: a prompt longer than max_prompt_tokens is a one-line error naming its task, file and row; left: keep
-    its last max_prompt_tokens tokens (counted in prompts/truncated)."""
+    its last max_prompt_tokens tokens (the run says at setup how many rows of each task were cut)."""
 
 
 @dataclass

@@ -50,9 +50,9 @@ from rlvr.rewards import REWARDS
 from rlvr.rollout.collect import PromptStream, Sampler, TextSampler
 from rlvr.rollout.filters import FILTERS, GroupFilters
 from rlvr.rollout.score import Scorer
+from rlvr.scale import prepare_policy
 from rlvr.stages import AdvantageStage, LogprobNeeds, PerceptionStage, ShapingStage, TokenWeightStage
 from rlvr.tasks import TASKS
-from rlvr.scale import prepare_policy
 from rlvr.tasks.mixture import MixtureTask
 from rlvr.update import LossFns
 

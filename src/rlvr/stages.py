@@ -89,8 +89,9 @@ def chunked_logp(policy, batch: Batch, micro_batch_size: int, temperature: float
                  with_entropy: bool = False, micro_batch_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad log-probs (and entropy) of the batch's completions, micro-batched as the update is
     (rlvr.update.micro_batches)."""
+    slices = micro_batches(batch, micro_batch_size, micro_batch_tokens)
     parts = [policy.logp(batch.select(torch.arange(sl.start, sl.stop)), temperature=temperature,
-                         with_entropy=with_entropy) for sl in micro_batches(batch, micro_batch_size, micro_batch_tokens)]
+                         with_entropy=with_entropy) for sl in slices]
     if not parts:
         empty = batch.loss_mask.new_zeros(batch.loss_mask.shape)
         return empty, (empty if with_entropy else None)

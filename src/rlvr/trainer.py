@@ -36,9 +36,9 @@ from rlvr.checkpoint import (
 )
 from rlvr.config import Config, ConfigError, check_files, to_dict, validate
 from rlvr.distributed import barrier, shutdown
-from rlvr.errors import TrainingError
 from rlvr.distributed.fsdp import gathered, sharded
 from rlvr.distributed.fsdp_checkpoint import load_sharded, save_full_model, save_sharded
+from rlvr.errors import TrainingError
 from rlvr.evaluate import evaluate
 from rlvr.metrics import Metrics, length_metrics
 from rlvr.rewards.diversity import group_diversity_metrics

@@ -60,7 +60,7 @@ def save_full_model(policy, folder: Path, world: World) -> None:
 
     state = full_state_dict(policy.model)
     kept = {n for n, _ in policy.model.named_parameters()} | {n for n, _ in policy.model.named_buffers()}
-    state = {k: v for k, v in state.items() if k in kept}  # a tied lm_head is the embedding's, as save_pretrained has it
+    state = {k: v for k, v in state.items() if k in kept}  # a tied lm_head is the embedding's (save_pretrained)
     if world.is_main:
         save_model_atomic(policy, folder, state_dict=state)
     barrier(world)

@@ -20,6 +20,9 @@ Formats: .jsonl, .json (a list of rows, or {split: [rows]}), .csv, .parquet (rea
    Parquet), a PIL image (a save_to_disk Image column decodes to one), or a list of these. Paths of in-file rows
    are checked at build; images decode to RGB at __getitem__ into sample.images, named in sample.image_names by
    their path, or "{path}#row{n}" for bytes, with "#k" added per image when a row has several.
+6. Hostile rows fail as one line naming the file and row: JSON nested deeper than Python's parser recurses, a list
+   prompt that is not chat messages. A CSV field may pass the csv module's default 131,072 characters: prompts too
+   long for the model are found at setup (rlvr.prompt_limit), which keeps the rows it cuts to fit in `cut_prompts`.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class DatasetTask(Task):
         if size is not None and (not isinstance(size, int) or not 1 <= size <= available):
             raise ValueError(f"dataset {self.path!r}: size must be an integer in [1, {available}] (rows), got {size!r}")
         self.size = available if size is None else size
+        self.cut_prompts: dict[int, str | list[dict[str, Any]]] = {}  # row -> its prompt cut to fit the model
         if self.size == 0:
             raise ValueError(f"dataset {self.path!r} (split {split!r}) has no rows")
         lazy = not isinstance(self._rows, list)
@@ -92,7 +96,7 @@ class DatasetTask(Task):
         i = check_index(i, self.size, self.name)
         row = self._rows[i]
         self._check(row, i)
-        prompt = self._prompt(row[self.prompt_field])
+        prompt = self.cut_prompts[i] if i in self.cut_prompts else self.as_prompt(row[self.prompt_field])
         fields = (self.prompt_field, self.answer_field, self.image_field)
         meta = {k: v for k, v in row.items() if k not in fields}
         images, names = self._images(row, i)
@@ -133,7 +137,31 @@ class DatasetTask(Task):
     def reference(self, sample: Sample) -> str:
         return f"\\boxed{{{sample.answer}}}" if self.reference_format == "boxed" else str(sample.answer)
 
-    def _prompt(self, prompt: Any) -> str | list[dict[str, Any]]:
+    def prompt(self, i: int) -> str | list[dict[str, Any]]:
+        """Row i's prompt as its sample carries it (system prompt added, cut when it was cut to fit), without
+        decoding the row's images or video."""
+        if i in self.cut_prompts:
+            return self.cut_prompts[i]
+        row = self._rows[i]
+        self._check(row, i)
+        return self.as_prompt(row[self.prompt_field])
+
+    def prompt_bytes(self) -> list[int | None]:
+        """UTF-8 bytes of each row's prompt field, None where it is chat messages: a bound on its tokens that
+        reads an Arrow string column (a save_to_disk folder) without decoding its rows."""
+        if isinstance(self._rows, list):
+            return [None if isinstance(r[self.prompt_field], list) else _utf8_len(r[self.prompt_field])
+                    for r in self._rows[: self.size]]
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        column = self._rows.with_format("arrow")[self.prompt_field].slice(0, self.size)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            return pc.binary_length(column).to_pylist()  # a null: None, so the row is read (and refused) later
+        return [None] * self.size
+
+    def as_prompt(self, prompt: Any) -> str | list[dict[str, Any]]:
+        """A row's prompt field as the sample's prompt: the text, or chat messages with the system prompt first."""
         if isinstance(prompt, list):  # already chat messages
             has_system = bool(prompt) and prompt[0].get("role") == "system"
             if self.system_prompt is None or has_system:
@@ -193,6 +221,10 @@ class DatasetTask(Task):
                     f"dataset {self.path!r}, row {i + 1}: missing field {field!r} (the row has {sorted(row)}); "
                     f"set prompt_field / answer_field to the right column names"
                 )
+        prompt = row[self.prompt_field]
+        if isinstance(prompt, list) and not all(isinstance(m, dict) and "content" in m for m in prompt):
+            raise DataError(f"dataset {self.path!r}, row {i + 1}, field {self.prompt_field!r}: a list prompt must be "
+                            "chat messages ({role, content} objects); write the prompt as text or as messages")
 
 
 def image_refs(value: Any) -> list[Any]:
@@ -271,13 +303,20 @@ def _read_jsonl(path: str, split: str) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"dataset {path!r}, line {line_no}: invalid JSON ({exc.msg})") from exc
+            except RecursionError as exc:  # json's C parser recurses once per nesting level
+                raise DataError(f"dataset {path!r}, row {len(rows) + 1} (line {line_no}): JSON nested too deep to "
+                                "parse; flatten the row") from exc
             rows.append(_as_row(row, path, len(rows) + 1))
     return rows
 
 
 def _read_json(path: str, split: str) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except RecursionError as exc:  # one document: no row to name; JSONL names it
+            raise DataError(f"dataset {path!r}: JSON nested too deep to parse; flatten its rows (or write them as "
+                            "JSONL to find the row)") from exc
     if isinstance(data, dict):
         if split not in data:
             raise ValueError(f"dataset {path!r} is a dict without split {split!r}; its keys are {sorted(data)}")
@@ -287,9 +326,16 @@ def _read_json(path: str, split: str) -> list[dict[str, Any]]:
     return [_as_row(row, path, i + 1) for i, row in enumerate(data)]
 
 
+CSV_FIELD_LIMIT = 2**31 - 1  # csv refuses fields over 131,072 chars by default; long prompts are rlvr.prompt_limit's
+
+
 def _read_csv(path: str, split: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return [dict(row) for row in csv.DictReader(f)]
+    default = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return [dict(row) for row in csv.DictReader(f)]
+    finally:
+        csv.field_size_limit(default)
 
 
 def _read_parquet(path: str, split: str) -> list[dict[str, Any]]:
@@ -321,6 +367,10 @@ def _in_memory(rows: Any):
     if hasattr(rows, "column_names") and hasattr(rows, "__getitem__"):  # a datasets.Dataset
         return rows
     raise ValueError(f"dataset: rows must be a list of dicts or a datasets.Dataset, got {type(rows).__name__}")
+
+
+def _utf8_len(value: Any) -> int:
+    return len(str(value).encode("utf-8", "surrogatepass"))
 
 
 def _as_row(row: Any, path: str, row_no: int) -> dict[str, Any]:
