@@ -50,7 +50,7 @@ from rlvr.rewards import REWARDS
 from rlvr.rollout.collect import PromptStream, Sampler, TextSampler
 from rlvr.rollout.filters import FILTERS, GroupFilters
 from rlvr.rollout.score import Scorer
-from rlvr.scale import prepare_policy
+from rlvr.scale import in_turns, prepare_policy
 from rlvr.stages import AdvantageStage, LogprobNeeds, PerceptionStage, ShapingStage, TokenWeightStage
 from rlvr.tasks import TASKS
 from rlvr.tasks.mixture import MixtureTask
@@ -324,13 +324,18 @@ def setup(cfg: Config, *, resume_from: Path | None = None, given: Given | None =
     buffer, weights = build_buffer(cfg, task), build_token_weights(cfg)
     if hasattr(buffer, "world"):  # a buffer that keeps one pool per rank in step (ExGRPO) gathers over them
         buffer.world = world
-    torch.manual_seed(cfg.seed)
-    if given.policy is not None:
-        policy, ref_policy = given_policy(cfg, given.policy, resume_from)
-    else:
-        policy, ref_policy = build_policy(cfg, resume_from)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    prepare_policy(cfg, policy, world, device)
+
+    def build():
+        torch.manual_seed(cfg.seed)
+        if given.policy is not None:
+            built = given_policy(cfg, given.policy, resume_from)
+        else:
+            built = build_policy(cfg, resume_from)
+        prepare_policy(cfg, built[0], world, device)
+        return built
+
+    policy, ref_policy = in_turns(cfg, world, build)  # FSDP: one full model in memory at a time
     if ref_policy is not None:
         ref_policy.to(device)
     optimizer, scheduler = build_optimizer(cfg, policy)

@@ -38,6 +38,23 @@ def prepare_policy(cfg: Config, policy, world: World, device: torch.device) -> N
                     reshard_after_forward=cfg.distributed.fsdp_reshard_after_forward)
 
 
+def in_turns(cfg: Config, world: World, build):
+    """build() on every rank; under FSDP one rank after the other (each builds the full model, shards it and frees
+    the rest before the next starts), so the machine holds one full model at a time, not one per rank."""
+    if cfg.distributed.strategy != "fsdp" or world.size == 1:
+        return build()
+    from rlvr.distributed import barrier
+    from rlvr.distributed.fsdp import device_mesh
+
+    device_mesh(world, "cuda" if torch.cuda.is_available() else "cpu")  # collectively, before the turns
+    built = None
+    for turn in range(world.size):
+        if turn == world.rank:
+            built = build()
+        barrier(world)
+    return built
+
+
 def fsdp_reason(cfg: Config, policy=None) -> str | None:
     """Why distributed.strategy: fsdp cannot shard this run's policy (once built; before: what the config says), or
     None."""

@@ -38,11 +38,9 @@ def sharded(model) -> bool:
 def shard_model(model, world: World, *, compute_dtype: torch.dtype | None = None, offload: bool = False,
                 reshard_after_forward: bool = True) -> None:
     """fully_shard each decoder layer, then the root; in place (the model's parameters become DTensor shards)."""
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    device = model.get_input_embeddings().weight.device.type
-    mesh = init_device_mesh(device, (world.size,))
+    mesh = device_mesh(world, model.get_input_embeddings().weight.device.type)
     options = dict(mesh=mesh, reshard_after_forward=reshard_after_forward,
                    offload_policy=CPUOffloadPolicy() if offload else OffloadPolicy())
     if compute_dtype is not None:
@@ -55,6 +53,21 @@ def shard_model(model, world: World, *, compute_dtype: torch.dtype | None = None
         _register_call(module)
         # what gathered() restores; fully_shard keeps the root's weights between forward and backward
         object.__setattr__(module, "_rlvr_reshard", reshard_after_forward and module is not model)
+
+
+_MESHES: dict = {}
+
+
+def device_mesh(world: World, device: str):
+    """The 1-D mesh of the data-parallel ranks, made once per device type (every rank must make it together)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import torch.distributed as dist
+
+    key = (device, world.size, id(dist.group.WORLD))  # a new process group (another run in this process): a new mesh
+    if key not in _MESHES:
+        _MESHES[key] = init_device_mesh(device, (world.size,))
+    return _MESHES[key]
 
 
 def _register_call(module) -> None:
