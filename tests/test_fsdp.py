@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from test_distributed import TIMING, close
 
 from rlvr.config import ConfigError, load_config, validate
+from rlvr.distributed import World
 from rlvr.metrics import read_metrics
 
 WORKER = Path(__file__).with_name("fsdp_train.py")
@@ -114,3 +115,22 @@ def test_what_fsdp_cannot_shard_is_refused_in_one_line(monkeypatch, overrides, m
     with pytest.raises(ConfigError, match=match) as err:
         validate(cfg)
     assert "\n" not in str(err.value) and "distributed.strategy" in str(err.value)
+
+
+def test_replicas_that_cannot_fit_are_refused_before_training(monkeypatch):
+    """Each local rank adds 3x its weights (gradients, AdamW moments); when that exceeds the memory available, the
+    replica run is refused in one line pointing at strategy fsdp."""
+    from rlvr import scale
+    from rlvr.policies import HFCausalLM
+
+    policy = HFCausalLM.load(config="qwen2-micro", seed=0)
+    need = 3 * sum(p.numel() * p.element_size() for p in policy.parameters())
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(scale, "available_memory", lambda: 2 * need)
+    assert scale.replica_shortfall(policy, torch.device("cpu")) is None
+    monkeypatch.setattr(scale, "available_memory", lambda: 2 * need - 1)
+    short = scale.replica_shortfall(policy, torch.device("cpu"))
+    assert short is not None and "2 local rank(s)" in short and "\n" not in short
+    cfg = load_config(None, ["model.config=qwen2-micro"])
+    with pytest.raises(ConfigError, match="distributed.strategy replicate: .*distributed.strategy: fsdp"):
+        scale.prepare_policy(cfg, policy, World(rank=0, size=2), torch.device("cpu"))

@@ -11,6 +11,9 @@ A policy that cannot do what the config asks is refused in one line naming the k
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from rlvr.config import Config, ConfigError
@@ -30,6 +33,8 @@ def prepare_policy(cfg: Config, policy, world: World, device: torch.device) -> N
                               "(chunking is for causal LMs: rlvr.policies.causal_lm)")
         policy.logp_chunk = cfg.model.logp_chunk_tokens
     policy.to(device)
+    if cfg.distributed.strategy == "replicate" and world.size > 1 and (short := replica_shortfall(policy, device)):
+        raise ConfigError(f"distributed.strategy replicate: {short}; shard the model with distributed.strategy: fsdp")
     if cfg.distributed.strategy == "fsdp" and world.size > 1:
         from rlvr.distributed.fsdp import shard_model
 
@@ -71,6 +76,34 @@ def fsdp_reason(cfg: Config, policy=None) -> str | None:
         return "model.lora: LoRA adapters train a few weights; run them with distributed.strategy: replicate"
     if cfg.rollout.max_staleness:
         return "rollout.max_staleness > 0 samples from a copy of the policy; run it with strategy: replicate"
+    return None
+
+
+def replica_shortfall(policy, device: torch.device) -> str | None:
+    """Why full replicas cannot train here (the gradients and AdamW state every rank adds to the weights it already
+    holds, 3 x the weights, over the memory left: on CPU for all local ranks together, on a GPU for its rank), or
+    None. Activations come on top, so passing this check does not promise the run fits."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    need = 3 * sum(p.numel() * p.element_size() for p in params)  # grad + exp_avg + exp_avg_sq
+    if device.type == "cuda":
+        free, ranks = torch.cuda.mem_get_info(device)[0], 1
+    else:
+        free, ranks = available_memory(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if free is None or ranks * need <= free:
+        return None
+    n = sum(p.numel() for p in params)
+    return (f"{ranks} local rank(s) x {n / 1e9:.2f}B trainable parameters need {ranks * need / 2**30:.1f} GiB more "
+            f"for gradients and AdamW state, {free / 2**30:.1f} GiB is available")
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
     return None
 
 
