@@ -60,9 +60,8 @@ _MESHES: dict = {}
 
 def device_mesh(world: World, device: str):
     """The 1-D mesh of the data-parallel ranks, made once per device type (every rank must make it together)."""
-    from torch.distributed.device_mesh import init_device_mesh
-
     import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
 
     key = (device, world.size, id(dist.group.WORLD))  # a new process group (another run in this process): a new mesh
     if key not in _MESHES:
