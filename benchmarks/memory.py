@@ -15,7 +15,7 @@
       fp32 master weights (model.autocast) with activation checkpointing and chunked log-probs, bf16 alone, then fp32
       throughout. Target (issue 20):
       the FSDP per-rank peak at most 0.6x the replica's.
-   b  chunked log-probs off vs on (model.logp_chunk_tokens 0 vs 1024): a Qwen2 shape with a 152k vocabulary
+   b  chunked log-probs off vs on (model.logp_chunk_tokens 0 vs 256): a Qwen2 shape with a 152k vocabulary
       (B_SHAPE: Qwen2.5-0.5B's widths, 2 layers), one optimizer_step (one micro-batch: forward, backward, AdamW) on
       a fixed synthetic batch of 1 row, 64 prompt tokens + T completion tokens, T = 256 ... 4096. Targets: chunked
       grows at most linearly in T; at T = 4096 at least 4x below unchunked. A length whose peak, extrapolated
@@ -52,7 +52,7 @@ A_SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, nu
 B_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=2, num_attention_heads=14,
                num_key_value_heads=2, vocab_size=151936, max_position_embeddings=8192)
 B_LENGTHS = (256, 512, 1024, 2048, 4096)
-B_CHUNK = 1024
+B_CHUNK = 256
 C_TASK = {"name": "arithmetic", "digits": [1, 2], "ops": "+",
           "prompt_format": "What is {expr}? Reply with the number only."}  # benchmarks/real_model.py's workload
 C_PROMPTS, C_GROUP, C_NEW_TOKENS, C_MICRO = 8, 8, 32, 16

@@ -130,6 +130,26 @@ def test_gradients_equal_hf(models, name):
     assert all(g.abs().sum() > 0 for n, g in got.items() if "norm" not in n)  # every weight is reached
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_long_attention_path_equals_hf(models, name, monkeypatch):
+    """Parts past LONG_SCORES (long completions) attend through SDPA with a bool mask: same logits and gradients."""
+    from rlvr.policies import lean
+
+    model = models[name]
+    ids, mask = make_batch(model.config.vocab_size, 3, 4)
+    real = mask[:, -T:].bool()
+    ref = param_grads(model, lambda m, i, a: reference_logits(m, i, a, shared=True), ids, mask)
+    monkeypatch.setattr(lean, "LONG_SCORES", 0)
+    bias = lean._tables(model, ids, mask, T, *owners(ids, mask), torch.float32).tail_bias
+    assert bias.dtype == torch.bool and bias.shape == (len(ids), 1, T - 1, P + T - 1)  # the SDPA path is taken
+    with torch.no_grad():
+        torch.testing.assert_close(lean_logits(model, ids, mask)[real],
+                                   reference_logits(model, ids, mask, shared=True)[real], atol=1e-5, rtol=0)
+    got = param_grads(model, lean_logits, ids, mask)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
+
+
 def test_garbage_in_padding_changes_nothing(models):
     model = models["qwen3-micro"]
     ids, mask = make_batch(model.config.vocab_size, 3, 4)

@@ -16,7 +16,9 @@ Face forward (and as its shared-prefix form, policies/hf_forward.py), with fewer
    over their owner's prompt then their own completion (causal). One index_select per layer gathers q and k straight
    into (batch, kv head, slot) order from the packed rows (one more for v, one back): no repeat_kv, no transposes.
    Scores are baddbmm(mask, q, k^T) + softmax + bmm: on CPU as fast as SDPA in this layout, while HF's SDPA call
-   spent a third of its bf16 forward + backward in the flash-attention backward;
+   spent a third of its bf16 forward + backward in the flash-attention backward. A part whose scores would pass
+   LONG_SCORES elements (long completions: 14 heads x 4k x 4k are 1 GB of fp32 per layer, kept for backward) runs
+   SDPA with a boolean mask instead, whose CPU and CUDA flash kernels keep O(L) per head and recompute in backward;
 5. logits of completion token 0 come from the last prompt position, token t from completion position t - 1; the
    lm_head runs only on those that predict a real token. Logits that predict padding are 0 (finite, unused).
 
@@ -46,6 +48,8 @@ from torch.utils.checkpoint import checkpoint
 
 from rlvr.distributed.fsdp import through
 from rlvr.policies.family import family_reason, rms, rope_tables
+
+LONG_SCORES = 2**25  # scores of one attention part (batch x query heads x queries x keys) above this: SDPA
 
 
 def lean_reason(model) -> str | None:
@@ -79,8 +83,8 @@ class _Tables:
     qk_idx: torch.Tensor  # rows of qk viewed (M (Hq + Hkv), D): q in (batch, kv head, rep, slot) order, then k
     v_idx: torch.Tensor  # rows of v viewed (M Hkv, D) in (batch, kv head, key) order, prompt then completion
     out_idx: torch.Tensor  # (M Hq,) row of the attention outputs (prompt then completion) for each (row, head)
-    prompt_bias: torch.Tensor  # (U Hkv, rep P, P) additive: 0 = attend, -inf = masked
-    tail_bias: torch.Tensor  # (N Hkv, rep S, P + S)
+    prompt_bias: torch.Tensor  # (U Hkv, rep P, P) additive: 0 = attend, -inf = masked; or (U, 1, P, P) bool (long)
+    tail_bias: torch.Tensor  # (N Hkv, rep S, P + S); or (N, 1, S, P + S) bool
     pred_rows: torch.Tensor  # (K,) row whose output predicts each real completion token
     pred_at: torch.Tensor  # (K,) where that token sits in the flattened (N T) logits
     sizes: tuple[int, int, int, int]  # U, P, N, S
@@ -147,7 +151,16 @@ def _checkpointed(x: torch.Tensor, layer, t: _Tables, cfg, autocast: bool) -> to
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
     """Grouped-query attention without repeat_kv: q (G, rep S, D) holds the rep query heads that share kv head g
-    along its query axis; k, v (G, L, D); bias (G, rep S, L) additive -> (G, rep S, D)."""
+    along its query axis; k, v (G, L, D); bias (G, rep S, L) additive -> (G, rep S, D).
+
+    A bool bias (B, 1, S, L), True = attend, is a long part: q is already (B, Hq, S, D) in memory (head h = g rep + r,
+    HF's repeat_kv order), so SDPA takes it with enable_gqa and no copy."""
+    if bias.dtype == torch.bool:
+        (G, RS, D), (B, _, S, L) = q.shape, bias.shape
+        out = F.scaled_dot_product_attention(q.to(v.dtype).view(B, RS // S * G // B, S, D),
+                                             k.to(v.dtype).view(B, G // B, L, D), v.view(B, G // B, L, D),
+                                             attn_mask=bias, scale=scale, enable_gqa=True)  # (B, Hq, S, D)
+        return out.view(G, RS, D)
     probs = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale).softmax(-1, dtype=torch.float32)  # (G, rep S, L)
     return torch.bmm(probs.to(v.dtype), v)
 
@@ -244,7 +257,10 @@ def _key_mask(real_key: torch.Tensor, causal_from: int) -> torch.Tensor:
 
 
 def _bias(allowed: torch.Tensor, n_kv: int, rep: int, dtype: torch.dtype) -> torch.Tensor:
-    """(B, S, L) bool -> (B Hkv, rep S, L) additive mask laid out like the grouped scores."""
+    """(B, S, L) bool -> (B Hkv, rep S, L) additive mask laid out like the grouped scores; or, past LONG_SCORES
+    scores, (B, 1, S, L) bool for SDPA (see _attend)."""
     B, S, L = allowed.shape
+    if B * n_kv * rep * S * L > LONG_SCORES:
+        return allowed[:, None]
     bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
     return bias[:, None, None].expand(B, n_kv, rep, S, L).reshape(B * n_kv, rep * S, L)
