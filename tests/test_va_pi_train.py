@@ -1,6 +1,6 @@
 """The VA-π run loop (rlvr.images.va_pi_train) through `rlvr train` with `loop: va_pi`: a tiny run writes its files
 and evaluations, a run stopped at step 2 and resumed to 4 equals an uninterrupted one (weights, optimizer, metrics),
-the CE baseline runs on the same batches, bad values are one-line errors, and torchrun is refused with one line."""
+the CE baseline runs on the same batches, bad values are one-line errors, and 2 torchrun ranks train as one process."""
 
 import json
 import os
@@ -105,17 +105,42 @@ def test_the_cli_runs_the_loop_and_names_an_unknown_loop(tmp_path, capsys):
     assert "did you mean 'algo.group'" in capsys.readouterr().err
 
 
-def test_torchrun_is_refused_with_one_line(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path)}))
+def test_two_ranks_train_as_one_process(tmp_path):
+    """`torchrun --nproc_per_node 2`: each rank trains half of every batch (groups stay on one rank), the draws are
+    one process's; the metrics (all but timings) and the final weights equal a one-process run's within 1e-4, for
+    VA-π and for the CE baseline."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29531", "-m", "rlvr.cli", "train", str(path)], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode != 0
-    assert "loop va_pi runs in one process; torchrun data parallelism is not supported" in out.stderr
-    assert not (tmp_path / "tiny").exists()
+    for mode in ("va_pi", "ce"):
+        runs = {}
+        for ranks in (1, 2):
+            path = tmp_path / f"{mode}{ranks}.yaml"
+            path.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / f"{mode}{ranks}"),
+                                            "algo": {**TINY["algo"], "mode": mode},
+                                            "train": {**TINY["train"], "steps": 3, "eval_every": 0}}))
+            launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"] if ranks > 1 \
+                else []
+            out = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(path)], env=env,
+                                 capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stderr[-2000:]
+            runs[ranks] = tmp_path / f"{mode}{ranks}" / "tiny"
+        one, two = (without_timing(read_metrics(runs[r] / "metrics.jsonl")) for r in (1, 2))
+        assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 3]
+        for a, b in zip(one, two):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (mode, a["step"], k, a[k], b[k])
+        wa, wb = weights(runs[1] / "final"), weights(runs[2] / "final")
+        assert wa.keys() == wb.keys()
+        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-4
+        assert any(not torch.equal(wa[k], weights(runs[1] / "init")[k]) for k in wa)  # the weights moved
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"train.batch \(4\) must be divisible by the number of data-parallel "
+                                          r"ranks \(3\)"):
+        validate(config(tmp_path))
 
 
 def test_plot_draws_an_image_run_with_its_latest_grid(tmp_path):

@@ -25,6 +25,10 @@ loop, config and recipe around it are in rlvr.images.va_pi_train).
    on-policy (ρ = 1); the reference scripts sample in train mode (spec quirk: ρ ≠ 1 even on-policy). One update per
    batch, as the scripts' one optimizer step per epoch. `ce_step` is plain next-code cross-entropy on the same batch:
    the AR model's pretraining and VA-π's baseline.
+   Under data parallelism (`world`, torchrun) every rank gets the whole batch and trains a contiguous share of its
+   images, so a group never spans ranks: the context noise is drawn for the whole batch, the G samples are drawn
+   from the ranks' teacher-forced logits gathered in rank order (the same draws as one process), the gradients and
+   the metrics are averaged over ranks (equal shares: the global means).
 7. With every non-code token banned, the core sampler's free-running distribution over codes (full softmax, banned
    logits −inf) is the same as this module's softmax renormalised over the codes.
 """
@@ -35,6 +39,8 @@ from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
+
+from rlvr.distributed import World, all_reduce, average_gradients, gather_rows
 
 
 def noisy_context(codes: torch.Tensor, *, p: float, codes_n: int, generator: torch.Generator | None = None
@@ -106,19 +112,25 @@ def teacher_forced_logits(policy, labels: torch.Tensor, context: torch.Tensor) -
 
 def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer, *, group: int = 8, p: float = 0.0,
                clip: float = 0.2, lambda_ce: float = 0.1, w_mse: float = 1.0, w_lpips: float = 0.0,
-               lpips: Callable | None = None, generator: torch.Generator | None = None) -> dict[str, float]:
+               lpips: Callable | None = None, generator: torch.Generator | None = None,
+               world: World | None = None) -> dict[str, float]:
     """One VA-π update on a batch of images and their classes (module docstring): encode, corrupt the context,
     one teacher-forced forward, G parallel samples per image, pixel rewards through the frozen VQ decoder, clamped
-    group advantages, PPO-clip + λ_CE CE, one optimizer step. Returns its metrics."""
+    group advantages, PPO-clip + λ_CE CE, one optimizer step. Returns its metrics. Under data parallelism every rank
+    passes the whole batch and trains its share (module docstring 6)."""
     if group < 2:
         raise ValueError(f"va_pi_step: group must be >= 2 (advantages are relative within it), got {group}")
+    world = world or World()
     with torch.no_grad():
         target = vq.encode(images)
-    context = noisy_context(target, p=p, codes_n=vq.config.codes, generator=generator)
-    logits = teacher_forced_logits(policy, labels, context)  # (B, T, V)
+    context = noisy_context(target, p=p, codes_n=vq.config.codes, generator=generator)  # the whole batch's draws
+    share = rank_share(len(images), world)
+    images, labels, target = images[share], labels[share], target[share]
+    logits = teacher_forced_logits(policy, labels, context[share])  # (B / ranks, T, V)
     b, t, v = logits.shape
     with torch.no_grad():
-        z = teacher_forced_samples(logits, group, generator=generator)  # (B, G, T)
+        everyone, mine = gather_rows(logits.detach(), world)  # (B, T, V) in rank order
+        z = teacher_forced_samples(everyone, group, generator=generator)[mine]  # (B / ranks, G, T)
         rewards = pixel_reward(vq.decode(z.flatten(0, 1)), images.repeat_interleave(group, 0), w_mse=w_mse,
                                w_lpips=w_lpips, lpips=lpips)
         advantages = group_advantages(rewards.view(b, group))
@@ -126,25 +138,48 @@ def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer
     logp = logits.log_softmax(-1)[:, None].expand(b, group, t, v).gather(-1, z[..., None])[..., 0].flatten(0, 1)
     loss, metrics = va_pi_loss(logp, logp.detach(), advantages.flatten(), logits, target, clip=clip,
                                lambda_ce=lambda_ce)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return {**metrics, "va_pi/reward": float(rewards.mean()), "va_pi/greedy_mse": greedy_mse,
-            "va_pi/loss": float(loss.detach())}
+    _update(policy, optimizer, loss, world)
+    return _mean_over_ranks({**metrics, "va_pi/reward": float(rewards.mean()), "va_pi/greedy_mse": greedy_mse,
+                             "va_pi/loss": float(loss.detach())}, world)
 
 
 def ce_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer, *, p: float = 0.0,
-            generator: torch.Generator | None = None) -> dict[str, float]:
+            generator: torch.Generator | None = None, world: World | None = None) -> dict[str, float]:
     """One plain cross-entropy (next-code) update on a batch: the AR model's pretraining, and the baseline VA-π is
-    measured against (the same steps, batches and optimizer without the pixel reward). Returns its metrics."""
+    measured against (the same steps, batches and optimizer without the pixel reward). Returns its metrics. Under
+    data parallelism every rank passes the whole batch and trains its share."""
+    world = world or World()
     with torch.no_grad():
         target = vq.encode(images)
-    logits = teacher_forced_logits(policy, labels, noisy_context(target, p=p, codes_n=vq.config.codes,
-                                                                  generator=generator))  # (B, T, V)
+    context = noisy_context(target, p=p, codes_n=vq.config.codes, generator=generator)
+    share = rank_share(len(images), world)
+    images, labels, target = images[share], labels[share], target[share]
+    logits = teacher_forced_logits(policy, labels, context[share])  # (B / ranks, T, V)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+    _update(policy, optimizer, loss, world)
     with torch.no_grad():
         greedy_mse = float((vq.decode(logits.argmax(-1)) - images).square().mean())
-    return {"va_pi/ce": float(loss.detach()), "va_pi/greedy_mse": greedy_mse}
+    return _mean_over_ranks({"va_pi/ce": float(loss.detach()), "va_pi/greedy_mse": greedy_mse}, world)
+
+
+def rank_share(n: int, world: World) -> slice:
+    """This rank's contiguous share of a batch of n images (n divisible by the ranks: checked with the config)."""
+    if n % world.size:
+        raise ValueError(f"a batch of {n} images does not split over {world.size} ranks")
+    k = n // world.size
+    return slice(world.rank * k, (world.rank + 1) * k)
+
+
+def _update(policy, optimizer, loss: torch.Tensor, world: World) -> None:
+    optimizer.zero_grad()
+    loss.backward()
+    average_gradients(list(policy.model.parameters()), world)  # equal shares: the mean is the whole batch's
+    optimizer.step()
+
+
+def _mean_over_ranks(metrics: dict[str, float], world: World) -> dict[str, float]:
+    if world.size == 1:
+        return metrics
+    keys = sorted(metrics)
+    total = all_reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64), world)
+    return {k: float(v) / world.size for k, v in zip(keys, total)}

@@ -20,7 +20,12 @@
    samples (one row per class) goes to `<run>/samples/step-NNNNNN.png`; `rlvr plot` draws the curves beside the
    latest grid.
 5. Checkpoints (`train.save_every`) hold the policy, the optimizer and the RNG state; the tokenizer and the
-   classifier are written once to the run folder. One process: under torchrun the loop is refused with one line.
+   classifier are written once to the run folder.
+6. Under `torchrun --nproc_per_node N` every rank draws the same batch and trains a contiguous share of its images
+   (train.batch divisible by N; rlvr.algos.va_pi: a group never spans ranks, the draws are those of one process):
+   the main rank prepares the tokenizer, classifier and starting model and writes them, the others read them back;
+   the main rank alone evaluates, logs and writes checkpoints. N ranks train as one process does
+   (tests/test_va_pi_train.py).
 """
 
 from __future__ import annotations
@@ -136,9 +141,10 @@ def validate(cfg: RunConfig) -> None:
     """One ConfigError line for a value out of range, before anything is written or loaded."""
     from rlvr.distributed import requested_world_size
 
-    if requested_world_size() > 1:
-        raise ConfigError("loop va_pi runs in one process; torchrun data parallelism is not supported for it (run it "
-                          "with plain `rlvr train`)")
+    ranks = requested_world_size()
+    if cfg.train.batch % ranks:
+        raise ConfigError(f"train.batch ({cfg.train.batch}) must be divisible by the number of data-parallel ranks "
+                          f"({ranks}): each rank trains an equal share of the images")
     rules = [("data.name", cfg.data.name in DATA, f"one of {list(DATA)}"),
              ("algo.mode", cfg.algo.mode in MODES, f"one of {list(MODES)}"),
              ("data.size", cfg.data.size >= 8 and cfg.data.size % 4 == 0, "a multiple of 4, at least 8"),
@@ -282,20 +288,45 @@ def evaluate_generator(policy, vq, net, images: torch.Tensor, labels: torch.Tens
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Run VA-π (or the CE baseline) as the module docstring says; returns the run's summary."""
-    from rlvr.algos.va_pi import ce_step, va_pi_step
-    from rlvr.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
-    from rlvr.images.ar import load_image_policy
-    from rlvr.metrics import RunLogger
+    import os
+
+    from rlvr.distributed import init_world, requested_world_size, shutdown
     from rlvr.run_folder import claim_run_folder
-    from rlvr.seeding import generator
 
     validate(cfg)
-    resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 may delete a run folder (--overwrite)
+    resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite, main=main)
+    world = init_world() if requested_world_size() > 1 else None
+    try:
+        return _train(cfg, resume_from, world)
+    finally:
+        if world is not None:
+            shutdown(world)
+
+
+def _train(cfg: RunConfig, resume_from: Path | None, world) -> dict:
+    from rlvr.algos.va_pi import ce_step, va_pi_step
+    from rlvr.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
+    from rlvr.distributed import World, barrier
+    from rlvr.images.ar import load_image_policy
+    from rlvr.metrics import RunLogger
+    from rlvr.seeding import generator
+
+    world = world or World()
+    barrier(world)  # every rank has judged the run folder before the main rank writes into it
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     train_images, train_labels, held_images, held_labels = image_data(cfg)
-    vq, net, classifier_accuracy, policy = prepare(cfg, run_dir, train_images, train_labels, resume_from is None)
+    fresh = resume_from is None
+    if world.is_main:
+        vq, net, classifier_accuracy, policy = prepare(cfg, run_dir, train_images, train_labels, fresh)
+    barrier(world)
+    if not world.is_main:  # the main rank's tokenizer, classifier and starting model, read back
+        vq, net, classifier_accuracy, policy = prepare(cfg, run_dir, train_images, train_labels, False)
+        if fresh:
+            policy = load_image_policy(str(run_dir / "init"))
     if resume_from is not None:
         policy = load_image_policy(str(resume_from / "model"))
     opt = _optimizer(policy.model.parameters(), cfg.optim.lr, cfg)
@@ -305,22 +336,25 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         opt.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"])
         state = {"step": saved["step"], "eval_before": saved["eval_before"]}
-    logger = RunLogger(run_dir, resume=resume_from is not None)
+    logger = RunLogger(run_dir, resume=resume_from is not None) if world.is_main else None
     lpips = None
     if cfg.algo.lpips:
         from rlvr.rewards.library import load_function
 
         lpips = load_function(cfg.algo.lpips)
 
-    def evaluate(step: int) -> dict[str, float]:
+    def evaluate(step: int) -> dict[str, float]:  # the main rank's (the weights are the same on every rank)
+        if not world.is_main:
+            return {}
         return evaluate_generator(policy, vq, net, held_images, held_labels, per_class=cfg.train.samples_per_class,
                                   seed=cfg.seed, temperature=cfg.algo.temperature, lpips=lpips,
                                   grid=run_dir / "samples" / f"step-{step:06d}.png")
 
     if resume_from is None:
-        (run_dir / "samples").mkdir(exist_ok=True)
         state["eval_before"] = evaluate(0)
-        logger.log(0, state["eval_before"])
+        if logger:
+            (run_dir / "samples").mkdir(exist_ok=True)
+            logger.log(0, state["eval_before"])
     last: dict[str, float] = {}
     a = cfg.algo
     for step in range(state["step"] + 1, cfg.train.steps + 1):
@@ -329,25 +363,30 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         g = generator(cfg.seed, "va_pi_step", step)
         if a.mode == "va_pi":
             row = va_pi_step(policy, vq, images, labels, opt, group=a.group, p=a.token_noise, clip=a.clip,
-                             lambda_ce=a.lambda_ce, w_mse=a.w_mse, w_lpips=a.w_lpips, lpips=lpips, generator=g)
+                             lambda_ce=a.lambda_ce, w_mse=a.w_mse, w_lpips=a.w_lpips, lpips=lpips, generator=g,
+                             world=world)
             row["reward"] = row["va_pi/reward"]
         else:
-            row = ce_step(policy, vq, images, labels, opt, p=a.token_noise, generator=g)
+            row = ce_step(policy, vq, images, labels, opt, p=a.token_noise, generator=g, world=world)
         row["time/step"] = time.perf_counter() - t0
         if step == cfg.train.steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
             row.update(evaluate(step))
-        logger.log(step, row)
+        if logger:
+            logger.log(step, row)
         last = row
-        if step == cfg.train.steps or (cfg.train.save_every and step % cfg.train.save_every == 0):
+        if world.is_main and (step == cfg.train.steps or (cfg.train.save_every and step % cfg.train.save_every == 0)):
             save_checkpoint(run_dir / "checkpoints", step, policy,
                             {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(),
                              "eval_before": state["eval_before"], "config": dataclasses.asdict(cfg)},
                             keep=cfg.train.keep)
-    logger.close()
-    if not last:  # resumed at its last step: nothing ran, report the checkpoint's own numbers
+    if logger:
+        logger.close()
+    if not last and world.is_main:  # resumed at its last step: nothing ran, report the checkpoint's own numbers
         last = evaluate_generator(policy, vq, net, held_images, held_labels, per_class=cfg.train.samples_per_class,
                                   seed=cfg.seed, temperature=cfg.algo.temperature, lpips=lpips)
-    policy.save(run_dir / "final")
+    if world.is_main:
+        policy.save(run_dir / "final")
+    barrier(world)  # the final model is written before any rank returns
     after = {k: v for k, v in last.items() if k.startswith("eval/")}
     return {"run_dir": str(run_dir), "mode": a.mode, "steps": cfg.train.steps,
             "classifier_accuracy": classifier_accuracy, "eval_before": state["eval_before"], "eval_after": after}
