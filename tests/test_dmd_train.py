@@ -1,6 +1,6 @@
 """The DMD2 / Flash-DMD loop (rlvr.images.dmd_train): a tiny run leaves finite metrics, a checkpoint and PNGs; a run of
 2 steps resumed to 4 equals a run of 4 bit for bit (every network, every optimizer state, every metrics row but
-timings); bad values are one-line ConfigErrors naming the field; torchrun is refused before anything is written; a
+timings); bad values are one-line ConfigErrors naming the field; 2 torchrun ranks train as one process; a
 generator update leaves no gradient in the fake score or the discriminator."""
 
 import math
@@ -119,18 +119,49 @@ def test_rl_alone_needs_a_reward_weight(tmp_path):
         validate(tiny(tmp_path, "bad", rl__distill=False, rl__lambda_R=0.0))
 
 
-def test_torchrun_is_refused_before_anything_is_written(tmp_path):
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({"loop": "dmd", "name": "tr", "output_dir": str(tmp_path), **TINY}))
+@pytest.mark.parametrize("variant", [
+    {},  # flash: DM / data-discriminator split, backward simulation (one k per batch), RL on top
+    {"distill": {"preset": "dmd2", "gan_weight": 0.5, "ratio": 2}, "student": {"steps": 4, "backward_simulation":
+                                                                              False}},  # per-sample t_k, GAN head
+], ids=["flash", "dmd2"])
+def test_two_ranks_train_as_one_process(tmp_path, variant):
+    """`torchrun --nproc_per_node 2`: each rank trains half of every batch with the noise one process draws; every
+    metrics row (all but timings) and every network's final weights equal a one-process run's within 1e-4."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29533", "-m", "rlvr.cli", "train", str(recipe)], env=env, cwd=tmp_path, timeout=300,
-                          capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert "rlvr: error: loop 'dmd' runs in one process: launch `rlvr train` without torchrun (WORLD_SIZE=2)" \
-        in proc.stderr
-    assert not (tmp_path / "tr").exists()
+    runs = {}
+    for ranks in (1, 2):
+        recipe = tmp_path / f"tiny{ranks}.yaml"
+        recipe.write_text(yaml.safe_dump({"loop": "dmd", "name": f"r{ranks}", "output_dir": str(tmp_path),
+                                          **TINY, **variant}))
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"] if ranks > 1 \
+            else []
+        proc = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(recipe)], env=env,
+                              cwd=tmp_path, timeout=300, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[ranks] = tmp_path / f"r{ranks}"
+    one, two = ([{k: v for k, v in r.items() if "time/" not in k} for r in read_metrics(runs[n] /
+                                                                                                 "metrics.jsonl")]
+                for n in (1, 2))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 3, 4]
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        for k in a:
+            if a[k] is None or (isinstance(a[k], float) and math.isnan(a[k])):
+                assert b[k] is None or math.isnan(b[k]), (a["step"], k)
+                continue
+            assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (a["step"], k, a[k], b[k])
+    for net in ("generator", "fake", "disc"):
+        wa, wb = (load_file(runs[n] / "checkpoints" / "step-000004" / "model" / f"{net}.safetensors") for n in (1, 2))
+        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-4, net
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"train.batch \(32\) must be divisible by the number of data-parallel "
+                                          r"ranks \(3\)"):
+        train(tiny(tmp_path, "odd"))
+    assert not (tmp_path / "odd").exists()
 
 
 @pytest.mark.parametrize("preset", ["dmd2", "flash"])

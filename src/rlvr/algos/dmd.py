@@ -22,6 +22,8 @@ and code were not available) and a reward-gradient term for joint RL. Pure funct
 5. Joint RL (reward gradient): L_RL = -mean R(x0) for a differentiable reward, added as lambda_R L_RL to the
    generator loss; with distillation on, the DM and GAN terms regularise against reward hacking (Flash-DMD §RL,
    reconstruction: its RL algorithm was not available).
+6. Data parallelism: a rank holds a contiguous share of the batch; `share=Share(batch, rows)` makes a function that
+   draws per-sample noise draw it for the whole batch and keep the rank's rows, so the draws are one process's.
 """
 
 from __future__ import annotations
@@ -38,13 +40,31 @@ from rlvr.images.diffusion import EpsFn, add_noise, timesteps, x0_from_eps
 DM_T_MIN, DM_T_MAX = 20, 980  # DMD2: min/max_step_percent 0.02 / 0.98 of 1000 steps
 
 
+class Share(NamedTuple):
+    """This rank's rows of a batch of `batch` samples (module docstring 6)."""
+
+    batch: int
+    rows: slice
+
+
+def noised(x0: torch.Tensor, low: int, high: int, *, generator: torch.Generator, share: Share | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, eps, t): x0 noised to t ~ U{low .. high} per sample; with a share, t and eps are drawn for the whole
+    batch and this rank's rows kept."""
+    n = share.batch if share else len(x0)
+    t = timesteps(n, low, high, generator=generator)  # (n,)
+    eps = torch.randn((n, *x0.shape[1:]), generator=generator, dtype=x0.dtype)
+    if share:
+        t, eps = t[share.rows], eps[share.rows]
+    return add_noise(x0, eps, t), eps, t
+
+
 @torch.no_grad()
 def dm_targets(x0: torch.Tensor, real_eps: EpsFn, fake_eps: EpsFn, *, generator: torch.Generator,
-               t_min: int = DM_T_MIN, t_max: int = DM_T_MAX) -> tuple[torch.Tensor, torch.Tensor]:
+               t_min: int = DM_T_MIN, t_max: int = DM_T_MAX, share: Share | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_real, x0_fake), both (N, D) float64: the teacher's and the fake score's x0 estimates at a random t."""
-    t = timesteps(len(x0), t_min, t_max, generator=generator)  # (N,)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    x_t = add_noise(x0.detach(), eps, t)
+    x_t, _, t = noised(x0.detach(), t_min, t_max, generator=generator, share=share)
     x0_real = x0_from_eps(x_t.double(), real_eps(x_t, t).double(), t)
     x0_fake = x0_from_eps(x_t.double(), fake_eps(x_t, t).double(), t)
     return x0_real, x0_fake
@@ -107,11 +127,10 @@ class DiffusionGANHead(nn.Module):
         super().__init__()
         self.head = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1))
 
-    def logits(self, fake: nn.Module, x0: torch.Tensor, *, generator: torch.Generator, t_gan: int = 1000
-               ) -> torch.Tensor:
+    def logits(self, fake: nn.Module, x0: torch.Tensor, *, generator: torch.Generator, t_gan: int = 1000,
+               share: Share | None = None) -> torch.Tensor:
         """(N,) logits of D on x0 noised to a random t' (the fake network's parameters receive D's gradient)."""
-        t = timesteps(len(x0), 0, t_gan - 1, generator=generator)
-        x_t = add_noise(x0, torch.randn(x0.shape, generator=generator, dtype=x0.dtype), t)
+        x_t, _, t = noised(x0, 0, t_gan - 1, generator=generator, share=share)
         return self.head(fake.features(x_t, t)).squeeze(-1)
 
 
@@ -123,9 +142,9 @@ class DataDiscriminator(nn.Module):
         self.net = nn.Sequential(nn.Linear(dim, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
                                  nn.Linear(width, 1))
 
-    def logits(self, fake: nn.Module, x0: torch.Tensor, *, generator: torch.Generator, t_gan: int = 1000
-               ) -> torch.Tensor:
-        """(N,) logits on the clean points (`fake`, `generator`, `t_gan` unused: the same call as the head's)."""
+    def logits(self, fake: nn.Module, x0: torch.Tensor, *, generator: torch.Generator, t_gan: int = 1000,
+               share: Share | None = None) -> torch.Tensor:
+        """(N,) logits on the clean points (`fake`, `generator`, `t_gan`, `share` unused: the head's call)."""
         return self.net(x0).squeeze(-1)
 
 

@@ -17,7 +17,12 @@
    samples within 3 sigma of the mode), precision / recall (k = 3), mean reward, within-mode std; the teacher's DDIM
    samples get the same metrics once, with their wall time. A scatter PNG of the final samples lands in the run folder.
 5. Every random draw comes from a named stream keyed by the step (rlvr.seeding), so a resumed run repeats the
-   uninterrupted one exactly; checkpoints hold every network and optimizer. One process only (no torchrun).
+   uninterrupted one exactly; checkpoints hold every network and optimizer.
+6. Under `torchrun --nproc_per_node N` (train.batch divisible by N) each rank trains a contiguous share of every
+   iteration's batch: the generator's input and every per-sample noise are drawn for the whole batch and the rank's
+   rows kept (rlvr.algos.dmd.Share), which branches run is decided over all ranks, the gradients are averaged before
+   clipping and the metrics over ranks, so N ranks train as one process does (tests/test_dmd_train.py). Every rank
+   pretrains the teacher MLP itself (the same stream); the main rank alone evaluates, logs and writes files.
 6. The recipe schema and its range checks are in rlvr.images.dmd_config.
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,16 +41,26 @@ from torch import nn
 
 from rlvr.algos.dmd import (
     PRESETS,
+    Share,
     dm_loss,
     dm_targets,
     fake_score_loss,
     gan_discriminator_loss,
     gan_generator_loss,
+    noised,
     rl_loss,
 )
 from rlvr.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from rlvr.config import ConfigError
-from rlvr.distributed import requested_world_size
+from rlvr.distributed import (
+    World,
+    all_reduce,
+    average_gradients,
+    barrier,
+    init_world,
+    requested_world_size,
+    shutdown,
+)
 from rlvr.images.diffusion import (
     T_STEPS,
     GaussianMixture,
@@ -186,20 +202,24 @@ def generator_input(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, step: 
 
 
 def generator_loss(nets: Networks, cfg: RunConfig, x0: torch.Tensor, t_k: torch.Tensor, teacher_eps, reward_fn,
-                   step: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """w_dm dm_weight L_DM + w_gan gan_weight L_G,GAN + lambda_R L_RL (module docstring 2)."""
-    d, metrics = cfg.distill, {}
+                   step: int, world: World | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """w_dm dm_weight L_DM + w_gan gan_weight L_G,GAN + lambda_R L_RL (module docstring 2); under data parallelism
+    x0 and t_k are this rank's share."""
+    d, metrics, world = cfg.distill, {}, world or World()
+    share = _share(len(x0), world)
     loss = torch.zeros(())
     dm = gan = None
     if cfg.rl.distill:
         w_dm, w_gan = PRESETS[d.preset].weights(t_k, split=d.split)
-        if d.dm_weight > 0 and w_dm.any():
+        any_dm, any_gan = all_reduce(torch.tensor([float(w_dm.any()), float(w_gan.any())]), world, "max").tolist()
+        if d.dm_weight > 0 and any_dm:
             x0_real, x0_fake = dm_targets(x0, teacher_eps, nets.fake, generator=generator(cfg.seed, "dm", step),
-                                          t_min=d.t_min, t_max=d.t_max)
+                                          t_min=d.t_min, t_max=d.t_max, share=share)
             dm, m = dm_loss(x0, x0_real, x0_fake, weights=w_dm)
             loss, metrics = loss + d.dm_weight * dm, {**metrics, **m, "dm/loss": float(dm.detach())}
-        if d.gan_weight > 0 and w_gan.any():
-            logits = nets.disc.logits(nets.fake, x0, generator=generator(cfg.seed, "gan_gen", step), t_gan=d.gan_t_max)
+        if d.gan_weight > 0 and any_gan:
+            logits = nets.disc.logits(nets.fake, x0, generator=generator(cfg.seed, "gan_gen", step), t_gan=d.gan_t_max,
+                                      share=share)
             gan, m = gan_generator_loss(logits, weights=w_gan)
             loss, metrics = loss + d.gan_weight * gan, {**metrics, **m}
     if dm is not None and gan is not None:  # both act on the same samples: do they pull x0 the same way?
@@ -218,43 +238,48 @@ def gradient_cosine(a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor) -> float
     return float(torch.nn.functional.cosine_similarity(ga.flatten(1), gb.flatten(1), dim=1).mean())
 
 
-def guidance_loss(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, x0: torch.Tensor, step: int
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_fake + disc_weight L_D on the detached x0 (module docstring 2)."""
+def guidance_loss(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, x0: torch.Tensor, step: int,
+                  world: World | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_fake + disc_weight L_D on the detached x0 (module docstring 2); under data parallelism x0 is this rank's
+    share."""
     g = generator(cfg.seed, "guidance", step)
-    x0 = x0.detach()
-    t = timesteps(len(x0), 0, T_STEPS - 1, generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    loss, metrics = fake_score_loss(nets.fake(add_noise(x0, eps, t), t), eps)
+    x0, share = x0.detach(), _share(len(x0), world or World())
+    x_t, eps, t = noised(x0, 0, T_STEPS - 1, generator=g, share=share)
+    loss, metrics = fake_score_loss(nets.fake(x_t, t), eps)
     d = cfg.distill
     if d.gan_weight > 0 and d.disc_weight > 0:
-        real, _ = gmm.sample(len(x0), generator=g)
-        fake_logits = nets.disc.logits(nets.fake, x0, generator=g, t_gan=d.gan_t_max)
-        real_logits = nets.disc.logits(nets.fake, real, generator=g, t_gan=d.gan_t_max)
+        real, _ = gmm.sample(share.batch if share else len(x0), generator=g)
+        real = real[share.rows] if share else real
+        fake_logits = nets.disc.logits(nets.fake, x0, generator=g, t_gan=d.gan_t_max, share=share)
+        real_logits = nets.disc.logits(nets.fake, real, generator=g, t_gan=d.gan_t_max, share=share)
         disc, m = gan_discriminator_loss(fake_logits, real_logits)
         loss, metrics = loss + d.disc_weight * disc, {**metrics, **m}
     return loss, metrics
 
 
-def _update(opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor, clip: float) -> float:
-    """Zero, backward, clip, step; the gradients stay until the next update of `opt` (tests read them)."""
+def _update(opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor, clip: float,
+            world: World | None = None) -> float:
+    """Zero, backward, average over ranks, clip, step; the gradients stay until the next update of `opt` (tests
+    read them)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(params, world or World())  # equal shares of the batch: the mean is the whole batch's
     norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
     opt.step()
     return norm
 
 
 def generator_update(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg: RunConfig, x0: torch.Tensor,
-                     t_k: torch.Tensor, teacher_eps, reward_fn, step: int) -> dict[str, float]:
+                     t_k: torch.Tensor, teacher_eps, reward_fn, step: int, world: World | None = None
+                     ) -> dict[str, float]:
     """One generator update with the guidance networks frozen, as DMD2 does: no gradient reaches them."""
     guidance = nets.guidance_parameters()
     for p in guidance:
         p.requires_grad_(False)
     try:
-        loss, metrics = generator_loss(nets, cfg, x0, t_k, teacher_eps, reward_fn, step)
+        loss, metrics = generator_loss(nets, cfg, x0, t_k, teacher_eps, reward_fn, step, world)
         metrics["gen/grad_norm"] = _update(opts["generator"], list(nets.generator.parameters()), loss,
-                                           cfg.optim.grad_clip)
+                                           cfg.optim.grad_clip, world)
     finally:
         for p in guidance:
             p.requires_grad_(True)
@@ -263,23 +288,43 @@ def generator_update(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg
 
 
 def train_step(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg: RunConfig, gmm: GaussianMixture,
-               teacher_eps, reward_fn, step: int) -> dict[str, float]:
-    """One iteration (1-based `step`): a generator update every `ratio`-th, then a guidance update."""
-    x_t, t_k = generator_input(nets, cfg, gmm, step)
+               teacher_eps, reward_fn, step: int, world: World | None = None) -> dict[str, float]:
+    """One iteration (1-based `step`): a generator update every `ratio`-th, then a guidance update; under data
+    parallelism on this rank's share of the batch, the metrics averaged over ranks (module docstring 6)."""
+    world = world or World()
+    x_t, t_k = generator_input(nets, cfg, gmm, step)  # the whole batch's
+    if share := _share(len(x_t) // world.size, world):
+        x_t, t_k = x_t[share.rows], t_k[share.rows]
     ratio = cfg.distill.ratio if cfg.rl.distill else 1
     gen_turn = (step - 1) % ratio == 0
     metrics = {}
     with torch.set_grad_enabled(gen_turn):
         x0 = generator_x0(nets.generator, x_t, t_k)  # (B, 2)
     if gen_turn:
-        metrics = generator_update(nets, opts, cfg, x0, t_k, teacher_eps, reward_fn, step)
+        metrics = generator_update(nets, opts, cfg, x0, t_k, teacher_eps, reward_fn, step, world)
     if cfg.rl.distill:
-        loss, m = guidance_loss(nets, cfg, gmm, x0, step)
+        loss, m = guidance_loss(nets, cfg, gmm, x0, step, world)
         metrics.update(m)
         metrics["guidance/grad_norm"] = _update(opts["guidance"], nets.guidance_parameters(), loss,
-                                                cfg.optim.grad_clip)
+                                                cfg.optim.grad_clip, world)
     metrics["gen/t_k"] = float(t_k.float().mean())
-    return metrics
+    return _over_ranks(metrics, world)
+
+
+def _share(n: int, world: World) -> Share | None:
+    """This rank's contiguous rows of the iteration's batch of n * ranks samples (None in one process)."""
+    if world.size == 1:
+        return None
+    return Share(n * world.size, slice(world.rank * n, (world.rank + 1) * n)) if n else None
+
+
+def _over_ranks(metrics: dict[str, float], world: World) -> dict[str, float]:
+    """Means over ranks (equal shares: the whole batch's), counts summed (dm/nonfinite), norms already equal."""
+    if world.size == 1:
+        return metrics
+    keys = sorted(metrics)
+    total = all_reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64), world).tolist()
+    return {k: v if k == "dm/nonfinite" else v / world.size for k, v in zip(keys, total)}
 
 
 def _set_lr(opts: dict[str, torch.optim.Optimizer], cfg: RunConfig, step: int) -> None:
@@ -409,47 +454,63 @@ def _arm(cfg: RunConfig) -> str:
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run the loop of the module docstring; returns a summary (final and teacher metrics, files, timings)."""
-    if requested_world_size() > 1:
-        raise ConfigError(f"loop 'dmd' runs in one process: launch `rlvr train` without torchrun (WORLD_SIZE="
-                          f"{requested_world_size()})")
+    ranks = requested_world_size()
+    if cfg.train.batch % ranks:
+        raise ConfigError(f"train.batch ({cfg.train.batch}) must be divisible by the number of data-parallel ranks "
+                          f"({ranks}): each rank trains an equal share of every batch")
     validate(cfg)
-    checkpoint = claim_run_folder(cfg, resume=resume, overwrite=overwrite)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 may delete a run folder (--overwrite)
+    checkpoint = claim_run_folder(cfg, resume=resume, overwrite=overwrite, main=main)
+    world = init_world() if ranks > 1 else World()
+    try:
+        return _train(cfg, checkpoint, world)
+    finally:
+        shutdown(world)
+
+
+def _train(cfg: RunConfig, checkpoint: Path | None, world: World) -> dict[str, Any]:
+    barrier(world)  # every rank has judged the run folder before the main rank writes into it
     gmm = GaussianMixture(modes=cfg.data.modes, radius=cfg.data.radius, sigma=cfg.data.sigma)
     reward_fn = build_reward(cfg.rl, gmm)
     start = time.perf_counter()
     nets, opts, step = _setup(cfg, checkpoint)
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if checkpoint is None and nets.pretrained is not None:
+    run_dir, main = cfg.run_dir, world.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if main and checkpoint is None and nets.pretrained is not None:
         from safetensors.torch import save_file
         save_file(nets.pretrained.state_dict(), str(run_dir / "teacher.safetensors"))
     setup_seconds = time.perf_counter() - start
     teacher_eps = _teacher(cfg, gmm, nets.pretrained)
-    teacher = _teacher_summary(cfg, gmm, teacher_eps, reward_fn)
-    logger = RunLogger(run_dir, resume=checkpoint is not None)
-    if step == 0:
+    teacher = _teacher_summary(cfg, gmm, teacher_eps, reward_fn) if main else {}
+    logger = RunLogger(run_dir, resume=checkpoint is not None) if main else None
+    if step == 0 and logger:
         logger.log(0, {f"eval/{k}": v for k, v in evaluate_student(nets, cfg, gmm, reward_fn)[0].items()})
-    final, loop_start = None, time.perf_counter()
+    final, samples, loop_start = None, None, time.perf_counter()
     try:
         while step < cfg.train.steps:
             step += 1
             tick = time.perf_counter()
             _set_lr(opts, cfg, step)
-            metrics = train_step(nets, opts, cfg, gmm, teacher_eps, reward_fn, step)
+            metrics = train_step(nets, opts, cfg, gmm, teacher_eps, reward_fn, step, world)
             metrics["time/step"] = time.perf_counter() - tick
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            if main and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):  # the same weights everywhere
                 final, samples = evaluate_student(nets, cfg, gmm, reward_fn)
                 if step % cfg.train.eval_every == 0:
                     metrics.update({f"eval/{k}": v for k, v in final.items()})
-            logger.log(step, metrics)
-            if step % cfg.train.save_every == 0 or step == cfg.train.steps:
+            if logger:
+                logger.log(step, metrics)
+            if main and (step % cfg.train.save_every == 0 or step == cfg.train.steps):
                 _save(cfg, nets, opts, step)
     finally:
-        logger.close()
-    if final is None:
-        final, samples = evaluate_student(nets, cfg, gmm, reward_fn)
-    save_scatter(run_dir / "samples.png", samples, eval_batch(cfg, gmm)[1],
-                 f"{cfg.student.steps}-step student, {_arm(cfg)}, step {step}")
+        if logger:
+            logger.close()
+    if main:
+        if final is None:
+            final, samples = evaluate_student(nets, cfg, gmm, reward_fn)
+        save_scatter(run_dir / "samples.png", samples, eval_batch(cfg, gmm)[1],
+                     f"{cfg.student.steps}-step student, {_arm(cfg)}, step {step}")
+    barrier(world)  # the last checkpoint is written before any rank returns
     return {"run_dir": str(run_dir), "steps": step, "final": final, "teacher": teacher,
             "time/setup": setup_seconds, "time/train": time.perf_counter() - loop_start, "interrupted": False}
 
