@@ -27,6 +27,8 @@ ENV = ["task.name=guess_number", "task.kwargs={hi: 8}", "env.name=guess_number",
                             "tests/gpu/digit_reward.py:digit_fraction}}]"]  # multi-turn episodes, the env's rewards
 TRAINERS = ["distributed.backend=ray", "distributed.trainers=2", "distributed.rollout_workers=1",
             "distributed.reward_workers=1", "rollout.max_staleness=1"]  # synchronous ranks: tests/test_ray_cluster.py
+FSDP = ["distributed.backend=ray", "distributed.trainers=2", "distributed.strategy=fsdp",
+        "distributed.rollout_workers=0", "distributed.reward_workers=1"]  # sharded ranks sample on gathered weights
 TIMING = ("time/", "tokens_per_second", "completions_per_second", "ray/")
 
 
@@ -59,7 +61,8 @@ def runs(tmp_path_factory):
     dying = (f"rewards=[{{name: python, kwargs: {{function: tests/ray_dying_reward.py:digit_fraction_dying_once, "
              f"options: {{marker: '{out / 'died'}'}}}}}}]")
     for name, over in (("one", []), ("ray", RAY), ("async", ASYNC), ("ray_async", [*RAY, *ASYNC]),
-                       ("trainers", TRAINERS), ("killed", [*RAY, dying]), ("env", ENV), ("env_ray", [*ENV, *RAY])):
+                       ("trainers", TRAINERS), ("killed", [*RAY, dying]), ("env", ENV), ("env_ray", [*ENV, *RAY]),
+                       ("fsdp", FSDP)):
         train(load_config(None, [*BASE, f"output_dir={out}", f"name={name}", *over]))
     return out
 
@@ -109,10 +112,15 @@ def test_a_killed_worker_is_replaced_and_its_shard_sampled_again():
         assert torch.allclose(batch.rollout_logp, local.rollout_logp, atol=1e-5)
 
 
-def test_two_ray_trainer_ranks_train_as_one_process(runs):
+@pytest.mark.parametrize("pair", [("async", "trainers"), ("one", "fsdp")])
+def test_two_ray_trainer_ranks_train_as_one_process(runs, pair):
     """A placement group of 2 trainer actors forming a gloo group, each with its own rollout and reward worker and
-    asynchronous rollouts: the tolerances of torchrun's 2 ranks against one process (tests/test_distributed.py)."""
-    one, two = runs / "async", runs / "trainers"
+    asynchronous rollouts, or sharded with FSDP (distributed.strategy: fsdp, a reward worker each): the tolerances
+    of torchrun's 2 ranks against one process (tests/test_distributed.py)."""
+    one, two = runs / pair[0], runs / pair[1]
+    if pair[1] == "fsdp":  # the ranks did shard: each wrote its own shard of the checkpoint
+        saved = list((two / "checkpoints").glob("step-*"))
+        assert saved and all((c / "sharded").is_dir() for c in saved)
     rows_one, rows_two = metrics(one), metrics(two)
     assert len(rows_one) == len(rows_two) == 5
     for a, b in zip(rows_one, rows_two):
@@ -170,6 +178,9 @@ def test_reward_workers_score_as_one_process_and_survive_a_killed_worker(tmp_pat
 
 
 def test_what_ray_cannot_run_with_is_refused(monkeypatch):
+    with pytest.raises(ConfigError, match=r"distributed.strategy fsdp: distributed.rollout_workers 2: Ray rollout "
+                                          r"workers hold a full copy of the policy; set distributed.rollout_workers"):
+        validate(load_config(None, [*BASE, *FSDP, "distributed.rollout_workers=2"]))
     with pytest.raises(ConfigError, match=r"rollout.prompts_per_step \(4\) must be divisible by distributed.trainers"):
         validate(load_config(None, [*BASE, *RAY, "distributed.trainers=3"]))
     with pytest.raises(ConfigError, match="distributed.reward_workers must be >= 0"):

@@ -633,6 +633,11 @@ def _check_distributed(cfg: Config) -> None:
     if d.trainers > 1 and cfg.rollout.prompts_per_step % d.trainers:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be divisible by "
                           f"distributed.trainers ({d.trainers})")
+    if d.trainers > 1 and d.strategy == "fsdp":
+        from rlvr.scale import fsdp_reason
+
+        if reason := fsdp_reason(cfg):
+            raise ConfigError(f"distributed.strategy fsdp: {reason}")
     try:
         import ray  # noqa: F401
     except ImportError as err:

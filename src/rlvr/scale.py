@@ -76,6 +76,9 @@ def fsdp_reason(cfg: Config, policy=None) -> str | None:
         return "model.lora: LoRA adapters train a few weights; run them with distributed.strategy: replicate"
     if cfg.rollout.max_staleness:
         return "rollout.max_staleness > 0 samples from a copy of the policy; run it with strategy: replicate"
+    if cfg.distributed.backend == "ray" and cfg.distributed.rollout_workers:
+        return (f"distributed.rollout_workers {cfg.distributed.rollout_workers}: Ray rollout workers hold a full copy "
+                "of the policy; set distributed.rollout_workers: 0 (the ranks sample on their gathered weights)")
     return None
 
 
