@@ -13,8 +13,8 @@
    a  replicas vs FSDP, 2 ranks, 1 thread each: a random Qwen2-shaped model (A_SHAPE, 121M parameters), 2 prompts x
       4 completions per rank, 32 new tokens, one update; distributed.strategy replicate vs fsdp; bf16 compute with
       fp32 master weights (model.autocast) with activation checkpointing and chunked log-probs, bf16 alone, then fp32
-      throughout. Target (issue 20):
-      the FSDP per-rank peak at most 0.6x the replica's.
+      throughout; then a larger shape (A_LARGER, 342M parameters) with bf16 + checkpointing + chunked log-probs, where
+      the fixed per-process costs weigh less. Target (issue 20): the FSDP per-rank peak at most 0.6x the replica's.
    b  chunked log-probs off vs on (model.logp_chunk_tokens 0 vs 256): a Qwen2 shape with a 152k vocabulary
       (B_SHAPE: Qwen2.5-0.5B's widths, 2 layers), one optimizer_step (one micro-batch: forward, backward, AdamW) on
       a fixed synthetic batch of 1 row, 64 prompt tokens + T completion tokens, T = 256 ... 4096. Targets: chunked
@@ -49,6 +49,8 @@ MARK = "MEMORY_JSON "  # a child's result line on its stdout (setup prints its o
 SEED = 0
 A_SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
                num_key_value_heads=2, vocab_size=32000)
+A_LARGER = dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=12, num_attention_heads=12,
+                num_key_value_heads=2, vocab_size=32000)  # 342M: fixed per-process costs weigh less
 B_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=2, num_attention_heads=14,
                num_key_value_heads=2, vocab_size=151936, max_position_embeddings=8192)
 B_LENGTHS = (256, 512, 1024, 2048, 4096)
@@ -355,28 +357,9 @@ def ratio(a: float | None, b: float | None, n: int = 3) -> float | None:
 def part_a(limit_gib: float) -> dict:
     out = {}
     for precision in ("bf16+checkpointing", "bf16", "fp32"):
-        runs = {}
-        lean = precision == "bf16+checkpointing"  # activations (unsharded on both sides) recomputed, logits chunked
-        for strategy in ("replicate", "fsdp"):
-            spec = {"kind": "rlvr", "label": f"a/{precision}/{strategy}", "threads": 1, "cfg": {
-                "model.config": "qwen2-tiny", "model.config_overrides": A_SHAPE, "distributed.strategy": strategy,
-                "model.autocast": None if precision == "fp32" else "bfloat16",
-                "model.activation_checkpointing": lean, "model.logp_chunk_tokens": 128 if lean else 0,
-                "task.name": "arithmetic", "task.kwargs": {"digits": 2, "ops": "+"}, "rollout.prompts_per_step": 4,
-                "rollout.group_size": 4, "rollout.max_new_tokens": 32, "algo.micro_batch_size": 8,
-                "train.threads": 1}}
-            runs[strategy] = launch(spec, limit_gib, ranks=2)
-
-        def worst(strategy: str, key: str, runs=runs) -> float | None:
-            values = [r[key] for r in runs[strategy]["ranks"]]
-            return max(values) if values else None
-
-        got = ratio(worst("fsdp", "peak_mib"), worst("replicate", "peak_mib"))
-        out[precision] = {
-            "runs": runs, "ratio_fsdp_over_replicate": {
-                k: ratio(worst("fsdp", k), worst("replicate", k))
-                for k in ("peak_mib", "rollout_peak_mib", "update_peak_mib", "rss_before_mib")},
-            "meets_target": None if got is None else got <= 0.6}
+        out[precision] = replicas_vs_fsdp(A_SHAPE, precision, limit_gib)
+    larger = {"config_overrides": A_LARGER,
+              "bf16+checkpointing": replicas_vs_fsdp(A_LARGER, "bf16+checkpointing", limit_gib)}
     return {"workload": {"model": "qwen2-tiny", "config_overrides": A_SHAPE, "ranks": 2, "threads_per_rank": 1,
                          "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 32, "micro_batch_size": 8,
                          "precision": {"bf16+checkpointing": "bf16, model.activation_checkpointing, "
@@ -385,7 +368,33 @@ def part_a(limit_gib: float) -> dict:
                                                "(FSDP: MixedPrecisionPolicy, bf16 gathered weights)",
                                        "fp32": "fp32 throughout"},
                          "optimizer": "AdamW (fused)"},
-            **out, "target_ratio": 0.6}
+            **out, "larger_model": larger, "target_ratio": 0.6}
+
+
+def replicas_vs_fsdp(shape: dict, precision: str, limit_gib: float) -> dict:
+    """Part a for one model shape and precision: both strategies under 2 ranks, and the FSDP / replica ratios."""
+    runs = {}
+    lean = precision == "bf16+checkpointing"  # activations (unsharded on both sides) recomputed, logits chunked
+    for strategy in ("replicate", "fsdp"):
+        spec = {"kind": "rlvr", "label": f"a/{shape['hidden_size']}/{precision}/{strategy}", "threads": 1, "cfg": {
+            "model.config": "qwen2-tiny", "model.config_overrides": shape, "distributed.strategy": strategy,
+            "model.autocast": None if precision == "fp32" else "bfloat16",
+            "model.activation_checkpointing": lean, "model.logp_chunk_tokens": 128 if lean else 0,
+            "task.name": "arithmetic", "task.kwargs": {"digits": 2, "ops": "+"}, "rollout.prompts_per_step": 4,
+            "rollout.group_size": 4, "rollout.max_new_tokens": 32, "algo.micro_batch_size": 8,
+            "train.threads": 1}}
+        runs[strategy] = launch(spec, limit_gib, ranks=2)
+
+    def worst(strategy: str, key: str, runs=runs) -> float | None:
+        values = [r[key] for r in runs[strategy]["ranks"]]
+        return max(values) if values else None
+
+    got = ratio(worst("fsdp", "peak_mib"), worst("replicate", "peak_mib"))
+    return {
+        "runs": runs, "ratio_fsdp_over_replicate": {
+            k: ratio(worst("fsdp", k), worst("replicate", k))
+            for k in ("peak_mib", "rollout_peak_mib", "update_peak_mib", "rss_before_mib")},
+        "meets_target": None if got is None else got <= 0.6}
 
 
 def part_b(limit_gib: float) -> dict:

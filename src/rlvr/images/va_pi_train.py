@@ -351,9 +351,10 @@ def _train(cfg: RunConfig, resume_from: Path | None, world) -> dict:
                                   grid=run_dir / "samples" / f"step-{step:06d}.png")
 
     if resume_from is None:
-        state["eval_before"] = evaluate(0)
         if logger:
             (run_dir / "samples").mkdir(exist_ok=True)
+        state["eval_before"] = evaluate(0)
+        if logger:
             logger.log(0, state["eval_before"])
     last: dict[str, float] = {}
     a = cfg.algo
