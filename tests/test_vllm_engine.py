@@ -136,8 +136,11 @@ def test_engine_kwargs():
                                                                                                 "processed_logprobs")
     apart = engine_kwargs("/m", colocate=False, device="cuda:1", gpu_memory_utilization=0.8, enforce_eager=True,
                           max_model_len=512, dtype=torch.float32, seed=3)
-    assert not apart["enable_sleep_mode"] and apart["device"] == "cuda:1"
+    assert not apart["enable_sleep_mode"] and apart["device_ids"] == [1] and "device" not in apart  # no LLM(device=)
     assert (apart["dtype"], apart["max_model_len"], apart["gpu_memory_utilization"]) == ("float32", 512, 0.8)
+    big = engine_kwargs("/m", colocate=True, device="cuda:1", gpu_memory_utilization=0.4, enforce_eager=False,
+                        max_model_len=None, dtype=torch.bfloat16, seed=(1 << 32) + 7)
+    assert big["seed"] == 7  # vLLM's engine seed lies in [0, 2**32 - 1]
 
 
 def test_prompt_lists_drop_left_padding():
@@ -243,6 +246,7 @@ def fake_vllm(monkeypatch):
     module = type(sys)("vllm")
     module.LLM = FakeLLM
     module.SamplingParams = lambda **kw: kw
+    module.__version__, module.__version_tuple__ = "0.34.0", (0, 34, 0)
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # start must turn it off; restored after the test
     return module
@@ -283,9 +287,19 @@ def test_engine_on_its_own_gpu_never_sleeps(policy, fake_vllm, monkeypatch):
     settings = dataclasses_replace(load_config(None).rollout.vllm, colocate=False, device="cuda:1")
     sampler = VLLMSampler.start(policy, SamplingParams(max_new_tokens=3), 2, settings=settings)
     llm = sampler.engine.llm
-    assert llm.kwargs["device"] == "cuda:1" and not llm.kwargs["enable_sleep_mode"]
+    assert llm.kwargs["device_ids"] == [1] and not llm.kwargs["enable_sleep_mode"]
     sampler.generate([Sample(prompt="1+1=")], torch.tensor([0]), torch.tensor([1]))
     sampler.sync(policy)
     sampler.generate([Sample(prompt="1+1=")], torch.tensor([0]), torch.tensor([1]))
     assert llm.calls == ["generate1", "load", "reset_prefix_cache", "generate1"]
     sampler.close()
+
+
+def test_engine_on_its_own_gpu_is_refused_before_vllm_has_device_ids(policy, fake_vllm):
+    fake_vllm.__version__, fake_vllm.__version_tuple__ = "0.23.0", (0, 23, 0)
+    settings = dataclasses_replace(load_config(None).rollout.vllm, colocate=False, device="cuda:1")
+    with pytest.raises(ValueError, match=r"colocate false needs vLLM >= 0.24 .*this is 0.23.0"):
+        VLLMSampler.start(policy, SamplingParams(max_new_tokens=3), 2, settings=settings)
+    colocated = VLLMSampler.start(policy, SamplingParams(max_new_tokens=3), 2, settings=load_config(None).rollout.vllm)
+    assert "device_ids" not in colocated.engine.llm.kwargs  # colocated: any vLLM
+    colocated.close()

@@ -9,12 +9,15 @@ rlvr.rollout.collect.TextSampler, the trainer's weights pushed into the engine a
 
 1. Start: the policy's model and tokenizer are saved to a temporary folder (Policy.save) and `vllm.LLM` loads it, in
    this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so the weight sync is a plain tensor copy with no serialisation.
-   colocate: the engine shares the trainer's GPU with sleep mode on; otherwise it runs on `settings.device`, whose
-   index vLLM's one-process executor takes as its local rank; every engine call then runs under
-   `torch.cuda.device(that GPU)`, and the trainer's current device is restored after each.
+   colocate: the engine shares the trainer's GPU with sleep mode on (vLLM's in-process worker takes the first
+   visible GPU: the trainer's current device outside torchrun, which is refused). Otherwise it runs on
+   `settings.device`, passed as `LLM(device_ids=[its index])`: vLLM >= 0.24 (`LLM` has no `device` keyword, and older
+   in-process engines always take the first visible GPU, so `start` refuses colocate false there). Every engine call
+   then runs under `torch.cuda.device(that GPU)`, and the trainer's current device is restored after each.
 2. Prompts are encoded by the policy itself (`encode_inputs`: chat template and all), so vLLM receives token ids,
    never text. Row i is one request with its own `seed` (the 63 low bits of rlvr's row seed), n=1 and logprobs=0:
-   vLLM returns the sampled token's log-prob only.
+   vLLM returns the sampled token's log-prob only. vLLM's own bounds apply: temperature in [0, 2] (0.34 refuses more),
+   and a temperature below 0.01 is raised to 0.01.
 3. Log-probs: the engine runs with logprobs_mode="processed_logprobs", i.e. log softmax(logits / temperature), the
    distribution rlvr's own sampler reports (rlvr.policies.sampling) and the trainer recomputes. Exact when top_k=0
    and top_p=1 (the RL default). With top-k / top-p vLLM reports the truncated, renormalised distribution (the one
@@ -41,9 +44,9 @@ Tested (tests/test_vllm_engine.py, CPU): the config refusals; that importing thi
 imports vllm; the request and engine arguments; `to_batch` against HFCausalLM.generate's Batch for the same tokens
 and on hand-made EOS / stop-string / truncated rows; the refusals of `start`. GPU (tests/gpu/check_scale.py): vLLM
 throughput and the log-prob gap to the trainer across a sleep / wake round. Untested here: everything that runs vLLM
-(start, generate, sync, sleep and wake, close) is written against vLLM's documented API (LLM, SamplingParams,
-sleep / wake_up(tags), apply_model, reset_prefix_cache, logprobs_mode; docs.vllm.ai v0.10.2 to latest), not run in
-CI: no GPU.
+(start, generate, sync, sleep and wake, close) is checked against vLLM's released source, 0.34.0 and 0.10.2 (LLM and
+its EngineArgs keywords, SamplingParams, TokensPrompt, RequestOutput / CompletionOutput / Logprob, sleep(level) /
+wake_up(tags), apply_model, reset_prefix_cache, logprobs_mode; device_ids from 0.24.0), not run in CI: no GPU.
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ from rlvr.batch import Batch, Sample
 from rlvr.policies.base import Policy, SamplingParams
 
 LOGPROBS_MODE = "processed_logprobs"  # after temperature (and top-k / top-p): what rlvr's sampler reports
-SEED_BITS = (1 << 63) - 1  # vLLM seeds a torch.Generator per request: a non-negative 63-bit int
+SEED_BITS = (1 << 63) - 1  # a request's seed: an int64 in vLLM 0.34's sampler, a torch.Generator seed in 0.10
+ENGINE_SEED_BITS = (1 << 32) - 1  # LLM(seed=...): vLLM 0.34's ModelConfig.seed must lie in [0, 2**32 - 1]
+DEVICE_IDS_VERSION = (0, 24)  # the first vLLM whose LLM takes device_ids (its GPU without CUDA_VISIBLE_DEVICES)
 
 
 def refusal(policy: Policy) -> str | None:
@@ -83,13 +88,15 @@ def refusal(policy: Policy) -> str | None:
 
 def engine_kwargs(folder: str, *, colocate: bool, device: str, gpu_memory_utilization: float,
                   enforce_eager: bool, max_model_len: int | None, dtype: torch.dtype, seed: int) -> dict[str, Any]:
-    """Keywords of `vllm.LLM` for the exported policy folder."""
+    """Keywords of `vllm.LLM` for the exported policy folder (all but `model` go to vLLM's EngineArgs)."""
     kwargs = dict(model=folder, tokenizer=folder, dtype=str(dtype).removeprefix("torch."),
                   gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-                  max_model_len=max_model_len, seed=seed, logprobs_mode=LOGPROBS_MODE,
+                  max_model_len=max_model_len, seed=int(seed) & ENGINE_SEED_BITS, logprobs_mode=LOGPROBS_MODE,
                   enable_sleep_mode=colocate, enable_prefix_caching=True)  # a group's G rows share their prompt
     if not colocate:
-        kwargs["device"] = device  # its index is the one-process executor's local rank
+        # EngineArgs has no `device` (its DeviceConfig takes only the platform's type); device_ids=[i] puts the
+        # in-process worker on the i-th GPU this process sees (an index into CUDA_VISIBLE_DEVICES when that is set)
+        kwargs["device_ids"] = [torch.device(device).index or 0]
     return kwargs
 
 
@@ -227,6 +234,9 @@ class VLLMSampler:
             import vllm
         except ImportError as err:
             raise ImportError("rollout.engine 'vllm' needs vLLM: pip install 'rlvr[vllm]'") from err
+        if not settings.colocate and tuple(vllm.__version_tuple__[:2]) < DEVICE_IDS_VERSION:
+            raise ValueError(f"rollout.vllm.colocate false needs vLLM >= 0.24 (LLM(device_ids=...)), this is "
+                             f"{vllm.__version__}; pip install -U vllm, or set rollout.vllm.colocate: true")
         folder = tempfile.TemporaryDirectory(prefix="rlvr-vllm-")
         policy.save(folder.name)
         dtype = params.dtype or next(policy.parameters()).dtype
