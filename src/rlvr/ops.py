@@ -4,7 +4,8 @@
    positions changes neither the value nor the gradient (0 * inf = NaN would).
 2. `group_mean_std` gives each element the statistics of its group (GRPO's mu_g, sigma_g), ignoring NaN.
 3. `token_logprobs` / `entropy_from_logits` work in (at least) float32 on logits divided by the sampling temperature.
-4. `head_logprobs` runs the lm_head and both in chunks of tokens, recomputed in backward: no (tokens, V) logits.
+4. `head_logprobs` runs the lm_head and both in chunks of tokens, recomputed in backward: no (tokens, V) logits,
+   and one (V, hidden) gradient buffer for all chunks.
 """
 
 from __future__ import annotations
@@ -120,12 +121,8 @@ def head_logprobs(
     """
     if chunk <= 0 or len(h) <= chunk:
         return _head_piece(h, ids, weight, bias, temperature, with_entropy)
-    from torch.utils.checkpoint import checkpoint
-
-    parts = [checkpoint(_head_piece, hc, ic, weight, bias, temperature, with_entropy, use_reentrant=False)
-             for hc, ic in zip(h.split(chunk), ids.split(chunk), strict=True)]
-    logp = torch.cat([p[0] for p in parts])
-    return logp, torch.cat([p[1] for p in parts]) if with_entropy else None
+    out = _ChunkedHead.apply(h, weight, bias, ids, temperature, chunk, with_entropy)
+    return (out[0], out[1]) if with_entropy else (out, None)
 
 
 def _head_piece(h, ids, weight, bias, temperature: float, with_entropy: bool):
@@ -133,3 +130,65 @@ def _head_piece(h, ids, weight, bias, temperature: float, with_entropy: bool):
     z = z.to(torch.promote_types(z.dtype, torch.float32)) / temperature
     logp = token_logprobs(z[None], ids[None])[0]
     return logp, entropy_from_logits(z[None])[0] if with_entropy else None
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """head_logprobs with chunk > 0: forward and backward both walk the chunks, and backward adds each chunk's lm_head
+    gradient into one (V, hidden) buffer, so a vocabulary-sized gradient exists once (autograd would hold the
+    leaf's sum and each chunk's own gradient: twice). For a chunk of logits z = (h W^T + b) / temperature (float32),
+    p = softmax(z), mu = sum p z: d logp_i / dz = onehot(id_i) - p; d entropy / dz = -p (z - mu)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, ids, temperature: float, chunk: int, with_entropy: bool):
+        logp, entropy = [], []
+        for hc, ic in zip(h.split(chunk), ids.split(chunk), strict=True):
+            z = _chunk_logits(hc, weight, bias, temperature)  # (k, V) float32
+            lse = z.logsumexp(-1)
+            logp.append(z.gather(-1, ic.long()[:, None])[:, 0] - lse)
+            if with_entropy:
+                entropy.append(lse - (z - lse[:, None]).exp_().mul_(z).sum(-1))
+        ctx.save_for_backward(h, weight, bias, ids)
+        ctx.temperature, ctx.chunk, ctx.with_entropy = temperature, chunk, with_entropy
+        ctx.compute_dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) \
+            else torch.promote_types(h.dtype, weight.dtype)
+        logp = torch.cat(logp)
+        if with_entropy:
+            return logp, torch.cat(entropy)
+        return logp
+
+    @staticmethod
+    def backward(ctx, g_logp, g_entropy=None):
+        h, weight, bias, ids = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        c, temperature = ctx.compute_dtype, ctx.temperature
+        w = weight.to(c)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
+        with torch.autocast(h.device.type, enabled=False):
+            for start in range(0, len(h), ctx.chunk):
+                rows = slice(start, start + ctx.chunk)
+                z = _chunk_logits(h[rows].to(c), w, None if bias is None else bias.to(c), temperature)
+                lse = z.logsumexp(-1, keepdim=True)
+                gl = g_logp[rows, None].to(z.dtype)  # (k, 1)
+                if ctx.with_entropy and g_entropy is not None:
+                    p = (z - lse).exp_()
+                    mu = (p * z).sum(-1, keepdim=True)
+                    dz = z.sub_(mu).mul_(g_entropy[rows, None].to(z.dtype)).add_(gl).mul_(p).neg_()
+                    del p
+                else:
+                    dz = z.sub_(lse).exp_().mul_(gl).neg_()
+                dz.scatter_add_(-1, ids[rows].long()[:, None], gl)
+                dz = dz.div_(temperature).to(c)  # d loss / d (h W^T + b), (k, V)
+                if need_h:
+                    grad_h[rows] = (dz @ w).to(h.dtype)
+                if need_w:
+                    grad_w.add_(dz.t() @ h[rows].to(c))
+                if grad_b is not None:
+                    grad_b.add_(dz.sum(0))
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def _chunk_logits(h, weight, bias, temperature: float) -> torch.Tensor:
+    z = torch.nn.functional.linear(h, weight, bias)  # (k, V) in the compute dtype
+    return z.to(torch.promote_types(z.dtype, torch.float32)) / temperature
