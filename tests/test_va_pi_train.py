@@ -123,6 +123,7 @@ def test_two_ranks_train_as_one_process(tmp_path):
             out = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(path)], env=env,
                                  capture_output=True, text=True, timeout=300)
             assert out.returncode == 0, out.stderr[-2000:]
+            assert out.stdout.count('"run_dir"') == 1  # one summary: rank 0's
             runs[ranks] = tmp_path / f"{mode}{ranks}" / "tiny"
         one, two = (without_timing(read_metrics(runs[r] / "metrics.jsonl")) for r in (1, 2))
         assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 3]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -109,12 +110,19 @@ def cmd_train(args) -> int:
                               "language model)")
         module = importlib.import_module(LOOPS[loop])
         summary = module.train(from_dict(module.RunConfig, raw, ""), resume=args.resume, overwrite=args.overwrite)
-        print(json.dumps(summary, indent=1, default=str))
+        if _main_rank():
+            print(json.dumps(summary, indent=1, default=str))
         return 130 if summary.get("interrupted") else 0
     cfg = from_dict(Config, raw, "")
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    _print_summary(summary)
+    if _main_rank():
+        _print_summary(summary)
     return 130 if summary.get("interrupted") else 0
+
+
+def _main_rank() -> bool:
+    """Under torchrun only rank 0 prints the run's summary (every rank returns one)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _print_summary(summary: dict) -> None:
