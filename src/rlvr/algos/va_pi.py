@@ -40,7 +40,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from rlvr.distributed import World, all_reduce, average_gradients, gather_rows
+from rlvr.distributed import World, average_gradients, gather_rows, mean_over_ranks
 
 
 def noisy_context(codes: torch.Tensor, *, p: float, codes_n: int, generator: torch.Generator | None = None
@@ -139,7 +139,7 @@ def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer
     loss, metrics = va_pi_loss(logp, logp.detach(), advantages.flatten(), logits, target, clip=clip,
                                lambda_ce=lambda_ce)
     _update(policy, optimizer, loss, world)
-    return _mean_over_ranks({**metrics, "va_pi/reward": float(rewards.mean()), "va_pi/greedy_mse": greedy_mse,
+    return mean_over_ranks({**metrics, "va_pi/reward": float(rewards.mean()), "va_pi/greedy_mse": greedy_mse,
                              "va_pi/loss": float(loss.detach())}, world)
 
 
@@ -159,7 +159,7 @@ def ce_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer, *
     _update(policy, optimizer, loss, world)
     with torch.no_grad():
         greedy_mse = float((vq.decode(logits.argmax(-1)) - images).square().mean())
-    return _mean_over_ranks({"va_pi/ce": float(loss.detach()), "va_pi/greedy_mse": greedy_mse}, world)
+    return mean_over_ranks({"va_pi/ce": float(loss.detach()), "va_pi/greedy_mse": greedy_mse}, world)
 
 
 def rank_share(n: int, world: World) -> slice:
@@ -175,11 +175,3 @@ def _update(policy, optimizer, loss: torch.Tensor, world: World) -> None:
     loss.backward()
     average_gradients(list(policy.model.parameters()), world)  # equal shares: the mean is the whole batch's
     optimizer.step()
-
-
-def _mean_over_ranks(metrics: dict[str, float], world: World) -> dict[str, float]:
-    if world.size == 1:
-        return metrics
-    keys = sorted(metrics)
-    total = all_reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64), world)
-    return {k: float(v) / world.size for k, v in zip(keys, total)}

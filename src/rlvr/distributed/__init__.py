@@ -69,6 +69,16 @@ def all_reduce(values: torch.Tensor, world: World, op: str = "sum") -> torch.Ten
     return out
 
 
+def mean_over_ranks(metrics: dict[str, float], world: World, sums: tuple[str, ...] = ()) -> dict[str, float]:
+    """Scalar metrics of equal shares averaged over ranks (the whole batch's means), the `sums` keys summed; one
+    all-reduce. Every rank must pass the same keys."""
+    if world.size == 1:
+        return metrics
+    keys = sorted(metrics)
+    total = all_reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64), world).tolist()
+    return {k: v if k in sums else v / world.size for k, v in zip(keys, total)}
+
+
 def all_gather_object(obj: Any, world: World) -> list[Any]:
     """[obj of rank 0, obj of rank 1, ...] on every rank (small Python objects: keys, counts, decisions)."""
     if world.size == 1:

@@ -58,6 +58,7 @@ from rlvr.distributed import (
     average_gradients,
     barrier,
     init_world,
+    mean_over_ranks,
     requested_world_size,
     shutdown,
 )
@@ -308,7 +309,7 @@ def train_step(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg: RunC
         metrics["guidance/grad_norm"] = _update(opts["guidance"], nets.guidance_parameters(), loss,
                                                 cfg.optim.grad_clip, world)
     metrics["gen/t_k"] = float(t_k.float().mean())
-    return _over_ranks(metrics, world)
+    return mean_over_ranks(metrics, world, sums=("dm/nonfinite",))  # norms are already equal on every rank
 
 
 def _share(n: int, world: World) -> Share | None:
@@ -316,15 +317,6 @@ def _share(n: int, world: World) -> Share | None:
     if world.size == 1:
         return None
     return Share(n * world.size, slice(world.rank * n, (world.rank + 1) * n)) if n else None
-
-
-def _over_ranks(metrics: dict[str, float], world: World) -> dict[str, float]:
-    """Means over ranks (equal shares: the whole batch's), counts summed (dm/nonfinite), norms already equal."""
-    if world.size == 1:
-        return metrics
-    keys = sorted(metrics)
-    total = all_reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64), world).tolist()
-    return {k: v if k == "dm/nonfinite" else v / world.size for k, v in zip(keys, total)}
 
 
 def _set_lr(opts: dict[str, torch.optim.Optimizer], cfg: RunConfig, step: int) -> None:
