@@ -3,10 +3,13 @@ activation checkpointing (model.activation_checkpointing) give the same log-prob
 as the one-pass forward, on the lean and the plain HF path; the chunked path never saves a (tokens, V) tensor for
 backward, and checkpointing saves less."""
 
+import weakref
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from rlvr.ops import entropy_from_logits, head_logprobs, token_logprobs
+from rlvr.ops import TiedGrad, entropy_from_logits, head_logprobs, tied_embedding, token_logprobs
 from rlvr.policies import load_policy
 from rlvr.policies.hf_forward import completion_logp
 from rlvr.scale import enable_checkpointing
@@ -34,13 +37,13 @@ def batch(V: int, seed: int = 0):
     return ids, mask
 
 
-def run(model, ids, mask, *, chunk=0, checkpointing=False, lean=True, temperature=0.7):
+def run(model, ids, mask, *, chunk=0, checkpointing=False, lean=True, temperature=0.7, late=True):
     """(logp, entropy at real tokens, every parameter's gradient) of a random linear objective of both."""
     if checkpointing:
         enable_checkpointing(model, "test")
     model.zero_grad(set_to_none=True)
     logp, ent = completion_logp(model, ids, mask, T, temperature=temperature, with_entropy=True, chunk=chunk,
-                                lean=lean)
+                                lean=lean, late_head_grad=late)
     real = mask[:, -T:].bool()
     w = torch.randn(logp.shape, generator=torch.Generator().manual_seed(1))
     torch.where(real, logp * w + 0.3 * ent, 0.0).sum().backward()
@@ -57,11 +60,12 @@ def model(request):
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "hf"])
-@pytest.mark.parametrize("chunk,checkpointing", [(5, False), (0, True), (4, True), (1000, False)])
-def test_same_values_and_gradients(model, lean, chunk, checkpointing):
+@pytest.mark.parametrize("chunk,checkpointing,late", [(5, False, True), (5, False, False), (0, True, True),
+                                                      (4, True, True), (1000, False, True)])
+def test_same_values_and_gradients(model, lean, chunk, checkpointing, late):
     ids, mask = batch(model.config.vocab_size)
     want = run(model, ids, mask, lean=lean)
-    got = run(model, ids, mask, chunk=chunk, checkpointing=checkpointing, lean=lean)
+    got = run(model, ids, mask, chunk=chunk, checkpointing=checkpointing, lean=lean, late=late)
     torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
     assert got[2].keys() == want[2].keys()
@@ -117,3 +121,63 @@ def test_checkpointing_saves_less(model):
     finally:
         model.activation_checkpointing_disable()
     assert checkpointed < 0.5 * plain
+
+
+@pytest.mark.parametrize("late", [True, False], ids=["late", "early"])
+def test_tied_embedding_gradient_equals_autograd_sum(late):
+    """The lookup's backward adds its rows into the head's buffer: the same weight gradient as F.embedding's dense
+    gradient plus the head's, the padding row included (no gradient from the lookup there)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(30, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([0, 5, 0, 7, 7, 29, 3, 0, 11, 2, 5])  # padding_idx 0 three times
+    targets = torch.randint(0, 30, (len(ids),), generator=g)
+    grads = []
+    for tied in (None, TiedGrad(late=late)):
+        x = torch.nn.functional.embedding(ids, w, 0) if tied is None else tied_embedding(ids, w, 0, tied)
+        h = torch.tanh(x @ torch.ones(8, 8, dtype=torch.float64) * 0.3)
+        lp, ent = head_logprobs(h, w, None, targets, chunk=4, with_entropy=True, tied=tied)
+        grads.append(torch.autograd.grad((lp * 1.3 + ent).sum(), w)[0])
+        assert tied is None or (tied.weight_grad_into, tied.grad) == (None, None)  # used, nothing left behind
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+class LiveOfShape(TorchDispatchMode):
+    """The most buffers (storages) of tensors of one shape alive at once among those ops create while the mode is on;
+    a view or an alias of a buffer (AccumulateGrad's detach) is the same buffer."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.live, self.most = tuple(shape), {}, 0  # id -> weakref of each live tensor
+        self.ops, self.first = 0, None  # ops run; how many had run when the first such buffer appeared
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and tuple(t.shape) == self.shape and id(t) not in self.live:
+                self.first = self.ops if self.first is None else self.first
+                key = id(t)
+                self.live[key] = weakref.ref(t, lambda _, key=key: self.live.pop(key, None))
+        buffers = {ref().untyped_storage().data_ptr() for ref in list(self.live.values()) if ref() is not None}
+        self.most, self.ops = max(self.most, len(buffers)), self.ops + 1
+        return out
+
+
+@pytest.mark.parametrize("config,late", [("qwen2-micro", True), ("qwen2-micro", False), ("llama-micro", True)])
+def test_chunked_backward_holds_one_vocabulary_gradient_per_weight(config, late):
+    """Backward of the chunked lean forward creates one (V, hidden) buffer per vocabulary-sized weight: with tied
+    embeddings (qwen2-micro) one, with late_head_grad made by the lookup's backward, after every layer's (no
+    vocabulary-sized gradient while activations are held; rlvr.ops.TiedGrad), without it by the head's; autograd
+    would hold the head's and the lookup's dense gradient at once. Untied (llama-micro): the two weights' own two,
+    the head's early."""
+    model, _ = load_policy(config=config, seed=0)
+    ids, mask = batch(model.config.vocab_size)
+    logp, ent = completion_logp(model.train(), ids, mask, T, with_entropy=True, chunk=4, late_head_grad=late)
+    loss = torch.where(mask[:, -T:].bool(), logp + 0.3 * ent, 0.0).sum()
+    count, layers_done = LiveOfShape(model.get_input_embeddings().weight.shape), []
+    # the first layer's first norm is the last of the layers' backward to get its gradient
+    model.model.layers[0].input_layernorm.weight.register_hook(lambda g: layers_done.append(count.ops))
+    with count:
+        loss.backward()
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert count.most == (1 if tied else 2)
+    assert (count.first > layers_done[0]) == (tied and late)

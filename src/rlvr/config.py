@@ -61,6 +61,11 @@ class ModelConfig:
     logp_chunk_tokens: int = 0
     """Memory-lean log-probs: the lm_head, log-softmax and entropy run over this many completion tokens at a time and
     are recomputed in backward, so (N, T, V) logits never exist (lean forward and plain HF forward); 0: one pass."""
+    logp_chunk_late_head_grad: bool = True
+    """With chunked log-probs, a tied embedding and the lean forward: the lm_head's weight gradient is made in the
+    embedding lookup's backward, which runs last, so no vocabulary-sized gradient is held while the decoder layers'
+    backward runs (0.5 GiB at Qwen2.5-0.5B's widths), for one more lm_head matmul per chunk (about 8% of a
+    Qwen2.5-0.5B step, 5% at 1.5B); false: made in the head's own backward (rlvr.ops.TiedGrad)."""
     processor: dict[str, Any] = field(default_factory=dict)
     """Image processor options of a vision-language model (min_pixels, max_pixels); default for a tiny config:
     112x112 to 224x224 pixels after the resize; a checkpoint's own preprocessor_config.json otherwise."""

@@ -32,6 +32,7 @@ def prepare_policy(cfg: Config, policy, world: World, device: torch.device) -> N
             raise ConfigError(f"model.logp_chunk_tokens: {type(policy).__name__} computes its log-probs in one pass "
                               "(chunking is for causal LMs: rlvr.policies.causal_lm)")
         policy.logp_chunk = cfg.model.logp_chunk_tokens
+        policy.logp_late_head_grad = cfg.model.logp_chunk_late_head_grad
     policy.to(device)
     if cfg.distributed.strategy == "replicate" and world.size > 1 and (short := replica_shortfall(policy, device)):
         raise ConfigError(f"distributed.strategy replicate: {short}; shard the model with distributed.strategy: fsdp")

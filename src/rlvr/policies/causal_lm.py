@@ -34,9 +34,10 @@ class HFCausalLM(ModelPolicy):
     prompt_inputs: tuple[str, ...] = ()  # a text model's prompt forward reads its tokens only
 
     def __init__(self, model, tokenizer, *, autocast: torch.dtype | None = None, lean: bool = True,
-                 chat_template: str = "auto", banned: tuple[int, ...] = (), logp_chunk: int = 0):
+                 chat_template: str = "auto", banned: tuple[int, ...] = (), logp_chunk: int = 0,
+                 logp_late_head_grad: bool = True):
         self.model, self.tokenizer, self.autocast, self.lean = model, tokenizer, autocast, lean
-        self.logp_chunk = logp_chunk
+        self.logp_chunk, self.logp_late_head_grad = logp_chunk, logp_late_head_grad
         self.banned = tuple(banned)  # token ids the sampler never draws (an image policy's non-code tokens)
         if chat_template not in ("auto", "none"):
             tokenizer.chat_template = chat_template
@@ -108,7 +109,8 @@ class HFCausalLM(ModelPolicy):
         """Log-probs (N, T) of the batch's completion tokens (differentiable), and their entropy when asked."""
         return completion_logp(self.model, batch.input_ids, batch.attention_mask, batch.completion_ids.shape[1],
                                temperature=temperature, with_entropy=with_entropy, autocast=self.autocast,
-                               lean=self.lean, owners=batch_owners(self, batch), chunk=self.logp_chunk)
+                               lean=self.lean, owners=batch_owners(self, batch), chunk=self.logp_chunk,
+                               late_head_grad=self.logp_late_head_grad)
 
     # ---- the module underneath (ModelPolicy: parameters, modes, device moves, save) -------------------------
 
@@ -116,4 +118,4 @@ class HFCausalLM(ModelPolicy):
         """A copy with frozen weights in eval mode (a KL reference)."""
         return HFCausalLM(self.frozen_model(), self.tokenizer, autocast=self.autocast, lean=self.lean,
                           chat_template="auto" if self.templated else "none",  # a Jinja template is on the tokenizer
-                          banned=self.banned, logp_chunk=self.logp_chunk)
+                          banned=self.banned, logp_chunk=self.logp_chunk, logp_late_head_grad=self.logp_late_head_grad)

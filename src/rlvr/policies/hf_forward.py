@@ -24,7 +24,7 @@ import math
 import torch
 
 from rlvr.distributed.fsdp import sharded, through
-from rlvr.ops import entropy_from_logits, head_logprobs, token_logprobs
+from rlvr.ops import TiedGrad, entropy_from_logits, head_logprobs, token_logprobs
 from rlvr.policies.base import prompt_owners
 from rlvr.policies.lean import lean_completion_hidden, lean_completion_logits, lean_reason
 
@@ -33,27 +33,31 @@ def completion_logp(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, T: int, *,
     temperature: float = 1.0, with_entropy: bool = False, share_prefix: bool = True,
     autocast: torch.dtype | None = None, lean: bool = True, owners: tuple[torch.Tensor, torch.Tensor] | None = None,
-    chunk: int = 0,
+    chunk: int = 0, late_head_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the last T tokens of `input_ids` under `model` at `temperature`, and entropy (N, T).
 
     owners: (owner (N,), first (U,)) of rows that may share a prompt forward; default: equal prompt tokens.
+    late_head_grad: with chunk > 0, a tied embedding and the lean forward, the lm_head's weight gradient is made by
+    the embedding lookup's backward (rlvr.ops.TiedGrad).
     """
     owner, first = owners or prompt_owners(input_ids[:, :-T], attention_mask[:, :-T])
     if sharded(model) and (chunk > 0 or lean and lean_reason(model) is None):  # FSDP: forwards that read the root's
         # weights (embeddings, norm, lm_head) directly run inside its hooks; model(...) runs them itself
         return through(model, functools.partial(_completion_logp, model, input_ids, attention_mask, T, owner, first,
-                                                temperature, with_entropy, share_prefix, autocast, lean, chunk))
+                                                temperature, with_entropy, share_prefix, autocast, lean, chunk,
+                                                late_head_grad))
     return _completion_logp(model, input_ids, attention_mask, T, owner, first, temperature, with_entropy,
-                            share_prefix, autocast, lean, chunk)
+                            share_prefix, autocast, lean, chunk, late_head_grad)
 
 
 def _completion_logp(model, input_ids, attention_mask, T: int, owner, first, temperature: float, with_entropy: bool,
-                     share_prefix: bool, autocast: torch.dtype | None, lean: bool, chunk: int):
+                     share_prefix: bool, autocast: torch.dtype | None, lean: bool, chunk: int, late_head_grad: bool):
     use_lean = lean and lean_reason(model) is None
     if chunk > 0 and (use_lean or _plain_head(model)):
         return _chunked_logp(model, input_ids, attention_mask, T, owner, first, temperature=temperature, chunk=chunk,
-                             with_entropy=with_entropy, autocast=autocast, use_lean=use_lean)
+                             with_entropy=with_entropy, autocast=autocast, use_lean=use_lean,
+                             late_head_grad=late_head_grad)
     with torch.autocast(input_ids.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         if use_lean:
             logits = lean_completion_logits(model, input_ids, attention_mask, T, owner, first)
@@ -81,13 +85,16 @@ def _plain_head(model) -> bool:
 
 
 def _chunked_logp(model, input_ids, attention_mask, T: int, owner, first, *, temperature: float, chunk: int,
-                  with_entropy: bool, autocast: torch.dtype | None, use_lean: bool):
+                  with_entropy: bool, autocast: torch.dtype | None, use_lean: bool, late_head_grad: bool):
     """completion_logp through rlvr.ops.head_logprobs; positions that predict padding get the values of zero
     logits, as the lean forward gives them (-log V and log V: finite, masked by every consumer)."""
     N, head = input_ids.shape[0], model.get_output_embeddings()
     with torch.autocast(input_ids.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        tied = None
         if use_lean:
-            h, pred_at = lean_completion_hidden(model, input_ids, attention_mask, T, owner, first)  # (K, hidden)
+            if chunk > 0 and torch.is_grad_enabled() and head.weight is model.get_input_embeddings().weight:
+                tied = TiedGrad(late=late_head_grad)  # one vocabulary-sized gradient for embedding and head, not two
+            h, pred_at = lean_completion_hidden(model, input_ids, attention_mask, T, owner, first, tied)  # (K, hidden)
         else:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: first token at 0
             out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
@@ -96,7 +103,7 @@ def _chunked_logp(model, input_ids, attention_mask, T: int, owner, first, *, tem
         targets = input_ids[:, -T:].reshape(-1)
         targets = targets if pred_at is None else targets[pred_at]
         logp, entropy = head_logprobs(h, head.weight, head.bias, targets, temperature=temperature, chunk=chunk,
-                                      with_entropy=with_entropy)  # (K,) each
+                                      with_entropy=with_entropy, tied=tied)  # (K,) each
     if pred_at is None:
         return logp.view(N, T), entropy.view(N, T) if with_entropy else None
     log_v = math.log(head.weight.shape[0])

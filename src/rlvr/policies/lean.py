@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from rlvr.distributed.fsdp import through
+from rlvr.ops import TiedGrad, tied_embedding
 from rlvr.policies.family import family_reason, rms, rope_tables
 
 LONG_SCORES = 2**25  # scores of one attention part (batch x query heads x queries x keys) above this: SDPA
@@ -106,14 +107,17 @@ def lean_completion_logits(model, input_ids, attention_mask, T: int, owner, firs
     return pred.view(N, T, -1)  # (N, T, V)
 
 
-def lean_completion_hidden(model, input_ids, attention_mask, T: int, owner, first):
+def lean_completion_hidden(model, input_ids, attention_mask, T: int, owner, first, tied: TiedGrad | None = None):
     """The final-norm hidden states (K, hidden) that predict the K real completion tokens, and where each token sits
-    in the flattened (N T) completion positions, pred_at (K,); arguments as `lean_completion_logits`."""
+    in the flattened (N T) completion positions, pred_at (K,); arguments as `lean_completion_logits`. `tied`: the
+    embedding's gradient joins the chunked head's (rlvr.ops.tied_embedding; the input and output embeddings must be
+    one tensor)."""
     emb, device_type = model.get_input_embeddings(), input_ids.device.type
     autocast = torch.is_autocast_enabled(device_type)
     t = _tables(model, input_ids, attention_mask, T, owner, first,
                 torch.get_autocast_dtype(device_type) if autocast else emb.weight.dtype)
-    x = F.embedding(t.ids, emb.weight, emb.padding_idx)  # (M, hidden)
+    x = F.embedding(t.ids, emb.weight, emb.padding_idx) if tied is None else \
+        tied_embedding(t.ids, emb.weight, emb.padding_idx, tied)  # (M, hidden)
     recompute = torch.is_grad_enabled() and getattr(model.model, "gradient_checkpointing", False)
     for layer in model.model.layers:
         x = through(layer, functools.partial(_checkpointed if recompute else _layer, layer=layer, t=t, cfg=model.config,
