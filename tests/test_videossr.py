@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("av")
 
 from rlvr.rewards.video import count_accuracy, footrule, interval_iou  # noqa: E402
-from rlvr.tasks.videossr import KINDS, counting, grounding, jigsaw  # noqa: E402
+from rlvr.tasks.videossr import KINDS, counting, grounding, jigsaw, segment_bounds  # noqa: E402
 from rlvr.video import make_video, read_clip, read_frames, write_video  # noqa: E402
 
 
@@ -60,6 +60,57 @@ def test_counting_labels_the_frames_drawn_on(clip, tmp_path):
         assert item.answer == ",".join(map(str, counts)) and count_accuracy(item.answer, item.answer) == 1.0
 
 
+def best_constant_miou(count: int, items: int = 400) -> float:
+    """The mIoU of the best single interval guessed for every grounding item of `count` frames (a grid search)."""
+    frames = [object() for _ in range(count)]
+    truths = []
+    for seed in range(items):
+        meta = grounding(frames, 1.0, random.Random(seed), kind="shuffle").meta
+        truths.append((meta["start_frame"], meta["start_frame"] + meta["length"]))
+    best = 0.0
+    for a in range(count):
+        for b in range(a + 1, count + 1):
+            iou = [max(0, min(b, e) - max(a, s)) / (max(b, e) - min(a, s)) for s, e in truths]
+            best = max(best, sum(iou) / len(iou))
+    return best
+
+
+def test_segments_scale_with_the_item_so_a_constant_guess_stays_poor():
+    """The reference's 8..16 frames of 48; the same share of shorter items (a fixed 8..16 of 24 frames let one
+    constant interval score mIoU 0.59)."""
+    assert segment_bounds(48) == (8, 16) and segment_bounds(24) == (4, 8)
+    at_48, at_24 = best_constant_miou(48), best_constant_miou(24)
+    assert at_48 < 0.35 and at_24 < 0.35, (at_48, at_24)
+
+
+def test_shuffle_of_a_still_shot_ends_and_is_skipped(tmp_path):
+    """A segment of identical frames has no reordering that shows: the generator ends (it once reshuffled until the
+    content changed, forever) and `rlvr data videossr` skips and counts the item instead of writing an answer no
+    model could see."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    still = [Image.new("RGB", (32, 32), (90, 140, 200))] * 24
+    item = grounding(still, 8.0, random.Random(0), kind="shuffle")
+    assert item.meta["visible"] is False
+    make_video(tmp_path / "m.mp4", seed=1, num_frames=40, size=32)
+    moving = read_clip(tmp_path / "m.mp4", count=24)
+    assert grounding(moving.frames, moving.fps, random.Random(0), kind="shuffle").meta["visible"] is True
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "still.mp4", still * 3, fps=8)
+    write_video(videos / "still2.mp4", still * 3, fps=8)
+    out = subprocess.run([sys.executable, "-m", "rlvr.cli", "data", "videossr", str(videos), str(tmp_path / "s.jsonl"),
+                          "--mix", "shuffle", "--frames", "24"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["rows"] == 0 and report["unchanged"] == {"shuffle": 2}
+    assert (tmp_path / "s.jsonl").read_text() == ""
+
+
 def test_jigsaw_answer_restores_play_order(clip, tmp_path):
     for seed in range(3):
         item = jigsaw(clip.frames, clip.fps, random.Random(seed), clips=6)
@@ -76,8 +127,8 @@ def test_bad_generator_options():
     frames = [None] * 10
     with pytest.raises(ValueError, match="unknown kind 'tilt'"):
         grounding(frames * 5, 8.0, random.Random(0), kind="tilt")
-    with pytest.raises(ValueError, match="needs at least 16 frames"):
-        grounding(frames, 8.0, random.Random(0), kind="mirror")
+    with pytest.raises(ValueError, match="needs at least 6 frames"):
+        grounding(frames[:5], 8.0, random.Random(0), kind="mirror")
     with pytest.raises(ValueError, match="clips must be in 2..9"):
         jigsaw(frames, 8.0, random.Random(0), clips=12)
 

@@ -8,11 +8,12 @@ Each takes the F sampled frames of one video (rlvr.video.read_clip: PIL images a
 `random.Random`, and returns new frames with a question whose answer the generator knows. Rewards: rlvr.rewards.video
 (interval IoU, counting accuracy, footrule), routed by meta["data_source"].
 
-1. Anomaly grounding: t ~ U{8..16} frames, s ~ U{0..F − t}; frames s..s+t−1 perturbed (one kind per item: per-frame
-   grayscale, invert, channel_swap (R↔B), rotate90/180/270, noise (Gaussian σ ~ U[35, 70]), zoom_in (centre crop
-   ×U[1.3, 1.5]), zoom_out (shrunk ×1/U[1.2, 1.4] on black), mirror, blur (radius 2), saturation (×2); temporal
-   shuffle and stutter (n ∈ {2..5} frames of the segment each held ⌊t/n⌋ times, the first t mod n once more));
-   answer f"{s/fps:.1f}-{(s+t)/fps:.1f}" (end exclusive).
+1. Anomaly grounding: t ~ U{F/6..F/3} frames (the reference's 8..16 at F = 48, scaled with the item: a fixed
+   8..16 in 24 frames let a constant interval score mIoU 0.59), s ~ U{0..F − t}; frames s..s+t−1 perturbed (one
+   kind per item: per-frame grayscale, invert, channel_swap (R↔B), rotate90/180/270, noise (Gaussian σ ~ U[35, 70]),
+   zoom_in (centre crop ×U[1.3, 1.5]), zoom_out (shrunk ×1/U[1.2, 1.4] on black), mirror, blur (radius 2), saturation
+   (×2); temporal shuffle and stutter (n ∈ {2..5} frames of the segment each held ⌊t/n⌋ times, the first t mod n
+   once more)); answer f"{s/fps:.1f}-{(s+t)/fps:.1f}" (end exclusive).
 2. Object counting: for each of circle, square, triangle in turn, m ~ U{1..3} frames from those still free, pairwise
    more than 8 apart (a frame holds one shape type); each gets k ~ U{1..3} filled instances (colour channels
    U[50, 255], size U[0.2, 0.4]·min(H, W), centres in the central 70% and at least one size apart, rotation
@@ -121,27 +122,43 @@ def _stutter(segment: list[Any], rng: random.Random) -> list[Any]:
     return out
 
 
+def segment_bounds(count: int) -> tuple[int, int]:
+    """Shortest and longest perturbed segment for an item of `count` frames: the reference's 8..16 of 48 frames, as
+    the same share of the item (F/6 .. F/3), so a fixed guess scores no better on shorter items."""
+    low = max(2, round(count / 6))
+    return low, max(low, round(count / 3))
+
+
 def grounding(frames: list[Any], fps: float, rng: random.Random, *, kind: str) -> PretextItem:
-    """Anomaly grounding: a segment of 8-16 frames perturbed; answer its interval in seconds."""
+    """Anomaly grounding: a segment of F/6 .. F/3 frames (8-16 of 48) perturbed; answer its interval in seconds.
+    meta["visible"] is False when no perturbed frame differs from the original (a shuffled or stuttered still shot,
+    a mirrored symmetric frame): the item has no answer a model could see, and `build` skips and counts it."""
     if kind not in KINDS:
         raise ValueError(f"grounding: unknown kind {kind!r}; choose from {list(KINDS)}")
-    if len(frames) < 16:
-        raise ValueError(f"grounding: needs at least 16 frames, got {len(frames)}")
-    t = rng.randint(8, 16)
+    if len(frames) < 6:
+        raise ValueError(f"grounding: needs at least 6 frames, got {len(frames)}")
+    t = rng.randint(*segment_bounds(len(frames)))
     s = rng.randint(0, len(frames) - t)
     segment = frames[s : s + t]
-    if kind == "shuffle":
-        changed = segment[:]
-        while changed == segment:  # a permutation that moves something
-            rng.shuffle(changed)
+    if kind == "shuffle":  # a permutation of positions that moves one at least (content may still be equal)
+        order = list(range(t))
+        while order == sorted(order):
+            rng.shuffle(order)
+        changed = [segment[i] for i in order]
     elif kind == "stutter":
         changed = _stutter(segment, rng)
     else:
         changed = [perturb(f, kind, rng) for f in segment]
     answer = f"{s / fps:.1f}-{(s + t) / fps:.1f}"
+    visible = any(not _same_frame(a, b) for a, b in zip(changed, segment, strict=True))
     return PretextItem(frames[:s] + changed + frames[s + t :], fps,
                        GROUNDING_Q.format(description=DESCRIPTIONS[kind]), answer, "grounding",
-                       {"kind": kind, "start_frame": s, "length": t})
+                       {"kind": kind, "start_frame": s, "length": t, "visible": visible})
+
+
+def _same_frame(a: Any, b: Any) -> bool:
+    """Equal content (PIL images compare mode, size and pixels; anything else by ==)."""
+    return a is b or a == b
 
 
 # ------------------------------------------------------------------ object counting
@@ -249,7 +266,7 @@ def build(videos: list[str], out: str, *, seed: int = 0, frames: int = 48, mix: 
     folder.mkdir(parents=True, exist_ok=True)
     makers = [(k, lambda f, fps, rng, k=k: grounding(f, fps, rng, kind=k)) for k in mix] + [
         ("counting", counting), ("jigsaw", lambda f, fps, rng: jigsaw(f, fps, rng, clips=clips))]
-    rows, skipped = [], {}
+    rows, skipped, unchanged = [], {}, {}
     for i, video in enumerate(tqdm(videos, desc="rlvr data videossr", unit="video", disable=not progress)):
         try:
             clip = read_clip(video, count=frames)
@@ -263,6 +280,10 @@ def build(videos: list[str], out: str, *, seed: int = 0, frames: int = 48, mix: 
             continue
         kind, make = makers[len(rows) % len(makers)]  # skipped videos do not shift the mix
         item = make(clip.frames, clip.fps, random.Random(seed * 1_000_003 + i))
+        if not item.meta.get("visible", True):  # e.g. a still shot shuffled: nothing to ground
+            unchanged[kind] = unchanged.get(kind, 0) + 1
+            skipped[str(video)] = f"{kind}: the perturbed frames equal the original ones"
+            continue
         name = f"{i:06d}_{kind}.mp4"
         write_video(folder / name, item.frames, fps=item.fps)
         rows.append({"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": item.question}],
@@ -273,7 +294,8 @@ def build(videos: list[str], out: str, *, seed: int = 0, frames: int = 48, mix: 
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(out_path)  # nothing half-written under the final name
     kinds = {k: sum(r["kind"] == k for r in rows) for k, _ in makers}
-    return {"rows": len(rows), "out": str(out_path), "videos": str(folder), "kinds": kinds, "skipped": skipped}
+    return {"rows": len(rows), "out": str(out_path), "videos": str(folder), "kinds": kinds, "skipped": skipped,
+            "unchanged": unchanged}
 
 
 # ------------------------------------------------------------------ VIUBench-style scores
