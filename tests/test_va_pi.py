@@ -80,7 +80,7 @@ def test_a_va_pi_step_learns_from_the_pixel_reward_alone():
     """PPO only (lambda_CE = 0): the policy never sees the ground-truth codes, yet over 40 steps on 4 images the
     sampled reconstructions' reward rises (measured when written, mean of the first -> last 5 steps: -0.457 -> -0.345,
     -0.454 -> -0.374, -0.451 -> -0.378 with 1, 2, 4 threads; the teacher-forced greedy error is not asserted: it fell
-    with 2 and 4 threads and rose with 1). The first update is on-policy: nothing is clipped."""
+    with 2 and 4 threads and rose with 1)."""
     from rlvr.algos.va_pi import va_pi_step
     from rlvr.images import toy_shapes
     from rlvr.images.ar import ar_model, code_tokenizer, image_policy
@@ -94,8 +94,36 @@ def test_a_va_pi_step_learns_from_the_pixel_reward_alone():
     opt = torch.optim.Adam(policy.model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     steps = [va_pi_step(policy, vq, x[:4], y[:4], opt, group=8, lambda_ce=0.0, generator=g) for _ in range(40)]
-    assert steps[0]["va_pi/clip_frac"] == 0.0
     mean = lambda key, part: sum(s[key] for s in part) / len(part)  # noqa: E731
     assert mean("va_pi/reward", steps[-5:]) > mean("va_pi/reward", steps[:5]) + 0.03
     with pytest.raises(ValueError, match="group must be >= 2"):
         va_pi_step(policy, vq, x[:4], y[:4], opt, group=1)
+
+
+def test_pi_old_is_the_sampling_pass():
+    """The ratio is against the sampling pass's log-probs: exactly 1 for one same-mode update (nothing to clip), off
+    1 from the second update on one batch (the clip acts), and off 1 from the first with the reference's train-mode
+    dropout (token, residual / FFN, class label)."""
+    from rlvr.algos.va_pi import va_pi_step
+    from rlvr.images import toy_shapes
+    from rlvr.images.ar import ar_model, code_tokenizer, image_policy
+    from rlvr.images.vq import VQConfig, train_vq
+
+    x, y = toy_shapes(16, size=8, seed=0)
+    vq, _ = train_vq(x, steps=20, batch_size=16, lr=3e-3, config=VQConfig(size=8, hidden=16, codes=16))
+    vq.requires_grad_(False)
+    tok = code_tokenizer(codes=16, classes=4)
+
+    def step(**options):
+        policy = image_policy(ar_model(tok, hidden=32, layers=2, heads=2, seed=0), tok)
+        opt = torch.optim.Adam(policy.model.parameters(), lr=3e-2)
+        return va_pi_step(policy, vq, x[:4], y[:4], opt, group=4, generator=torch.Generator().manual_seed(0),
+                          **options)
+
+    assert step()["va_pi/ratio_dev"] == 0.0
+    several = step(updates=3)  # metrics: the mean over the 3 updates
+    assert several["va_pi/ratio_dev"] > 0.05 and several["va_pi/clip_frac"] > 0.0
+    dropped = step(dropout=0.1)
+    assert dropped["va_pi/ratio_dev"] > 0.01
+    with pytest.raises(ValueError, match="updates must be >= 1 and dropout in"):
+        step(dropout=1.0)

@@ -21,10 +21,13 @@ loop, config and recipe around it are in rlvr.images.va_pi_train).
 5. Loss: ℓ_PPO = mean over samples of mean over positions of max(−A ρ, −A clip(ρ, 1 − ε, 1 + ε)), ρ = exp(logp −
    old_logp); ℓ_CE = cross-entropy of the same teacher-forced logits against z* (mean over positions and images);
    loss = ℓ_PPO + λ_CE ℓ_CE, ε = 0.2, λ_CE = 0.1.
-6. `va_pi_step`: rlvr runs rollout and update in the same mode (dropout off), so the first update is exactly
-   on-policy (ρ = 1); the reference scripts sample in train mode (spec quirk: ρ ≠ 1 even on-policy). One update per
-   batch, as the scripts' one optimizer step per epoch. `ce_step` is plain next-code cross-entropy on the same batch:
-   the AR model's pretraining and VA-π's baseline.
+6. `va_pi_step`: π_old is the sampling pass's log-probs, kept for every update of the batch. By default rollout and
+   update run in the same mode (dropout off) and one update per batch (the scripts' one optimizer step per epoch),
+   so that update is exactly on-policy (ρ = 1: the clip cannot act). The reference scripts sample from eval-mode
+   logits and compute the ratio and CE in train mode, with LlamaGen's token, residual / FFN and class-label dropout
+   0.1 (`--sample-model-mode train`), so ρ ≠ 1 from the first update: `dropout` (config algo.train_mode_dropout)
+   does that; `updates` > 1 (algo.updates_per_batch) takes more steps on one batch, where ρ moves off 1.
+   `ce_step` is plain next-code cross-entropy on the same batch: the AR model's pretraining and VA-π's baseline.
    Under data parallelism (`world`, torchrun) every rank gets the whole batch and trains a contiguous share of its
    images, so a group never spans ranks: the context noise is drawn for the whole batch, the G samples are drawn
    from the ranks' teacher-forced logits gathered in rank order (the same draws as one process), the gradients and
@@ -92,41 +95,79 @@ def va_pi_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Ten
     a = advantages[:, None]
     ppo = torch.maximum(-a * ratio, -a * ratio.clamp(1 - clip, 1 + clip)).mean(1).mean()
     ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-    clipped = ((ratio - 1).abs() > clip).float().mean()
+    dev = (ratio.detach() - 1).abs()
     return ppo + lambda_ce * ce, {"va_pi/ppo": float(ppo.detach()), "va_pi/ce": float(ce.detach()),
-                                  "va_pi/clip_frac": float(clipped)}
+                                  "va_pi/clip_frac": float((dev > clip).float().mean()),
+                                  "va_pi/ratio_dev": float(dev.mean())}
 
 
-def teacher_forced_logits(policy, labels: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+def teacher_forced_logits(policy, labels: torch.Tensor, context: torch.Tensor, *, dropout: float = 0.0,
+                          generator: torch.Generator | None = None, rows: tuple[int, slice] | None = None
+                          ) -> torch.Tensor:
     """(B, T, V) logits over the codes of an image policy (rlvr.images.ar) at every position, reading its class
     token and the context codes before it: input [<class>, z̃_0 .. z̃_{T−2}]. The softmax is renormalised over the
-    codes, the tokens the sampler may draw."""
+    codes, the tokens the sampler may draw.
+
+    dropout > 0: the reference's train-mode forward (LlamaGen's token, residual and FFN dropout and class-label
+    dropout, all at that rate; module docstring 6): the input embeddings, each layer's attention and MLP outputs
+    are dropped element-wise and the class token is replaced by `<unk>` (the null class) per image. The masks are
+    drawn from `generator` for the whole batch, `rows` = (its size, this rank's share), so they do not depend on
+    the number of ranks."""
     from rlvr.images.ar import first_code_id
 
-    tok = policy.tokenizer
+    tok, model = policy.tokenizer, policy.model
     first, n_codes = first_code_id(tok), len(tok) - first_code_id(tok)
     classes = torch.tensor([tok.convert_tokens_to_ids(f"<class_{int(k)}>") for k in labels], device=context.device)
     ids = torch.cat([classes[:, None], context[:, :-1] + first], 1)
-    return policy.model(input_ids=ids).logits[..., first : first + n_codes]
+    if not dropout:
+        return model(input_ids=ids).logits[..., first : first + n_codes]
+    n, share = rows or (len(ids), slice(None))
+    H, dev = model.config.hidden_size, ids.device
+    layers = model.model.layers
+
+    def keep(*shape) -> torch.Tensor:  # (n, *shape) inverted-dropout scales, this rank's rows
+        return ((torch.rand((n, *shape), generator=generator, device=dev) >= dropout).float() / (1 - dropout))[share]
+
+    null_class = torch.rand(n, generator=generator, device=dev)[share] < dropout
+    masks = [keep(ids.shape[1], H) for _ in range(1 + 2 * len(layers))]  # embeddings, then (attention, MLP) per layer
+    ids = torch.cat([torch.where(null_class, tok.unk_token_id, ids[:, 0])[:, None], ids[:, 1:]], 1)
+    embeds = model.get_input_embeddings()(ids) * masks[0].to(model.dtype)
+    hooks = []
+    for i, layer in enumerate(layers):
+        attn, mlp = masks[1 + 2 * i].to(model.dtype), masks[2 + 2 * i].to(model.dtype)
+        hooks.append(layer.self_attn.register_forward_hook(lambda m, a, out, k=attn: (out[0] * k, *out[1:])))
+        hooks.append(layer.mlp.register_forward_hook(lambda m, a, out, k=mlp: out * k))
+    try:
+        return model(inputs_embeds=embeds).logits[..., first : first + n_codes]
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer, *, group: int = 8, p: float = 0.0,
                clip: float = 0.2, lambda_ce: float = 0.1, w_mse: float = 1.0, w_lpips: float = 0.0,
                lpips: Callable | None = None, generator: torch.Generator | None = None,
-               world: World | None = None) -> dict[str, float]:
-    """One VA-π update on a batch of images and their classes (module docstring): encode, corrupt the context,
+               world: World | None = None, updates: int = 1, dropout: float = 0.0) -> dict[str, float]:
+    """One VA-π round on a batch of images and their classes (module docstring): encode, corrupt the context,
     one teacher-forced forward, G parallel samples per image, pixel rewards through the frozen VQ decoder, clamped
-    group advantages, PPO-clip + λ_CE CE, one optimizer step. Returns its metrics. Under data parallelism every rank
-    passes the whole batch and trains its share (module docstring 6)."""
+    group advantages, then `updates` optimizer steps of PPO-clip + λ_CE CE, each ratio against the sampling pass's
+    log-probs (π_old); with `dropout` the sampling pass runs without dropout and every update with it (the
+    reference's train mode, `teacher_forced_logits`). Returns its metrics (the ratio's, averaged over the updates).
+    Under data parallelism every rank passes the whole batch and trains its share (module docstring 6)."""
     if group < 2:
         raise ValueError(f"va_pi_step: group must be >= 2 (advantages are relative within it), got {group}")
+    if updates < 1 or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"va_pi_step: updates must be >= 1 and dropout in [0, 1), got {updates}, {dropout}")
     world = world or World()
     with torch.no_grad():
         target = vq.encode(images)
+    n = len(images)
     context = noisy_context(target, p=p, codes_n=vq.config.codes, generator=generator)  # the whole batch's draws
-    share = rank_share(len(images), world)
+    share = rank_share(n, world)
     images, labels, target = images[share], labels[share], target[share]
-    logits = teacher_forced_logits(policy, labels, context[share])  # (B / ranks, T, V)
+    reuse = not dropout  # the first update's forward is the sampling pass's (one forward, exactly on-policy)
+    with torch.set_grad_enabled(reuse):
+        logits = teacher_forced_logits(policy, labels, context[share])  # (B / ranks, T, V)
     b, t, v = logits.shape
     with torch.no_grad():
         everyone, mine = gather_rows(logits.detach(), world)  # (B, T, V) in rank order
@@ -135,12 +176,23 @@ def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer
                                w_lpips=w_lpips, lpips=lpips)
         advantages = group_advantages(rewards.view(b, group))
         greedy_mse = float((vq.decode(logits.argmax(-1)) - images).square().mean())
-    logp = logits.log_softmax(-1)[:, None].expand(b, group, t, v).gather(-1, z[..., None])[..., 0].flatten(0, 1)
-    loss, metrics = va_pi_loss(logp, logp.detach(), advantages.flatten(), logits, target, clip=clip,
-                               lambda_ce=lambda_ce)
-    _update(policy, optimizer, loss, world)
-    return mean_over_ranks({**metrics, "va_pi/reward": float(rewards.mean()), "va_pi/greedy_mse": greedy_mse,
-                             "va_pi/loss": float(loss.detach())}, world)
+
+    def logp_of(x: torch.Tensor) -> torch.Tensor:  # (B G, T) log-probs of the drawn codes
+        return x.log_softmax(-1)[:, None].expand(b, group, t, v).gather(-1, z[..., None])[..., 0].flatten(0, 1)
+
+    old_logp = logp_of(logits.detach())  # π_old: the sampling pass
+    totals: dict[str, float] = {}
+    for k in range(updates):
+        if not (k == 0 and reuse):
+            logits = teacher_forced_logits(policy, labels, context[share], dropout=dropout, generator=generator,
+                                           rows=(n, share))
+        logp = logp_of(logits)
+        loss, metrics = va_pi_loss(logp, old_logp, advantages.flatten(), logits, target, clip=clip,
+                                   lambda_ce=lambda_ce)
+        _update(policy, optimizer, loss, world)
+        for key, value in {**metrics, "va_pi/loss": float(loss.detach())}.items():
+            totals[key] = totals.get(key, 0.0) + value / updates
+    return mean_over_ranks({**totals, "va_pi/reward": float(rewards.mean()), "va_pi/greedy_mse": greedy_mse}, world)
 
 
 def ce_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer, *, p: float = 0.0,

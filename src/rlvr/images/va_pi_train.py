@@ -96,6 +96,11 @@ class AlgoSection:
     package with VGG weights you have locally; rlvr ships no LPIPS/VGG weights and downloads nothing. Also reported
     as eval/lpips when given."""
     temperature: float = 1.0
+    updates_per_batch: int = 1
+    """Optimizer steps on each batch, each ratio against the sampling pass (the scripts: 1)."""
+    train_mode_dropout: float = 0.0
+    """The reference's train-mode update forward: token, residual / FFN and class-label dropout at this rate (its
+    scripts: 0.1), the sampling pass without (rlvr.algos.va_pi.teacher_forced_logits); 0: both passes alike."""
 
 
 @dataclass
@@ -153,6 +158,8 @@ def validate(cfg: RunConfig) -> None:
              ("algo.group", cfg.algo.group >= 2, ">= 2 (advantages are relative within a group)"),
              ("algo.clip", cfg.algo.clip > 0, "> 0"), ("algo.lambda_ce", cfg.algo.lambda_ce >= 0, ">= 0"),
              ("algo.token_noise", 0 <= cfg.algo.token_noise <= 1, "in [0, 1]"),
+             ("algo.updates_per_batch", cfg.algo.updates_per_batch >= 1, ">= 1"),
+             ("algo.train_mode_dropout", 0 <= cfg.algo.train_mode_dropout < 1, "in [0, 1)"),
              ("algo.temperature", cfg.algo.temperature > 0, "> 0"), ("optim.lr", cfg.optim.lr > 0, "> 0"),
              ("optim.betas", len(cfg.optim.betas) == 2, "two numbers"), ("train.steps", cfg.train.steps >= 0, ">= 0"),
              ("train.batch", cfg.train.batch >= 1, ">= 1"), ("train.eval_every", cfg.train.eval_every >= 0, ">= 0"),
@@ -365,7 +372,7 @@ def _train(cfg: RunConfig, resume_from: Path | None, world) -> dict:
         if a.mode == "va_pi":
             row = va_pi_step(policy, vq, images, labels, opt, group=a.group, p=a.token_noise, clip=a.clip,
                              lambda_ce=a.lambda_ce, w_mse=a.w_mse, w_lpips=a.w_lpips, lpips=lpips, generator=g,
-                             world=world)
+                             world=world, updates=a.updates_per_batch, dropout=a.train_mode_dropout)
             row["reward"] = row["va_pi/reward"]
         else:
             row = ce_step(policy, vq, images, labels, opt, p=a.token_noise, generator=g, world=world)
