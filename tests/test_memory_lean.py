@@ -89,6 +89,24 @@ def test_head_logprobs_matches_full_logits():
         torch.testing.assert_close(a, b_)
 
 
+@pytest.mark.parametrize("late", [None, True, False], ids=["untied", "late", "early"])
+def test_chunked_head_under_bf16_autocast_on_fp32_weights(late):
+    """fp32 master weights, bf16 compute (model.autocast): the chunked backward adds a bf16 product into the fp32
+    weight gradient; it matches the one-pass head run under the same autocast."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(50, 8, generator=g, requires_grad=True)
+    ids, targets = torch.randint(1, 50, (23,), generator=g), torch.randint(0, 50, (23,), generator=g)
+    grads = []
+    for chunk in (0, 6):
+        tied = TiedGrad(late=late) if late is not None and chunk else None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = tied_embedding(ids, w, 0, tied) if tied else torch.nn.functional.embedding(ids, w, 0)
+            lp, ent = head_logprobs(h, w, None, targets, temperature=0.8, chunk=chunk, with_entropy=True, tied=tied)
+        grads.append(torch.autograd.grad((lp * 1.7 + ent).float().sum(), w)[0])
+    assert grads[1].dtype == torch.float32
+    torch.testing.assert_close(grads[1], grads[0], atol=0.05, rtol=0.05)
+
+
 def saved_for_backward(fn):
     """Sizes (numel, last dim) of every tensor autograd saves while fn() runs its forward."""
     sizes = []
