@@ -21,8 +21,10 @@ from rlvr.algos.dmd import (
 )
 from rlvr.images.diffusion import (
     ALPHA_BAR,
+    SCHEDULES,
     GaussianMixture,
     ScoreMLP,
+    ab_at,
     add_noise,
     backward_simulation,
     ddim_sample,
@@ -45,6 +47,17 @@ def test_schedule_values():
     assert ALPHA_BAR[1].item() == pytest.approx(0.9999 * (1 - (1e-4 + 0.0199 / 999)))
     assert ALPHA_BAR[-1].item() == pytest.approx(4.04e-5, rel=0.01)
     assert ALPHA_BAR.dtype == torch.float64 and len(ALPHA_BAR) == 1000
+
+
+def test_scaled_linear_schedule_values():
+    # SD's betas: sqrt(beta) linear from sqrt(0.00085) to sqrt(0.012); at t = 999 an eps error reaches x0 14.6x
+    ab = SCHEDULES["scaled_linear"]
+    assert ab[0].item() == pytest.approx(1 - 0.00085)
+    beta_1 = (0.00085**0.5 + (0.012**0.5 - 0.00085**0.5) / 999) ** 2
+    assert ab[1].item() == pytest.approx((1 - 0.00085) * (1 - beta_1))
+    assert ((1 - ab[-1]) / ab[-1]).sqrt().item() == pytest.approx(14.61, abs=0.01)
+    assert ((1 - ALPHA_BAR[-1]) / ALPHA_BAR[-1]).sqrt().item() == pytest.approx(157.4, abs=0.1)
+    assert ab_at(torch.tensor([999]), "scaled_linear").item() == ab[-1].item()
 
 
 def test_x0_round_trip():
@@ -93,6 +106,24 @@ def test_dm_loss_weights_zero_rows():
     x0_real, x0_fake = torch.randn(4, 2, generator=gen(5)).double(), torch.randn(4, 2, generator=gen(6)).double()
     dm_loss(x0, x0_real, x0_fake, weights=torch.tensor([1.0, 0.0, 1.0, 0.0]))[0].backward()
     assert x0.grad[1].abs().sum() == 0 and x0.grad[3].abs().sum() == 0 and x0.grad[0].abs().sum() > 0
+
+
+def test_a_weighted_term_is_averaged_over_the_rows_it_acts_on():
+    # without backward simulation t_k is per sample: a row carrying 1 of 4 weights gets the term's full gradient
+    x0 = torch.randn(4, 2, generator=gen(4), requires_grad=True)
+    x0_real, x0_fake = torch.randn(4, 2, generator=gen(5)).double(), torch.randn(4, 2, generator=gen(6)).double()
+    dm_loss(x0, x0_real, x0_fake, weights=torch.tensor([0.0, 1.0, 0.0, 0.0]))[0].backward()
+    alone = x0.detach()[1:2].clone().requires_grad_(True)
+    dm_loss(alone, x0_real[1:2], x0_fake[1:2])[0].backward()
+    torch.testing.assert_close(x0.grad[1], alone.grad[0])
+    logits = torch.randn(4, generator=gen(7), requires_grad=True)
+    gan_generator_loss(logits, weights=torch.tensor([0.0, 0.0, 1.0, 0.0]))[0].backward()
+    one = logits.detach()[2:3].clone().requires_grad_(True)
+    gan_generator_loss(one)[0].backward()
+    torch.testing.assert_close(logits.grad[2], one.grad[0])
+    # `rows` (the whole batch's count under data parallelism) replaces the local count
+    loss, _ = gan_generator_loss(logits.detach(), weights=torch.tensor([1.0, 1.0, 0.0, 0.0]), rows=4.0)
+    torch.testing.assert_close(loss, torch.nn.functional.softplus(-logits.detach()[:2]).sum() / 4)
 
 
 def test_equal_scores_give_zero_gradient_and_nonfinite_entries_are_counted():
@@ -173,9 +204,10 @@ def test_student_sample_returns_last_x0():
         assert torch.equal(student_sample(net, noises, steps=4), generator_x0(net, x_t, 249))
 
 
-def test_ddim_with_exact_teacher_lands_on_the_modes():
-    gmm = GaussianMixture()
-    x = ddim_sample(gmm.eps, torch.randn(300, 2, generator=gen(14)), steps=50)
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear"])
+def test_ddim_with_exact_teacher_lands_on_the_modes(schedule):
+    gmm = GaussianMixture(schedule=schedule)  # the teacher and the sampler on one schedule, or the points miss
+    x = ddim_sample(gmm.eps, torch.randn(300, 2, generator=gen(14)), steps=50, schedule=schedule)
     near = torch.cdist(x.double(), gmm.means).min(1).values
     assert (near < 3 * gmm.sigma).float().mean() > 0.95
 
@@ -199,7 +231,7 @@ def test_gan_losses_hand_worked():
     want = (0.126928 + 0.693147) / 2 + (0.048587 + 0.313262) / 2
     assert loss.item() == pytest.approx(want, abs=1e-5) and m["gan/disc_acc"] == 0.75
     loss, _ = gan_generator_loss(torch.tensor([0.0, 2.0]), weights=torch.tensor([1.0, 0.0]))
-    assert loss.item() == pytest.approx(math.log(2) / 2)
+    assert loss.item() == pytest.approx(math.log(2))  # the mean over the one row the term acts on
 
 
 def test_rl_loss_is_minus_mean_reward():

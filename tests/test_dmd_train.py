@@ -107,6 +107,7 @@ def test_resume_equals_uninterrupted(tmp_path, preset):
     ("optim__lr", -1.0, "optim.lr"),
     ("train__eval_size", 3, "train.eval_size"),
     ("student__steps", 0, "student.steps"),
+    ("teacher__schedule", "cosine", "teacher.schedule"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, key, value, field):
     with pytest.raises(ConfigError) as err:

@@ -18,7 +18,9 @@ and code were not available) and a reward-gradient term for joint RL. Pure funct
    (diffusion-GAN, t' ~ U{0 .. t_gan - 1}): `DiffusionGANHead`. Flash-DMD's D is a head on frozen SAM features of
    decoded pixels; at the 2-D scale its stand-in is `DataDiscriminator`, an MLP on the points themselves.
 4. Loss schedule per generator timestep t_k: DMD2 sums DM and GAN at every step; Flash-DMD (reconstruction) uses DM
-   where t_k >= split (high noise: structure) and the GAN where t_k < split (low noise: detail), split 500.
+   where t_k >= split (high noise: structure) and the GAN where t_k < split (low noise: detail), split 500. A
+   weighted term is averaged over the rows it acts on, not the whole batch: without backward simulation t_k is per
+   sample, and a row that carries one term of a quarter of the batch still gets that term's full gradient.
 5. Joint RL (reward gradient): L_RL = -mean R(x0) for a differentiable reward, added as lambda_R L_RL to the
    generator loss; with distillation on, the DM and GAN terms regularise against reward hacking (Flash-DMD §RL,
    reconstruction: its RL algorithm was not available).
@@ -47,8 +49,8 @@ class Share(NamedTuple):
     rows: slice
 
 
-def noised(x0: torch.Tensor, low: int, high: int, *, generator: torch.Generator, share: Share | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def noised(x0: torch.Tensor, low: int, high: int, *, generator: torch.Generator, share: Share | None = None,
+           schedule: str = "linear") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_t, eps, t): x0 noised to t ~ U{low .. high} per sample; with a share, t and eps are drawn for the whole
     batch and this rank's rows kept."""
     n = share.batch if share else len(x0)
@@ -56,17 +58,17 @@ def noised(x0: torch.Tensor, low: int, high: int, *, generator: torch.Generator,
     eps = torch.randn((n, *x0.shape[1:]), generator=generator, dtype=x0.dtype)
     if share:
         t, eps = t[share.rows], eps[share.rows]
-    return add_noise(x0, eps, t), eps, t
+    return add_noise(x0, eps, t, schedule), eps, t
 
 
 @torch.no_grad()
 def dm_targets(x0: torch.Tensor, real_eps: EpsFn, fake_eps: EpsFn, *, generator: torch.Generator,
-               t_min: int = DM_T_MIN, t_max: int = DM_T_MAX, share: Share | None = None
+               t_min: int = DM_T_MIN, t_max: int = DM_T_MAX, share: Share | None = None, schedule: str = "linear"
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_real, x0_fake), both (N, D) float64: the teacher's and the fake score's x0 estimates at a random t."""
-    x_t, _, t = noised(x0.detach(), t_min, t_max, generator=generator, share=share)
-    x0_real = x0_from_eps(x_t.double(), real_eps(x_t, t).double(), t)
-    x0_fake = x0_from_eps(x_t.double(), fake_eps(x_t, t).double(), t)
+    x_t, _, t = noised(x0.detach(), t_min, t_max, generator=generator, share=share, schedule=schedule)
+    x0_real = x0_from_eps(x_t.double(), real_eps(x_t, t).double(), t, schedule)
+    x0_fake = x0_from_eps(x_t.double(), fake_eps(x_t, t).double(), t, schedule)
     return x0_real, x0_fake
 
 
@@ -79,17 +81,28 @@ def dm_gradient(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) 
     return torch.nan_to_num(g), int((~torch.isfinite(g)).sum())
 
 
-def dm_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, *, weights: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_DM = 0.5 mean(weights (x0 - sg[x0 - g])^2) (weights: (N,), default 1); dL/dx0 = weights g / numel."""
+def weighted_mean(per: torch.Tensor, weights: torch.Tensor | None = None, rows: float | torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Mean of per-sample terms `per` (N, ...) over the rows they act on (module docstring 4): sum(weights per) /
+    (rows x the per-row size), rows = sum(weights) unless given (under data parallelism: the whole batch's sum over
+    the ranks, so the averaged gradients are one process's); no weights: the plain mean."""
+    if weights is None:
+        return per.mean()
+    per = per * weights.reshape(-1, *[1] * (per.dim() - 1))
+    rows = weights.sum() if rows is None else torch.as_tensor(rows, dtype=per.dtype)
+    return per.sum() / (rows.clamp(min=torch.finfo(per.dtype).tiny) * (per[0].numel() if len(per) else 1))
+
+
+def dm_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor, *, weights: torch.Tensor | None = None,
+            rows: float | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_DM = 0.5 (x0 - sg[x0 - g])^2 averaged over the rows with weight (`weighted_mean`; weights (N,), default 1):
+    dL/dx0 = weights g / (rows x D), a row's gradient the same whichever share of the batch carries the term."""
     g, nonfinite = dm_gradient(x0, x0_real, x0_fake)
     g = g.to(x0.dtype)
     target = (x0 - g).detach()
     per = 0.5 * (x0 - target).square()  # (N, D)
-    if weights is not None:
-        per = per * weights.reshape(-1, *[1] * (x0.dim() - 1))
     metrics = {"dm/grad_norm": float(g.flatten(1).norm(dim=1).mean()), "dm/nonfinite": float(nonfinite)}
-    return per.mean(), metrics
+    return weighted_mean(per, weights, rows), metrics
 
 
 def fake_score_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -98,13 +111,11 @@ def fake_score_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Te
     return loss, {"fake/loss": float(loss.detach())}
 
 
-def gan_generator_loss(fake_logits: torch.Tensor, *, weights: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Non-saturating generator loss mean(weights softplus(-D(x0))) (module docstring 3)."""
+def gan_generator_loss(fake_logits: torch.Tensor, *, weights: torch.Tensor | None = None,
+                       rows: float | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Non-saturating generator loss softplus(-D(x0)) averaged over the rows with weight (module docstring 3, 4)."""
     per = F.softplus(-fake_logits.flatten())
-    if weights is not None:
-        per = per * weights
-    return per.mean(), {"gan/gen_loss": float(F.softplus(-fake_logits.detach()).mean())}
+    return weighted_mean(per, weights, rows), {"gan/gen_loss": float(F.softplus(-fake_logits.detach()).mean())}
 
 
 def gan_discriminator_loss(fake_logits: torch.Tensor, real_logits: torch.Tensor
@@ -128,9 +139,9 @@ class DiffusionGANHead(nn.Module):
         self.head = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1))
 
     def logits(self, fake: nn.Module, x0: torch.Tensor, *, generator: torch.Generator, t_gan: int = 1000,
-               share: Share | None = None) -> torch.Tensor:
+               share: Share | None = None, schedule: str = "linear") -> torch.Tensor:
         """(N,) logits of D on x0 noised to a random t' (the fake network's parameters receive D's gradient)."""
-        x_t, _, t = noised(x0, 0, t_gan - 1, generator=generator, share=share)
+        x_t, _, t = noised(x0, 0, t_gan - 1, generator=generator, share=share, schedule=schedule)
         return self.head(fake.features(x_t, t)).squeeze(-1)
 
 
@@ -143,8 +154,8 @@ class DataDiscriminator(nn.Module):
                                  nn.Linear(width, 1))
 
     def logits(self, fake: nn.Module, x0: torch.Tensor, *, generator: torch.Generator, t_gan: int = 1000,
-               share: Share | None = None) -> torch.Tensor:
-        """(N,) logits on the clean points (`fake`, `generator`, `t_gan`, `share` unused: the head's call)."""
+               share: Share | None = None, schedule: str = "linear") -> torch.Tensor:
+        """(N,) logits on the clean points (the other arguments unused: the head's call)."""
         return self.net(x0).squeeze(-1)
 
 

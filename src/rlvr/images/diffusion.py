@@ -7,8 +7,12 @@ student's schedule (DMD2, arXiv 2405.14867; DMD, arXiv 2311.18828).
     x = ddim_sample(gmm.eps, noise, steps=100)                # the many-step teacher
     x = student_sample(net, noise_list, steps=4)              # tau = [999, 749, 499, 249]
 
-1. Schedule: 1000 DDPM steps, betas linear from 1e-4 to 0.02 (Ho et al., arXiv 2006.11239 §4), ab_t = prod(1 - beta);
-   t = -1 means clean data (ab = 1), the end point of a sampler.
+1. Schedule: 1000 steps, ab_t = prod(1 - beta); t = -1 means clean data (ab = 1), the end point of a sampler.
+   `linear` (the default): DDPM's betas, linear from 1e-4 to 0.02 (Ho et al., arXiv 2006.11239 §4); `scaled_linear`:
+   the Stable Diffusion family's, sqrt(beta) linear from sqrt(0.00085) to sqrt(0.012) (the teachers DMD2 distils,
+   arXiv 2405.14867 §5). An eps-predicting one-step student at t = 999 has its eps error multiplied by
+   sqrt((1 - ab) / ab) in x0: 157x under `linear`, 14.6x under `scaled_linear`. Every function that noises or
+   denoises takes `schedule` (a name in SCHEDULES).
 2. x0 from (x_t, eps) is computed in float64 as DMD2's code does: at t = 999 sqrt(ab) = 0.0064 divides the result.
 3. The noised mixture p_t = sum_k pi_k N(sqrt(ab) mu_k, (ab sigma^2 + 1 - ab) I) is again a Gaussian mixture, so its
    score and eps = -sqrt(1 - ab) score are exact (the "analytic teacher"); p(k | x) is the same mixture's posterior.
@@ -32,35 +36,45 @@ T_STEPS = 1000
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (N, 2), t (N,) long) -> eps (N, 2)
 
 
-def alpha_bar(steps: int = T_STEPS, *, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """(steps,) float64 cumulative products of 1 - beta for DDPM's linear betas (module docstring 1)."""
-    return torch.cumprod(1.0 - torch.linspace(beta_start, beta_end, steps, dtype=torch.float64), 0)
+def alpha_bar(steps: int = T_STEPS, *, beta_start: float = 1e-4, beta_end: float = 0.02,
+              kind: str = "linear") -> torch.Tensor:
+    """(steps,) float64 cumulative products of 1 - beta: betas linear from beta_start to beta_end, or (kind
+    scaled_linear) their square roots linear (module docstring 1)."""
+    if kind == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64).square()
+    elif kind == "linear":
+        betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"alpha_bar: kind must be linear or scaled_linear, got {kind!r}")
+    return torch.cumprod(1.0 - betas, 0)
 
 
-ALPHA_BAR = alpha_bar()
+SCHEDULES = {"linear": alpha_bar(), "scaled_linear": alpha_bar(beta_start=0.00085, beta_end=0.012,
+                                                               kind="scaled_linear")}
+ALPHA_BAR = SCHEDULES["linear"]
 
 
-def ab_at(t: torch.Tensor) -> torch.Tensor:
-    """(N,) float64 ab_t for integer timesteps; t = -1 gives 1 (clean data)."""
+def ab_at(t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
+    """(N,) float64 ab_t for integer timesteps under `schedule`; t = -1 gives 1 (clean data)."""
     t = torch.as_tensor(t, dtype=torch.long)
-    return torch.where(t < 0, torch.ones((), dtype=torch.float64), ALPHA_BAR[t.clamp(min=0)])
+    return torch.where(t < 0, torch.ones((), dtype=torch.float64), SCHEDULES[schedule][t.clamp(min=0)])
 
 
-def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
     """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, in x0's dtype; t (N,) or a scalar."""
-    ab = ab_at(t).to(x0.dtype).reshape(-1, *[1] * (x0.dim() - 1))
+    ab = ab_at(t, schedule).to(x0.dtype).reshape(-1, *[1] * (x0.dim() - 1))
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
 
-def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
     """(x_t - sqrt(1 - ab) eps) / sqrt(ab), computed in float64 (module docstring 2), returned in x_t's dtype."""
-    ab = ab_at(t).reshape(-1, *[1] * (x_t.dim() - 1))
+    ab = ab_at(t, schedule).reshape(-1, *[1] * (x_t.dim() - 1))
     return ((x_t.double() - (1 - ab).sqrt() * eps.double()) / ab.sqrt()).to(x_t.dtype)
 
 
-def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
     """(x_t - sqrt(ab) x0) / sqrt(1 - ab), the inverse of `x0_from_eps` (t >= 0)."""
-    ab = ab_at(t).reshape(-1, *[1] * (x_t.dim() - 1))
+    ab = ab_at(t, schedule).reshape(-1, *[1] * (x_t.dim() - 1))
     return ((x_t.double() - ab.sqrt() * x0.double()) / (1 - ab).sqrt()).to(x_t.dtype)
 
 
@@ -70,15 +84,17 @@ def timesteps(n: int, low: int, high: int, *, generator: torch.Generator) -> tor
 
 
 class GaussianMixture:
-    """Equal-weight isotropic Gaussian mixture in 2-D: `modes` means on a circle of `radius`, std `sigma`."""
+    """Equal-weight isotropic Gaussian mixture in 2-D: `modes` means on a circle of `radius`, std `sigma`; noised
+    under `schedule`."""
 
-    def __init__(self, *, modes: int = 8, radius: float = 4.0, sigma: float = 0.3):
+    def __init__(self, *, modes: int = 8, radius: float = 4.0, sigma: float = 0.3, schedule: str = "linear"):
         if modes < 1 or radius < 0 or sigma <= 0:
             raise ValueError(f"GaussianMixture: need modes >= 1, radius >= 0, sigma > 0; got {modes}, {radius}, "
                              f"{sigma}")
         angle = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
         self.means = radius * torch.stack([angle.cos(), angle.sin()], 1)  # (K, 2) float64
         self.sigma = sigma
+        self.schedule = schedule
 
     def sample(self, n: int, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 2) float32 points and their (N,) mode labels."""
@@ -88,7 +104,7 @@ class GaussianMixture:
 
     def _noised(self, t: torch.Tensor | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 1) scale sqrt(ab) of the means and (N, 1) variance ab sigma^2 + 1 - ab (module docstring 3)."""
-        ab = torch.ones(n, dtype=torch.float64) if t is None else ab_at(t).expand(n)
+        ab = torch.ones(n, dtype=torch.float64) if t is None else ab_at(t, self.schedule).expand(n)
         return ab.sqrt()[:, None], (ab * self.sigma**2 + 1 - ab)[:, None]
 
     def log_posterior(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,7 +128,7 @@ class GaussianMixture:
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(N, 2) exact eps-prediction -sqrt(1 - ab) score, in x_t's dtype: the analytic teacher."""
-        return (-(1 - ab_at(t).expand(len(x_t)))[:, None].sqrt() * self.score(x_t, t)).to(x_t.dtype)
+        return (-(1 - ab_at(t, self.schedule).expand(len(x_t)))[:, None].sqrt() * self.score(x_t, t)).to(x_t.dtype)
 
 
 def time_embedding(t: torch.Tensor, dim: int = 32) -> torch.Tensor:
@@ -144,14 +160,14 @@ def full(t: int, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ddim_sample(eps_fn: EpsFn, noise: torch.Tensor, *, steps: int) -> torch.Tensor:
+def ddim_sample(eps_fn: EpsFn, noise: torch.Tensor, *, steps: int, schedule: str = "linear") -> torch.Tensor:
     """(N, 2) samples by deterministic DDIM from `noise` at t = 999 over `steps` evenly spaced timesteps."""
     ts = torch.linspace(T_STEPS - 1, 0, steps).round().long().tolist() + [-1]
     x = noise
     for t, t_next in zip(ts[:-1], ts[1:]):
         eps = eps_fn(x, full(t, len(x)))
-        x0 = x0_from_eps(x, eps, full(t, len(x)))
-        x = x0 if t_next < 0 else add_noise(x0, eps, full(t_next, len(x)))
+        x0 = x0_from_eps(x, eps, full(t, len(x)), schedule)
+        x = x0 if t_next < 0 else add_noise(x0, eps, full(t_next, len(x)), schedule)
     return x
 
 
@@ -166,34 +182,34 @@ def student_timesteps(steps: int, *, start: int = T_STEPS - 1) -> list[int]:
     return [start - i * ((start + 1) // steps) for i in range(steps)]
 
 
-def generator_x0(net: nn.Module, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+def generator_x0(net: nn.Module, x_t: torch.Tensor, t: int | torch.Tensor, schedule: str = "linear") -> torch.Tensor:
     """x0-hat = (x_t - sqrt(1 - ab) eps_G(x_t, t)) / sqrt(ab), the generator's output (DMD2 §3); t an int or (N,)."""
     tt = full(t, len(x_t)) if isinstance(t, int) else t
-    return x0_from_eps(x_t, net(x_t, tt), tt)
+    return x0_from_eps(x_t, net(x_t, tt), tt, schedule)
 
 
 def student_sample(net: nn.Module, noises: list[torch.Tensor], *, steps: int, upto: int | None = None,
-                   start: int = T_STEPS - 1) -> torch.Tensor:
+                   start: int = T_STEPS - 1, schedule: str = "linear") -> torch.Tensor:
     """Run the K-step student from noises[0]; noises[i] re-noises step i's x0 to tau[i]. `upto` = k stops after k
     steps and returns the input of step k (x_t at tau[k]; k = 0: pure noise) instead of the last x0."""
     tau = student_timesteps(steps, start=start)
     x = noises[0]
     stop = steps if upto is None else upto
     for i in range(stop):
-        x0 = generator_x0(net, x, tau[i])
+        x0 = generator_x0(net, x, tau[i], schedule)
         last = i + 1 == steps
         if last and upto is None:
             return x0
-        x = add_noise(x0, noises[i + 1], full(tau[i + 1], len(x0)))
+        x = add_noise(x0, noises[i + 1], full(tau[i + 1], len(x0)), schedule)
     return x
 
 
 def backward_simulation(net: nn.Module, noises: list[torch.Tensor], *, steps: int, k: int,
-                        start: int = T_STEPS - 1) -> tuple[torch.Tensor, int]:
+                        start: int = T_STEPS - 1, schedule: str = "linear") -> tuple[torch.Tensor, int]:
     """(x_t, t) to train the generator at: its own k-step output re-noised to tau[k], pure noise at k = 0
     (DMD2 §4.3, module docstring 6). No gradient flows into the first k steps."""
     if not 0 <= k < steps:
         raise ValueError(f"backward simulation: k must lie in [0, {steps - 1}], got {k}")
     with torch.no_grad():
-        x_t = student_sample(net, noises, steps=steps, upto=k, start=start)
+        x_t = student_sample(net, noises, steps=steps, upto=k, start=start, schedule=schedule)
     return x_t, student_timesteps(steps, start=start)[k]

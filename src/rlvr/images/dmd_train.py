@@ -174,7 +174,7 @@ def pretrain_denoiser(cfg: RunConfig, gmm: GaussianMixture) -> ScoreMLP:
         x0, _ = gmm.sample(tc.pretrain_batch, generator=g)
         t = timesteps(len(x0), 0, T_STEPS - 1, generator=g)
         eps = torch.randn(x0.shape, generator=g)
-        loss = (net(add_noise(x0, eps, t), t) - eps).square().mean()
+        loss = (net(add_noise(x0, eps, t, tc.schedule), t) - eps).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -194,11 +194,13 @@ def generator_input(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, step: 
     tau = torch.tensor(student_timesteps(steps, start=cfg.student.start))
     if cfg.student.backward_simulation:
         k = int(torch.randint(steps, (1,), generator=g))  # one k for the whole batch (DMD2)
-        x_t, t = backward_simulation(nets.generator, noises, steps=steps, k=k, start=cfg.student.start)
+        x_t, t = backward_simulation(nets.generator, noises, steps=steps, k=k, start=cfg.student.start,
+                                     schedule=cfg.teacher.schedule)
         return x_t, torch.full((batch,), t, dtype=torch.long)
     t_k = tau[torch.randint(steps, (batch,), generator=g)]  # (B,) per-sample step
     real, _ = gmm.sample(batch, generator=g)
-    x_t = torch.where((t_k == tau[0])[:, None], noises[0], add_noise(real, noises[1 % steps], t_k))
+    renoised = add_noise(real, noises[1 % steps], t_k, cfg.teacher.schedule)
+    x_t = torch.where((t_k == tau[0])[:, None], noises[0], renoised)
     return x_t, t_k
 
 
@@ -212,16 +214,18 @@ def generator_loss(nets: Networks, cfg: RunConfig, x0: torch.Tensor, t_k: torch.
     dm = gan = None
     if cfg.rl.distill:
         w_dm, w_gan = PRESETS[d.preset].weights(t_k, split=d.split)
-        any_dm, any_gan = all_reduce(torch.tensor([float(w_dm.any()), float(w_gan.any())]), world, "max").tolist()
-        if d.dm_weight > 0 and any_dm:
+        # each term's mean is over the whole batch's rows it acts on; gradients are averaged over the ranks after
+        rows_dm, rows_gan = (all_reduce(torch.stack([w_dm.sum(), w_gan.sum()]).double(), world, "sum") / world.size
+                             ).tolist()
+        if d.dm_weight > 0 and rows_dm > 0:
             x0_real, x0_fake = dm_targets(x0, teacher_eps, nets.fake, generator=generator(cfg.seed, "dm", step),
-                                          t_min=d.t_min, t_max=d.t_max, share=share)
-            dm, m = dm_loss(x0, x0_real, x0_fake, weights=w_dm)
+                                          t_min=d.t_min, t_max=d.t_max, share=share, schedule=cfg.teacher.schedule)
+            dm, m = dm_loss(x0, x0_real, x0_fake, weights=w_dm, rows=rows_dm)
             loss, metrics = loss + d.dm_weight * dm, {**metrics, **m, "dm/loss": float(dm.detach())}
-        if d.gan_weight > 0 and any_gan:
+        if d.gan_weight > 0 and rows_gan > 0:
             logits = nets.disc.logits(nets.fake, x0, generator=generator(cfg.seed, "gan_gen", step), t_gan=d.gan_t_max,
-                                      share=share)
-            gan, m = gan_generator_loss(logits, weights=w_gan)
+                                      share=share, schedule=cfg.teacher.schedule)
+            gan, m = gan_generator_loss(logits, weights=w_gan, rows=rows_gan)
             loss, metrics = loss + d.gan_weight * gan, {**metrics, **m}
     if dm is not None and gan is not None:  # both act on the same samples: do they pull x0 the same way?
         metrics["gen/dm_gan_cos"] = gradient_cosine(dm, gan, x0)
@@ -245,14 +249,16 @@ def guidance_loss(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, x0: torc
     share."""
     g = generator(cfg.seed, "guidance", step)
     x0, share = x0.detach(), _share(len(x0), world or World())
-    x_t, eps, t = noised(x0, 0, T_STEPS - 1, generator=g, share=share)
+    x_t, eps, t = noised(x0, 0, T_STEPS - 1, generator=g, share=share, schedule=cfg.teacher.schedule)
     loss, metrics = fake_score_loss(nets.fake(x_t, t), eps)
     d = cfg.distill
     if d.gan_weight > 0 and d.disc_weight > 0:
         real, _ = gmm.sample(share.batch if share else len(x0), generator=g)
         real = real[share.rows] if share else real
-        fake_logits = nets.disc.logits(nets.fake, x0, generator=g, t_gan=d.gan_t_max, share=share)
-        real_logits = nets.disc.logits(nets.fake, real, generator=g, t_gan=d.gan_t_max, share=share)
+        fake_logits = nets.disc.logits(nets.fake, x0, generator=g, t_gan=d.gan_t_max, share=share,
+                                       schedule=cfg.teacher.schedule)
+        real_logits = nets.disc.logits(nets.fake, real, generator=g, t_gan=d.gan_t_max, share=share,
+                                       schedule=cfg.teacher.schedule)
         disc, m = gan_discriminator_loss(fake_logits, real_logits)
         loss, metrics = loss + d.disc_weight * disc, {**metrics, **m}
     return loss, metrics
@@ -300,7 +306,7 @@ def train_step(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg: RunC
     gen_turn = (step - 1) % ratio == 0
     metrics = {}
     with torch.set_grad_enabled(gen_turn):
-        x0 = generator_x0(nets.generator, x_t, t_k)  # (B, 2)
+        x0 = generator_x0(nets.generator, x_t, t_k, cfg.teacher.schedule)  # (B, 2)
     if gen_turn:
         metrics = generator_update(nets, opts, cfg, x0, t_k, teacher_eps, reward_fn, step, world)
     if cfg.rl.distill:
@@ -370,7 +376,8 @@ def evaluate_student(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, rewar
     noises, data = eval_batch(cfg, gmm)
     start = time.perf_counter()
     with torch.no_grad():
-        x = student_sample(nets.generator, noises, steps=cfg.student.steps, start=cfg.student.start)
+        x = student_sample(nets.generator, noises, steps=cfg.student.steps, start=cfg.student.start,
+                           schedule=cfg.teacher.schedule)
     seconds = time.perf_counter() - start
     metrics = sample_metrics(x, data, gmm, reward_fn, target=cfg.rl.mode)
     metrics["time/sample_per_1000"] = seconds * 1000 / len(x)
@@ -380,7 +387,7 @@ def evaluate_student(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, rewar
 def evaluate_teacher(cfg: RunConfig, gmm: GaussianMixture, teacher_eps, reward_fn) -> tuple[dict[str, Any], Any]:
     noises, data = eval_batch(cfg, gmm)
     start = time.perf_counter()
-    x = ddim_sample(teacher_eps, noises[0], steps=cfg.teacher.sample_steps)
+    x = ddim_sample(teacher_eps, noises[0], steps=cfg.teacher.sample_steps, schedule=cfg.teacher.schedule)
     seconds = time.perf_counter() - start
     metrics = sample_metrics(x, data, gmm, reward_fn, target=cfg.rl.mode)
     return {**metrics, "sample_steps": cfg.teacher.sample_steps, "kind": cfg.teacher.kind,
@@ -411,7 +418,8 @@ def _teacher(cfg: RunConfig, gmm: GaussianMixture, pretrained: ScoreMLP | None):
 
 
 def _setup(cfg: RunConfig, checkpoint: Path | None) -> tuple[Networks, dict[str, torch.optim.Optimizer], int]:
-    gmm = GaussianMixture(modes=cfg.data.modes, radius=cfg.data.radius, sigma=cfg.data.sigma)
+    gmm = GaussianMixture(modes=cfg.data.modes, radius=cfg.data.radius, sigma=cfg.data.sigma,
+                          schedule=cfg.teacher.schedule)
     needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
     pretrained = ScoreMLP().eval() if checkpoint is not None and needs else None
     if checkpoint is None and needs:
@@ -462,7 +470,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
 
 def _train(cfg: RunConfig, checkpoint: Path | None, world: World) -> dict[str, Any]:
     barrier(world)  # every rank has judged the run folder before the main rank writes into it
-    gmm = GaussianMixture(modes=cfg.data.modes, radius=cfg.data.radius, sigma=cfg.data.sigma)
+    gmm = GaussianMixture(modes=cfg.data.modes, radius=cfg.data.radius, sigma=cfg.data.sigma,
+                          schedule=cfg.teacher.schedule)
     reward_fn = build_reward(cfg.rl, gmm)
     start = time.perf_counter()
     nets, opts, step = _setup(cfg, checkpoint)
