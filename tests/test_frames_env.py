@@ -4,11 +4,12 @@ task's hidden segment, its scripted search scoring 1; a vision-language policy t
 framethinker reward, observation image tokens never trained."""
 
 import json
+import re
 
 import pytest
 
 from rlvr.envs import ENVS, Observation
-from rlvr.rewards.framethinker import GATES
+from rlvr.rewards.framethinker import GATES, transition
 from rlvr.tasks import TASKS
 
 
@@ -30,6 +31,32 @@ def test_the_environment_shows_frames_on_request():
         env2.reset(sample)
         assert env2.step(bad) == (None, 0.0, True)
     assert env.frames_used == 16
+
+
+def test_the_first_look_floors_as_the_reference_code_does():
+    """The reference code's first look is np.linspace(0, N − 1, n, dtype=int): for 128 frames and 8, 127 · i / 7 =
+    0, 18.14, 36.29, 54.43, 72.57, 90.71, 108.86, 127 -> 0, 18, 36, 54, 72, 90, 108, 127 (rounding: 73, 91, 109)."""
+    task = TASKS.build("frame_quest", seed=0)  # 128 frames, 8 per look
+    sample = task[0]
+    first = ENVS.build("frame_select", n=8).reset(sample)
+    shown = [int(t) for t in re.findall(r"frame (\d+): <image>", first.text)]
+    assert shown == task.look == [0, 18, 36, 54, 72, 90, 108, 127]
+    assert first.images[4] is sample.meta["frames"][72]
+
+
+def test_strict_reaches_the_environment_and_the_task():
+    """`output answer: B (red)` answers B by default (the reference reads the action's start); strict: it is no
+    action, the episode ends invalid and the transcript fails the final-answer gate."""
+    task, strict_task = TASKS.build("frame_quest", seed=0), TASKS.build("frame_quest", seed=0, strict=True)
+    s = task[0]
+    turn = f"<think>x</think><action>output answer: {s.answer} (it turned)</action>"
+    for strict, correct in ((False, 1.0), (True, 0.0)):
+        env = ENVS.build("frame_select", n=8, strict=strict)
+        env.reset(s)
+        assert env.step(turn) == (None, 0.0, True)
+        m = env.metrics()
+        assert (m["correct"], m["invalid_action"], m["gate_no_answer"]) == (correct, 1 - correct, 1 - correct)
+    assert (task.score(s, turn), strict_task.score(s, turn)) == (1.0, 0.0)
 
 
 def test_the_task_hides_the_change_and_its_search_scores_one():
@@ -115,8 +142,21 @@ def test_a_vision_language_model_trains_through_the_environment(tmp_path):
     assert train(cfg)["steps"] == 1
     step = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if '"reward"' in x][0]
     assert step["skipped_steps"] == 0 and step["env/turns"] >= 1
-    assert step["env/frames_used"] >= 4 and 0 <= step["env/invalid_action"] <= 1  # FrameThinker's efficiency metric
-    assert 0 <= step["env/correct"] <= 1 and all(f"env/gate_{k}" in step for k in GATES.values())
+    assert all(f"env/gate_{k}" in step for k in GATES.values())
+    rows = [json.loads(x) for x in (tmp_path / "ft" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4  # every episode of the step (2 prompts x 2) is logged: the means are recomputed from them
+    shown = [len(re.findall(r"^frame \d+: ", r["completion"], re.M)) for r in rows]  # the first look's and each look's
+    invalid = [transition(last_turn(r["completion"]), frames=40, fps=8.0, n=4).kind == "invalid" for r in rows]
+    assert step["env/frames_used"] == sum(shown) / 4 and min(shown) >= 4  # FrameThinker's efficiency metric
+    assert step["env/invalid_action"] == sum(invalid) / 4
+    assert step["env/correct"] == sum(r["reward"] > 0 for r in rows) / 4  # the reward pays only a correct answer
+
+
+def last_turn(completion: str) -> str:
+    """An episode's last model turn, as the environment read it: the text after the last </action> (an observation
+    may come before it), or that last action when nothing follows."""
+    head, sep, tail = completion.rpartition("</action>")
+    return tail if tail.strip() or not sep else head + sep
 
 
 def test_multi_turn_rows_with_frames_resume_exactly_and_micro_batching_does_not_change_the_gradient(tmp_path):

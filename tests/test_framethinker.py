@@ -91,3 +91,57 @@ def test_span_n_follows_the_video_and_the_registered_reward():
     assert judge(wide, "B", span_n=12).total == 0.0  # a 12-frame video's requests must span more
     rows = [Sample("what colour?", answer="B", meta={"total_frames": 1000}), Sample("q", answer=None)]
     assert REWARDS.build("framethinker")(rows, [CHOOSE + ANSWER, ANSWER]) == [pytest.approx(1.02), None]
+
+
+@pytest.mark.parametrize("action, kind, answer", [
+    ("output answer: B (red)", "answer", "B"),                        # re.match(r"output answer:\s*(\S+)"): "B"
+    ("output answer:B", "answer", "B"),                               # \s* allows no space, as the reference
+    ("choose frames between 100 and 300 to look closer", "choose", None),
+    ("get frame number at time 1:23 please", "time", None),
+    ("Output answer: B", "invalid", None),                            # case-sensitive, as the reference
+    ("I will output answer: B", "invalid", None),                     # a prefix, not a search
+    ("choose frames between 100 and 3000000000", "invalid", None),    # a 10-digit number is never read cut short
+])
+def test_actions_are_read_at_their_start_as_the_reference_reads_them(action, kind, answer):
+    step = transition(turn("x", action), frames=1000, fps=10, n=8)
+    assert step.kind == kind and step.answer == answer
+
+
+def test_strict_reads_whole_actions_only():
+    for action in ("output answer: B (red)", "choose frames between 100 and 300 to look closer",
+                   "get frame number at time 1:23 please"):
+        assert transition(turn("x", action), frames=1000, fps=10, n=8, strict=True).kind == "invalid"
+    assert transition(turn("x", " output answer: B "), frames=1000, fps=10, n=8, strict=True).answer == "B"  # stripped
+
+
+def test_trailing_text_after_an_action_scores_as_the_reference_scores_it():
+    """The reference's v11 re.match-es each stripped action: `output answer: B (red)` answers B (1.0); a choose or a
+    time query with words after it still counts (1.02, 1.52). strict=True zeroes all three."""
+    answer = turn("it turned red", "output answer: B (red)")
+    look = turn("the change is between 100 and 300", "choose frames between 100 and 300 to look closer")
+    when = turn("at 1:23", "get frame number at time 1:23 please") + "Frame number at time 1:23 is: 830.\n"
+    then = turn("around 800 and 900", "choose frames between 800 and 900")
+    cases = [(answer, 1.0), (look + "\nframe 101: <image>\n" + ANSWER, 1.02), (when + then + ANSWER, 1.52)]
+    for text, total in cases:
+        assert judge(text, "B", question="what at 01:23?", frames=1000).total == pytest.approx(total)
+        assert judge(text, "B", question="what at 01:23?", frames=1000, strict=True).total == 0.0
+    rows = [Sample("what colour?", answer="B", meta={"total_frames": 1000})]
+    assert REWARDS.build("framethinker")(rows, [answer]) == [1.0]
+    assert REWARDS.build("framethinker", strict=True)(rows, [answer]) == [0.0]
+
+
+def test_a_repeated_time_query_is_the_same_time_whatever_the_spacing():
+    first = turn("at 1:23", "get frame number at time 1:23") + "Frame number at time 1:23 is: 830.\n"
+    again = turn("at 1:23", "get frame number at time  1:23") + "Frame number at time 1:23 is: 830.\n"
+    then = turn("around 800 and 900", "choose frames between 800 and 900")
+    assert judge(first + again + then + ANSWER, "B", frames=1000).gate == "repeated time query"
+
+
+def test_frame_indices_truncate_as_numpy_linspace_does():
+    np = pytest.importorskip("numpy")
+    from rlvr.rewards.framethinker import linspace_int
+
+    # np.linspace(0, 30, 23) at i = 11 is 11 * (30 / 22) = 14.999999999999998: numpy gives 14 (exact 15 would not)
+    assert linspace_int(0, 30, 23)[11] == 14
+    for start, stop, num in [(0, 127, 8), (0, 30, 23), (101, 299, 8), (5, 5, 4), (0, 1999, 12)]:
+        assert linspace_int(start, stop, num) == np.linspace(start, stop, num).astype(int).tolist()

@@ -3,8 +3,9 @@
     task = TASKS.build("frame_quest", seed=0)   # a square changes colour in a short hidden segment of 128 frames
     env = ENVS.build("frame_select", n=8)        # reset: 8 uniform frames; then choose / time / answer actions
 
-1. `frame_select`: reset shows `initial` frames (the sample's meta["initial"], else n) at linspace(0, N − 1) as lines
-   `frame {i}: <image>`; each turn ends at `</action>` and goes through rlvr.rewards.framethinker.transition: a
+1. `frame_select`: reset shows `initial` frames (the sample's meta["initial"], else n) at int(linspace(0, N − 1)) (the
+   reference code's first look, floored) as lines `frame {i}: <image>`; each turn ends at `</action>` and goes
+   through rlvr.rewards.framethinker.transition (actions read at their start as the reference does; `strict`: whole): a
    choose shows the n frames between its two indices, a time query answers with a frame number, an answer or an
    invalid action ends the episode. Observations are escaped so they never open a <think> or <action> block. Frames
    used = the frames shown; `budget` caps them (a choose past it is told "no frames left" and shows nothing). Per
@@ -17,10 +18,10 @@
    the change only when one of its frames falls inside the segment; otherwise the segment lies between the last
    light frame and the first grey one, and one choose between those two shows it (the segment lengths default to
    the longest gap between the frames a choose returns, + 3, so that it always does). The task scores a transcript
-   with the FrameThinker reward's gates. `reference_turns`: a rule-based agent that notes what each frame it was
-   shown shows, then answers from the first look when it shows the change, else chooses the frames between the
-   bracketing two and answers from those; with `script="answer"` it answers from the first look alone (the
-   uniform-frames baseline: give it `initial` frames).
+   with the FrameThinker reward's gates (`strict` as the reward's). `reference_turns`: a rule-based agent that notes
+   what each frame it was shown shows, then answers from the first look when it shows the change, else chooses the
+   frames between the bracketing two and answers from those; with `script="answer"` it answers from the first look
+   alone (the uniform-frames baseline: give it `initial` frames).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 from rlvr.batch import Sample
 from rlvr.envs.base import ENVS, Observation
-from rlvr.rewards.framethinker import GATES, choose_frames, escape, judge, question_text, transition
+from rlvr.rewards.framethinker import GATES, choose_frames, escape, judge, linspace_int, question_text, transition
 from rlvr.tasks.base import TASKS, ProceduralTask
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 150, 50), "yellow": (230, 190, 0)}
@@ -40,9 +41,9 @@ LETTERS = "ABCD"
 
 
 def first_look(frames: int, initial: int) -> list[int]:
-    """The frames the environment shows before the first turn: linspace(0, N − 1, initial), rounded, distinct."""
-    last = frames - 1
-    return sorted({round(last * i / (initial - 1)) for i in range(initial)})
+    """The frames the environment shows before the first turn: int(linspace(0, N − 1, initial)), distinct; floored as
+    the reference code's np.linspace(0, N − 1, n, dtype=int) (128 frames, 8: 72, not 73 for 72.57)."""
+    return sorted(set(linspace_int(0, frames - 1, initial)))
 
 
 @ENVS.register("frame_select")
@@ -51,12 +52,14 @@ class FrameSelect:
 
     stop = ("</action>",)
 
-    def __init__(self, *, n: int = 8, initial: int | None = None, budget: int | None = None, span_n: int | None = None):
+    def __init__(self, *, n: int = 8, initial: int | None = None, budget: int | None = None, span_n: int | None = None,
+                 strict: bool = False):
         if n < 2:
             raise ValueError(f"frame_select: n (frames per request) must be >= 2, got {n}")
         if budget is not None and budget < (initial or n):
             raise ValueError(f"frame_select: budget ({budget} frames) is below the first look ({initial or n})")
         self.n, self.initial, self.budget, self.span_n = n, initial, budget, span_n or n
+        self.strict = strict  # whole actions only (the reference code matches their start)
         self.frames: list[Any] = []
         self.fps = 1.0
         self.sample: Sample | None = None
@@ -78,7 +81,7 @@ class FrameSelect:
 
     def step(self, turn: str) -> tuple[str | Observation | None, float, bool]:
         self.transcript.append(turn)
-        step = transition(turn, frames=len(self.frames), fps=self.fps, n=self.n)
+        step = transition(turn, frames=len(self.frames), fps=self.fps, n=self.n, strict=self.strict)
         self.invalid += step.kind == "invalid"
         if step.done:
             return None, 0.0, True
@@ -107,7 +110,7 @@ class FrameSelect:
         correct = False
         if self.sample is not None and self.sample.answer is not None:
             verdict = judge("".join(self.transcript), str(self.sample.answer), frames=len(self.frames),
-                            question=question_text(self.sample), span_n=self.span_n)
+                            question=question_text(self.sample), span_n=self.span_n, strict=self.strict)
             gate, correct = verdict.gate, verdict.correct
         out.update({f"gate_{key}": float(gate == name) for name, key in GATES.items()})
         out["correct"] = float(correct)
@@ -122,7 +125,8 @@ class FrameQuest(ProceduralTask):
 
     def __init__(self, *, seed: int = 0, size: int = 10_000, holdout: str | None = None, frames: int = 128,
                  fps: float = 8.0, image_size: int = 28, n: int = 8, initial: int | None = None,
-                 segment: tuple[int, int] | list[int] | None = None, timed: float = 0.0, script: str = "search"):
+                 segment: tuple[int, int] | list[int] | None = None, timed: float = 0.0, script: str = "search",
+                 strict: bool = False):
         super().__init__(seed=seed, size=size, holdout=holdout)
         initial = initial or n
         if n < 2 or initial < 2 or image_size < 28 or initial > frames:
@@ -143,7 +147,7 @@ class FrameQuest(ProceduralTask):
             raise ValueError(f"frame_quest: script must be search or answer and timed in [0, 1], got {script!r}, "
                              f"{timed}")
         self.frames, self.fps, self.image_size, self.n, self.initial = frames, fps, image_size, n, initial
-        self.segment, self.timed, self.script = (lo, hi), timed, script
+        self.segment, self.timed, self.script, self.strict = (lo, hi), timed, script, strict
         self.look = first_look(frames, initial)  # what the environment shows first
         self.side = image_size // 3  # the square: a third of the frame, at mid height
 
@@ -191,7 +195,7 @@ class FrameQuest(ProceduralTask):
 
     def score(self, sample: Sample, text: str) -> float:
         return 1.0 if judge(text, sample.answer, question=question_text(sample), frames=self.frames,
-                            span_n=self.n).correct else 0.0
+                            span_n=self.n, strict=self.strict).correct else 0.0
 
     def reference_turns(self, sample: Sample) -> list[tuple[str | Observation, bool]]:
         """The rule-based agent's episode as the rollout sees it: the environment's first look, then the agent's

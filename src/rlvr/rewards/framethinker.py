@@ -12,6 +12,10 @@ Each model turn is `<think>...</think><action>...</action>`; the environment rea
    `\\d{1,3}:\\d{2}`, the reward's own pattern: the reference environment accepted any token, which the reward then
    zeroed; rlvr ends the episode at once instead).
 3. `output answer: X` ends the episode; anything else (or no action) ends it with no answer.
+An action is read as the reference code's reward reads it: stripped, then matched at its start, case-sensitive
+(`re.match`: `output answer: B (red)` answers B, and `choose frames between 10 and 90 please` is a choose); the
+reference environment looked for a choose anywhere in the block, which its reward then zeroed, so rlvr's environment
+reads it as the reward does. `strict=True` requires the whole stripped action to match instead.
 The reward reads the whole multi-turn text (observations included) and returns 0 on any gate: as many <think> as
 <action> blocks, the last action an answer, no repeated frame pair (A, B) nor its inner pair (A + 1, B − 1), a span
 wider than n frames, the last two numbers of the turn's think block equal (A, B), no repeated time query, a time
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from rlvr.batch import Sample
 from rlvr.rewards.core import REWARDS, RewardFn
 
-CHOOSE = re.compile(r"choose frames between (\d{1,9}) and (\d{1,9})")
+CHOOSE = re.compile(r"choose frames between (\d{1,9}) and (\d{1,9})(?!\d)")  # bounded: a longer number never matches
 TIME = re.compile(r"get frame number at time\s+(\d{1,3}):(\d{2})")
 ANSWER = re.compile(r"output answer:\s*(\S+)")
 ACTION_BLOCK = re.compile(r"<action>(.*?)</action>", re.S)
@@ -51,10 +55,23 @@ class Step:
     reason: str = ""  # why an invalid turn ended the episode
 
 
+def linspace_int(start: int, stop: int, num: int) -> list[int]:
+    """np.linspace(start, stop, num).astype(int) as numpy computes it (start + i · step, the last exactly stop, then
+    truncated): the reference code's frame indices, so they floor where a fraction would round."""
+    if num < 2:
+        return [start][:num]
+    step = (stop - start) / (num - 1)
+    return [int(start + i * step) for i in range(num - 1)] + [stop]
+
+
 def choose_frames(a: int, b: int, n: int) -> list[int]:
     """sorted(set(int(linspace(a + 1, b − 1, n)))): the frames a choose action returns."""
-    lo, hi = a + 1, b - 1
-    return sorted({int(lo + (hi - lo) * i / (n - 1)) for i in range(n)}) if n > 1 else [lo]
+    return sorted(set(linspace_int(a + 1, b - 1, n)))
+
+
+def read_action(pattern: re.Pattern, action: str, *, strict: bool = False) -> re.Match | None:
+    """The reference code's re.match on the stripped action (a prefix: trailing text allowed); strict: the whole."""
+    return pattern.fullmatch(action) if strict else pattern.match(action)
 
 
 def escape(text: str) -> str:
@@ -62,15 +79,15 @@ def escape(text: str) -> str:
     return re.sub(r"</?(think|action)>", lambda m: m.group(0).replace("<", "&lt;"), text)
 
 
-def transition(turn: str, *, frames: int, fps: float, n: int) -> Step:
+def transition(turn: str, *, frames: int, fps: float, n: int, strict: bool = False) -> Step:
     """The environment's answer to one model turn (module docstring)."""
     actions = ACTION_BLOCK.findall(turn[:READ_LIMIT])
     if not actions:
         return Step("invalid", True, reason="no <action> block")
     action = actions[-1].strip()
-    if m := ANSWER.fullmatch(action):
+    if m := read_action(ANSWER, action, strict=strict):
         return Step("answer", True, answer=m.group(1))
-    if m := CHOOSE.fullmatch(action):
+    if m := read_action(CHOOSE, action, strict=strict):
         a, b = int(m.group(1)), int(m.group(2))
         if a > frames:
             return Step("invalid", True, reason=f"start frame {a} beyond the video's {frames} frames")
@@ -79,7 +96,7 @@ def transition(turn: str, *, frames: int, fps: float, n: int) -> Step:
             return Step("invalid", True, reason=f"span {a}-{b} narrower than the {n} frames a request returns")
         chosen = choose_frames(a, b, n)
         return Step("choose", False, "\n".join(f"frame {i}: <image>" for i in chosen), chosen)
-    if m := TIME.fullmatch(action):
+    if m := read_action(TIME, action, strict=strict):
         frame = int((60 * int(m.group(1)) + int(m.group(2))) * fps)
         return Step("time", False, f"Frame number at time {m.group(1)}:{m.group(2)} is: {frame}.")
     return Step("invalid", True, reason=f"unknown action {action[:80]!r}")
@@ -111,18 +128,19 @@ def _segments(text: str) -> tuple[list[str], list[str], list[str]]:
     return thinks, actions, observations
 
 
-def judge(text: str, answer: str, *, question: str = "", frames: int | None = None, span_n: int = 8) -> Verdict:
+def judge(text: str, answer: str, *, question: str = "", frames: int | None = None, span_n: int = 8,
+          strict: bool = False) -> Verdict:
     """FrameThinker's reward v11 with its gates (module docstring); `frames`: the video's frame count (the whole-video
-    pair (0, frames − 1) counts as already seen)."""
+    pair (0, frames − 1) counts as already seen); strict: whole actions only (the reference reads prefixes)."""
     thinks, actions, obs = _segments(text[:READ_LIMIT])
     if not actions or len(thinks) != len(actions):
         return Verdict(0.0, gate="think/action count")
-    final = ANSWER.fullmatch(actions[-1].strip())
+    final = read_action(ANSWER, actions[-1].strip(), strict=strict)
     if final is None:
         return Verdict(0.0, gate="no final answer")
     pairs, times, expected, time_bonus = {(0, -1 if frames is None else frames - 1)}, set(), None, False
     for i, action in enumerate(a.strip() for a in actions[:-1]):
-        choose = CHOOSE.fullmatch(action)
+        choose = read_action(CHOOSE, action, strict=strict)
         if expected is not None:
             if choose and not int(choose.group(1)) <= expected <= int(choose.group(2)):
                 return Verdict(0.0, gate="choose misses the frame of the time query")
@@ -138,10 +156,11 @@ def judge(text: str, answer: str, *, question: str = "", frames: int | None = No
             if len(nums) < 2 or (int(nums[-2]), int(nums[-1])) != (a, b):
                 return Verdict(0.0, gate="think does not state the requested frames")
             continue
-        if (time := TIME.fullmatch(action)) is not None:
-            if time.group(0) in times:
+        if (time := read_action(TIME, action, strict=strict)) is not None:
+            when = f"{time.group(1)}:{time.group(2)}"  # the time itself, as the reference keys it (not the spacing)
+            if when in times:
                 return Verdict(0.0, gate="repeated time query")
-            times.add(time.group(0))
+            times.add(when)
             got = re.search(r"is:\s*(\d+)", obs[i]) if i < len(obs) else None
             if got is None:
                 return Verdict(0.0, gate="time query without an answer")
@@ -163,13 +182,13 @@ def question_text(sample: Sample) -> str:
 
 
 @REWARDS.register("framethinker")
-def framethinker_reward(*, span_n: int = 8) -> RewardFn:
+def framethinker_reward(*, span_n: int = 8, strict: bool = False) -> RewardFn:
     """FrameThinker (arXiv 2509.24304): the reference code's reward v11, consistency gates included; span_n: the
-    frames a request returns (the code checks 8 always)."""
+    frames a request returns (the code checks 8 always); strict: an action must match whole (the code: its start)."""
 
     def fn(samples: list[Sample], completions: list[str], **kw) -> list[float | None]:
         return [None if s.answer is None else judge(c, s.answer, question=question_text(s), span_n=span_n,
-                                                    frames=s.meta.get("total_frames")).total
+                                                    frames=s.meta.get("total_frames"), strict=strict).total
                 for s, c in zip(samples, completions)]
 
     return fn
