@@ -200,11 +200,9 @@ def _head_grads(h, weight, bias, ids, g_logp, g_entropy, temperature: float, chu
             dz = dz.div_(temperature).to(c)  # d loss / d (h W^T + b), (k, V)
             if grad_h is not None:
                 grad_h[rows] = (dz @ w).to(h.dtype)
-            if grad_w is None:
-                pass
-            elif grad_w.dtype == c:  # in place: `grad_w + dz^T h` would hold a second (V, hidden) tensor
+            if grad_w is not None and grad_w.dtype == c:  # in place: `grad_w + dz^T h` would hold a second one
                 grad_w.addmm_(dz.t(), h[rows].to(c))
-            else:  # fp32 master weights under autocast: the product in the compute dtype, added into fp32
+            elif grad_w is not None:  # fp32 master weights under autocast: the product in c, added into fp32
                 grad_w.add_(dz.t() @ h[rows].to(c))
             if grad_b is not None:
                 grad_b.add_(dz.sum(0))

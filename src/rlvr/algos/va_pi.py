@@ -121,27 +121,18 @@ def teacher_forced_logits(policy, labels: torch.Tensor, context: torch.Tensor, *
     ids = torch.cat([classes[:, None], context[:, :-1] + first], 1)
     if not dropout:
         return model(input_ids=ids).logits[..., first : first + n_codes]
+    from rlvr.policies.hf_forward import mask_sites, masked_logits
+
     n, share = rows or (len(ids), slice(None))
     H, dev = model.config.hidden_size, ids.device
-    layers = model.model.layers
 
     def keep(*shape) -> torch.Tensor:  # (n, *shape) inverted-dropout scales, this rank's rows
         return ((torch.rand((n, *shape), generator=generator, device=dev) >= dropout).float() / (1 - dropout))[share]
 
     null_class = torch.rand(n, generator=generator, device=dev)[share] < dropout
-    masks = [keep(ids.shape[1], H) for _ in range(1 + 2 * len(layers))]  # embeddings, then (attention, MLP) per layer
+    masks = [keep(ids.shape[1], H) for _ in range(mask_sites(model))]  # embeddings, then (attention, MLP) per layer
     ids = torch.cat([torch.where(null_class, tok.unk_token_id, ids[:, 0])[:, None], ids[:, 1:]], 1)
-    embeds = model.get_input_embeddings()(ids) * masks[0].to(model.dtype)
-    hooks = []
-    for i, layer in enumerate(layers):
-        attn, mlp = masks[1 + 2 * i].to(model.dtype), masks[2 + 2 * i].to(model.dtype)
-        hooks.append(layer.self_attn.register_forward_hook(lambda m, a, out, k=attn: (out[0] * k, *out[1:])))
-        hooks.append(layer.mlp.register_forward_hook(lambda m, a, out, k=mlp: out * k))
-    try:
-        return model(inputs_embeds=embeds).logits[..., first : first + n_codes]
-    finally:
-        for h in hooks:
-            h.remove()
+    return masked_logits(model, ids, masks)[..., first : first + n_codes]
 
 
 def va_pi_step(policy, vq, images: torch.Tensor, labels: torch.Tensor, optimizer, *, group: int = 8, p: float = 0.0,

@@ -13,6 +13,8 @@ cache, or the plain HF forward; all give the same values and gradients (tests/te
 4. `chunk` > 0 (config model.logp_chunk_tokens) stops the lean or plain HF forward at the final hidden states and
    runs lm_head + log-softmax + entropy over `chunk` completion tokens at a time, recomputed in backward
    (rlvr.ops.head_logprobs): (N, T, V) logits never exist. The shared-prefix forward is then not used.
+5. `masked_logits`: the plain forward with element-wise output masks on the input embeddings and on each decoder
+   layer's attention and MLP outputs (a train-mode dropout whose masks the caller draws: VA-π's, rlvr.algos.va_pi).
 """
 
 from __future__ import annotations
@@ -136,3 +138,27 @@ def shared_prefix_logits(model, input_ids, attention_mask, T: int, owner, first)
                  use_cache=False, **{cache_keyword(model): cache})
     # completion token 0 is predicted by the prompt's last position, token t by completion position t - 1
     return torch.cat([head.logits[owner, -1:], tail.logits], dim=1)  # (N, T, V)
+
+
+def mask_sites(model) -> int:
+    """How many masks `masked_logits` takes: the input embeddings, then each decoder layer's attention and MLP."""
+    return 1 + 2 * len(model.model.layers)
+
+
+def masked_logits(model, input_ids: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    """(B, L, V) logits with masks[0] (B, L, hidden) scaling the input embeddings and masks[1 + 2i], masks[2 + 2i]
+    layer i's attention and MLP outputs (module docstring 5); the hooks are gone when it returns."""
+    if len(masks) != mask_sites(model):
+        raise ValueError(f"masked_logits: needs {mask_sites(model)} masks, got {len(masks)}")
+    masks = [m.to(model.dtype) for m in masks]
+    embeds = model.get_input_embeddings()(input_ids) * masks[0]
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        attn, mlp = masks[1 + 2 * i], masks[2 + 2 * i]
+        hooks.append(layer.self_attn.register_forward_hook(lambda m, a, out, k=attn: (out[0] * k, *out[1:])))
+        hooks.append(layer.mlp.register_forward_hook(lambda m, a, out, k=mlp: out * k))
+    try:
+        return model(inputs_embeds=embeds).logits
+    finally:
+        for h in hooks:
+            h.remove()

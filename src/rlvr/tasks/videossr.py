@@ -9,7 +9,7 @@ Each takes the F sampled frames of one video (rlvr.video.read_clip: PIL images a
 (interval IoU, counting accuracy, footrule), routed by meta["data_source"].
 
 1. Anomaly grounding: t ~ U{F/6..F/3} frames (the reference's 8..16 at F = 48, scaled with the item: a fixed
-   8..16 in 24 frames let a constant interval score mIoU 0.59), s ~ U{0..F − t}; frames s..s+t−1 perturbed (one
+   8..16 in 24 frames let the best constant interval score mIoU 0.60), s ~ U{0..F − t}; frames s..s+t−1 perturbed (one
    kind per item: per-frame grayscale, invert, channel_swap (R↔B), rotate90/180/270, noise (Gaussian σ ~ U[35, 70]),
    zoom_in (centre crop ×U[1.3, 1.5]), zoom_out (shrunk ×1/U[1.2, 1.4] on black), mirror, blur (radius 2), saturation
    (×2); temporal shuffle and stutter (n ∈ {2..5} frames of the segment each held ⌊t/n⌋ times, the first t mod n
