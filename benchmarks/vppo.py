@@ -53,7 +53,8 @@ def common(args, out: Path) -> list[str]:
     warm = out / "warm"
     return [f"output_dir={out}", f"model.path={warm}", f"sft.output={warm}", f"sft.steps={args.sft_steps}",
             f"sft.target_accuracy={args.sft_target}", f"optim.lr={args.lr}", f"train.eval_every={args.eval_every}",
-            "train.save_every=0", "train.progress=false", "train.threads=2"]
+            "train.save_every=0", "train.progress=false", "train.threads=2",
+            "rollout.top_p=1.0"]  # as the published runs (docs/results/vppo*.json) sampled; the recipe: 0.99
 
 
 def token_types(policy, cfg, n: int) -> dict[str, float]:

@@ -62,12 +62,12 @@ CASES = {
              "algo.loss_kwargs={}", "algo.token_weights=high_entropy", "algo.token_weights_kwargs={quantile: 0.5}",
              "algo.kl_coef=0.05"],
     # multi-turn: the guessing game (every turn is answered, so rows hold observations), its env reward
-    # VPPO on a vision-language model: a mixture of image rows and text-only rows, the corrupted-image pass (a
-    # fresh patch mask per row, from the row's own stream), top-40% token weights and TAS over every rank's rows
+    # VPPO on a vision-language model: a mixture of image rows and text-only rows, the corrupted-image pass (2 patch
+    # masks per row averaged, each from a stream of the row's own), top-40% token weights and TAS over every rank's rows
     "vppo": ["model.config=qwen2.5-vl-micro", "tasks=[{name: count_shapes, key: shapes, eval_size: 4},"
              " {name: arithmetic, key: add, kwargs: {digits: 1, ops: '+'}, eval_size: 4}]",
              f"rewards=[{reward('digit_fraction')}]", "algo.token_weights=perception",
-             "algo.token_weights_kwargs={k: 0.4}", "algo.advantage_shaping=vppo_tas"],
+             "algo.token_weights_kwargs={k: 0.4}", "algo.advantage_shaping=vppo_tas", "algo.perception.num_masks=2"],
     # FrameThinker's environment on a vision-language model: the first look's frames are an image observation in
     # every row (a random model's turns are rarely valid actions, so most episodes end after one turn)
     "frames": ["model.config=qwen2.5-vl-micro", "task.name=frame_quest",

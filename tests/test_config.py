@@ -137,14 +137,15 @@ def test_recipes_follow_their_papers():
 
 def test_vppo_recipe_is_its_dapo_baseline_plus_tgf_and_tas():
     """VPPO (arXiv 2510.09285) on DAPO as its paper runs it: G = 8, clip 0.2 / 0.28, dual-clip 3, dynamic sampling,
-    token mean, no KL; k = 0.4 and beta_min = 0.9 (the launch scripts), the k3 score with a mask per response (the
-    reference code). The baseline differs only in TGF and TAS."""
+    token mean, no KL, sampling at temperature 1.0 and top-p 0.99; k = 0.4 and beta_min = 0.9 (the launch scripts),
+    the k3 score with one mask per response (the reference code). The baseline differs only in TGF and TAS."""
     recipes = Path(__file__).parents[1] / "recipes"
     base, vppo = (to_dict(load_config(recipes / f"{n}.yaml")) for n in ("vl_dapo", "vppo"))
     a = vppo["algo"]
     assert a["token_weights"] == "perception" and a["token_weights_kwargs"] == {"k": 0.4}
     assert a["advantage_shaping"] == "vppo_tas" and a["advantage_shaping_kwargs"] == {"beta_min": 0.9}
-    assert a["perception"] == {"score": "k3_sampled", "mask_per": "row", "patch_prob": 0.5}
+    assert a["perception"] == {"score": "k3_sampled", "mask_per": "row", "patch_prob": 0.5, "num_masks": 1}
+    assert (vppo["rollout"]["temperature"], vppo["rollout"]["top_p"]) == (1.0, 0.99)
     assert a["loss_kwargs"] == {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0} and a["kl_coef"] == 0
     assert a["dynamic_sampling"]["enabled"] and a["aggregation"] == "token_mean" and vppo["rollout"]["group_size"] == 8
     for key in ("token_weights", "token_weights_kwargs", "advantage_shaping", "advantage_shaping_kwargs"):

@@ -4,9 +4,10 @@ same final weights (within 1e-4; Adam turns float-rounding differences of near-z
 and the same data positions on every rank, over 3 steps, for GRPO (2 mini-batches x 2 epochs), DAPO with dynamic
 sampling, a 3-task mixture with a reward that returns None and per-source normalisation, DIVER, REINFORCE++
 whitening with CISPO, high-entropy token weights and KL, SAPO with batch-std advantages, ExGRPO replay, a multi-turn
-environment, VPPO on a vision-language model with image and text-only rows, FrameThinker's environment (the first look's
-frames as an image observation), asynchronous rollouts with dynamic sampling in each rank's sampling thread, and a run
-through the Python API with rows, a reward callable and a model object (tests/dp_train.py).
+environment, VPPO on a vision-language model with image and text-only rows and 2 corruption masks per row,
+FrameThinker's environment (the first look's frames as an image observation), asynchronous rollouts with dynamic
+sampling in each rank's sampling thread, and a run through the Python API with rows, a reward callable and a model
+object (tests/dp_train.py).
 What cannot run under data parallelism is refused with one line."""
 
 import json

@@ -5,7 +5,8 @@ Exactness: the update's log-probs equal the plain HF forward fed as the HF proce
 ids from mm_token_type_ids) at 1e-5, and the KV-cached sampler's log-probs equal them too; a row's log-probs do not
 depend on the other rows of its batch (two rows with one question and different images share nothing). Errors: a
 placeholder / feature mismatch, a missing image, a text model given images: one line naming the row. VPPO's
-corruption changes the dependency of image rows only; tokens the perception mask drops get no gradient; a mixed batch
+corruption changes the dependency of image rows only; one mask is the row's own stream bit for bit and M masks average
+the single-mask scores of their derived streams; tokens the perception mask drops get no gradient; a mixed batch
 of image and text-only rows trains; checkpoints load with AutoModelForImageTextToText; SFT warm-starts a VLM.
 """
 
@@ -239,6 +240,8 @@ def test_what_a_vision_language_run_cannot_do_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="algo.perception.score must be one of"):
         validate(load_config(None, ["model.config=qwen2.5-vl-micro", "algo.perception.score=kl"]))
+    with pytest.raises(ConfigError, match=r"^algo.perception.num_masks must be >= 1 .*got 0$"):
+        validate(load_config(None, ["model.config=qwen2.5-vl-micro", "algo.perception.num_masks=0"]))
     from types import SimpleNamespace
 
     video = SimpleNamespace(frames=[image(0)] * 2, fps=1.0)
@@ -308,6 +311,69 @@ def test_the_perception_stage(policy, score, mask_per):
         policy.corrupt = original
     px = seen[0].extras["pixel_values"]  # rows 0 and 1: one group, one image
     assert torch.equal(px[0], px[1]) == (mask_per == "prompt")
+
+
+def hand_dependency(policy, batch, seeds, score):
+    """S of one corrupted copy, the mask drawn from `seeds`, computed straight from the definitions."""
+    from rlvr.algos.vppo import full_kl_dependency, visual_dependency
+
+    aug = policy.corrupt(batch, seeds, p=0.5)
+    with torch.no_grad():
+        if score == "full_kl":
+            la, lb = (policy.forward_logits(b).float().log_softmax(-1) for b in (batch, aug))
+            return full_kl_dependency(la, lb, batch.loss_mask)
+        return visual_dependency(policy.logp(batch)[0], policy.logp(aug)[0], batch.loss_mask)
+
+
+def perception_batch(policy):
+    rows = samples()
+    batch = policy.generate(rows, group_ids=torch.tensor([0, 0, 1, 2, 3]), seeds=torch.arange(5),
+                            params=SamplingParams(max_new_tokens=8))
+    members = {"row": torch.tensor([0, 1, 0, 0, 0]), "prompt": torch.zeros(5, dtype=torch.long)}  # index in the group
+    return batch, members
+
+
+@pytest.mark.parametrize("score, mask_per", [("k3_sampled", "row"), ("full_kl", "prompt")])
+def test_one_mask_is_the_rows_own_stream_bit_for_bit(policy, score, mask_per):
+    """num_masks = 1 (the default, the reference code) corrupts with the mask of row_seeds(seed, "vppo", group, step,
+    member), as before num_masks existed, and S is that one mask's score exactly."""
+    from rlvr.distributed import World
+    from rlvr.metrics import Metrics
+    from rlvr.seeding import row_seeds
+    from rlvr.stages import PerceptionStage, perception
+
+    batch, members = perception_batch(policy)
+    seeds = row_seeds(0, "vppo", batch.group_ids, torch.full((5,), 3), members[mask_per])
+    out = perception(PerceptionStage(True, score=score, mask_per=mask_per, num_masks=1), policy, batch, 3, World(),
+                     Metrics())
+    expected = hand_dependency(policy, batch, seeds, score)
+    assert float(expected[:4].sum()) > 0 and torch.equal(out.extras["dependency"], expected)
+
+
+@pytest.mark.parametrize("score, mask_per", [("k3_sampled", "row"), ("full_kl", "prompt")])
+def test_several_masks_average_the_scores_of_masks_from_derived_streams(policy, score, mask_per):
+    """num_masks = 2: S is the mean of the two single-mask scores, mask 0 from the row's stream and mask 1 from that
+    stream keyed by 1 (two different masks, so the mean is not either score)."""
+    from rlvr.distributed import World
+    from rlvr.metrics import Metrics
+    from rlvr.seeding import row_seeds
+    from rlvr.stages import PerceptionStage, perception
+
+    batch, members = perception_batch(policy)
+    keys = (batch.group_ids, torch.full((5,), 3), members[mask_per])
+    first = hand_dependency(policy, batch, row_seeds(0, "vppo", *keys), score)
+    second = hand_dependency(policy, batch, row_seeds(0, "vppo", *keys, torch.ones(5, dtype=torch.long)), score)
+    assert (first[:4] - second[:4]).abs().max() > 1e-4  # image rows: the two masks differ
+    out = perception(PerceptionStage(True, score=score, mask_per=mask_per, num_masks=2), policy, batch, 3, World(),
+                     Metrics())
+    torch.testing.assert_close(out.extras["dependency"], (first + second) / 2, atol=1e-6, rtol=0)
+    assert float(out.extras["dependency"][4].abs().sum()) == 0.0  # the text-only row: S = 0 under any mask
+    from rlvr.config import load_config
+    from rlvr.run import build_perception
+
+    cfg = load_config(None, ["model.config=qwen2.5-vl-micro", "algo.token_weights=perception",
+                             "algo.perception.num_masks=2"])
+    assert build_perception(cfg, policy).num_masks == 2  # the config reaches the stage
 
 
 def test_a_chat_template_places_the_images_in_the_user_turn():

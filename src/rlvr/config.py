@@ -196,6 +196,9 @@ class PerceptionConfig:
     """row: a fresh patch mask per response (the reference code); prompt: one mask shared by a group."""
     patch_prob: float = 0.5
     """Probability that a 14-px patch is blackened."""
+    num_masks: int = 1
+    """Corrupted passes M: S is the mean over M independent patch masks (the reference code draws one, a one-sample
+    estimate); each extra mask costs a no-grad forward."""
 
 
 @dataclass
@@ -746,6 +749,9 @@ def _check_choices(cfg: Config, model_given: bool = False) -> None:
                           "model.config to qwen2.5-vl-micro / qwen2.5-vl-tiny or model.path to a Qwen2-VL checkpoint")
     if not 0 < cfg.algo.perception.patch_prob <= 1:
         raise ConfigError(f"algo.perception.patch_prob must be in (0, 1], got {cfg.algo.perception.patch_prob}")
+    if cfg.algo.perception.num_masks < 1:  # its type is checked on loading
+        raise ConfigError(f"algo.perception.num_masks must be >= 1 (corrupted passes averaged; the reference code uses "
+                          f"1), got {cfg.algo.perception.num_masks}")
     if cfg.model.chat_template not in ("auto", "none") and "{" not in cfg.model.chat_template:
         raise ConfigError(f"model.chat_template must be auto, none or a Jinja chat template, got "
                           f"'{cfg.model.chat_template}'")

@@ -260,8 +260,9 @@ def build_perception(cfg: Config, policy) -> PerceptionStage:
         raise ConfigError(f"algo: {perception_users(cfg)} needs a vision-language model; {type(policy.model).__name__} "
                           "is a text model")
     p = cfg.algo.perception
-    return PerceptionStage(True, score=p.score, mask_per=p.mask_per, patch_prob=p.patch_prob, seed=cfg.seed,
-                           temperature=cfg.rollout.temperature, micro_batch_size=cfg.algo.micro_batch_size)
+    return PerceptionStage(True, score=p.score, mask_per=p.mask_per, patch_prob=p.patch_prob, num_masks=p.num_masks,
+                           seed=cfg.seed, temperature=cfg.rollout.temperature,
+                           micro_batch_size=cfg.algo.micro_batch_size)
 
 
 def build_shaping(cfg: Config) -> ShapingStage:

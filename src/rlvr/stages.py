@@ -147,6 +147,7 @@ class PerceptionStage:
     score: str = "k3_sampled"  # k3_sampled (the reference code) | full_kl (the paper's full-vocabulary KL)
     mask_per: str = "row"  # row: a fresh patch mask per response (the code) | prompt: one mask per group
     patch_prob: float = 0.5  # each 14-px patch blackened with this probability
+    num_masks: int = 1  # M: S is the mean over M corrupted passes, each with its own mask (the code: 1)
     seed: int = 0
     temperature: float = 1.0
     micro_batch_size: int = 64
@@ -162,34 +163,51 @@ def _members(group_ids: torch.Tensor) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
+def mask_seeds(stage: PerceptionStage, groups: torch.Tensor, step: int, members: torch.Tensor) -> list[torch.Tensor]:
+    """The (N,) patch-mask seeds of each of the M corrupted passes. Mask 0 comes from the row's stream
+    row_seeds(seed, "vppo", group, step, member), mask j >= 1 from that stream keyed by j too: M = 1 draws the one
+    mask it always drew, and every mask depends on the row's keys alone (any layout, any resume)."""
+    keys = (groups, torch.full_like(groups, step), members)
+    extra = [[]] + [[torch.full_like(groups, j)] for j in range(1, stage.num_masks)]
+    return [row_seeds(stage.seed, "vppo", *keys, *more) for more in extra]
+
+
+def _log_softmax(policy, batch: Batch, temperature: float) -> torch.Tensor:
+    return (policy.forward_logits(batch).float() / temperature).log_softmax(-1)  # (n, T, V)
+
+
 @torch.no_grad()
-def _dependency(stage: PerceptionStage, policy, batch: Batch, aug: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visual dependency S (N, T) of each completion token and its entropy under pi_old (N, T)."""
+def _dependency(stage: PerceptionStage, policy, batch: Batch, augs: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visual dependency S (N, T) of each completion token, the mean over the corrupted copies `augs`, and its entropy
+    under pi_old (N, T)."""
     from rlvr.algos.vppo import full_kl_dependency, visual_dependency
 
     parts = []
     for s in range(0, len(batch), stage.micro_batch_size):
         rows = torch.arange(s, min(s + stage.micro_batch_size, len(batch)))
-        part, part_aug = batch.select(rows), aug.select(rows)
-        if stage.score == "full_kl":  # (n, T, V) both: the memory the paper's form costs
-            la = (policy.forward_logits(part).float() / stage.temperature).log_softmax(-1)
-            lb = (policy.forward_logits(part_aug).float() / stage.temperature).log_softmax(-1)
-            dep = full_kl_dependency(la, lb, part.loss_mask)
-            parts.append((dep, -(la.exp() * la).sum(-1)))
+        part = batch.select(rows)
+        if stage.score == "full_kl":  # (n, T, V) twice at a time: the memory the paper's form costs
+            la = _log_softmax(policy, part, stage.temperature)
+            deps = [full_kl_dependency(la, _log_softmax(policy, aug.select(rows), stage.temperature), part.loss_mask)
+                    for aug in augs]
+            entropy = -(la.exp() * la).sum(-1)
         else:
             if batch.old_logp is not None and batch.old_entropy is not None:  # pi_old's pass already ran
                 logp, entropy = batch.old_logp[rows], batch.old_entropy[rows]
             else:
                 logp, entropy = policy.logp(part, temperature=stage.temperature, with_entropy=True)
-            aug_logp, _ = policy.logp(part_aug, temperature=stage.temperature)
-            parts.append((visual_dependency(logp, aug_logp, part.loss_mask), entropy))
+            deps = [visual_dependency(logp, policy.logp(aug.select(rows), temperature=stage.temperature)[0],
+                                      part.loss_mask) for aug in augs]
+        parts.append((torch.stack(deps).mean(0), entropy))  # (n, T); one mask: S itself, bit for bit
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def perception(stage: PerceptionStage, policy, batch: Batch, step: int, world: World, log: Metrics) -> Batch:
     """+ extras `dependency` (N, T) and `has_image` (N,): how much each generated token's probability moves when the
-    row's images are replaced by a corrupted copy (patches blackened after the processor's resize). Row r's mask is
-    drawn from the stream row_seeds(seed, "vppo", group, step, member), the same on any layout and on resume."""
+    row's images are replaced by a corrupted copy (patches blackened after the processor's resize), averaged over
+    `num_masks` copies. The reference code draws one mask per row, so S is a one-sample estimate over masks; M masks
+    cut its variance for M no-grad forwards. Row r's masks come from its own streams (`mask_seeds`), the same on any
+    layout and on resume."""
     from rlvr.algos.vppo import dependency_metrics
 
     if not stage.enabled:
@@ -197,9 +215,8 @@ def perception(stage: PerceptionStage, policy, batch: Batch, step: int, world: W
     policy.eval()
     groups = batch.group_ids.cpu()
     members = _members(groups) if stage.mask_per == "row" else torch.zeros_like(groups)
-    seeds = row_seeds(stage.seed, "vppo", groups, torch.full_like(groups, step), members)
-    aug = policy.corrupt(batch, seeds, p=stage.patch_prob)
-    dependency, entropy = _dependency(stage, policy, batch, aug)
+    augs = [policy.corrupt(batch, seeds, p=stage.patch_prob) for seeds in mask_seeds(stage, groups, step, members)]
+    dependency, entropy = _dependency(stage, policy, batch, augs)
     has_image = policy.has_images(batch)
     shown = batch.loss_mask * has_image[:, None].to(batch.loss_mask.dtype)  # tokens of rows that show an image
     everyone = [_gathered(x, world) for x in (dependency, shown, entropy)]  # a correlation does not average over ranks
