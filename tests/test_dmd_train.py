@@ -198,3 +198,18 @@ def test_the_schema_names_every_built_in_reward():
     from rlvr.images.dmd_train import REWARDS
 
     assert sorted(REWARDS) == sorted(REWARD_NAMES)
+
+
+@pytest.mark.parametrize("kind", ["exact", "mlp"])
+def test_a_biased_teacher_learns_its_own_ring_and_is_scored_against_the_data(tmp_path, kind):
+    """teacher.radius 2 while the data sit at radius 4: the teacher's samples lie near radius 2 (exact: its score is
+    the shrunk mixture's; mlp: pretrained on it), and they are evaluated against the data (no sample within 3 sigma
+    of a data mode, where the same teacher on the data's ring puts many)."""
+    over = {"teacher__kind": kind, "teacher__radius": 2.0, "teacher__sample_steps": 50}
+    if kind == "mlp":
+        over.update(teacher__pretrain_steps=300, teacher__pretrain_batch=256)
+    summary = train(tiny(tmp_path, kind, **over))
+    teacher = summary["teacher"]
+    assert teacher["in_mode"] < 0.1 and teacher["modes_covered"] == 0
+    ring = train(tiny(tmp_path, f"{kind}-data", **{**over, "teacher__radius": None}))["teacher"]
+    assert ring["in_mode"] > teacher["in_mode"] + 0.2

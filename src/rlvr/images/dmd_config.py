@@ -36,6 +36,11 @@ class TeacherConfig:
     """AdamW learning rate of the pretraining (cosine decay to 0)."""
     sample_steps: int = 100
     """DDIM steps of the teacher's evaluation samples."""
+    radius: float | None = None
+    """Radius of the circle of means of the mixture the teacher learns (the mlp teacher's pretraining data, the exact
+    teacher's score); None: data.radius. Another value makes a biased teacher: the distribution-matching loss then
+    pulls the student toward the teacher's ring while the GAN's real samples are the data's (the case where the two
+    gradients can conflict, docs/RESULTS.md)."""
     schedule: str = "linear"
     """The diffusion's noise schedule (rlvr.images.diffusion.SCHEDULES): linear (DDPM's betas 1e-4 .. 0.02) or
     scaled_linear (the Stable Diffusion family's, which DMD2 distils: a one-step student's eps error reaches x0
@@ -161,6 +166,7 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.data.radius >= 0, "data.radius", ">= 0", cfg.data.radius)
     _check(cfg.data.sigma > 0, "data.sigma", "> 0", cfg.data.sigma)
     _check(cfg.teacher.kind in ("exact", "mlp"), "teacher.kind", "exact or mlp", cfg.teacher.kind)
+    _check(cfg.teacher.radius is None or cfg.teacher.radius >= 0, "teacher.radius", ">= 0 or null", cfg.teacher.radius)
     _check(cfg.teacher.pretrain_steps >= 0, "teacher.pretrain_steps", ">= 0", cfg.teacher.pretrain_steps)
     needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
     _check(not needs or cfg.teacher.pretrain_steps > 0, "teacher.pretrain_steps", "> 0 for an mlp teacher or a "

@@ -3,7 +3,8 @@
 1. Teacher: the exact eps of the noised mixture (`teacher.kind: exact`), or a `ScoreMLP` trained on data samples for
    `teacher.pretrain_steps` at the start of the run (`mlp`: a realistic, imperfect teacher). The pretrained MLP is
    also the generator's and the fake score's starting point (`student.init: pretrained`), as DMD2 initialises both
-   from the teacher; it is saved with the run (teacher.safetensors and every checkpoint).
+   from the teacher; it is saved with the run (teacher.safetensors and every checkpoint). `teacher.radius` other than
+   data.radius makes a biased teacher (it learns a mixture on another circle); evaluation is always against the data.
 2. Each iteration (DMD2 `train_one_step`): the generator G makes x0 at a step of its K-step schedule (backward
    simulation: one k per iteration, its own k-step output re-noised to tau[k]; otherwise a per-sample k on data
    re-noised). Every `ratio`-th iteration G is updated (guidance networks frozen) on
@@ -411,19 +412,23 @@ def save_scatter(path: Path, samples: torch.Tensor, data: torch.Tensor, title: s
 # ---------------------------------------------------------------- the loop
 
 
-def _teacher(cfg: RunConfig, gmm: GaussianMixture, pretrained: ScoreMLP | None):
+def teacher_mixture(cfg: RunConfig) -> GaussianMixture:
+    """The mixture the teacher learns: the data's, on the circle of `teacher.radius` when that is set."""
+    radius = cfg.data.radius if cfg.teacher.radius is None else cfg.teacher.radius
+    return GaussianMixture(modes=cfg.data.modes, radius=radius, sigma=cfg.data.sigma, schedule=cfg.teacher.schedule)
+
+
+def _teacher(cfg: RunConfig, pretrained: ScoreMLP | None):
     if cfg.teacher.kind == "exact":
-        return gmm.eps
+        return teacher_mixture(cfg).eps
     return lambda x_t, t: pretrained(x_t, t)
 
 
 def _setup(cfg: RunConfig, checkpoint: Path | None) -> tuple[Networks, dict[str, torch.optim.Optimizer], int]:
-    gmm = GaussianMixture(modes=cfg.data.modes, radius=cfg.data.radius, sigma=cfg.data.sigma,
-                          schedule=cfg.teacher.schedule)
     needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
     pretrained = ScoreMLP().eval() if checkpoint is not None and needs else None
     if checkpoint is None and needs:
-        pretrained = pretrain_denoiser(cfg, gmm)
+        pretrained = pretrain_denoiser(cfg, teacher_mixture(cfg))
     nets = Networks(cfg, pretrained)
     op = cfg.optim
     kw = {"betas": tuple(op.betas), "weight_decay": op.weight_decay}
@@ -482,7 +487,7 @@ def _train(cfg: RunConfig, checkpoint: Path | None, world: World) -> dict[str, A
         from safetensors.torch import save_file
         save_file(nets.pretrained.state_dict(), str(run_dir / "teacher.safetensors"))
     setup_seconds = time.perf_counter() - start
-    teacher_eps = _teacher(cfg, gmm, nets.pretrained)
+    teacher_eps = _teacher(cfg, nets.pretrained)
     teacher = _teacher_summary(cfg, gmm, teacher_eps, reward_fn) if main else {}
     logger = RunLogger(run_dir, resume=checkpoint is not None) if main else None
     if step == 0 and logger:
