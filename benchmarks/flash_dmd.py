@@ -36,15 +36,31 @@ from rlvr.images.dmd_train import RunConfig, train
 from rlvr.metrics import read_metrics
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "dmd2.yaml"
+BIASED = {"teacher": {"radius": 3.5}}  # the teacher learns the ring at 3.5 while the data (and the GAN's) sit at 4
+ISSUE11 = {"distill": {"gan_weight": 0.01, "disc_weight": 1.0}, "optim": {"lr": 1e-5, "guidance_lr": 1e-3, "warmup": 0}}
+FLASH = {"distill": {"preset": "flash", "split": 500}}
 ARMS = {
+    "dmd2_4step": {},
+    "dmd2_4step_lr1e-5": {"optim": {"lr": 1e-5}},
+    "dmd2_4step_lr1e-4": {"optim": {"lr": 1e-4}},
+    "dmd2_4step_issue11": ISSUE11,
     "dmd2_1step": {"student": {"steps": 1}},
     "dmd2_1step_t399": {"student": {"steps": 1, "start": 399}},
-    "dmd2_4step": {},
-    "flash_4step": {"distill": {"preset": "flash", "split": 500}},
-    "joint_rl": {"distill": {"preset": "flash", "split": 500}, "rl": {"lambda_R": 0.1}},
+    "dmd2_1step_scaled": {"student": {"steps": 1}, "teacher": {"schedule": "scaled_linear"}},
+    "flash_4step": FLASH,
+    "flash_4step_gan0.05": merge(FLASH, {"distill": {"gan_weight": 0.05}}),
+    "joint_rl": merge(FLASH, {"rl": {"lambda_R": 0.1}}),
     "rl_alone": {"rl": {"lambda_R": 0.1, "distill": False}},
+    "biased_dm_only": merge(BIASED, {"distill": {"gan_weight": 0.0}}),
+    "biased_dmd2_4step": BIASED,
+    "biased_dmd2_gan0.05": merge(BIASED, {"distill": {"gan_weight": 0.05}}),
+    "biased_flash_4step": merge(BIASED, FLASH),
+    "biased_flash_gan0.05": merge(merge(BIASED, FLASH), {"distill": {"gan_weight": 0.05}}),
+    "biased_flash_gan0.5": merge(merge(BIASED, FLASH), {"distill": {"gan_weight": 0.5}}),
 }
-KEYS = ("frechet", "energy", "recall", "precision", "modes_covered", "in_mode", "target_share", "reward", "mode_std")
+TARGETS = (0.1, 0.3)  # Fréchet distances whose first crossing (iterations) each run reports
+KEYS = ("frechet", "energy", "recall", "precision", "modes_covered", "in_mode", "target_share", "reward", "mode_std",
+        "radius")
 CURVE = ("frechet", "recall", "reward", "modes_covered")
 
 
@@ -53,7 +69,7 @@ def arm_config(arm: str, seed: int, steps: int, root: Path) -> RunConfig:
     raw = merge(raw, ARMS[arm])
     raw = merge(raw, {"name": f"{arm}-s{seed}", "seed": seed, "output_dir": str(root),
                       "rl": {"reward": "distance", "mode": 0},
-                      "train": {"steps": steps, "eval_every": max(1, steps // 5), "save_every": steps}})
+                      "train": {"steps": steps, "eval_every": max(1, steps // 20), "save_every": steps}})
     return from_dict(RunConfig, raw, "")
 
 
@@ -65,6 +81,8 @@ def run_arm(arm: str, seed: int, steps: int, root: Path) -> tuple[dict, dict]:
     curve = {k: [[r["step"], r[f"eval/{k}"]] for r in rows] for k in CURVE}
     final = {k: summary["final"][k] for k in KEYS}
     final["sample_s_per_1000"] = summary["final"]["time/sample_per_1000"]
+    for target in TARGETS:  # iterations to the target (None: not within the run), from the evaluations
+        final[f"iters_to_{target}"] = next((r["step"] for r in rows if r["eval/frechet"] <= target), None)
     final["train_s"] = time.perf_counter() - start
     by_t: dict[int, list[float]] = {}
     for r in read_metrics(cfg.run_dir / "metrics.jsonl"):
@@ -81,7 +99,15 @@ def _mean_std(values: list[float]) -> list[float]:
 def aggregate(per_seed: dict[int, dict]) -> dict:
     """{metric: [mean, std over seeds]} of each arm's final metrics."""
     first = next(iter(per_seed.values()))
-    return {k: _mean_std([s["final"][k] for s in per_seed.values()]) for k in first["final"]}
+    out = {k: _mean_std([s["final"][k] for s in per_seed.values()]) for k in first["final"] if "iters_to" not in k}
+    for k in (k for k in first["final"] if "iters_to" in k):  # per seed: None never reached
+        out[k] = [s["final"][k] for s in per_seed.values()]
+    return out
+
+
+def _teacher_mean(per_seed: dict[int, dict]) -> dict:
+    first = next(iter(per_seed.values()))["teacher"]
+    return {k: _mean_std([s["teacher"][k] for s in per_seed.values()]) for k in first}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -90,26 +116,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=5000, help="training iterations per arm")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="instead of running: merge these JSON outputs (disjoint arms, same seeds) into one")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--runs", type=Path, default=None, help="run folders (default: a temporary folder)")
     args = parser.parse_args(argv)
+    if args.merge:
+        return _merge(args.merge, args.out)
     torch.set_num_threads(args.threads)
     root = args.runs or Path(tempfile.mkdtemp(prefix="bench_flash_dmd_"))
     start = time.perf_counter()
-    arms, teachers = {arm: {} for arm in args.arms}, {}
+    arms = {arm: {} for arm in args.arms}
     for seed in args.seeds:
         for arm in args.arms:
-            arms[arm][seed], teacher = run_arm(arm, seed, args.steps, root)
-            teachers[seed] = {k: teacher[k] for k in (*KEYS, "time/sample_per_1000")}
-            print(f"seed {seed} {arm}: " + json.dumps({k: round(v, 3) for k, v in arms[arm][seed]["final"].items()}),
-                  file=sys.stderr, flush=True)
-    teacher_mean = {k: _mean_std([t[k] for t in teachers.values()]) for k in next(iter(teachers.values()))}
+            record, teacher = run_arm(arm, seed, args.steps, root)
+            record["teacher"] = {k: teacher[k] for k in (*KEYS, "time/sample_per_1000")}  # per arm: biased ones differ
+            arms[arm][seed] = record
+            print(f"seed {seed} {arm}: " + json.dumps({k: v if v is None else round(v, 3)
+                                                        for k, v in record["final"].items()}), file=sys.stderr,
+                  flush=True)
     result = {
         "setting": {"seeds": args.seeds, "steps": args.steps, "threads": args.threads, "recipe": "recipes/dmd2.yaml",
-                    "teacher": "ScoreMLP trained 2000 steps on data; students start from its weights; "
-                               "teacher samples: DDIM 100 steps", "arms": ARMS, "runs": str(root)},
-        "teacher": {"mean_std": teacher_mean, "per_seed": teachers},
-        "arms": {arm: {"mean_std": aggregate(per), "per_seed": per} for arm, per in arms.items()},
+                    "teacher": "ScoreMLP trained 2000 steps on data (biased arms: on the ring at teacher.radius); "
+                               "students start from its weights; teacher samples: DDIM 100 steps",
+                    "arms": {arm: ARMS[arm] for arm in args.arms}, "targets": TARGETS, "runs": str(root)},
+        "arms": {arm: {"mean_std": aggregate(per), "teacher_mean_std": _teacher_mean(per), "per_seed": per}
+                 for arm, per in arms.items()},
         "wall_s": time.perf_counter() - start,
     }
     text = json.dumps(result, indent=1)
@@ -117,6 +149,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+    return result
+
+
+def _merge(paths: list[Path], out: Path | None) -> dict:
+    """One result from runs of disjoint arm lists (two processes side by side on one machine's two cores; the metrics
+    are deterministic, but the sampling times of such runs are not comparable with a run alone)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    result = {**parts[0], "arms": {k: v for p in parts for k, v in p["arms"].items()},
+              "wall_s": [p["wall_s"] for p in parts]}
+    result["setting"] = {**parts[0]["setting"], "merged_from": [str(p) for p in paths],
+                         "arms": {k: v for p in parts for k, v in p["setting"]["arms"].items()}}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     return result
 
 

@@ -213,3 +213,18 @@ def test_a_biased_teacher_learns_its_own_ring_and_is_scored_against_the_data(tmp
     assert teacher["in_mode"] < 0.1 and teacher["modes_covered"] == 0
     ring = train(tiny(tmp_path, f"{kind}-data", **{**over, "teacher__radius": None}))["teacher"]
     assert ring["in_mode"] > teacher["in_mode"] + 0.2
+
+
+def test_the_dmd2_recipe_carries_dmd2s_weights_and_flash_differs_only_where_flash_dmd_does():
+    """recipes/dmd2.yaml: DMD2's generator GAN weight 5e-3, classifier loss weight 1e-2, one learning rate for both
+    networks, 500 warm-up steps; recipes/flash_dmd.yaml: the same except the timestep split and the joint RL."""
+    root = os.path.join(os.path.dirname(__file__), "..", "recipes")
+    dmd2, flash = (yaml.safe_load(open(os.path.join(root, f))) for f in ("dmd2.yaml", "flash_dmd.yaml"))
+    assert dmd2["distill"]["gan_weight"] == 5e-3 and dmd2["distill"]["disc_weight"] == 1e-2
+    assert "guidance_lr" not in dmd2["optim"] and dmd2["optim"]["warmup"] == 500
+    assert dmd2["distill"]["preset"] == "dmd2" and flash["distill"]["preset"] == "flash"
+    for key in ("preset", "split", "gan_t_max"):  # Flash's split; DMD2's diffusion-GAN noise level
+        dmd2["distill"].pop(key, None), flash["distill"].pop(key, None)
+    for recipe in (dmd2, flash):
+        recipe.pop("name"), recipe.pop("rl")
+    assert flash == dmd2

@@ -15,7 +15,7 @@
    reward-hacking baseline. Rewards are differentiable functions of x0 (mode posterior, distance, or "module:fn").
 4. Evaluation on `eval_size` student samples vs fresh data: Fréchet distance between Gaussian fits of the 2-D points
    (the "feature-FID" of this scale, the features being the points), energy distance, modes covered (>= 5% of
-   samples within 3 sigma of the mode), precision / recall (k = 3), mean reward, within-mode std; the teacher's DDIM
+   samples within 3 sigma of the mode), precision / recall (k = 3), mean reward, within-mode std, median radius; the teacher's DDIM
    samples get the same metrics once, with their wall time. A scatter PNG of the final samples lands in the run folder.
 5. Every random draw comes from a named stream keyed by the step (rlvr.seeding), so a resumed run repeats the
    uninterrupted one exactly; checkpoints hold every network and optimizer.
@@ -351,7 +351,8 @@ def _gauss_fit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def sample_metrics(x: torch.Tensor, data: torch.Tensor, gmm: GaussianMixture, reward_fn, *, target: int
                    ) -> dict[str, float]:
-    """Fréchet distance of Gaussian fits, energy distance, modes covered, precision / recall, reward, mode spread."""
+    """Fréchet distance of Gaussian fits, energy distance, modes covered, precision / recall, reward, mode spread, the
+    samples' median distance from the origin (radius: where a biased teacher's ring pulls them)."""
     x = torch.nan_to_num(x.float(), nan=1e6, posinf=1e6, neginf=-1e6)
     dist = torch.cdist(x.double(), gmm.means)  # (N, K)
     near, mode = dist.min(1)
@@ -362,7 +363,8 @@ def sample_metrics(x: torch.Tensor, data: torch.Tensor, gmm: GaussianMixture, re
     return {"frechet": frechet_distance(*_gauss_fit(x), *_gauss_fit(data)), "energy": energy_distance(x, data),
             "modes_covered": float((share >= 0.05).sum()), "in_mode": float(inside.double().mean()),
             "target_share": float(share[target]), "precision": precision, "recall": recall,
-            "reward": float(reward_fn(x).mean()), "mode_std": float(spread)}
+            "reward": float(reward_fn(x).mean()), "mode_std": float(spread),
+            "radius": float(x.double().norm(dim=1).median())}
 
 
 def eval_batch(cfg: RunConfig, gmm: GaussianMixture) -> tuple[list[torch.Tensor], torch.Tensor]:
