@@ -5,16 +5,24 @@
 1. Teacher: a ScoreMLP trained on data for 2000 steps at the start of each run (recipes/dmd2.yaml); every student
    starts from its weights, as DMD2 initialises the generator (and the fake score) from the teacher. The teacher is
    evaluated with 100-step DDIM; its numbers and sampling time are the reference row.
-2. Arms (rlvr.images.dmd_train, one run each per seed): dmd2_1step (DM + diffusion-GAN, K = 1), dmd2_1step_t399
-   (the same, its one step told t = 399 as one of DMD2's SDXL configs does), dmd2_4step (DM +
-   GAN summed at every step, backward simulation), flash_4step (DM at t_k >= 500, data-space GAN below), joint_rl
-   (flash_4step + lambda_R (-distance to mode 0), distillation on), rl_alone (the same reward, no distillation: the
-   generator is updated every iteration, 5x as often as in the distilled arms, whose ratio is 5).
+2. Arms (rlvr.images.dmd_train, one run each per seed, recipes/dmd2.yaml's DMD2 weights unless named): dmd2_4step
+   (DM + GAN summed at every step, backward simulation), _lr1e-5 / _lr1e-4 (the learning-rate choice), _issue11
+   (the weights issue 11 ran: GAN 0.01, discriminator 1.0, guidance lr 1e-3, no warm-up); dmd2_1step (K = 1, told
+   t = 999), _t399 (told 399, as one of DMD2's SDXL configs), _scaled (the scaled-linear schedule); flash_4step (DM
+   at t_k >= 500, data-space GAN below) and a GAN weight of 0.05; joint_rl (flash_4step + lambda_R 0.1 or 0.01 times
+   -distance to mode 0, distillation on), rl_alone (the same reward, no distillation: the generator is updated every
+   iteration, 5x as often as in the distilled arms, whose ratio is 5); biased_* (the teacher learns the ring at
+   radius 3.5, the data's is 4: DM pulls toward the teacher, the GAN toward the data): DM only, DMD2 summed and Flash
+   split at GAN weights 5e-3, 0.05, 0.5.
+   --merge joins the JSON of processes that ran disjoint arm lists side by side (the metrics do not depend on it;
+   the sampling times of such a run are not timings to quote).
 3. Metrics (on 1000 samples vs 1000 fresh data points, see dmd_train's docstring): Fréchet distance of Gaussian fits
    of the 2-D points (this scale's "feature-FID"), energy distance, modes covered, precision / recall (k = 3), mean
    reward, in-mode share, the share at the rewarded mode 0, within-mode std; curves of Fréchet distance / recall /
-   reward at every evaluation; sampling wall time per 1000 samples (students: K steps; teacher: 100 DDIM steps);
-   where DM and GAN act on the same samples (dmd2 arms), the mean cosine between their gradients on x0 per student
+   reward at every evaluation (every steps / 20), the first evaluation at or below a Fréchet target (TARGETS; 0 when
+   the start already is), each arm's teacher (biased arms have their own); sampling wall time per 1000 samples
+   (students: K steps; teacher: 100 DDIM steps); where DM and GAN act on the same samples (dmd2 arms), the mean
+   cosine between their gradients on x0 per student
    timestep (Flash-DMD's stated reason for the split is that they conflict).
 """
 
@@ -50,10 +58,12 @@ ARMS = {
     "flash_4step": FLASH,
     "flash_4step_gan0.05": merge(FLASH, {"distill": {"gan_weight": 0.05}}),
     "joint_rl": merge(FLASH, {"rl": {"lambda_R": 0.1}}),
+    "joint_rl_lambda0.01": merge(FLASH, {"rl": {"lambda_R": 0.01}}),
     "rl_alone": {"rl": {"lambda_R": 0.1, "distill": False}},
     "biased_dm_only": merge(BIASED, {"distill": {"gan_weight": 0.0}}),
     "biased_dmd2_4step": BIASED,
     "biased_dmd2_gan0.05": merge(BIASED, {"distill": {"gan_weight": 0.05}}),
+    "biased_dmd2_gan0.5": merge(BIASED, {"distill": {"gan_weight": 0.5}}),
     "biased_flash_4step": merge(BIASED, FLASH),
     "biased_flash_gan0.05": merge(merge(BIASED, FLASH), {"distill": {"gan_weight": 0.05}}),
     "biased_flash_gan0.5": merge(merge(BIASED, FLASH), {"distill": {"gan_weight": 0.5}}),
