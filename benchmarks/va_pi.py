@@ -47,7 +47,9 @@ def arm_overrides(arm: str, first: Path | None) -> dict:
 
 def run_arm(arm: str, seed: int, args, out: Path, first: Path | None) -> dict:
     over = {"name": f"{arm}_seed{seed}", "output_dir": str(out), "seed": seed, "train.steps": args.steps,
-            "train.eval_every": args.eval_every, "train.save_every": 0, "train.samples_per_class": 64,
+            "train.eval_every": args.eval_every, "train.save_every": 0,
+            "train.samples_per_class": args.samples_per_class, "policy.pretrain_steps": args.pretrain_steps,
+            **({"data.train_size": args.train_size} if args.train_size else {}),
             "optim.lr": args.lr, **arm_overrides(arm, first)}
     if args.quick:
         over |= {"vq.steps": 50, "policy.pretrain_steps": 20, "train.classifier_steps": 50, "data.train_size": 200,
@@ -82,6 +84,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--pretrain-steps", type=int, default=300, help="next-code CE steps of the starting generator")
+    p.add_argument("--train-size", type=int, default=None, help="training images (default: the recipe's 2000)")
+    p.add_argument("--samples-per-class", type=int, default=64, help="free-running samples per class per evaluation")
     p.add_argument("--arms", nargs="+", default=["va_pi", "va_pi_noise", "ce", "va_pi_no_ce"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "va_pi.json"))
@@ -104,7 +109,9 @@ def main() -> int:
                 shutil.copy(grid, out.with_name(f"{out.stem}_{arm}_seed{seed}.png"))
             print(f"{arm} seed {seed}: {json.dumps(results[arm][seed]['after'])}", file=sys.stderr)
     report = {"benchmark": "va_pi", "machine": cpu_model(), "torch_threads": args.threads, "steps": args.steps,
-              "lr": args.lr, "seeds": args.seeds, "seconds": time.perf_counter() - t0,
+              "lr": args.lr, "seeds": args.seeds, "pretrain_steps": args.pretrain_steps,
+              "train_size": args.train_size,
+              "samples_per_class": args.samples_per_class, "seconds": time.perf_counter() - t0,
               "summary": summarise(results), "runs": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
