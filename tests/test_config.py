@@ -155,8 +155,8 @@ def test_vppo_recipe_is_its_dapo_baseline_plus_tgf_and_tas():
 
 def test_video_recipes_follow_their_papers():
     """VideoSSR (arXiv 2511.06281): GRPO, G = 8, clip 0.2 / 0.2, dual-clip 3, token mean, k3 KL 0.001. FrameThinker
-    (arXiv 2509.24304): the same without KL, its v11 reward, the paper's 5 turns at most; its uniform baseline differs only in the first look (16 frames, the budget), the answer-only
-    script and one turn."""
+    (arXiv 2509.24304): the same without KL, its v11 reward, the paper's 5 turns at most; its uniform baseline differs
+    only in the first look (16 frames, the budget), the answer-only script and one turn."""
     recipes = Path(__file__).parents[1] / "recipes"
     ssr, ft, uni = (to_dict(load_config(recipes / f"{n}.yaml")) for n in ("videossr", "framethinker",
                                                                           "framethinker_uniform"))

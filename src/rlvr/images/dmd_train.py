@@ -15,8 +15,9 @@
    reward-hacking baseline. Rewards are differentiable functions of x0 (mode posterior, distance, or "module:fn").
 4. Evaluation on `eval_size` student samples vs fresh data: Fréchet distance between Gaussian fits of the 2-D points
    (the "feature-FID" of this scale, the features being the points), energy distance, modes covered (>= 5% of
-   samples within 3 sigma of the mode), precision / recall (k = 3), mean reward, within-mode std, median radius; the teacher's DDIM
-   samples get the same metrics once, with their wall time. A scatter PNG of the final samples lands in the run folder.
+   samples within 3 sigma of the mode), precision / recall (k = 3), mean reward, within-mode std, median radius; the
+   teacher's DDIM samples get the same metrics once, with their wall time. A scatter PNG of the final samples lands in
+   the run folder.
 5. Every random draw comes from a named stream keyed by the step (rlvr.seeding), so a resumed run repeats the
    uninterrupted one exactly; checkpoints hold every network and optimizer.
 6. Under `torchrun --nproc_per_node N` (train.batch divisible by N) each rank trains a contiguous share of every
