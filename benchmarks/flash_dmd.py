@@ -51,6 +51,8 @@ ARMS = {
     "dmd2_4step": {},
     "dmd2_4step_lr1e-5": {"optim": {"lr": 1e-5}},
     "dmd2_4step_lr1e-4": {"optim": {"lr": 1e-4}},
+    "dmd2_4step_lr3e-4": {"optim": {"lr": 3e-4}},  # seed 0 only in docs/results/dmd2_lr_sweep_seed0.json
+    "dmd2_4step_lr1e-3": {"optim": {"lr": 1e-3}},  # likewise
     "dmd2_4step_issue11": ISSUE11,
     "dmd2_1step": {"student": {"steps": 1}},
     "dmd2_1step_t399": {"student": {"steps": 1, "start": 399}},
