@@ -415,15 +415,15 @@ def save_scatter(path: Path, samples: torch.Tensor, data: torch.Tensor, title: s
 # ---------------------------------------------------------------- the loop
 
 
-def teacher_mixture(cfg: RunConfig) -> GaussianMixture:
-    """The mixture the teacher learns: the data's, on the circle of `teacher.radius` when that is set."""
-    radius = cfg.data.radius if cfg.teacher.radius is None else cfg.teacher.radius
+def mixture(cfg: RunConfig, *, teacher: bool = False) -> GaussianMixture:
+    """The data's mixture; teacher=True: the one the teacher learns, on the circle of `teacher.radius` when set."""
+    radius = cfg.teacher.radius if teacher and cfg.teacher.radius is not None else cfg.data.radius
     return GaussianMixture(modes=cfg.data.modes, radius=radius, sigma=cfg.data.sigma, schedule=cfg.teacher.schedule)
 
 
 def _teacher(cfg: RunConfig, pretrained: ScoreMLP | None):
     if cfg.teacher.kind == "exact":
-        return teacher_mixture(cfg).eps
+        return mixture(cfg, teacher=True).eps
     return lambda x_t, t: pretrained(x_t, t)
 
 
@@ -431,7 +431,7 @@ def _setup(cfg: RunConfig, checkpoint: Path | None) -> tuple[Networks, dict[str,
     needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
     pretrained = ScoreMLP().eval() if checkpoint is not None and needs else None
     if checkpoint is None and needs:
-        pretrained = pretrain_denoiser(cfg, teacher_mixture(cfg))
+        pretrained = pretrain_denoiser(cfg, mixture(cfg, teacher=True))
     nets = Networks(cfg, pretrained)
     op = cfg.optim
     kw = {"betas": tuple(op.betas), "weight_decay": op.weight_decay}
@@ -478,8 +478,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
 
 def _train(cfg: RunConfig, checkpoint: Path | None, world: World) -> dict[str, Any]:
     barrier(world)  # every rank has judged the run folder before the main rank writes into it
-    gmm = GaussianMixture(modes=cfg.data.modes, radius=cfg.data.radius, sigma=cfg.data.sigma,
-                          schedule=cfg.teacher.schedule)
+    gmm = mixture(cfg)
     reward_fn = build_reward(cfg.rl, gmm)
     start = time.perf_counter()
     nets, opts, step = _setup(cfg, checkpoint)
