@@ -315,3 +315,22 @@ def test_rows_from_python_hold_pil_images():
     sample = TASKS.build("dataset", rows=rows, image_field="image")[0]
     assert sample.images[0].mode == "RGB" and sample.images[0].getpixel((1, 1)) == (200, 200, 200)
     assert sample.image_names == ["<rows>#row1"]
+
+
+@pytest.mark.parametrize("name", VISUAL)
+def test_scratch_prefixes_the_reference_with_image_independent_letters(name):
+    # scratch = 12: "<12 letters>. <the plain reference>"; the item (image, answer, split) is the plain task's
+    plain, padded = TASKS.build(name, seed=4, holdout="eval"), TASKS.build(name, seed=4, holdout="eval", scratch=12)
+    prefixes = set()
+    for i in (0, 1, 2, 3):
+        p, s = plain[i], padded[i]
+        assert (pixels(p), p.prompt, p.answer, p.index) == (pixels(s), s.prompt, s.answer, s.index)
+        ref = padded.reference(s)
+        head, body = ref[:12], ref[14:]
+        assert head.isalpha() and head.islower() and ref[12:14] == ". " and body == plain.reference(p)
+        assert padded.score(s, ref) == 1.0 and padded.reference(padded[i]) == ref  # deterministic per item
+        prefixes.add(head)
+    assert len(prefixes) == 4  # drawn per item, not one fixed string
+    assert plain.reference(plain[0]) == TASKS.build(name, seed=4, holdout="eval", scratch=0).reference(plain[0])
+    with pytest.raises(ValueError, match="scratch"):
+        TASKS.build(name, scratch=-1)

@@ -15,22 +15,28 @@ Every task is a ProceduralTask (base.py): item i comes from `random.Random(seed 
 5. Prompts repeat across items, so `holdout_key` hashes the scene spec instead (the fields that draw the image,
    not the question): train and eval items never share an image.
 
-Options of every task: seed, size, holdout, difficulty (1..3: more objects, more colours, smaller gaps) and
-image_size (>= 28 px).
+Options of every task: seed, size, holdout, difficulty (1..3: more objects, more colours, smaller gaps),
+image_size (>= 28 px) and scratch (default 0, off): with scratch = n the reference starts with n random lowercase
+letters and ". " ("qhxk.... 2 red 1 blue. answer: 3"), image-independent high-entropy text drawn per item from the
+named stream "scratch" (rlvr.seeding), so that most completion tokens do not read the image (issue 21, the VPPO
+experiment: benchmarks/vppo_snr.py). The scene, the answer, the score and the train / eval split do not change.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import string
 from typing import Any
 
 from rlvr.batch import Sample
+from rlvr.seeding import stream_seed
 from rlvr.tasks.base import TASKS, ProceduralTask, first_line
 from rlvr.tasks.gym.common import check_int
 
 MAX_DIFFICULTY = 3
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 28, 1024  # 28 px = two 14-px patches a side; smaller objects vanish
+MAX_SCRATCH = 500  # scratch letters before the evidence; the verifier reads SCORE_LIMIT characters
 SCORE_LIMIT = 200  # bounded: the verifier reads at most this many characters of a completion
 ANSWER_TAG = "answer:"
 BACKGROUND, INK = (255, 255, 255), (20, 20, 20)
@@ -65,11 +71,12 @@ class VisualTask(ProceduralTask):
 
     def __init__(
         self, *, seed: int = 0, size: int = 10_000, holdout: str | None = None, difficulty: int = 1,
-        image_size: int = 56,
+        image_size: int = 56, scratch: int = 0,
     ):
         super().__init__(seed=seed, size=size, holdout=holdout)
         self.difficulty = check_int(self.name, "difficulty", difficulty, 1, MAX_DIFFICULTY)
         self.image_size = check_int(self.name, "image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+        self.scratch = check_int(self.name, "scratch", scratch, 0, MAX_SCRATCH)
 
     def __getitem__(self, i: int) -> Sample:
         sample = super().__getitem__(i)  # the holdout loop draws specs only; render the one kept
@@ -92,7 +99,13 @@ class VisualTask(ProceduralTask):
         return score_answer(text, sample.answer)
 
     def reference(self, sample: Sample) -> str:
-        return f"{sample.meta['evidence']}. {ANSWER_TAG} {sample.answer}"
+        body = f"{sample.meta['evidence']}. {ANSWER_TAG} {sample.answer}"
+        return f"{self.scratch_text(sample.index)}. {body}" if self.scratch else body
+
+    def scratch_text(self, index: int) -> str:
+        """`scratch` random lowercase letters for item `index`: a pure function of (seed, index), never of the image."""
+        rng = random.Random(stream_seed(self.seed, "scratch", index))
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(self.scratch))
 
     def draw(self, canvas, scene: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -132,9 +145,10 @@ class ObjectAttribute(VisualTask):
 
     def __init__(
         self, *, seed: int = 0, size: int = 10_000, holdout: str | None = None, difficulty: int = 1,
-        image_size: int = 56, ask: str = "both",
+        image_size: int = 56, scratch: int = 0, ask: str = "both",
     ):
-        super().__init__(seed=seed, size=size, holdout=holdout, difficulty=difficulty, image_size=image_size)
+        super().__init__(seed=seed, size=size, holdout=holdout, difficulty=difficulty, image_size=image_size,
+                         scratch=scratch)
         self.ask = check_option(self.name, "ask", ask, ("colour", "position", "both"))
 
     def generate(self, rng: random.Random, index: int) -> Sample:
@@ -217,9 +231,10 @@ class BarChart(VisualTask):
 
     def __init__(
         self, *, seed: int = 0, size: int = 10_000, holdout: str | None = None, difficulty: int = 1,
-        image_size: int = 56, labels: str = "number",
+        image_size: int = 56, scratch: int = 0, labels: str = "number",
     ):
-        super().__init__(seed=seed, size=size, holdout=holdout, difficulty=difficulty, image_size=image_size)
+        super().__init__(seed=seed, size=size, holdout=holdout, difficulty=difficulty, image_size=image_size,
+                         scratch=scratch)
         self.labels = check_option(self.name, "labels", labels, ("number", "letter"))
 
     def generate(self, rng: random.Random, index: int) -> Sample:
