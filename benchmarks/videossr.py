@@ -3,22 +3,29 @@
     python benchmarks/videossr.py                       # 3 seeds; JSON on stdout, docs/results/videossr.json
     python benchmarks/videossr.py --seeds 0 --steps 20  # fewer seeds / steps
     python benchmarks/videossr.py --quick               # a smoke run of a few steps (checks the script, not claims)
+    python benchmarks/videossr.py --frames 48 --rewards smooth exact --probe --qa-videos 200 --name videossr_48
+                                                        # issue 21: 48-frame items, smooth vs exact, a linear probe
 
 1. Raw videos: procedural mp4 files (rlvr.video.make_video: moving shapes that may change colour, one shape that
    appears for a while; 64 frames of 56 x 56 px at 8 fps): --train-videos for training, disjoint seeds for the
    held-out pretext set and for the transfer set.
-2. Pretext data: `rlvr data videossr` (rlvr.tasks.videossr.build) with 24 frames per item, the released training
+2. Pretext data: `rlvr data videossr` (rlvr.tasks.videossr.build) with --frames per item (24), the released training
    mix (channel_swap, mirror, zoom_out, rotate180 grounding; counting; jigsaw of 6 clips), the same on the held-out
    videos. Rows are a `dataset` task with video_field, scored by the `videossr` reward (interval IoU, counting
    accuracy, normalised footrule), answered directly as the paper's system prompt asks.
 3. Policy: qwen2.5-vl-tiny (random init), warm-started once (seed 0) for --sft-steps on the training rows' answers,
-   so that it answers in the tasks' formats. Then GRPO (recipes/videossr.yaml) for --steps with each seed.
+   so that it answers in the tasks' formats. Then GRPO (recipes/videossr.yaml) for --steps with each seed, once per
+   reward arm of --rewards: `smooth` (the recipe's rewards) and `exact` (the same routed by data source, exact match:
+   1 for the right interval / counts / order, else 0; rlvr.rewards.video `exact=True`).
 4. Scores: VIUBench-style per-task scores (rlvr.tasks.videossr.viubench; greedy) on the held-out pretext rows, for
    the warm start and each final model, beside a random-guess row. Transfer: a procedural video QA set the pretext
    data does not contain ("which shape appears partway through the video?", "which colour does the changing shape
    turn to?"), scored zero-shot by option likelihood (the option with the highest mean token log-prob after the
-   question; chance 1/3 and 1/4), so that no answer format has to be learned for it.
-5. Output: one JSON object on stdout, docs/results/videossr.json with every number.
+   question; chance 1/3 and 1/4), so that no answer format has to be learned for it. With --probe also a linear
+   probe: the frozen model's last hidden state, mean-pooled over the prompt's real tokens (video + question), one
+   logistic regression per question kind (standardised features, C = 1, no tuning) fitted on the questions of the
+   first half of the transfer videos and scored on the second half (disjoint videos); beside it the majority class.
+5. Output: one JSON object on stdout, docs/results/<--name>.json with every number.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from rlvr.video import COLOURS, SHAPES, make_video
 from rlvr.warm_start import sft, sft_batch
 
 FRAMES, SIZE, CLIP = 64, 56, 24
+REWARD_ARMS = {"smooth": {}, "exact": {"exact": True}}  # kwargs of the `videossr` reward per arm
 
 
 def videos(folder: Path, seeds: range) -> list[dict]:
@@ -58,16 +66,16 @@ def videos(folder: Path, seeds: range) -> list[dict]:
 def qa_rows(specs: list[dict], folder: Path) -> list[dict]:
     """The transfer set: questions about the source videos themselves (not about a pretext edit of them)."""
     rows = []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         video = str(Path(spec["path"]).relative_to(folder))
         shape = spec["appearing"][0]["shape"]
         rows.append({"prompt": "Which shape appears partway through the video?", "answer": shape,
-                     "options": list(SHAPES), "video": video, "kind": "appearing_shape"})
+                     "options": list(SHAPES), "video": video, "kind": "appearing_shape", "video_index": index})
         changed = [m for m in spec["movers"] if m["change_at"] is not None]
         if changed:
             rows.append({"prompt": f"A moving {changed[0]['shape']} changes colour. To which colour?",
                          "answer": changed[0]["new_colour"], "options": list(COLOURS), "video": video,
-                         "kind": "new_colour"})
+                         "kind": "new_colour", "video_index": index})
     return rows
 
 
@@ -104,7 +112,51 @@ def option_choice(policy, samples, options: list[list[str]]) -> list[str]:
     return picks
 
 
-def scores(path: str | None, cfg, heldout, qa, qa_options) -> dict:
+@torch.no_grad()
+def pooled_hidden(policy, samples, *, batch_size: int = 32) -> torch.Tensor:
+    """(N, H): the last layer's hidden state of each prompt (video + question), mean-pooled over its real tokens."""
+    from rlvr.policies.vlm_forward import Visuals, rope_positions, vision_inputs
+
+    rows = []
+    for k in range(0, len(samples), batch_size):
+        ids, mask, extras = policy.encode_inputs(samples[k : k + batch_size])  # (B, L)
+        vis = Visuals.of(extras, len(ids))
+        pos, _ = rope_positions(policy.model, ids, mask, vis)
+        out = policy.model(**vision_inputs(policy.model, ids, vis), attention_mask=mask, position_ids=pos,
+                           output_hidden_states=True, logits_to_keep=1)
+        hidden, m = out.hidden_states[-1].float(), mask[..., None].float()  # (B, L, H), (B, L, 1)
+        rows.append((hidden * m).sum(1) / m.sum(1))
+    return torch.cat(rows)
+
+
+def probe(features: torch.Tensor, qa, split: int) -> dict:
+    """Module docstring 4: per question kind, a logistic regression fitted on the rows of videos < `split` (their
+    index among the transfer videos) and scored on the rest; accuracy in % beside the majority class of the fit rows."""
+    from collections import Counter
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = features.numpy()
+    out, hits, total = {}, 0, 0
+    for kind in sorted({s.meta["kind"] for s in qa}):
+        rows = [i for i, s in enumerate(qa) if s.meta["kind"] == kind]
+        fit = [i for i in rows if qa[i].meta["video_index"] < split]
+        test = [i for i in rows if qa[i].meta["video_index"] >= split]
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+        model.fit(x[fit], [qa[i].answer for i in fit])
+        right = sum(p == qa[i].answer for p, i in zip(model.predict(x[test]), test))
+        majority = Counter(qa[i].answer for i in fit).most_common(1)[0][0]
+        out[f"probe/{kind}"] = 100 * right / len(test)
+        out[f"probe_majority/{kind}"] = 100 * sum(qa[i].answer == majority for i in test) / len(test)
+        out[f"probe_rows/{kind}"] = {"fit": len(fit), "test": len(test)}
+        hits, total = hits + right, total + len(test)
+    out["probe/overall"] = 100 * hits / total
+    return out
+
+
+def scores(path: str | None, cfg, heldout, qa, qa_options, split: int | None = None) -> dict:
     torch.manual_seed(0)
     policy = load_policy_of(path=path) if path else load_policy_of(config=cfg.sft.init)  # None: the random init
     policy.eval()
@@ -116,6 +168,8 @@ def scores(path: str | None, cfg, heldout, qa, qa_options) -> dict:
         hits = [p == s.answer for p, s in zip(picks, qa) if s.meta["kind"] == kind]
         out[f"transfer/{kind}"] = 100 * sum(hits) / len(hits)
     out["transfer/overall"] = 100 * sum(p == s.answer for p, s in zip(picks, qa)) / len(qa)
+    if split is not None:
+        out.update(probe(pooled_hidden(policy, qa), qa, split))
     return out
 
 
@@ -124,9 +178,9 @@ def prepare(args, out: Path) -> dict:
     model (random and constant answers, the transfer set's chance)."""
     videos(out / "raw" / "train", range(args.train_videos))
     videos(out / "raw" / "heldout", range(100_000, 100_000 + args.heldout_videos))
-    qa_specs = videos(out / "raw" / "qa", range(200_000, 200_000 + args.heldout_videos))
+    qa_specs = videos(out / "raw" / "qa", range(200_000, 200_000 + (args.qa_videos or args.heldout_videos)))
     data = {split: build(sorted(str(v) for v in (out / "raw" / split).glob("*.mp4")), str(out / f"{split}.jsonl"),
-                         frames=CLIP, seed=k, progress=False)
+                         frames=args.frames, seed=k, progress=False)
             for k, split in enumerate(("train", "heldout"))}
     (out / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows(qa_specs, out)))
     heldout_task = TASKS.build("dataset", path=str(out / "heldout.jsonl"), video_field="video", video_frames=0,
@@ -143,16 +197,37 @@ def prepare(args, out: Path) -> dict:
 
 
 def summarise(ref: dict, init: dict, at_warm: dict, runs: list[dict]) -> dict:
-    """The reference rows, the warm start and the GRPO seeds side by side (VIUBench-style and transfer scores)."""
-    transfer = lambda d: {k: v for k, v in d.items() if k.startswith("transfer")}  # noqa: E731
+    """The reference rows, the warm start and the GRPO seeds side by side (VIUBench-style, transfer and probe scores);
+    the smooth arm under "grpo" as before, any other reward arm under "grpo_<arm>"."""
+    transfer = lambda d: {k: v for k, v in d.items()  # noqa: E731
+                          if k.startswith(("transfer", "probe")) and not k.startswith("probe_rows")}
     keys = sorted(set(at_warm["viubench"]) | {"overall"})
-    return {"random": ref["random"], "constant": ref["constant"], "init": init["viubench"],
-            "warm_start": at_warm["viubench"],
-            "grpo": {k: seed_stats([r["viubench"].get(k, 0.0) for r in runs]) for k in keys},
-            "transfer": {"chance": ref["chance"], "init": transfer(init), "warm_start": transfer(at_warm),
-                         "grpo": {k: seed_stats([r[k] for r in runs]) for k in transfer(at_warm)}},
-            "train_reward_first10_last10": [(statistics.mean(r["reward"][:10]), statistics.mean(r["reward"][-10:]))
-                                            for r in runs]}
+    out = {"random": ref["random"], "constant": ref["constant"], "init": init["viubench"],
+           "warm_start": at_warm["viubench"],
+           "transfer": {"chance": ref["chance"], "init": transfer(init), "warm_start": transfer(at_warm)},
+           "train_reward_first10_last10": {}}
+    window = min([10] + [max(1, len(r["reward"]) // 2) for r in runs])  # 10, or half of a shorter run
+    if window < 10:
+        out["train_reward_window"] = window  # the "first10_last10" means are over this many steps
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        mine, name = [r for r in runs if r["arm"] == arm], "grpo" if arm == "smooth" else f"grpo_{arm}"
+        out[name] = {k: seed_stats([r["viubench"].get(k, 0.0) for r in mine]) for k in keys}
+        out["transfer"][name] = {k: seed_stats([r[k] for r in mine]) for k in transfer(at_warm)}
+        out["train_reward_first10_last10"][arm] = [(statistics.mean(r["reward"][:window]),
+                                                    statistics.mean(r["reward"][-window:])) for r in mine]
+    if set(out["train_reward_first10_last10"]) == {"smooth"}:  # the old layout when only the recipe's arm ran
+        out["train_reward_first10_last10"] = out["train_reward_first10_last10"]["smooth"]
+    return out
+
+
+def report(args, ref: dict, init: dict, warm: dict, at_warm: dict, runs: list[dict], t0: float) -> dict:
+    """Every number of the runs so far; "complete" once each seed of each reward arm has run."""
+    return {"benchmark": "videossr", "name": args.name or ("videossr_quick" if args.quick else "videossr"),
+            "quick": args.quick, "complete": len(runs) == len(args.seeds) * len(args.rewards), "args": vars(args),
+            "data": ref["data"], "summary": summarise(ref, init, at_warm, runs),
+            "warm_start": {"sft_steps": args.sft_steps, "seconds": warm["seconds"], **at_warm},
+            "init": init, "runs": runs, "seconds": time.perf_counter() - t0,
+            "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads()}}
 
 
 def main() -> None:
@@ -162,6 +237,12 @@ def main() -> None:
     p.add_argument("--sft-steps", type=int, default=150)
     p.add_argument("--train-videos", type=int, default=180)
     p.add_argument("--heldout-videos", type=int, default=60)
+    p.add_argument("--qa-videos", type=int, default=None, help="transfer-set videos (default: --heldout-videos)")
+    p.add_argument("--frames", type=int, default=CLIP, help="frames per pretext item")
+    p.add_argument("--rewards", nargs="+", default=["smooth"], choices=sorted(REWARD_ARMS),
+                   help="GRPO reward arms: smooth (the recipe's) and/or exact (exact match)")
+    p.add_argument("--probe", action="store_true", help="also a linear probe on the transfer set (module docstring 4)")
+    p.add_argument("--name", default=None, help="output name under --docs (default videossr / videossr_quick)")
     p.add_argument("--out", default="runs/videossr-bench")
     p.add_argument("--docs", default="docs/results")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job shares the machine)")
@@ -177,32 +258,30 @@ def main() -> None:
     with contextlib.redirect_stdout(sys.stderr):
         ref = prepare(args, out)
         heldout, qa, qa_options = ref["heldout"], ref["qa"], ref["qa_options"]
+        split = (args.qa_videos or args.heldout_videos) // 2 if args.probe else None  # fit on the first half
         kwargs = "video_field: video, video_frames: 0, scorer: videossr, reference: plain"
         overrides = [f"output_dir={out}", f"task.kwargs={{path: {out / 'train.jsonl'}, {kwargs}}}",
                      f"sft.steps={args.sft_steps}", f"sft.output={out / 'warm'}", f"model.path={out / 'warm'}",
                      "train.progress=false", "train.save_every=0", f"train.threads={args.threads}"]
         base = load_config("recipes/videossr.yaml", overrides + ["seed=0", "name=warm"])
-        init = scores(None, base, heldout, qa, qa_options)
+        init = scores(None, base, heldout, qa, qa_options, split)
         warm = sft(base)
-        at_warm = scores(warm["model"], base, heldout, qa, qa_options)
+        at_warm = scores(warm["model"], base, heldout, qa, qa_options, split)
         runs = []
-        for seed in args.seeds:
-            name = f"grpo-s{seed}"
+        for seed, arm in [(seed, arm) for seed in args.seeds for arm in args.rewards]:  # paired seeds finish together
+            reward = json.dumps({"name": "videossr", "weight": 1.0, "kwargs": REWARD_ARMS[arm]})
+            name = f"grpo-s{seed}" if arm == "smooth" else f"grpo-{arm}-s{seed}"
             cfg = load_config("recipes/videossr.yaml", overrides + [f"seed={seed}", f"name={name}",
-                                                                   f"train.steps={args.steps}"])
+                                                                   f"train.steps={args.steps}",
+                                                                   f"rewards=[{reward}]"])
             t1 = time.perf_counter()
             train(cfg)
             rows = [r for r in read_metrics(cfg.run_dir / "metrics.jsonl") if "reward" in r]
-            runs.append({"seed": seed, "seconds": time.perf_counter() - t1,
+            runs.append({"seed": seed, "arm": arm, "seconds": time.perf_counter() - t1,
                          "reward": [r["reward"] for r in rows],
-                         **scores(str(cfg.run_dir / "final"), cfg, heldout, qa, qa_options)})
-    summary = summarise(ref, init, at_warm, runs)
-    name = "videossr_quick" if args.quick else "videossr"
-    result = {"benchmark": "videossr", "quick": args.quick, "args": vars(args), "data": ref["data"], "summary": summary,
-              "warm_start": {"sft_steps": args.sft_steps, "seconds": warm["seconds"], **at_warm},
-              "init": init, "runs": runs, "seconds": time.perf_counter() - t0,
-              "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads()}}
-    (docs / f"{name}.json").write_text(json.dumps(result, indent=1))
+                         **scores(str(cfg.run_dir / "final"), cfg, heldout, qa, qa_options, split)})
+            result = report(args, ref, init, warm, at_warm, runs, t0)
+            (docs / f"{result['name']}.json").write_text(json.dumps(result, indent=1))  # after every run
     print(json.dumps({k: result[k] for k in ("benchmark", "quick", "summary", "seconds", "machine")}, indent=1))
 
 

@@ -75,3 +75,20 @@ def test_registered_rewards_and_the_router():
     assert REWARDS.build("footrule", extract="last_match")(rows[3:4], ["so 123456"]) == [1.0]
     with pytest.raises(ValueError, match="extract must be one of"):
         REWARDS.build("count_accuracy", extract="first")
+
+
+def test_exact_match_option_is_binary():
+    # the smooth values of these completions are 1, 1/3, 1, 2/3, 1 - 2/18, 1: exact match keeps only the 1s
+    rows = [Sample("q", answer="1.0-2.0", meta={"data_source": "grounding"}),
+            Sample("q", answer="1.0-2.0", meta={"data_source": "grounding"}),
+            Sample("q", answer="1,1,1", meta={"data_source": "counting"}),
+            Sample("q", answer="1,1,1", meta={"data_source": "counting"}),
+            Sample("q", answer="123456", meta={"data_source": "jigsaw"}),
+            Sample("q", answer="123456", meta={"data_source": "jigsaw"}),
+            Sample("q", answer="x", meta={"data_source": "other"})]
+    completions = ["1.0-2.0", "1.5-2.5", "1, 1, 1", "1,1,2", "213456", "123456", "x"]
+    assert REWARDS.build("videossr", exact=True)(rows, completions) == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, None]
+    assert REWARDS.build("videossr")(rows, completions)[1] == pytest.approx(1 / 3)  # smooth stays the default
+    assert REWARDS.build("interval_iou", exact=True)(rows[:2], ["1.0-2.0", "0.9-2.0"]) == [1.0, 0.0]
+    assert REWARDS.build("count_accuracy", exact=True)(rows[2:4], ["1,1,1", "1,1,0"]) == [1.0, 0.0]
+    assert REWARDS.build("footrule", exact=True)(rows[4:6], ["123465", "123456"]) == [0.0, 1.0]

@@ -12,8 +12,10 @@
 3. Temporal jigsaw: the stripped response must be a permutation of the answer's symbols; with D the Spearman
    footrule Σ_c |pos_pred(c) − pos_gt(c)|, r = 1 − D / ⌊n²/2⌋ (the largest footrule of n items).
 `extract="whole"` (default) parses the whole response as the reference code does; `"last_match"` takes the last
-interval, the last three integers, or the last run of n symbols, for responses that reason first. An unparseable
-answer is a legitimate 0; a reference answer the reward cannot read is an error naming it.
+interval, the last three integers, or the last run of n symbols, for responses that reason first. `exact=True` turns
+each reward into exact match, 1 when the interval, all three counts or the order are right and 0 otherwise: the
+binary baseline the smooth rewards are compared with (each smooth reward is 1.0 exactly when the answer is right).
+An unparseable answer is a legitimate 0; a reference answer the reward cannot read is an error naming it.
 The reference code's jigsaw generator labels its rows "shuffled" while its router expects "jigsaw" (so its jigsaw
 rows were never scored); `videossr` accepts both.
 """
@@ -91,44 +93,51 @@ SCORERS = {"grounding": interval_iou, "counting": count_accuracy, "jigsaw": foot
            "shuffled": footrule}  # the reference generator's label for jigsaw rows
 
 
-def _per_row(score, extract: str) -> RewardFn:
+def _scored(score, text: str, answer: str, *, extract: str, exact: bool) -> float:
+    value = score(text, answer, extract=extract)
+    return float(value == 1.0) if exact else value  # 1.0 only for the right interval / counts / order
+
+
+def _per_row(score, extract: str, exact: bool) -> RewardFn:
     _check_extract(extract)
 
     def fn(samples: list[Sample], completions: list[str], **kw) -> list[float | None]:
-        return [None if s.answer is None else score(c, s.answer, extract=extract) for s, c in zip(samples, completions)]
+        return [None if s.answer is None else _scored(score, c, s.answer, extract=extract, exact=exact)
+                for s, c in zip(samples, completions)]
 
     return fn
 
 
 @REWARDS.register("interval_iou")
-def interval_iou_reward(*, extract: str = "whole") -> RewardFn:
+def interval_iou_reward(*, extract: str = "whole", exact: bool = False) -> RewardFn:
     """VideoSSR anomaly grounding (arXiv 2511.06281): IoU of time intervals; the reference code's parsing."""
-    return _per_row(interval_iou, extract)
+    return _per_row(interval_iou, extract, exact)
 
 
 @REWARDS.register("count_accuracy")
-def count_accuracy_reward(*, extract: str = "whole") -> RewardFn:
+def count_accuracy_reward(*, extract: str = "whole", exact: bool = False) -> RewardFn:
     """VideoSSR object counting (arXiv 2511.06281): per-class relative counting accuracy."""
-    return _per_row(count_accuracy, extract)
+    return _per_row(count_accuracy, extract, exact)
 
 
 @REWARDS.register("footrule")
-def footrule_reward(*, extract: str = "whole") -> RewardFn:
+def footrule_reward(*, extract: str = "whole", exact: bool = False) -> RewardFn:
     """VideoSSR temporal jigsaw (arXiv 2511.06281): 1 - normalised Spearman footrule."""
-    return _per_row(footrule, extract)
+    return _per_row(footrule, extract, exact)
 
 
 @REWARDS.register("videossr")
-def videossr_reward(*, extract: str = "whole") -> RewardFn:
+def videossr_reward(*, extract: str = "whole", exact: bool = False) -> RewardFn:
     """VideoSSR's three rewards routed by sample.meta["data_source"] (grounding, counting, jigsaw or the reference
-    generator's "shuffled"); None for a row of another source."""
+    generator's "shuffled"); None for a row of another source. `exact`: exact match instead (module docstring)."""
     _check_extract(extract)
 
     def fn(samples: list[Sample], completions: list[str], **kw) -> list[float | None]:
         out = []
         for s, c in zip(samples, completions):
             score = SCORERS.get(str(s.meta.get("data_source", "")))
-            out.append(None if score is None or s.answer is None else score(c, s.answer, extract=extract))
+            out.append(None if score is None or s.answer is None
+                       else _scored(score, c, s.answer, extract=extract, exact=exact))
         return out
 
     return fn
