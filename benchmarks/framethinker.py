@@ -3,6 +3,8 @@
     python benchmarks/framethinker.py                       # 3 seeds x 2 arms; JSON on stdout and in docs/results/
     python benchmarks/framethinker.py --seeds 0 --steps 10  # fewer seeds / steps
     python benchmarks/framethinker.py --quick               # a smoke run of a few steps (checks the script only)
+    python benchmarks/framethinker.py --observe text --out runs/framethinker-text --name framethinker_text
+                                                            # frames as captions: search without colour reading
 
 1. Task: frame_quest (recipes/framethinker.yaml): a black square turns one of four colours in a hidden segment of
    3-6 of 128 frames; the background stays grey from the segment's start on. Held-out items (a hash split) for the
@@ -13,9 +15,15 @@
      frames between two indices (a budget of 16 frames in all), ask the frame of a time, or answer;
    - uniform (recipes/framethinker_uniform.yaml): 16 uniform frames (the same budget) and one turn, the answer.
 3. Held-out greedy accuracy (the reward's gates applied: a right letter in a transcript that fails a gate is
-   wrong), frames used, turns and how often each gate fires, every --eval-every steps; the training batches' own
-   numbers (sampled) per step.
-4. Output: one JSON object on stdout; docs/results/framethinker.json with every curve.
+   wrong) with its standard error, frames used, turns and how often each gate fires, every --eval-every steps;
+   search and reading apart: the share of episodes shown a frame of the change (saw_evidence) and the accuracy of
+   those (reading = correct_seen / saw_evidence); the training batches' own numbers (sampled) per step.
+4. Ceilings on each seed's held-out items: a perfect searcher (the rule-based agent: always right, 8 frames when
+   the first look shows the change, else 16) and a perfect reader of the uniform arm's frames (right when they
+   show the change, else a guess among four colours).
+5. `--observe text` (issue 21): every frame is shown as its caption (`frame 54: red`, `frame 72: grey`) in both
+   arms, so the colour reading that the image arms fail at is a copy and the search is what is left to learn.
+6. Output: one JSON object on stdout; docs/results/<name>.json with every curve.
 """
 
 from __future__ import annotations
@@ -34,12 +42,14 @@ from machine import cpu_model
 
 from recipes import seed_stats
 from rlvr.config import load_config
+from rlvr.envs.frames import first_look
 from rlvr.metrics import read_metrics
 from rlvr.trainer import train
 from rlvr.warm_start import sft
 
 ARMS = {"frames": "recipes/framethinker.yaml", "uniform": "recipes/framethinker_uniform.yaml"}
-EVAL_KEYS = ("accuracy", "env/frames_used", "env/turns", "env/looks", "env/invalid_action", "env/refused_looks")
+EVAL_KEYS = ("accuracy", "env/frames_used", "env/turns", "env/looks", "env/invalid_action", "env/refused_looks",
+             "env/saw_evidence", "env/correct_seen")
 
 
 def common(args, arm: str, out: Path) -> list[str]:
@@ -47,7 +57,9 @@ def common(args, arm: str, out: Path) -> list[str]:
     return [f"output_dir={out}", f"model.path={warm}", f"sft.output={warm}", f"sft.steps={args.sft_steps}",
             f"sft.eval_every={args.sft_steps}", f"train.eval_every={args.eval_every}",
             f"task.eval_size={args.eval_size}",
-            "train.save_every=0", "train.progress=false", f"train.threads={args.threads}"]
+            "train.save_every=0", "train.progress=false", f"train.threads={args.threads}"] + (
+        [f"task.kwargs.observe={args.observe}", f"env.kwargs.observe={args.observe}"] if args.observe != "image"
+        else [])
 
 
 def run_arm(args, arm: str, seed: int, out: Path) -> dict:
@@ -74,12 +86,41 @@ def run_arm(args, arm: str, seed: int, out: Path) -> dict:
     return {"heldout": curve, "train": steps, "seconds": time.perf_counter() - t0}
 
 
-def summarise(runs: list[dict]) -> dict:
+def reading(point: dict) -> float | None:
+    """Accuracy on the episodes that were shown a frame of the change: correct_seen / saw_evidence."""
+    seen = point.get("env/saw_evidence")
+    return point["env/correct_seen"] / seen if seen else None
+
+
+def ceilings(args, seed: int) -> dict:
+    """A perfect searcher and a perfect reader of the uniform arm's frames on this seed's held-out items."""
+    from rlvr.run import build_task
+
+    cfg = load_config(ARMS["uniform"], common(args, "uniform", Path(args.out)) + [f"seed={seed}"])
+    task = build_task(cfg, eval_split=True)
+    items = [task[i].meta for i in range(min(args.eval_size, len(task)))]
+    shows = lambda look, m: any(m["evidence"][0] <= t < m["evidence"][1] for t in look)  # noqa: E731
+    first, uniform = first_look(task.frames, task.n), first_look(task.frames, task.initial)
+    return {"items": len(items),
+            "searcher_frames": statistics.mean(task.n if shows(first, m) else 2 * task.n for m in items),
+            "first_look_shows": statistics.mean(shows(first, m) for m in items),
+            "uniform_shows": statistics.mean(shows(uniform, m) for m in items),
+            "uniform_reader_accuracy": statistics.mean(1.0 if shows(uniform, m) else 0.25 for m in items)}
+
+
+def standard_error(p: float, n: int) -> float:
+    return (p * (1 - p) / n) ** 0.5
+
+
+def summarise(runs: list[dict], eval_size: int) -> dict:
     first, last = (lambda r: r["heldout"][0]), (lambda r: r["heldout"][-1])
     out = {}
-    for key in ("accuracy", "env/frames_used", "env/turns"):
-        out[f"heldout_{key}@start"] = seed_stats([first(r)[key] for r in runs])
-        out[f"heldout_{key}@end"] = seed_stats([last(r)[key] for r in runs])
+    for key in ("accuracy", "env/frames_used", "env/turns", "env/saw_evidence"):
+        out[f"heldout_{key}@start"] = seed_stats([first(r).get(key) for r in runs])
+        out[f"heldout_{key}@end"] = seed_stats([last(r).get(key) for r in runs])
+    out["heldout_reading@start"] = seed_stats([reading(first(r)) for r in runs])
+    out["heldout_reading@end"] = seed_stats([reading(last(r)) for r in runs])
+    out["heldout_accuracy_se@end"] = [standard_error(last(r)["accuracy"], eval_size) for r in runs]
     for key in ("env/correct", "env/frames_used", "reward"):
         out[f"train_{key}_first10"] = seed_stats([statistics.mean(s[key] for s in r["train"][:10]) for r in runs])
         out[f"train_{key}_last10"] = seed_stats([statistics.mean(s[key] for s in r["train"][-10:]) for r in runs])
@@ -103,6 +144,8 @@ def main() -> None:
     p.add_argument("--name", default="framethinker", help="output name: docs/results/<name>.json")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job shares the machine)")
     p.add_argument("--reuse-warm", action="store_true", help="keep warm starts an earlier run of this script left")
+    p.add_argument("--observe", choices=("image", "text"), default="image",
+                   help="frames as images (the recipes) or as captions (search without colour reading)")
     p.add_argument("--quick", action="store_true", help="a few steps: checks that the script works")
     args = p.parse_args()
     if args.quick:
@@ -127,11 +170,13 @@ def main() -> None:
             for arm in arms:
                 results[arm].append(run_arm(args, arm, seed, out))
     name = f"{args.name}_quick" if args.quick else args.name
-    summary = {arm: summarise(runs) for arm, runs in results.items()}
+    summary = {arm: summarise(runs, args.eval_size) for arm, runs in results.items()}
+    limits = {seed: ceilings(args, seed) for seed in args.seeds}
     (docs / f"{name}.json").write_text(json.dumps({"args": vars(args), "warm_start": warm, "summary": summary,
-                                                   "curves": results}, indent=1))
+                                                   "ceilings": limits, "curves": results}, indent=1))
     print(json.dumps({"benchmark": "framethinker", "quick": args.quick, "steps": args.steps, "seeds": args.seeds,
-                      "warm_start": warm, "summary": summary, "seconds": time.perf_counter() - t0,
+                      "warm_start": warm, "summary": summary, "ceilings": limits,
+                      "seconds": time.perf_counter() - t0,
                       "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads()}}, indent=1))
 
 

@@ -253,3 +253,56 @@ def test_the_held_out_evaluation_reports_the_environment():
     assert result["env/frames_used"] == 4.0 and 1 <= result["env/turns"] <= 2  # 8 tokens: no look gets written
     assert {f"env/gate_{k}" for k in GATES.values()} <= set(result)
     assert result["env/correct"] == result["accuracy"]  # the environment's verdict is the task's score
+
+
+def test_text_observations_caption_the_frames_the_images_would_show():
+    """observe="text" (issue 21): each shown frame is one line `frame {t}: <caption>`, no image; the caption names
+    what the image of the same frame draws (the square's new colour, else the background and a black square), and
+    the rule-based
+    agent's episode replayed through the environment gets the same observations and is right, having seen the
+    change."""
+    from rlvr.envs.frames import BLACK, COLOURS, GREY, LIGHT
+
+    text, image = TASKS.build("frame_quest", seed=2, observe="text"), TASKS.build("frame_quest", seed=2)
+    for i in range(12):
+        s, pictured = text[i], image[i]
+        assert "frames" not in s.meta and len(s.meta["captions"]) == 128
+        centre = (s.meta["x"] + image.side // 2, image.image_size // 2)
+        for caption, frame in zip(s.meta["captions"], pictured.meta["frames"]):
+            assert frame.getpixel(centre) == COLOURS.get(caption, BLACK)
+            assert caption in COLOURS or frame.getpixel((0, 0)) == {"grey": GREY, "light": LIGHT}[caption]
+        env = ENVS.build("frame_select", n=8, budget=16, observe="text")
+        replies = [env.reset(s)]
+        assert replies[0].images == [] and replies[0].text.split("\n")[1:-1] == [
+            f"frame {t}: {s.meta['captions'][t]}" for t in text.look]
+        turns = text.reference_turns(s)
+        for turn, trained in turns[1:]:
+            if trained:
+                replies.append(env.step(turn)[0])
+        assert [r.text for r in replies if r is not None] == [t.text for t, trained in turns if not trained]
+        m = env.metrics()
+        assert (m["correct"], m["saw_evidence"], m["correct_seen"]) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="observe='text'"):
+        ENVS.build("frame_select", n=8).reset(text[0])
+    with pytest.raises(ValueError, match="observe must be one of"):
+        ENVS.build("frame_select", n=8, observe="audio")
+
+
+def test_the_metrics_tell_search_from_reading():
+    """A right answer from a first look that missed the change counts as correct but not as read (saw_evidence 0,
+    correct_seen 0); after a choose that shows it, a wrong answer is seen but not read."""
+    task = TASKS.build("frame_quest", seed=0, observe="text")
+    s = next(task[i] for i in range(50) if len(task._script(task[i])) == 2)  # the first look misses the change
+    env = ENVS.build("frame_select", n=8, observe="text")
+    env.reset(s)
+    env.step(f"<think>x</think><action>output answer: {s.answer}</action>")
+    m = env.metrics()
+    assert (m["correct"], m["saw_evidence"], m["correct_seen"]) == (1.0, 0.0, 0.0)
+    look, _ = task._script(s)[0]
+    wrong = "ABCD".replace(s.answer, "")[0]
+    env = ENVS.build("frame_select", n=8, observe="text")
+    env.reset(s)
+    env.step(look)
+    env.step(f"<think>x</think><action>output answer: {wrong}</action>")
+    m = env.metrics()
+    assert (m["correct"], m["saw_evidence"], m["correct_seen"]) == (0.0, 1.0, 0.0)

@@ -10,7 +10,12 @@
    invalid action ends the episode. Observations are escaped so they never open a <think> or <action> block. Frames
    used = the frames shown; `budget` caps them (a choose past it is told "no frames left" and shows nothing). Per
    episode it reports frames used, looks, time queries, invalid actions, refused looks, and which of the reward's
-   consistency gates the transcript failed (`gate_<key>`, rlvr.rewards.framethinker.GATES) and whether it was right.
+   consistency gates the transcript failed (`gate_<key>`, rlvr.rewards.framethinker.GATES) and whether it was right;
+   when the sample says which frames show the answer (meta["evidence"], [start, stop)), whether one was shown
+   (`saw_evidence`) and whether the episode was right with it shown (`correct_seen`): correct_seen / saw_evidence is
+   how well the policy reads a frame it found, saw_evidence how well it searches. `observe="text"` (default
+   "image") shows each frame as its caption (meta["captions"]) instead: `frame {i}: red`, no image, so a
+   tiny model's search can be studied apart from its colour reading (issue 21).
 2. `frame_quest`: N frames (default 128, 8 fps, 28 px) of a black square on a light background; inside one hidden
    segment of a few frames it turns a colour, and from the segment's start on the background stays grey, so any
    frame tells whether the change is still to come. Question: which colour it turned, four lettered options
@@ -21,7 +26,9 @@
    with the FrameThinker reward's gates (`strict` as the reward's). `reference_turns`: a rule-based agent that notes
    what each frame it was shown shows, then answers from the first look when it shows the change, else chooses the
    frames between the bracketing two and answers from those; with `script="answer"` it answers from the first look
-   alone (the uniform-frames baseline: give it `initial` frames).
+   alone (the uniform-frames baseline: give it `initial` frames). `observe="text"`: items carry captions (the
+   square's new colour, else the background: `light`, `red`, `grey`) instead of images, and the agent's episodes
+   show them.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 150, 50), 
 BLACK, LIGHT, GREY = (20, 20, 20), (245, 245, 245), (150, 150, 150)
 CODES = {"before": "L", "inside": "C", "after": "D"}  # what the agent writes for a frame: light, changed, dark
 LETTERS = "ABCD"
+OBSERVE = ("image", "text")  # what a shown frame is: its image, or its caption (issue 21's text observations)
 
 
 def first_look(frames: int, initial: int) -> list[int]:
@@ -53,29 +61,43 @@ class FrameSelect:
     stop = ("</action>",)
 
     def __init__(self, *, n: int = 8, initial: int | None = None, budget: int | None = None, span_n: int | None = None,
-                 strict: bool = False):
+                 strict: bool = False, observe: str = "image"):
+        if observe not in OBSERVE:
+            raise ValueError(f"frame_select: observe must be one of {OBSERVE}, got {observe!r}")
         if n < 2:
             raise ValueError(f"frame_select: n (frames per request) must be >= 2, got {n}")
         if budget is not None and budget < (initial or n):
             raise ValueError(f"frame_select: budget ({budget} frames) is below the first look ({initial or n})")
         self.n, self.initial, self.budget, self.span_n = n, initial, budget, span_n or n
         self.strict = strict  # whole actions only (the reference code matches their start)
-        self.frames: list[Any] = []
+        self.observe = observe
+        self.frames: list[Any] = []  # PIL images, or captions with observe="text"
+        self.shown: set[int] = set()
         self.fps = 1.0
         self.sample: Sample | None = None
         self.transcript: list[str] = []  # the turns and the text of the replies, as the reward reads them
         self.frames_used, self.looks, self.time_queries, self.invalid, self.refused = 0, 0, 0, 0, 0
 
     def reset(self, sample: Sample) -> Observation:
-        frames = sample.meta.get("frames")
+        key = "frames" if self.observe == "image" else "captions"
+        frames = sample.meta.get(key)
         if not frames:
-            raise ValueError(f"frame_select: sample {sample.task} item {sample.index} has no meta['frames']")
+            hint = ""
+            if key == "captions":
+                hint = " (build the task with observe='text' too)"
+            elif "captions" in sample.meta:
+                hint = " (its frames are captions: build the environment with observe='text')"
+            raise ValueError(f"frame_select: sample {sample.task} item {sample.index} has no meta['{key}']{hint}")
         self.frames, self.fps, self.sample = frames, float(sample.meta.get("fps", 1.0)), sample
         initial = self.initial or int(sample.meta.get("initial", self.n))
-        return self._show(first_look(len(frames), initial))
+        return self.show(first_look(len(frames), initial))
 
-    def _show(self, indices: list[int]) -> Observation:
+    def show(self, indices: list[int]) -> Observation:
+        """The observation that shows frames `indices`: one line each, an image or (observe="text") a caption."""
         self.frames_used += len(indices)
+        self.shown.update(indices)
+        if self.observe == "text":
+            return Observation("".join(f"\nframe {i}: {escape(str(self.frames[i]))}" for i in indices) + "\n")
         text = "".join(f"\nframe {i}: <image>" for i in indices) + "\n"
         return Observation(text, [self.frames[i] for i in indices])
 
@@ -91,7 +113,7 @@ class FrameSelect:
                 self.refused += 1
                 reply = f"\nno frames left (budget {self.budget}): answer now\n"
             else:
-                obs = self._show(step.frames)
+                obs = self.show(step.frames)
                 self.transcript.append(obs.text.replace("<image>", ""))
                 return obs, 0.0, False
         else:
@@ -103,7 +125,8 @@ class FrameSelect:
     def metrics(self) -> dict[str, float]:
         """Per episode (logged as env/<key> means): frames shown, choose and time actions, ended by an invalid one,
         looks refused for the budget; which consistency gate of the FrameThinker reward the transcript failed
-        (gate_<key>, 0/1 each, the first failing gate only) and whether it passed them with the right answer."""
+        (gate_<key>, 0/1 each, the first failing gate only) and whether it passed them with the right answer; with
+        meta["evidence"], whether a frame that shows the answer was shown, and right with one shown."""
         out = {"frames_used": self.frames_used, "looks": self.looks, "time_queries": self.time_queries,
                "invalid_action": self.invalid, "refused_looks": self.refused}
         gate = ""
@@ -114,6 +137,10 @@ class FrameSelect:
             gate, correct = verdict.gate, verdict.correct
         out.update({f"gate_{key}": float(gate == name) for name, key in GATES.items()})
         out["correct"] = float(correct)
+        if self.sample is not None and "evidence" in self.sample.meta:
+            start, stop = self.sample.meta["evidence"]
+            seen = any(start <= t < stop for t in self.shown)
+            out.update({"saw_evidence": float(seen), "correct_seen": float(seen and correct)})
         return out
 
 
@@ -126,7 +153,7 @@ class FrameQuest(ProceduralTask):
     def __init__(self, *, seed: int = 0, size: int = 10_000, holdout: str | None = None, frames: int = 128,
                  fps: float = 8.0, image_size: int = 28, n: int = 8, initial: int | None = None,
                  segment: tuple[int, int] | list[int] | None = None, timed: float = 0.0, script: str = "search",
-                 strict: bool = False):
+                 strict: bool = False, observe: str = "image"):
         super().__init__(seed=seed, size=size, holdout=holdout)
         initial = initial or n
         if n < 2 or initial < 2 or image_size < 28 or initial > frames:
@@ -143,11 +170,12 @@ class FrameQuest(ProceduralTask):
         if not gap <= lo <= hi < widest:
             raise ValueError(f"frame_quest: segment lengths {lo}-{hi} must lie in [{gap}, {widest}) so that one "
                              f"choose always shows the change")
-        if script not in ("search", "answer") or not 0 <= timed <= 1:
-            raise ValueError(f"frame_quest: script must be search or answer and timed in [0, 1], got {script!r}, "
-                             f"{timed}")
+        if script not in ("search", "answer") or not 0 <= timed <= 1 or observe not in OBSERVE:
+            raise ValueError(f"frame_quest: script must be search or answer, timed in [0, 1] and observe one of "
+                             f"{OBSERVE}, got {script!r}, {timed}, {observe!r}")
         self.frames, self.fps, self.image_size, self.n, self.initial = frames, fps, image_size, n, initial
         self.segment, self.timed, self.script, self.strict = (lo, hi), timed, script, strict
+        self.observe = observe
         self.look = first_look(frames, initial)  # what the environment shows first
         self.side = image_size // 3  # the square: a third of the frame, at mid height
 
@@ -162,7 +190,7 @@ class FrameQuest(ProceduralTask):
         options = " ".join(f"{LETTERS[k]}) {c}" for k, c in enumerate(names))
         prompt = f"What colour did the black square turn{hint}? {options}"
         meta = {"new": new, "start": start, "length": length, "fps": self.fps, "timed": timed,
-                "total_frames": self.frames, "initial": self.initial,
+                "total_frames": self.frames, "initial": self.initial, "evidence": [start, start + length],
                 "x": rng.randint(2, self.image_size - self.side - 2)}
         return Sample(prompt=prompt, answer=LETTERS[names.index(new)], task=self.name, index=index, meta=meta)
 
@@ -178,11 +206,19 @@ class FrameQuest(ProceduralTask):
         D (grey background: the change is over)."""
         return "C" if self.inside(sample, t) else "L" if t < sample.meta["start"] else "D"
 
+    def caption(self, sample: Sample, t: int) -> str:
+        """Frame t as text (observe="text"): the square's colour while it has changed, else the background's (light
+        before the change, grey after; the square is black then). One word keeps a 16-frame look short."""
+        return sample.meta["new"] if self.inside(sample, t) else "light" if t < sample.meta["start"] else "grey"
+
     def __getitem__(self, i: int) -> Sample:
         from PIL import Image, ImageDraw
 
         sample = super().__getitem__(i)
         m, size = sample.meta, self.image_size
+        if self.observe == "text":
+            sample.meta = {**m, "captions": [self.caption(sample, t) for t in range(self.frames)]}
+            return sample
         frames = []
         for t in range(self.frames):
             image = Image.new("RGB", (size, size), GREY if t >= m["start"] else LIGHT)
@@ -200,13 +236,12 @@ class FrameQuest(ProceduralTask):
     def reference_turns(self, sample: Sample) -> list[tuple[str | Observation, bool]]:
         """The rule-based agent's episode as the rollout sees it: the environment's first look, then the agent's
         turns (trained) and the replies with their frames (attended, never trained). What `rlvr sft` warm-starts on."""
-        frames = sample.meta["frames"]
-        turns: list[tuple[str | Observation, bool]] = [(FrameSelect(n=self.n).reset(sample), False)]
+        env = FrameSelect(n=self.n, observe=self.observe)
+        turns: list[tuple[str | Observation, bool]] = [(env.reset(sample), False)]
         for turn, shown in self._script(sample):
             turns.append((turn, True))
             if shown:
-                turns.append((Observation("".join(f"\nframe {i}: <image>" for i in shown) + "\n",
-                                          [frames[i] for i in shown]), False))
+                turns.append((env.show(shown), False))
         return turns
 
     def _script(self, sample: Sample) -> list[tuple[str, list[int]]]:
