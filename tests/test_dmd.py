@@ -27,13 +27,18 @@ from rlvr.images.diffusion import (
     ab_at,
     add_noise,
     backward_simulation,
+    coefficients,
     ddim_sample,
+    eps_from_output,
     eps_from_x0,
     full,
     generator_x0,
+    score_from_output,
     student_sample,
     student_timesteps,
+    target,
     x0_from_eps,
+    x0_from_output,
 )
 
 
@@ -78,6 +83,50 @@ def test_mixture_eps_is_minus_sqrt_one_minus_ab_times_autograd_score():
         (score,) = torch.autograd.grad(gmm.log_prob(x, t).sum(), x)
         want = -math.sqrt(1 - ALPHA_BAR[t_int].item()) * score
         torch.testing.assert_close(gmm.eps(x.detach(), t), want, atol=1e-9, rtol=1e-7)
+
+
+def test_flow_schedule_interpolates_and_its_velocity_round_trips_at_every_t():
+    """x_t = (1 - s) x0 + s eps, s = (t + 1) / 1000; a network output equal to the target v = eps - x0 gives back
+    x0 and eps exactly, also at t = 999 where alpha = 0 (no division by alpha on the v path)."""
+    t = torch.tensor([-1, 0, 249, 499, 998, 999])
+    alpha, sigma = coefficients(t, "flow")
+    assert alpha.tolist() == pytest.approx([1, 0.999, 0.75, 0.5, 0.001, 0]) and (alpha + sigma == 1).all()
+    x0, eps = torch.randn(6, 2, generator=gen(40)).double(), torch.randn(6, 2, generator=gen(41)).double()
+    x_t = add_noise(x0, eps, t, "flow")
+    torch.testing.assert_close(x_t, alpha[:, None] * x0 + sigma[:, None] * eps)
+    v = target(x0, eps, "flow")
+    torch.testing.assert_close(x0_from_output(x_t, v, t, "flow"), x0, atol=1e-12, rtol=0)
+    torch.testing.assert_close(eps_from_output(x_t, v, t, "flow"), eps, atol=1e-12, rtol=0)
+    assert torch.equal(target(x0, eps, "linear"), eps)  # the VP schedules regress on eps
+
+
+def test_one_gaussian_flow_velocity_has_its_closed_form():
+    """x0 ~ N(0, s0^2 I), x_t = a x0 + s eps: E[v | x_t] = E[eps - x0 | x_t] = (s - a s0^2) / (a^2 s0^2 + s^2) x_t."""
+    gmm = GaussianMixture(modes=1, radius=0.0, sigma=0.5, schedule="flow")
+    x = 2 * torch.randn(7, 2, generator=gen(42)).double()
+    for t_int in (0, 300, 700, 999):
+        a, s = (c.item() for c in coefficients(torch.tensor(t_int), "flow"))
+        want = (s - a * 0.25) / (a * a * 0.25 + s * s) * x
+        torch.testing.assert_close(gmm.velocity(x, full(t_int, 7)), want, atol=1e-12, rtol=1e-10)
+
+
+def test_velocity_to_score_conversion_gives_the_mixtures_score_at_every_t():
+    """The known answer: the noised mixture's score grad log p_t by autograd of its density, against
+    -(x_t + (1 - s) v) / s from the exact velocity (E[x0 | x_t] by the modes' posterior means, no score used)."""
+    gmm = GaussianMixture(schedule="flow")
+    x = (3 * torch.randn(9, 2, generator=gen(43))).double().requires_grad_(True)
+    for t_int in (0, 20, 250, 500, 980, 999):
+        t = full(t_int, 9)
+        (score,) = torch.autograd.grad(gmm.log_prob(x, t).sum(), x)
+        x0 = gmm.x0_mean(x.detach(), t)
+        v = (-coefficients(t, "flow")[1][:, None] * score) - x0  # E[eps | x_t] - E[x0 | x_t], eps from autograd
+        torch.testing.assert_close(gmm.velocity(x.detach(), t), v, atol=1e-9, rtol=1e-7)
+        torch.testing.assert_close(score_from_output(x.detach(), gmm.velocity(x.detach(), t), t, "flow"), score,
+                                   atol=1e-9, rtol=1e-7)
+        # Tweedie: E[x0 | x_t] = (x_t + s^2 score) / (1 - s), where alpha > 0
+        if t_int < 999:
+            a, s = (c[:, None] for c in coefficients(t, "flow"))
+            torch.testing.assert_close(x0, (x.detach() + s * s * score) / a, atol=1e-8, rtol=1e-7)
 
 
 def test_mixture_log_prob_is_a_density_and_posterior_sums_to_one():
@@ -204,10 +253,10 @@ def test_student_sample_returns_last_x0():
         assert torch.equal(student_sample(net, noises, steps=4), generator_x0(net, x_t, 249))
 
 
-@pytest.mark.parametrize("schedule", ["linear", "scaled_linear"])
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "flow"])
 def test_ddim_with_exact_teacher_lands_on_the_modes(schedule):
     gmm = GaussianMixture(schedule=schedule)  # the teacher and the sampler on one schedule, or the points miss
-    x = ddim_sample(gmm.eps, torch.randn(300, 2, generator=gen(14)), steps=50, schedule=schedule)
+    x = ddim_sample(gmm.predict, torch.randn(300, 2, generator=gen(14)), steps=50, schedule=schedule)
     near = torch.cdist(x.double(), gmm.means).min(1).values
     assert (near < 3 * gmm.sigma).float().mean() > 0.95
 

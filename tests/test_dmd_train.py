@@ -124,7 +124,8 @@ def test_rl_alone_needs_a_reward_weight(tmp_path):
     {},  # flash: DM / data-discriminator split, backward simulation (one k per batch), RL on top
     {"distill": {"preset": "dmd2", "gan_weight": 0.5, "ratio": 2}, "student": {"steps": 4, "backward_simulation":
                                                                               False}},  # per-sample t_k, GAN head
-], ids=["flash", "dmd2"])
+    {"teacher": {**TINY["teacher"], "schedule": "flow"}},  # flash on a velocity-predicting teacher
+], ids=["flash", "dmd2", "flow"])
 def test_two_ranks_train_as_one_process(tmp_path, variant):
     """`torchrun --nproc_per_node 2`: each rank trains half of every batch with the noise one process draws; every
     metrics row (all but timings) and every network's final weights equal a one-process run's within 1e-4."""
@@ -228,3 +229,19 @@ def test_the_dmd2_recipe_carries_dmd2s_weights_and_flash_differs_only_where_flas
     for recipe in (dmd2, flash):
         recipe.pop("name"), recipe.pop("rl")
     assert flash == dmd2
+
+
+@pytest.mark.parametrize("kind", ["exact", "mlp"])
+def test_a_flow_matching_teacher_runs_the_same_loop(tmp_path, kind):
+    """teacher.schedule flow: the exact teacher (the mixture's velocity) and one pretrained by v-MSE sample the
+    modes by DDIM (the flow ODE's Euler steps), and the student, fake score and GAN train on the v path."""
+    over = {"teacher__kind": kind, "teacher__schedule": "flow", "teacher__sample_steps": 50}
+    if kind == "mlp":
+        over.update(teacher__pretrain_steps=300, teacher__pretrain_batch=256)
+    summary = train(tiny(tmp_path, kind, **over))
+    assert summary["teacher"]["in_mode"] > (0.9 if kind == "exact" else 0.2)
+    assert summary["teacher"]["frechet"] < 0.9
+    rows = read_metrics(tmp_path / kind / "metrics.jsonl")
+    assert all(math.isfinite(r[k]) for r in rows for k in ("dm/loss", "fake/loss") if k in r)
+    assert any("dm/loss" in r for r in rows) and sum("fake/loss" in r for r in rows) == 4
+    assert math.isfinite(summary["final"]["frechet"])

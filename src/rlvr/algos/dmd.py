@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlvr.images.diffusion import EpsFn, add_noise, timesteps, x0_from_eps
+from rlvr.images.diffusion import EpsFn, add_noise, timesteps, x0_from_output
 
 DM_T_MIN, DM_T_MAX = 20, 980  # DMD2: min/max_step_percent 0.02 / 0.98 of 1000 steps
 
@@ -67,8 +67,8 @@ def dm_targets(x0: torch.Tensor, real_eps: EpsFn, fake_eps: EpsFn, *, generator:
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_real, x0_fake), both (N, D) float64: the teacher's and the fake score's x0 estimates at a random t."""
     x_t, _, t = noised(x0.detach(), t_min, t_max, generator=generator, share=share, schedule=schedule)
-    x0_real = x0_from_eps(x_t.double(), real_eps(x_t, t).double(), t, schedule)
-    x0_fake = x0_from_eps(x_t.double(), fake_eps(x_t, t).double(), t, schedule)
+    x0_real = x0_from_output(x_t.double(), real_eps(x_t, t).double(), t, schedule)
+    x0_fake = x0_from_output(x_t.double(), fake_eps(x_t, t).double(), t, schedule)
     return x0_real, x0_fake
 
 

@@ -22,6 +22,15 @@ student's schedule (DMD2, arXiv 2405.14867; DMD, arXiv 2311.18828).
 6. Student (DMD2 §4.3): tau = 999, 999 - 1000/K, ... (K = 4: [999, 749, 499, 249]); inference runs G at each tau,
    re-noising its x0 to the next tau with fresh noise; the last x0 is the sample. Backward simulation trains G at
    tau[k] on its own k-step output re-noised to tau[k] (k = 0: pure noise at 999).
+7. Flow matching (`flow`, the rectified flow of SD3, Esser et al. arXiv 2403.03206 §2, and of diffusers'
+   FlowMatchEulerDiscreteScheduler without shift): x_t = (1 - s) x0 + s eps with s = (t + 1) / 1000, so t = 999 is
+   pure noise (alpha 0) and t = -1 clean data. Its networks predict the velocity v = eps - x0, not eps (at alpha = 0
+   an eps-prediction cannot give x0). With alpha = 1 - s and sigma = s: x0 = x_t - sigma v, eps = x_t + alpha v, and
+   the score is grad log p_t(x_t) = -eps / sigma = -(x_t + alpha v) / sigma (Tweedie: E[x0 | x_t] = (x_t + sigma^2
+   score) / alpha). Every sampler and loss reads a network's output through `x0_from_output` / `eps_from_output`,
+   so the VP schedules (eps out) and `flow` (v out) share one code path; DDIM's step x' = alpha' x0 + sigma' eps
+   is then the flow ODE's Euler step. `GaussianMixture.predict` is the exact teacher in the schedule's
+   parameterisation (eps or v).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import torch
 from torch import nn
 
 T_STEPS = 1000
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (N, 2), t (N,) long) -> eps (N, 2)
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (N, 2), t (N,) long) -> eps (or v: flow) (N, 2)
 
 
 def alpha_bar(steps: int = T_STEPS, *, beta_start: float = 1e-4, beta_end: float = 0.02,
@@ -52,6 +61,19 @@ def alpha_bar(steps: int = T_STEPS, *, beta_start: float = 1e-4, beta_end: float
 SCHEDULES = {"linear": alpha_bar(), "scaled_linear": alpha_bar(beta_start=0.00085, beta_end=0.012,
                                                                kind="scaled_linear")}
 ALPHA_BAR = SCHEDULES["linear"]
+FLOW = "flow"
+SCHEDULE_NAMES = (*SCHEDULES, FLOW)  # the VP schedules predict eps, `flow` predicts the velocity (docstring 7)
+
+
+def coefficients(t: torch.Tensor, schedule: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, sigma), each (N,) float64, of x_t = alpha x0 + sigma eps: (sqrt(ab), sqrt(1 - ab)) under a VP
+    schedule, (1 - s, s) with s = (t + 1) / 1000 under `flow`; t = -1 gives (1, 0)."""
+    t = torch.as_tensor(t, dtype=torch.long)
+    if schedule == FLOW:
+        s = (t.clamp(min=-1) + 1).double() / T_STEPS
+        return 1.0 - s, s
+    ab = ab_at(t, schedule)
+    return ab.sqrt(), (1 - ab).sqrt()
 
 
 def ab_at(t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
@@ -60,22 +82,67 @@ def ab_at(t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
     return torch.where(t < 0, torch.ones((), dtype=torch.float64), SCHEDULES[schedule][t.clamp(min=0)])
 
 
+def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *[1] * (like.dim() - 1))
+
+
 def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
-    """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, in x0's dtype; t (N,) or a scalar."""
-    ab = ab_at(t, schedule).to(x0.dtype).reshape(-1, *[1] * (x0.dim() - 1))
+    """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps (flow: (1 - s) x0 + s eps), in x0's dtype; t (N,) or a scalar."""
+    if schedule == FLOW:
+        alpha, sigma = coefficients(t, schedule)
+        return _col(alpha.to(x0.dtype), x0) * x0 + _col(sigma.to(x0.dtype), x0) * eps
+    ab = _col(ab_at(t, schedule).to(x0.dtype), x0)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
 
 def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
-    """(x_t - sqrt(1 - ab) eps) / sqrt(ab), computed in float64 (module docstring 2), returned in x_t's dtype."""
-    ab = ab_at(t, schedule).reshape(-1, *[1] * (x_t.dim() - 1))
+    """(x_t - sqrt(1 - ab) eps) / sqrt(ab) (flow: (x_t - s eps) / (1 - s)), computed in float64 (module docstring 2),
+    returned in x_t's dtype."""
+    if schedule == FLOW:
+        alpha, sigma = (_col(c, x_t) for c in coefficients(t, schedule))
+        return ((x_t.double() - sigma * eps.double()) / alpha).to(x_t.dtype)
+    ab = _col(ab_at(t, schedule), x_t)
     return ((x_t.double() - (1 - ab).sqrt() * eps.double()) / ab.sqrt()).to(x_t.dtype)
 
 
 def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
-    """(x_t - sqrt(ab) x0) / sqrt(1 - ab), the inverse of `x0_from_eps` (t >= 0)."""
-    ab = ab_at(t, schedule).reshape(-1, *[1] * (x_t.dim() - 1))
+    """(x_t - sqrt(ab) x0) / sqrt(1 - ab) (flow: (x_t - (1 - s) x0) / s), the inverse of `x0_from_eps` (t >= 0)."""
+    if schedule == FLOW:
+        alpha, sigma = (_col(c, x_t) for c in coefficients(t, schedule))
+        return ((x_t.double() - alpha * x0.double()) / sigma).to(x_t.dtype)
+    ab = _col(ab_at(t, schedule), x_t)
     return ((x_t.double() - ab.sqrt() * x0.double()) / (1 - ab).sqrt()).to(x_t.dtype)
+
+
+def x0_from_output(x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
+    """x0 from a network's output (module docstring 7): eps under a VP schedule, v under `flow` (x_t - s v, in
+    float64); returned in x_t's dtype."""
+    if schedule == FLOW:
+        _, sigma = coefficients(t, schedule)
+        return (x_t.double() - _col(sigma, x_t) * out.double()).to(x_t.dtype)
+    return x0_from_eps(x_t, out, t, schedule)
+
+
+def eps_from_output(x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
+    """eps from a network's output: the output itself under a VP schedule, x_t + (1 - s) v under `flow`."""
+    if schedule == FLOW:
+        alpha, _ = coefficients(t, schedule)
+        return (x_t.double() + _col(alpha, x_t) * out.double()).to(x_t.dtype)
+    return out
+
+
+def score_from_output(x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor, schedule: str = "linear"
+                      ) -> torch.Tensor:
+    """(N, D) float64 grad_x log p_t(x_t) = -eps / sigma from a network's output (t >= 0; flow: -(x_t + (1 - s) v) /
+    s, module docstring 7)."""
+    _, sigma = coefficients(t, schedule)
+    return -eps_from_output(x_t.double(), out.double(), t, schedule) / _col(sigma, x_t)
+
+
+def target(x0: torch.Tensor, eps: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
+    """What a network regresses on at x_t = add_noise(x0, eps, t): eps under a VP schedule, v = eps - x0 under
+    `flow`."""
+    return eps - x0 if schedule == FLOW else eps
 
 
 def timesteps(n: int, low: int, high: int, *, generator: torch.Generator) -> torch.Tensor:
@@ -103,7 +170,11 @@ class GaussianMixture:
         return (self.means[labels] + self.sigma * noise).float(), labels
 
     def _noised(self, t: torch.Tensor | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 1) scale sqrt(ab) of the means and (N, 1) variance ab sigma^2 + 1 - ab (module docstring 3)."""
+        """(N, 1) scale sqrt(ab) of the means and (N, 1) variance ab sigma^2 + 1 - ab (module docstring 3); under
+        `flow` alpha = 1 - s and alpha^2 sigma^2 + s^2."""
+        if self.schedule == FLOW and t is not None:
+            alpha, sigma = (c.expand(n)[:, None] for c in coefficients(t, self.schedule))
+            return alpha, alpha.square() * self.sigma**2 + sigma.square()
         ab = torch.ones(n, dtype=torch.float64) if t is None else ab_at(t, self.schedule).expand(n)
         return ab.sqrt()[:, None], (ab * self.sigma**2 + 1 - ab)[:, None]
 
@@ -128,7 +199,27 @@ class GaussianMixture:
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(N, 2) exact eps-prediction -sqrt(1 - ab) score, in x_t's dtype: the analytic teacher."""
+        if self.schedule == FLOW:
+            return (-coefficients(t, self.schedule)[1].expand(len(x_t))[:, None] * self.score(x_t, t)).to(x_t.dtype)
         return (-(1 - ab_at(t, self.schedule).expand(len(x_t)))[:, None].sqrt() * self.score(x_t, t)).to(x_t.dtype)
+
+    def x0_mean(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(N, 2) float64 E[x0 | x_t] = sum_k p(k | x_t) (mu_k + alpha sigma^2 / var (x_t - alpha mu_k)): each mode's
+        Gaussian posterior mean, with no division by alpha (defined at flow's t = 999)."""
+        scale, var = self._noised(t, len(x_t))
+        post = self.log_posterior(x_t, t).exp()  # (N, K)
+        gain = scale * self.sigma**2 / var  # (N, 1)
+        return (1 - gain * scale) * (post @ self.means) + gain * x_t.double()
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(N, 2) exact flow velocity E[eps - x0 | x_t] = -sigma score - E[x0 | x_t], in x_t's dtype."""
+        _, sigma = coefficients(t, self.schedule)
+        eps = -sigma.expand(len(x_t))[:, None] * self.score(x_t, t)
+        return (eps - self.x0_mean(x_t, t)).to(x_t.dtype)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The exact teacher in its schedule's parameterisation (module docstring 7): eps, or v under `flow`."""
+        return self.velocity(x_t, t) if self.schedule == FLOW else self.eps(x_t, t)
 
 
 def time_embedding(t: torch.Tensor, dim: int = 32) -> torch.Tensor:
@@ -165,8 +256,9 @@ def ddim_sample(eps_fn: EpsFn, noise: torch.Tensor, *, steps: int, schedule: str
     ts = torch.linspace(T_STEPS - 1, 0, steps).round().long().tolist() + [-1]
     x = noise
     for t, t_next in zip(ts[:-1], ts[1:]):
-        eps = eps_fn(x, full(t, len(x)))
-        x0 = x0_from_eps(x, eps, full(t, len(x)), schedule)
+        out = eps_fn(x, full(t, len(x)))
+        x0 = x0_from_output(x, out, full(t, len(x)), schedule)
+        eps = eps_from_output(x, out, full(t, len(x)), schedule)
         x = x0 if t_next < 0 else add_noise(x0, eps, full(t_next, len(x)), schedule)
     return x
 
@@ -183,9 +275,10 @@ def student_timesteps(steps: int, *, start: int = T_STEPS - 1) -> list[int]:
 
 
 def generator_x0(net: nn.Module, x_t: torch.Tensor, t: int | torch.Tensor, schedule: str = "linear") -> torch.Tensor:
-    """x0-hat = (x_t - sqrt(1 - ab) eps_G(x_t, t)) / sqrt(ab), the generator's output (DMD2 §3); t an int or (N,)."""
+    """x0-hat = (x_t - sqrt(1 - ab) eps_G(x_t, t)) / sqrt(ab) (flow: x_t - s v_G), the generator's output (DMD2 §3);
+    t an int or (N,)."""
     tt = full(t, len(x_t)) if isinstance(t, int) else t
-    return x0_from_eps(x_t, net(x_t, tt), tt, schedule)
+    return x0_from_output(x_t, net(x_t, tt), tt, schedule)
 
 
 def student_sample(net: nn.Module, noises: list[torch.Tensor], *, steps: int, upto: int | None = None,

@@ -9,7 +9,7 @@ from typing import Any
 
 from rlvr.algos.dmd import PRESETS
 from rlvr.config import ConfigError
-from rlvr.images.diffusion import SCHEDULES, T_STEPS
+from rlvr.images.diffusion import SCHEDULE_NAMES, T_STEPS
 
 REWARD_NAMES = ("distance", "mode")  # rlvr.images.dmd_train.REWARDS; or 'file.py:function' / 'module:function'
 
@@ -42,9 +42,10 @@ class TeacherConfig:
     pulls the student toward the teacher's ring while the GAN's real samples are the data's (the case where the two
     gradients can conflict, docs/RESULTS.md)."""
     schedule: str = "linear"
-    """The diffusion's noise schedule (rlvr.images.diffusion.SCHEDULES): linear (DDPM's betas 1e-4 .. 0.02) or
+    """The diffusion's noise schedule (rlvr.images.diffusion.SCHEDULE_NAMES): linear (DDPM's betas 1e-4 .. 0.02),
     scaled_linear (the Stable Diffusion family's, which DMD2 distils: a one-step student's eps error reaches x0
-    14.6x amplified at t = 999 instead of 157x)."""
+    14.6x amplified at t = 999 instead of 157x), or flow (rectified flow as SD3's: x_t = (1 - s) x0 + s eps, every
+    network predicts the velocity eps - x0; distribution matching reads x0 = x_t - s v, docs/methods.md §11)."""
 
 
 @dataclass
@@ -175,7 +176,8 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.teacher.pretrain_lr > 0, "teacher.pretrain_lr", "> 0", cfg.teacher.pretrain_lr)
     _check(1 <= cfg.teacher.sample_steps <= T_STEPS, "teacher.sample_steps", f"in [1, {T_STEPS}]",
            cfg.teacher.sample_steps)
-    _check(cfg.teacher.schedule in SCHEDULES, "teacher.schedule", f"one of {sorted(SCHEDULES)}", cfg.teacher.schedule)
+    _check(cfg.teacher.schedule in SCHEDULE_NAMES, "teacher.schedule", f"one of {sorted(SCHEDULE_NAMES)}",
+           cfg.teacher.schedule)
     _check(1 <= cfg.student.steps <= 100, "student.steps", "in [1, 100]", cfg.student.steps)
     _check(cfg.student.steps - 1 <= cfg.student.start < T_STEPS, "student.start", f"in [student.steps - 1, "
            f"{T_STEPS - 1}]", cfg.student.start)

@@ -74,6 +74,7 @@ from rlvr.images.diffusion import (
     generator_x0,
     student_sample,
     student_timesteps,
+    target,
     timesteps,
 )
 from rlvr.images.dmd_config import RLConfig, RunConfig, validate
@@ -164,7 +165,8 @@ def _copy(net: ScoreMLP) -> ScoreMLP:
 
 
 def pretrain_denoiser(cfg: RunConfig, gmm: GaussianMixture) -> ScoreMLP:
-    """A ScoreMLP trained by eps-MSE on data samples, t ~ U{0 .. 999} (DDPM's objective), cosine-decayed AdamW."""
+    """A ScoreMLP trained by eps-MSE on data samples, t ~ U{0 .. 999} (DDPM's objective; flow: v-MSE, rectified flow's),
+    cosine-decayed AdamW."""
     tc = cfg.teacher
     with torch.random.fork_rng():
         torch.manual_seed(stream_seed(cfg.seed, "pretrain_init"))
@@ -176,7 +178,7 @@ def pretrain_denoiser(cfg: RunConfig, gmm: GaussianMixture) -> ScoreMLP:
         x0, _ = gmm.sample(tc.pretrain_batch, generator=g)
         t = timesteps(len(x0), 0, T_STEPS - 1, generator=g)
         eps = torch.randn(x0.shape, generator=g)
-        loss = (net(add_noise(x0, eps, t, tc.schedule), t) - eps).square().mean()
+        loss = (net(add_noise(x0, eps, t, tc.schedule), t) - target(x0, eps, tc.schedule)).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -252,7 +254,7 @@ def guidance_loss(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, x0: torc
     g = generator(cfg.seed, "guidance", step)
     x0, share = x0.detach(), _share(len(x0), world or World())
     x_t, eps, t = noised(x0, 0, T_STEPS - 1, generator=g, share=share, schedule=cfg.teacher.schedule)
-    loss, metrics = fake_score_loss(nets.fake(x_t, t), eps)
+    loss, metrics = fake_score_loss(nets.fake(x_t, t), target(x0, eps, cfg.teacher.schedule))
     d = cfg.distill
     if d.gan_weight > 0 and d.disc_weight > 0:
         real, _ = gmm.sample(share.batch if share else len(x0), generator=g)
@@ -423,7 +425,7 @@ def mixture(cfg: RunConfig, *, teacher: bool = False) -> GaussianMixture:
 
 def _teacher(cfg: RunConfig, pretrained: ScoreMLP | None):
     if cfg.teacher.kind == "exact":
-        return mixture(cfg, teacher=True).eps
+        return mixture(cfg, teacher=True).predict
     return lambda x_t, t: pretrained(x_t, t)
 
 
