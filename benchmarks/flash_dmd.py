@@ -13,7 +13,8 @@
    -distance to mode 0, distillation on), rl_alone (the same reward, no distillation: the generator is updated every
    iteration, 5x as often as in the distilled arms, whose ratio is 5); biased_* (the teacher learns the ring at
    radius 3.5, the data's is 4: DM pulls toward the teacher, the GAN toward the data): DM only, DMD2 summed and Flash
-   split at GAN weights 5e-3, 0.05, 0.5.
+   split at GAN weights 5e-3, 0.05, 0.5; flow_* (a flow-matching teacher, pretrained by v-MSE under rectified
+   flow; student and fake score predict the velocity too): dmd2 4-step and 1-step, flash 4-step.
    --merge joins the JSON of processes that ran disjoint arm lists side by side (the metrics do not depend on it;
    the sampling times of such a run are not timings to quote).
 3. Metrics (on 1000 samples vs 1000 fresh data points, see dmd_train's docstring): Fréchet distance of Gaussian fits
@@ -47,6 +48,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "dmd2.yaml"
 BIASED = {"teacher": {"radius": 3.5}}  # the teacher learns the ring at 3.5 while the data (and the GAN's) sit at 4
 ISSUE11 = {"distill": {"gan_weight": 0.01, "disc_weight": 1.0}, "optim": {"lr": 1e-5, "guidance_lr": 1e-3, "warmup": 0}}
 FLASH = {"distill": {"preset": "flash", "split": 500}}
+FLOW = {"teacher": {"schedule": "flow"}}  # rectified flow: every network predicts the velocity (issue 22)
 ARMS = {
     "dmd2_4step": {},
     "dmd2_4step_lr1e-5": {"optim": {"lr": 1e-5}},
@@ -69,6 +71,9 @@ ARMS = {
     "biased_flash_4step": merge(BIASED, FLASH),
     "biased_flash_gan0.05": merge(merge(BIASED, FLASH), {"distill": {"gan_weight": 0.05}}),
     "biased_flash_gan0.5": merge(merge(BIASED, FLASH), {"distill": {"gan_weight": 0.5}}),
+    "flow_dmd2_4step": FLOW,
+    "flow_dmd2_1step": merge(FLOW, {"student": {"steps": 1}}),
+    "flow_flash_4step": merge(FLOW, FLASH),
 }
 TARGETS = (0.1, 0.3)  # Fréchet distances whose first crossing (iterations) each run reports
 KEYS = ("frechet", "energy", "recall", "precision", "modes_covered", "in_mode", "target_share", "reward", "mode_std",
