@@ -108,6 +108,8 @@ def test_resume_equals_uninterrupted(tmp_path, preset):
     ("train__eval_size", 3, "train.eval_size"),
     ("student__steps", 0, "student.steps"),
     ("teacher__schedule", "cosine", "teacher.schedule"),
+    ("rl__rewards", {"distance": 1.0, "nothing": 0.5}, "rl.rewards['nothing']"),
+    ("rl__rewards", {"distance": "heavy"}, "rl.rewards['distance']"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, key, value, field):
     with pytest.raises(ConfigError) as err:
@@ -192,6 +194,23 @@ def test_a_user_reward_file_drives_joint_rl(tmp_path):
     assert rows[-1]["eval/reward"] > rows[0]["eval/reward"]  # the mean x of the samples moved right
     with pytest.raises(ConfigError, match="rl.reward: python reward: file 'nofile.py' not found"):
         build_reward(tiny(tmp_path, "v", rl__reward="nofile.py:f").rl, GaussianMixture())
+
+
+def test_several_rewards_are_summed_with_their_weights_and_a_bad_sample_is_named(tmp_path):
+    fn = tmp_path / "my_reward.py"
+    fn.write_text("import torch\n\ndef right(x0):\n    return x0[:, 0]\n\n"
+                  "def broken(x0):\n    r = x0[:, 0].clone()\n    r[3] = float('nan')\n    return r\n\n"
+                  "def scalar(x0):\n    return x0.sum()\n")
+    gmm, x0 = GaussianMixture(), torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    rl = tiny(tmp_path, "w", rl__rewards={"distance": 2.0, f"{fn}:right": -0.5}).rl
+    want = 2.0 * build_reward(tiny(tmp_path, "d").rl, gmm)(x0) - 0.5 * x0[:, 0]
+    torch.testing.assert_close(build_reward(rl, gmm)(x0), want)
+    with pytest.raises(ValueError, match=r"^reward '.*:broken': sample 3 of 8 \(x0 = \[.*\]\) scored nan"):
+        build_reward(tiny(tmp_path, "b", rl__rewards={"distance": 1.0, f"{fn}:broken": 1.0}).rl, gmm)(x0)
+    with pytest.raises(ValueError, match=r"^reward '.*:scalar': must return a tensor of shape \(8,\)"):
+        build_reward(tiny(tmp_path, "s", rl__reward=f"{fn}:scalar").rl, gmm)(x0)
+    with pytest.raises(ConfigError, match=r"^rl.rewards\['nofile.py:f'\]: python reward: file 'nofile.py'"):
+        build_reward(tiny(tmp_path, "v", rl__rewards={"nofile.py:f": 1.0}).rl, gmm)
 
 
 def test_the_schema_names_every_built_in_reward():

@@ -3,6 +3,7 @@ the range check of every field (one ConfigError line naming it) before anything 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,12 @@ class DistillConfig:
 @dataclass
 class RLConfig:
     reward: str = "distance"
-    """mode: the mode posterior of `mode`; distance: -distance to mode `mode`; or "module:function" taking x0 (N, 2)
-    and returning (N,) differentiable rewards."""
+    """mode: the mode posterior of `mode`; distance: -distance to mode `mode`; or "file.py:function" /
+    "module:function" taking x0 (N, 2) and returning (N,) differentiable rewards."""
+    rewards: dict[str, float] = field(default_factory=dict)
+    """Several rewards summed with weights, {reward: weight} (each key as `reward` takes it); when non-empty it
+    replaces `reward`. Every reward's output is checked: a wrong shape or a non-finite value is an error naming the
+    reward and the sample."""
     mode: int = 0
     """The rewarded mode."""
     form: str = "log"
@@ -203,8 +208,12 @@ def _validate_distill(d: DistillConfig) -> None:
 
 
 def _validate_rl(rl: RLConfig, modes: int) -> None:
-    _check(rl.reward in REWARD_NAMES or ":" in rl.reward, "rl.reward",
-           f"one of {sorted(REWARD_NAMES)}, 'file.py:function' or 'module:function'", rl.reward)
+    for key, spec in [("rl.reward", rl.reward)] + [(f"rl.rewards[{k!r}]", k) for k in rl.rewards]:
+        _check(isinstance(spec, str) and (spec in REWARD_NAMES or ":" in spec), key,
+               f"one of {sorted(REWARD_NAMES)}, 'file.py:function' or 'module:function'", spec)
+    for spec, weight in rl.rewards.items():
+        _check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight),
+               f"rl.rewards[{spec!r}]", "a finite number (the reward's weight)", weight)
     _check(0 <= rl.mode < modes, "rl.mode", f"in [0, data.modes - 1 = {modes - 1}]", rl.mode)
     _check(rl.form in ("log", "prob"), "rl.form", "log or prob", rl.form)
     _check(rl.lambda_R >= 0, "rl.lambda_R", ">= 0", rl.lambda_R)

@@ -106,21 +106,49 @@ def distance_reward(gmm: GaussianMixture, *, mode: int, form: str):
 REWARDS = {"mode": mode_reward, "distance": distance_reward}  # the names dmd_config.REWARD_NAMES lists
 
 
-def build_reward(rl: RLConfig, gmm: GaussianMixture):
-    if rl.reward in REWARDS:
-        return REWARDS[rl.reward](gmm, mode=rl.mode, form=rl.form)
-    module, _, name = rl.reward.rpartition(":")
+def _one_reward(spec: str, rl: RLConfig, gmm: GaussianMixture, key: str):
+    if spec in REWARDS:
+        return REWARDS[spec](gmm, mode=rl.mode, form=rl.form)
+    module, _, name = spec.rpartition(":")
     if module.endswith(".py"):  # a file, as the language-model rewards take it
         from rlvr.rewards.library import load_function
 
         try:
-            return load_function(rl.reward)
+            return load_function(spec)
         except ValueError as err:
-            raise ConfigError(f"rl.reward: {err}") from err
+            raise ConfigError(f"{key}: {err}") from err
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"rl.reward: cannot import {rl.reward!r}: {err}") from err
+        raise ConfigError(f"{key}: cannot import {spec!r}: {err}") from err
+
+
+def _checked(spec: str, fn):
+    """fn, whose output must be an (N,) tensor of finite values: otherwise an error naming the reward and the
+    first bad sample (its index in the batch and its point)."""
+
+    def reward(x0: torch.Tensor) -> torch.Tensor:
+        r = fn(x0)
+        if not isinstance(r, torch.Tensor) or r.shape != (len(x0),):
+            shape = tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__
+            raise ValueError(f"reward {spec!r}: must return a tensor of shape ({len(x0)},), one per sample; got "
+                             f"{shape}")
+        bad = (~torch.isfinite(r.detach())).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"reward {spec!r}: sample {i} of {len(x0)} (x0 = {x0[i].tolist()}) scored "
+                             f"{float(r[i])}, not a finite number")
+        return r
+
+    return reward
+
+
+def build_reward(rl: RLConfig, gmm: GaussianMixture):
+    """x0 (N, 2) -> (N,) rewards: `rl.reward`, or the weighted sum of `rl.rewards`; each reward's output checked."""
+    if not rl.rewards:
+        return _checked(rl.reward, _one_reward(rl.reward, rl, gmm, "rl.reward"))
+    parts = [(w, _checked(spec, _one_reward(spec, rl, gmm, f"rl.rewards[{spec!r}]"))) for spec, w in rl.rewards.items()]
+    return lambda x0: sum(w * fn(x0) for w, fn in parts)
 
 
 # ---------------------------------------------------------------- networks
