@@ -10,7 +10,8 @@ scored by feature-FID against held-out real images.
    (k = 3) and the class of each sample; a second classifier, trained on the same rows from another seed, is the
    reward, so the metric that reports the target class is not the network the reward gradient was taken through.
    Both held-out accuracies are reported. A real-vs-real row (training images vs held-out) gives the metrics' floor.
-2. Teacher: `rlvr.images.unet.TinyUNet` trained by eps-MSE (DDPM, t ~ U{0 .. 999}) on the training images mapped
+2. Teacher: `rlvr.images.unet.TinyUNet` (--net diffusers: a diffusers UNet2DModel of the same widths behind
+   rlvr.images.diffusers_nets.Denoiser) trained by eps-MSE (DDPM, t ~ U{0 .. 999}) on the training images mapped
    to [-1, 1] (AdamW, cosine decay), sampled with deterministic DDIM (--ddim-steps).
 3. Students (DMD2, arXiv 2405.14867): generator and fake score both start from the teacher's weights; K = 4
    (tau = 999, 749, 499, 249), backward simulation, one generator update every `ratio` = 5 guidance updates with
@@ -114,6 +115,9 @@ class Settings:
     """Samples per evaluation."""
     evals: int = 4
     """Evaluations after the start (evenly spaced, the last at the end)."""
+    net: str = "tiny"
+    """The networks: tiny (rlvr.images.unet.TinyUNet) or diffusers (a diffusers UNet2DModel of the same widths,
+    rlvr.images.diffusers_nets.Denoiser; the same losses and samplers)."""
 
 
 ARMS = {
@@ -139,11 +143,24 @@ def make_reward(net: FeatureNet, target: int):
     return lambda x0: net(to_unit(x0)).log_softmax(-1)[:, target]
 
 
+def make_net(st: Settings) -> nn.Module:
+    """A fresh eps-predicting network of the kind `st.net` names."""
+    if st.net == "tiny":
+        return TinyUNet()
+    if st.net == "diffusers":
+        from diffusers import UNet2DModel
+
+        from rlvr.images.diffusers_nets import Denoiser, tiny_unet2d_config
+
+        return Denoiser(UNet2DModel(**tiny_unet2d_config(size=SIZE, base=32, width=48)))
+    raise SystemExit(f"--net: tiny or diffusers, got {st.net!r}")
+
+
 def train_teacher(images: torch.Tensor, st: Settings, seed: int) -> TinyUNet:
-    """TinyUNet by eps-MSE on images in [-1, 1], t ~ U{0 .. 999}, AdamW with cosine decay."""
+    """The network of `st.net` by eps-MSE on images in [-1, 1], t ~ U{0 .. 999}, AdamW with cosine decay."""
     with torch.random.fork_rng():
         torch.manual_seed(stream_seed(seed, "teacher_init"))
-        net = TinyUNet()
+        net = make_net(st)
     opt = torch.optim.AdamW(net.parameters(), lr=st.teacher_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, st.teacher_steps)
     x_all = images * 2 - 1
@@ -401,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_seed = {seed: run_seed(seed, st, args.arms, grids if seed == 0 else None) for seed in args.seeds}
     result = {"setting": {**dataclasses.asdict(st), "seeds": args.seeds, "threads": args.threads,
                           "cpu": cpu_model(), "arms": ARMS, "target_class": SHAPE_CLASSES[st.target],
-                          "unet_params": sum(p.numel() for p in TinyUNet().parameters()), "quick": args.quick},
+                          "unet_params": sum(p.numel() for p in make_net(st).parameters()), "quick": args.quick},
               "summary": summarise(per_seed, args.arms), "per_seed": per_seed,
               "wall_s": time.perf_counter() - start}
     text = json.dumps(result, indent=1)
