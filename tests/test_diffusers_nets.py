@@ -9,8 +9,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 
 from rlvr.algos.dmd import DiffusionGANHead, dm_loss, dm_targets
-from rlvr.images.diffusers_nets import Denoiser, load_denoiser, schedule_of, tiny_unet2d_config
-from rlvr.images.diffusion import SCHEDULES, add_noise, coefficients, generator_x0
+from rlvr.images.diffusers_nets import Denoiser, export_student, load_denoiser, schedule_of, tiny_unet2d_config
+from rlvr.images.diffusion import SCHEDULES, add_noise, coefficients, generator_x0, student_sample
 
 
 def gen(seed=0):
@@ -119,3 +119,26 @@ def test_load_denoiser_reads_a_saved_pipeline_and_refuses_a_folder_without_its_s
     DDPMScheduler(prediction_type="v_prediction").save_pretrained(str(tmp_path / "bare"))
     with pytest.raises(ValueError, match="scheduler_config.json.prediction_type"):
         load_denoiser(tmp_path / "bare")
+
+
+@pytest.mark.parametrize("steps", [4, 1])
+def test_an_exported_student_samples_in_k_steps_with_diffusers_own_pipeline(tmp_path, steps):
+    """DDPMPipeline.from_pretrained on the exported folder, K inference steps, a seeded generator: the same images as
+    rlvr's student_sample with the noises that generator gives in the pipeline's order (the start, then one per
+    re-noising); the scheduler's timesteps are DMD2's tau."""
+    student = tiny("linear", seed=3)
+    for p in student.model.conv_out.parameters():  # diffusers zero-inits nothing here, but make the output matter
+        p.data.mul_(3.0)
+    export_student(student, tmp_path / "student", steps=steps)
+    pipe = DDPMPipeline.from_pretrained(str(tmp_path / "student"))
+    assert type(pipe.scheduler).__name__ == "LCMScheduler"
+    images = pipe(batch_size=2, num_inference_steps=steps, generator=gen(13), output_type="np").images  # (2, H, W, 3)
+    assert pipe.scheduler.timesteps.tolist() == ([999, 749, 499, 249] if steps == 4 else [999])
+    g = gen(13)
+    noises = [torch.randn(2, 3, 16, 16, generator=g) for _ in range(steps)]
+    with torch.no_grad():
+        want = (student_sample(student, noises, steps=steps) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    torch.testing.assert_close(torch.from_numpy(images), want, atol=2e-4, rtol=0)
+    assert load_denoiser(tmp_path / "student").schedule == "linear"
+    with pytest.raises(ValueError, match="^export_student: LCMScheduler's K-step schedule starts at 999"):
+        export_student(student, tmp_path / "other", steps=1, start=399)

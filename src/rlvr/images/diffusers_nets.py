@@ -17,6 +17,11 @@ behind the (x_t, t) -> output interface that rlvr.images.diffusion's samplers an
    score's bottleneck). A forward hook keeps that output on the mid block itself (so `copy.deepcopy`, which DMD2's
    "generator and fake score start from the teacher" uses, gives a copy that hooks its own block); one forward
    computes output and features.
+4. `export_student` writes a K-step student as a diffusers DDPMPipeline folder whose scheduler is an LCMScheduler
+   with original_inference_steps 1000: its K-step schedule is then DMD2's tau (999, 749, 499, 249 for K = 4), and
+   its step is the student's (x0 from eps, re-noised to the next tau with fresh noise, the last x0 returned; the
+   boundary scalings c_skip ~ 1e-8 and c_out ~ 1 at tau >= 249). `DDPMPipeline.from_pretrained(folder)(
+   num_inference_steps=K)` samples it with diffusers alone; `load_denoiser(folder)` reads it back.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch import nn
 from rlvr.images.diffusion import FLOW, T_STEPS
 
 VP_BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}  # rlvr.images.diffusion.SCHEDULES
+VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "LCMScheduler")  # LCMScheduler: an exported student's
 
 
 def tiny_unet2d_config(*, channels: int = 3, size: int = 16, base: int = 16, width: int = 32) -> dict[str, Any]:
@@ -56,9 +62,9 @@ def schedule_of(config: dict[str, Any], *, where: str = "scheduler") -> str:
             raise ValueError(f"{where}.shift: only the unshifted flow (shift 1, no dynamic shifting) is supported, got "
                              f"{shift}")
         return FLOW
-    if cls not in ("DDPMScheduler", "DDIMScheduler"):
-        raise ValueError(f"{where}._class_name: DDPMScheduler, DDIMScheduler or FlowMatchEulerDiscreteScheduler, got "
-                         f"{cls!r}")
+    if cls not in VP_SCHEDULERS:
+        raise ValueError(f"{where}._class_name: one of {', '.join(VP_SCHEDULERS)} or FlowMatchEulerDiscreteScheduler, "
+                         f"got {cls!r}")
     prediction = config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise ValueError(f"{where}.prediction_type: rlvr's VP schedules predict epsilon, got {prediction!r}")
@@ -123,3 +129,23 @@ def load_denoiser(folder: str | Path) -> Denoiser:
     if not (sub / "config.json").is_file():
         raise ValueError(f"{folder}: no unet/config.json or config.json")
     return Denoiser(UNet2DModel.from_pretrained(str(sub)), schedule=schedule)
+
+
+def export_student(student: Denoiser, folder: str | Path, *, steps: int, start: int = T_STEPS - 1) -> Path:
+    """The K-step student as a diffusers pipeline folder (module docstring 4); returns the folder."""
+    from diffusers import DDPMPipeline, LCMScheduler
+
+    if student.schedule == FLOW:
+        raise ValueError("export_student: a flow student has no re-noising K-step scheduler in diffusers that rlvr "
+                         "maps (LCMScheduler is a VP scheduler)")
+    if start != T_STEPS - 1:
+        raise ValueError(f"export_student: LCMScheduler's K-step schedule starts at {T_STEPS - 1}; student.start is "
+                         f"{start}")
+    lo, hi = VP_BETAS[student.schedule]
+    scheduler = LCMScheduler(num_train_timesteps=T_STEPS, beta_start=lo, beta_end=hi, beta_schedule=student.schedule,
+                             original_inference_steps=T_STEPS, prediction_type="epsilon", clip_sample=False)
+    folder = Path(folder)
+    DDPMPipeline(unet=student.model, scheduler=scheduler).save_pretrained(str(folder))
+    (folder / "rlvr_student.json").write_text(json.dumps({"num_inference_steps": steps, "schedule": student.schedule},
+                                                         indent=1) + "\n")
+    return folder
