@@ -129,12 +129,13 @@ def pooled_hidden(policy, samples, *, batch_size: int = 32) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def probe(features: torch.Tensor, qa, split: int) -> dict:
+def probe(features: torch.Tensor, qa, split: int, *, c: float | None = 1.0, prefix: str = "probe") -> dict:
     """Module docstring 4: per question kind, a logistic regression fitted on the rows of videos < `split` (their
-    index among the transfer videos) and scored on the rest; accuracy in % beside the majority class of the fit rows."""
+    index among the transfer videos) and scored on the rest; accuracy in % beside the majority class of the fit rows.
+    `c`: the inverse L2 strength; None chooses it by 5-fold cross-validation on the fit rows only."""
     from collections import Counter
 
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -144,15 +145,19 @@ def probe(features: torch.Tensor, qa, split: int) -> dict:
         rows = [i for i, s in enumerate(qa) if s.meta["kind"] == kind]
         fit = [i for i in rows if qa[i].meta["video_index"] < split]
         test = [i for i in rows if qa[i].meta["video_index"] >= split]
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+        head = (LogisticRegression(C=c, max_iter=5000) if c is not None
+                else LogisticRegressionCV(Cs=list(10.0 ** torch.arange(-4, 3).numpy()), cv=5, max_iter=5000))
+        model = make_pipeline(StandardScaler(), head)
         model.fit(x[fit], [qa[i].answer for i in fit])
         right = sum(p == qa[i].answer for p, i in zip(model.predict(x[test]), test))
         majority = Counter(qa[i].answer for i in fit).most_common(1)[0][0]
-        out[f"probe/{kind}"] = 100 * right / len(test)
-        out[f"probe_majority/{kind}"] = 100 * sum(qa[i].answer == majority for i in test) / len(test)
-        out[f"probe_rows/{kind}"] = {"fit": len(fit), "test": len(test)}
+        out[f"{prefix}/{kind}"] = 100 * right / len(test)
+        out[f"{prefix}_majority/{kind}"] = 100 * sum(qa[i].answer == majority for i in test) / len(test)
+        out[f"{prefix}_rows/{kind}"] = {"fit": len(fit), "test": len(test)}
+        if c is None:
+            out[f"{prefix}_C/{kind}"] = float(model[-1].C_[0])
         hits, total = hits + right, total + len(test)
-    out["probe/overall"] = 100 * hits / total
+    out[f"{prefix}/overall"] = 100 * hits / total
     return out
 
 
