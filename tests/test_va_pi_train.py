@@ -166,3 +166,43 @@ def test_a_user_lpips_function_enters_the_reward_and_the_evaluation(tmp_path):
     rows_a, rows_b = (read_metrics(tmp_path / x / "tiny" / "metrics.jsonl") for x in "ab")
     assert rows_b[1]["reward"] < rows_a[1]["reward"]  # the same samples, minus a positive perceptual distance
     assert "eval/lpips" in with_lpips["eval_after"] and "eval/lpips" not in base["eval_after"]
+
+
+def test_a_run_trains_from_a_diffusers_vqmodel_folder(tmp_path):
+    """vq.path at a diffusers VQModel folder (rlvr.images.tokenizers): the run's tokenizer is that model (its held-out
+    reconstruction error is the adapter's), saved to <run>/vq as a VQModel folder again; the policy trains and a
+    resumed run equals an uninterrupted one."""
+    from diffusers import VQModel
+
+    from rlvr.images.tokenizers import load_tokenizer, tiny_vqmodel_config
+    from rlvr.images.va_pi_train import image_data
+
+    torch.manual_seed(0)
+    VQModel(**tiny_vqmodel_config()).save_pretrained(tmp_path / "vqmodel")
+    over = {"vq.path": str(tmp_path / "vqmodel"), "train.steps": 2, "train.eval_every": 1}
+    train(config(tmp_path / "a", **over))
+    train(config(tmp_path / "b", **{**over, "train.steps": 1}))
+    train(config(tmp_path / "b", **over), resume=True)
+    a, b = tmp_path / "a" / "tiny", tmp_path / "b" / "tiny"
+    assert json.loads((a / "vq" / "config.json").read_text())["_class_name"] == "VQModel"
+    vq = load_tokenizer(tmp_path / "vqmodel", size=8)
+    held = image_data(config(tmp_path))[2]
+    rows = read_metrics(a / "metrics.jsonl")
+    assert abs(rows[0]["eval/vq_mse"] - float((vq.decode(vq.encode(held)) - held).square().mean())) < 1e-6
+    assert without_timing(rows) == without_timing(read_metrics(b / "metrics.jsonl"))
+    wa, wb, w0 = weights(a / "final"), weights(b / "final"), weights(a / "init")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wa[k], w0[k]) for k in wa)  # the policy trained on the VQModel's codes
+
+
+def test_a_tokenizer_folder_that_does_not_fit_is_refused_before_loading(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(ConfigError, match="vq.path: .* is a diffusers 'UNet2DModel', not a VQModel"):
+        validate(config(tmp_path, **{"vq.path": str(tmp_path / "unet")}))
+    (tmp_path / "vq16").mkdir()
+    (tmp_path / "vq16" / "config.json").write_text(json.dumps({"_class_name": "VQModel",
+                                                                "block_out_channels": [8, 8, 8, 8, 8]}))
+    with pytest.raises(ConfigError, match=r"data.size \(8\) must be a multiple of the diffusers tokenizer's "
+                                          r"downsampling factor 16"):
+        validate(config(tmp_path, **{"vq.path": str(tmp_path / "vq16")}))

@@ -58,7 +58,8 @@ class DataConfig:
 @dataclass
 class VQSection:
     path: str | None = None
-    """A tokenizer folder (VQTokenizer.save); default: train one at the start and save it to <run>/vq."""
+    """A tokenizer folder: rlvr's (VQTokenizer.save), a diffusers VQModel folder or a LlamaGen checkpoint folder
+    (rlvr.images.tokenizers); default: train rlvr's toy tokenizer at the start. Saved to <run>/vq in its format."""
     steps: int = 400
     codes: int = 128
     hidden: int = 64
@@ -183,6 +184,10 @@ def validate(cfg: RunConfig) -> None:
         path = _get(cfg, key)
         if path is not None and not Path(path).is_dir():
             raise ConfigError(f"{key}: '{path}' is not a folder")
+    if cfg.vq.path:  # the folder's format and image size, from its config alone (no weights loaded yet)
+        from rlvr.images.tokenizers import check_size, peek
+
+        check_size(peek(cfg.vq.path), cfg.data.size)
 
 
 def _get(cfg, key: str):
@@ -220,17 +225,18 @@ def prepare(cfg: RunConfig, run_dir: Path, train_images: torch.Tensor, train_lab
     docstring 2); a new run writes them to the run folder, a resumed one reads them back."""
     from rlvr.images.ar import ar_model, code_tokenizer, image_policy, load_image_policy
     from rlvr.images.metrics import FeatureNet, train_classifier
-    from rlvr.images.vq import VQConfig, VQTokenizer, train_vq
+    from rlvr.images.tokenizers import load_tokenizer
+    from rlvr.images.vq import VQConfig, train_vq
     from rlvr.seeding import generator
 
     if not fresh:
-        vq = VQTokenizer.load(run_dir / "vq")
+        vq = load_tokenizer(run_dir / "vq", size=cfg.data.size)
         saved = torch.load(run_dir / "classifier.pt", weights_only=True)
         net = FeatureNet(size=cfg.data.size, classes=saved["classes"])
         net.load_state_dict(saved["state"])
         return vq.eval(), net.eval(), saved["accuracy"], None
     if cfg.vq.path:
-        vq = VQTokenizer.load(cfg.vq.path)
+        vq = load_tokenizer(cfg.vq.path, size=cfg.data.size)
     else:
         vq_cfg = VQConfig(size=cfg.data.size, codes=cfg.vq.codes, hidden=cfg.vq.hidden, dim=cfg.vq.dim)
         vq, _ = train_vq(train_images, steps=cfg.vq.steps, seed=cfg.seed, config=vq_cfg)
