@@ -155,8 +155,8 @@ class DataDiscriminator(nn.Module):
 
     def logits(self, fake: nn.Module, x0: torch.Tensor, *, generator: torch.Generator, t_gan: int = 1000,
                share: Share | None = None, schedule: str = "linear") -> torch.Tensor:
-        """(N,) logits on the clean points (the other arguments unused: the head's call)."""
-        return self.net(x0).squeeze(-1)
+        """(N,) logits on the clean points, images flattened (the other arguments unused: the head's call)."""
+        return self.net(x0.flatten(1)).squeeze(-1)
 
 
 def summed_weights(t_k: torch.Tensor, *, split: int = 500) -> tuple[torch.Tensor, torch.Tensor]:

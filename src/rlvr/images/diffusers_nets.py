@@ -5,6 +5,7 @@ behind the (x_t, t) -> output interface that rlvr.images.diffusion's samplers an
     out = net(x_t, t)                      # x_t (N, C, H, W), rlvr's integer t (N,) -> eps (VP) or v (flow)
     feats = net.features(x_t, t)           # (N, net.width): the mid block averaged over positions
     net = load_denoiser("/models/ddpm-16")  # a diffusers folder: unet/ and scheduler/ (a pipeline) or a bare model
+    parts = load_pipeline("/models/sd-tiny")  # Parts: denoiser, vae, text encoder + tokenizer of a local pipeline
 
 1. Timesteps: rlvr's t runs 0 .. 999 (rlvr.images.diffusion). DDPMScheduler / DDIMScheduler take the same t;
    FlowMatchEulerDiscreteScheduler's timestep is sigma * 1000 with sigma = (t + 1) / 1000 (its 1000 training
@@ -21,7 +22,15 @@ behind the (x_t, t) -> output interface that rlvr.images.diffusion's samplers an
    with original_inference_steps 1000: its K-step schedule is then DMD2's tau (999, 749, 499, 249 for K = 4), and
    its step is the student's (x0 from eps, re-noised to the next tau with fresh noise, the last x0 returned; the
    boundary scalings c_skip ~ 1e-8 and c_out ~ 1 at tau >= 249). `DDPMPipeline.from_pretrained(folder)(
-   num_inference_steps=K)` samples it with diffusers alone; `load_denoiser(folder)` reads it back.
+   num_inference_steps=K)` samples it with diffusers alone; `load_denoiser(folder)` reads it back. A student with
+   a text encoder and a VAE exports as a StableDiffusionPipeline folder the same way (the student has no CFG:
+   sample it with guidance_scale 1).
+5. Text conditioning (`Parts.embed`): prompts through the pipeline's own tokenizer (padded to its model_max_length)
+   and text encoder, the last hidden state: the `prompt_embeds` StableDiffusionPipeline computes, so a student
+   trained on them samples the same under the pipeline. `Denoiser(..., cond)` passes them as encoder_hidden_states.
+6. VAE latents (`Parts.encode` / `Parts.decode`): images in [-1, 1] <-> latents * scaling_factor (the encoder's
+   posterior mode, so the data's latents are fixed); distillation runs on latents, rewards and metrics on decoded
+   pixels.
 """
 
 from __future__ import annotations
@@ -44,6 +53,39 @@ def tiny_unet2d_config(*, channels: int = 3, size: int = 16, base: int = 16, wid
     return {"sample_size": size, "in_channels": channels, "out_channels": channels, "layers_per_block": 1,
             "block_out_channels": (base, width), "down_block_types": ("DownBlock2D", "DownBlock2D"),
             "up_block_types": ("UpBlock2D", "UpBlock2D"), "norm_num_groups": 8}
+
+
+def tiny_conditional_config(*, channels: int = 4, size: int = 8, base: int = 16, width: int = 32, text: int = 32
+                            ) -> dict[str, Any]:
+    """A UNet2DConditionModel config for a CPU test: Stable Diffusion's block types at two resolutions, cross-
+    attention to `text`-wide prompt embeddings."""
+    return {"sample_size": size, "in_channels": channels, "out_channels": channels, "layers_per_block": 1,
+            "block_out_channels": (base, width), "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "cross_attention_dim": text,
+            "attention_head_dim": 8, "norm_num_groups": 8}
+
+
+def tiny_vae_config(*, channels: int = 3, size: int = 16, latents: int = 4) -> dict[str, Any]:
+    """An AutoencoderKL config for a CPU test: one downsampling (16 px -> 8 x 8 latents)."""
+    return {"in_channels": channels, "out_channels": channels, "latent_channels": latents, "sample_size": size,
+            "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2,
+            "block_out_channels": (16, 32), "layers_per_block": 1, "norm_num_groups": 8}
+
+
+def tiny_text_encoder(*, width: int = 32, length: int = 16, seed: int = 0):
+    """(tokenizer, CLIPTextModel) built offline: a character-level CLIP BPE vocabulary (every byte, alone and as a
+    word end, no merges) and a 2-layer text transformer of `width` with random weights."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    words = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(vocab={w: i for i, w in enumerate(words)}, merges=[], model_max_length=length)
+    config = CLIPTextConfig(vocab_size=len(words), hidden_size=width, intermediate_size=2 * width,
+                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=length,
+                            bos_token_id=len(words) - 2, eos_token_id=len(words) - 1, pad_token_id=len(words) - 1)
+    torch.manual_seed(seed)
+    return tokenizer, CLIPTextModel(config)
 
 
 def _close(a: float, b: float) -> bool:
@@ -77,7 +119,23 @@ def schedule_of(config: dict[str, Any], *, where: str = "scheduler") -> str:
 
 
 def _keep_output(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-    module._rlvr_output = output[0] if isinstance(output, tuple) else output
+    if getattr(module, "_rlvr_keep", False):  # only inside `features`: no graph is left hanging on the module
+        module._rlvr_output = output[0] if isinstance(output, tuple) else output
+
+
+class Bound(nn.Module):
+    """A Denoiser with its prompt embeddings fixed for one batch: the (x_t, t) interface the samplers and the DMD
+    losses call (rows of x_t and cond correspond)."""
+
+    def __init__(self, net: Denoiser, cond: torch.Tensor | None):
+        super().__init__()
+        self.net, self.cond = net, cond
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x_t, t, self.cond)
+
+    def features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x_t, t, self.cond)
 
 
 class Denoiser(nn.Module):
@@ -94,13 +152,22 @@ class Denoiser(nn.Module):
     def _timestep(self, t: torch.Tensor) -> torch.Tensor:
         return t + 1 if self.schedule == FLOW else t
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.model(x_t, self._timestep(t.expand(len(x_t)))).sample
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's output at rlvr's t; `cond` (N, L, D) prompt embeddings for a conditional U-Net."""
+        t = self._timestep(t.expand(len(x_t)))
+        if cond is None:
+            return self.model(x_t, t).sample
+        return self.model(x_t, t, encoder_hidden_states=cond).sample
 
-    def features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def features(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """(N, width): the mid block's output of this call, averaged over its positions."""
-        self(x_t, t)
-        return self.model.mid_block._rlvr_output.mean((2, 3))
+        block = self.model.mid_block
+        block._rlvr_keep = True
+        try:
+            self(x_t, t, cond)
+            return block.__dict__.pop("_rlvr_output").mean((2, 3))
+        finally:
+            block._rlvr_keep = False
 
     def save(self, folder: str | Path) -> None:
         """The model as a diffusers folder (config.json + safetensors), loadable by its own class."""
@@ -115,11 +182,19 @@ def _scheduler_config(folder: Path) -> tuple[dict[str, Any], Path]:
                      "model: rlvr needs the schedule the model was trained on")
 
 
+def _unet_class(sub: Path):
+    import diffusers
+
+    name = json.loads((sub / "config.json").read_text()).get("_class_name", "UNet2DModel")
+    if name not in ("UNet2DModel", "UNet2DConditionModel"):
+        raise ValueError(f"{sub / 'config.json'}: _class_name must be UNet2DModel or UNet2DConditionModel, got "
+                         f"{name!r}")
+    return getattr(diffusers, name)
+
+
 def load_denoiser(folder: str | Path) -> Denoiser:
     """A Denoiser from a local diffusers folder: a pipeline (unet/, scheduler/) or a model folder with its
     scheduler_config.json. The schedule is checked before the weights are read."""
-    from diffusers import UNet2DModel
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"model.path: {folder} is not a folder")
@@ -128,12 +203,148 @@ def load_denoiser(folder: str | Path) -> Denoiser:
     sub = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
     if not (sub / "config.json").is_file():
         raise ValueError(f"{folder}: no unet/config.json or config.json")
-    return Denoiser(UNet2DModel.from_pretrained(str(sub)), schedule=schedule)
+    return Denoiser(_unet_class(sub).from_pretrained(str(sub)), schedule=schedule)
 
 
-def export_student(student: Denoiser, folder: str | Path, *, steps: int, start: int = T_STEPS - 1) -> Path:
-    """The K-step student as a diffusers pipeline folder (module docstring 4); returns the folder."""
-    from diffusers import DDPMPipeline, LCMScheduler
+class Parts:
+    """A pipeline's pieces as the DMD loop uses them: the teacher Denoiser, and an optional VAE and text encoder
+    (module docstring 5, 6). `Parts.build` makes tiny random ones, `load_pipeline` reads a folder; `frozen` turns
+    their gradients off."""
+
+    def __init__(self, denoiser: Denoiser, *, vae: nn.Module | None = None, tokenizer: Any = None,
+                 text_encoder: nn.Module | None = None):
+        if (tokenizer is None) != (text_encoder is None):
+            raise ValueError("Parts: a text encoder needs its tokenizer and the other way round")
+        conditional = "encoder_hidden_states" in _forward_arguments(denoiser.model)
+        if conditional != (text_encoder is not None):
+            raise ValueError(f"{type(denoiser.model).__name__}: " + ("a conditional U-Net needs a text encoder and a "
+                             "tokenizer" if conditional else "an unconditional U-Net takes no text encoder"))
+        self.denoiser, self.vae, self.tokenizer, self.text_encoder = denoiser, vae, tokenizer, text_encoder
+
+    def frozen(self) -> Parts:
+        """Every part without gradients, in eval mode (the teacher's side of a run); returns self."""
+        for part in (self.denoiser, self.vae, self.text_encoder):
+            if part is not None:
+                part.requires_grad_(False).eval()
+        return self
+
+    @property
+    def conditional(self) -> bool:
+        return self.text_encoder is not None
+
+    @property
+    def scale(self) -> float:
+        return float(self.vae.config.scaling_factor) if self.vae is not None else 1.0
+
+    @classmethod
+    def build(cls, *, size: int = 16, conditional: bool = False, vae: bool = False, schedule: str = "linear",
+              seed: int = 0) -> Parts:
+        """Tiny random parts (the tiny_* configs): a UNet2DModel on pixels, or with `vae` on 4-channel latents of
+        a 2x-downsampling AutoencoderKL; `conditional` a UNet2DConditionModel and a tiny CLIP text encoder."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+
+        if conditional and not vae:
+            raise ValueError("Parts.build: text conditioning is built as Stable Diffusion's shape, with a VAE")
+        torch.manual_seed(seed)
+        auto = AutoencoderKL(**tiny_vae_config(size=size)) if vae else None
+        channels, side = (4, size // 2) if vae else (3, size)
+        if conditional:
+            unet = UNet2DConditionModel(**tiny_conditional_config(channels=channels, size=side))
+            tokenizer, text = tiny_text_encoder(seed=seed + 1)
+        else:
+            unet, tokenizer, text = UNet2DModel(**tiny_unet2d_config(channels=channels, size=side)), None, None
+        return cls(Denoiser(unet, schedule=schedule), vae=auto, tokenizer=tokenizer, text_encoder=text)
+
+    def shape(self, size: int) -> tuple[int, int, int]:
+        """The (C, H, W) the denoiser works on for `size` px images."""
+        if self.vae is None:
+            return (int(self.denoiser.model.config.in_channels), size, size)
+        down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (int(self.vae.config.latent_channels), size // down, size // down)
+
+    @torch.no_grad()
+    def embed(self, prompts: list[str]) -> torch.Tensor | None:
+        """(N, L, D) prompt embeddings (module docstring 5); None for an unconditional model."""
+        if not self.conditional:
+            return None
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the space the denoiser works on (latents * scaling_factor, or the images)."""
+        if self.vae is None:
+            return images
+        return self.vae.encode(images).latent_dist.mode() * self.scale
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The denoiser's space -> images in [-1, 1] (differentiable: a reward's gradient reaches the latents)."""
+        return x if self.vae is None else self.vae.decode(x / self.scale).sample
+
+    def save(self, folder: str | Path) -> Path:
+        """The teacher's pipeline as a diffusers folder (the student's export with the teacher's own scheduler)."""
+        return _save_pipeline(self, self.denoiser.model, folder, _train_scheduler(self.denoiser.schedule))
+
+
+def _forward_arguments(model: nn.Module) -> tuple[str, ...]:
+    import inspect
+
+    return tuple(inspect.signature(model.forward).parameters)
+
+
+def _train_scheduler(schedule: str):
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    if schedule == FLOW:
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=T_STEPS, shift=1.0)
+    lo, hi = VP_BETAS[schedule]
+    return DDPMScheduler(num_train_timesteps=T_STEPS, beta_start=lo, beta_end=hi, beta_schedule=schedule,
+                         prediction_type="epsilon", clip_sample=False, steps_offset=1)  # Stable Diffusion's
+
+
+def _save_pipeline(parts: Parts, unet: nn.Module, folder: str | Path, scheduler) -> Path:
+    from diffusers import DDPMPipeline, StableDiffusionPipeline
+
+    folder = Path(folder)
+    if parts.conditional:
+        pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                       unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    elif parts.vae is None:
+        pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+    else:
+        raise ValueError("export: an unconditional model on VAE latents has no diffusers pipeline rlvr writes "
+                         "(DDPMPipeline: pixels; StableDiffusionPipeline: text-conditioned latents)")
+    pipe.save_pretrained(str(folder))
+    return folder
+
+
+def load_pipeline(folder: str | Path) -> Parts:
+    """Parts of a local diffusers pipeline folder: unet/ and scheduler/ (checked first), and vae/, text_encoder/ and
+    tokenizer/ when present (a StableDiffusionPipeline's layout); a bare model folder gives the denoiser alone."""
+    folder = Path(folder)
+    denoiser = load_denoiser(folder)
+    vae = text = tokenizer = None
+    if (folder / "vae" / "config.json").is_file():
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(folder / "vae"))
+    if (folder / "text_encoder" / "config.json").is_file():
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        if not (folder / "tokenizer").is_dir():
+            raise ValueError(f"{folder}: text_encoder/ without tokenizer/")
+        text, tokenizer = CLIPTextModel.from_pretrained(str(folder / "text_encoder")), AutoTokenizer.from_pretrained(
+            str(folder / "tokenizer"))
+    return Parts(denoiser, vae=vae, tokenizer=tokenizer, text_encoder=text)
+
+
+def export_student(student: Denoiser, folder: str | Path, *, steps: int, start: int = T_STEPS - 1,
+                   parts: Parts | None = None) -> Path:
+    """The K-step student as a diffusers pipeline folder (module docstring 4), with the teacher's VAE and text
+    encoder when `parts` has them; returns the folder."""
+    from diffusers import LCMScheduler
 
     if student.schedule == FLOW:
         raise ValueError("export_student: a flow student has no re-noising K-step scheduler in diffusers that rlvr "
@@ -143,9 +354,9 @@ def export_student(student: Denoiser, folder: str | Path, *, steps: int, start: 
                          f"{start}")
     lo, hi = VP_BETAS[student.schedule]
     scheduler = LCMScheduler(num_train_timesteps=T_STEPS, beta_start=lo, beta_end=hi, beta_schedule=student.schedule,
-                             original_inference_steps=T_STEPS, prediction_type="epsilon", clip_sample=False)
-    folder = Path(folder)
-    DDPMPipeline(unet=student.model, scheduler=scheduler).save_pretrained(str(folder))
+                             original_inference_steps=T_STEPS, prediction_type="epsilon", clip_sample=False,
+                             steps_offset=1)  # LCMScheduler never reads steps_offset; 1 spares the pipeline's warning
+    folder = _save_pipeline(parts or Parts(student), student.model, folder, scheduler)
     (folder / "rlvr_student.json").write_text(json.dumps({"num_inference_steps": steps, "schedule": student.schedule},
                                                          indent=1) + "\n")
     return folder

@@ -17,6 +17,15 @@ REWARD_NAMES = ("distance", "mode")  # rlvr.images.dmd_train.REWARDS; or 'file.p
 
 @dataclass
 class DataConfig:
+    kind: str = "mixture"
+    """mixture: the 2-D Gaussian mixture below (teacher.kind exact or mlp); shapes: 4-class toy shape images
+    (rlvr.images.data.toy_shapes) for a diffusers teacher (rlvr.images.dmd_diffusers)."""
+    size: int = 16
+    """shapes: image side in pixels."""
+    images: int = 2000
+    """shapes: training images (the GAN's real side, the tiny teacher's pretraining)."""
+    held_images: int = 256
+    """shapes: held-out images the evaluation compares against."""
     modes: int = 8
     """Mixture modes, evenly spaced on a circle."""
     radius: float = 4.0
@@ -28,7 +37,8 @@ class DataConfig:
 @dataclass
 class TeacherConfig:
     kind: str = "exact"
-    """exact: the analytic eps of the noised mixture; mlp: a ScoreMLP trained on data at the start of the run."""
+    """exact: the analytic eps of the noised mixture; mlp: a ScoreMLP trained on data at the start of the run;
+    diffusers: a diffusers U-Net on images (the `diffusers` section; data.kind shapes)."""
     pretrain_steps: int = 2000
     """Steps of eps-MSE training of the ScoreMLP on data (the mlp teacher, and the student's start); 0: none."""
     pretrain_batch: int = 512
@@ -47,6 +57,21 @@ class TeacherConfig:
     scaled_linear (the Stable Diffusion family's, which DMD2 distils: a one-step student's eps error reaches x0
     14.6x amplified at t = 999 instead of 157x), or flow (rectified flow as SD3's: x_t = (1 - s) x0 + s eps, every
     network predicts the velocity eps - x0; distribution matching reads x0 = x_t - s v, docs/methods.md §11)."""
+
+
+@dataclass
+class DiffusersConfig:
+    path: str | None = None
+    """A local diffusers pipeline folder (unet/ and scheduler/, with vae/, text_encoder/ and tokenizer/ when it has
+    them) as the teacher; its scheduler sets the schedule (teacher.schedule must name the same). None: tiny random
+    parts built from configs and pretrained on the data for teacher.pretrain_steps."""
+    conditioning: str = "none"
+    """Tiny parts only: none (a UNet2DModel) or text (a UNet2DConditionModel with a tiny CLIP text encoder; the
+    class names are the prompts; needs vae, Stable Diffusion's shape)."""
+    vae: bool = False
+    """Tiny parts only: an AutoencoderKL; distillation then runs on its latents."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance of the teacher's eps (conditional models; 1: none)."""
 
 
 @dataclass
@@ -149,6 +174,7 @@ class RunConfig:
     """Parent folder of run folders."""
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    diffusers: DiffusersConfig = field(default_factory=DiffusersConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     rl: RLConfig = field(default_factory=RLConfig)
@@ -171,10 +197,12 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.data.modes >= 1, "data.modes", ">= 1", cfg.data.modes)
     _check(cfg.data.radius >= 0, "data.radius", ">= 0", cfg.data.radius)
     _check(cfg.data.sigma > 0, "data.sigma", "> 0", cfg.data.sigma)
-    _check(cfg.teacher.kind in ("exact", "mlp"), "teacher.kind", "exact or mlp", cfg.teacher.kind)
+    _check(cfg.teacher.kind in ("exact", "mlp", "diffusers"), "teacher.kind", "exact, mlp or diffusers",
+           cfg.teacher.kind)
+    _validate_images(cfg)
     _check(cfg.teacher.radius is None or cfg.teacher.radius >= 0, "teacher.radius", ">= 0 or null", cfg.teacher.radius)
     _check(cfg.teacher.pretrain_steps >= 0, "teacher.pretrain_steps", ">= 0", cfg.teacher.pretrain_steps)
-    needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
+    needs = cfg.teacher.kind == "mlp" or (cfg.student.init == "pretrained" and cfg.teacher.kind == "exact")
     _check(not needs or cfg.teacher.pretrain_steps > 0, "teacher.pretrain_steps", "> 0 for an mlp teacher or a "
            "pretrained student init", cfg.teacher.pretrain_steps)
     _check(cfg.teacher.pretrain_batch >= 1, "teacher.pretrain_batch", ">= 1", cfg.teacher.pretrain_batch)
@@ -194,6 +222,42 @@ def validate(cfg: RunConfig) -> None:
     for key in ("steps", "batch", "eval_every", "save_every", "keep"):
         _check(getattr(tr, key) >= 1, f"train.{key}", ">= 1", getattr(tr, key))
     _check(tr.eval_size >= 8, "train.eval_size", ">= 8 (precision / recall need k + 1 = 4 points)", tr.eval_size)
+
+
+def _validate_images(cfg: RunConfig) -> None:
+    d, dc, images = cfg.data, cfg.diffusers, cfg.teacher.kind == "diffusers"
+    _check(d.kind in ("mixture", "shapes"), "data.kind", "mixture or shapes", d.kind)
+    _check(images == (d.kind == "shapes"), "data.kind", "shapes with teacher.kind diffusers, mixture otherwise",
+           d.kind)
+    if not images:
+        return
+    _check(d.size >= 8 and d.size % 4 == 0, "data.size", "a multiple of 4, at least 8", d.size)
+    _check(d.images >= 8, "data.images", ">= 8", d.images)
+    _check(d.held_images >= 8, "data.held_images", ">= 8", d.held_images)
+    _check(dc.conditioning in ("none", "text"), "diffusers.conditioning", "none or text", dc.conditioning)
+    _check(dc.conditioning == "none" or dc.vae or dc.path, "diffusers.vae", "true with text conditioning (Stable "
+           "Diffusion's shape)", dc.vae)
+    _check(dc.guidance_scale >= 1, "diffusers.guidance_scale", ">= 1", dc.guidance_scale)
+    _check(cfg.student.init == "pretrained", "student.init", "pretrained with a diffusers teacher (generator and "
+           "fake score start from it)", cfg.student.init)
+    _check(dc.path is not None or cfg.teacher.pretrain_steps >= 0, "teacher.pretrain_steps", ">= 0",
+           cfg.teacher.pretrain_steps)
+    if dc.path is not None:
+        from rlvr.images.diffusers_nets import _scheduler_config, schedule_of
+
+        folder = Path(dc.path)
+        _check(folder.is_dir(), "diffusers.path", "a local diffusers folder", dc.path)
+        try:
+            config, where = _scheduler_config(folder)
+            schedule = schedule_of(config, where=str(where))
+        except ValueError as err:
+            raise ConfigError(f"diffusers.path: {err}") from err
+        _check(schedule == cfg.teacher.schedule, "teacher.schedule", f"{schedule!r}, the schedule of {where}",
+               cfg.teacher.schedule)
+    rl = cfg.rl
+    for key, spec in [("rl.reward", rl.reward)] + [(f"rl.rewards[{k!r}]", k) for k in rl.rewards]:
+        _check(rl.lambda_R == 0 or spec not in REWARD_NAMES, key, "'file.py:function' or 'module:function' on images "
+               f"(the 2-D rewards {sorted(REWARD_NAMES)} have no image meaning)", spec)
 
 
 def _validate_distill(d: DistillConfig) -> None:

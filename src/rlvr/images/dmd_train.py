@@ -25,11 +25,15 @@
    rows kept (rlvr.algos.dmd.Share), which branches run is decided over all ranks, the gradients are averaged before
    clipping and the metrics over ranks, so N ranks train as one process does (tests/test_dmd_train.py). Every rank
    pretrains the teacher MLP itself (the same stream); the main rank alone evaluates, logs and writes files.
-6. The recipe schema and its range checks are in rlvr.images.dmd_config.
+7. `teacher.kind: diffusers` runs the same iteration on images with diffusers models (a local pipeline folder or
+   tiny random parts; text conditioning, VAE latents, the student exported as a pipeline folder): the image side
+   is rlvr.images.dmd_diffusers, the networks called through rlvr.images.diffusers_nets.Denoiser.
+8. The recipe schema and its range checks are in rlvr.images.dmd_config.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import json
@@ -64,6 +68,7 @@ from rlvr.distributed import (
     requested_world_size,
     shutdown,
 )
+from rlvr.images.diffusers_nets import Bound
 from rlvr.images.diffusion import (
     T_STEPS,
     GaussianMixture,
@@ -77,7 +82,7 @@ from rlvr.images.diffusion import (
     target,
     timesteps,
 )
-from rlvr.images.dmd_config import RLConfig, RunConfig, validate
+from rlvr.images.dmd_config import REWARD_NAMES, RLConfig, RunConfig, validate
 from rlvr.images.metrics import frechet_distance, manifold_precision_recall
 from rlvr.metrics import RunLogger
 from rlvr.run_folder import claim_run_folder
@@ -136,15 +141,22 @@ def _checked(spec: str, fn):
         bad = (~torch.isfinite(r.detach())).nonzero()
         if len(bad):
             i = int(bad[0])
-            raise ValueError(f"reward {spec!r}: sample {i} of {len(x0)} (x0 = {x0[i].tolist()}) scored "
-                             f"{float(r[i])}, not a finite number")
+            point = f"x0 = {x0[i].tolist()}" if x0[i].numel() <= 8 else f"an image of shape {tuple(x0[i].shape)}"
+            raise ValueError(f"reward {spec!r}: sample {i} of {len(x0)} ({point}) scored {float(r[i])}, not a finite "
+                             "number")
         return r
 
     return reward
 
 
-def build_reward(rl: RLConfig, gmm: GaussianMixture):
-    """x0 (N, 2) -> (N,) rewards: `rl.reward`, or the weighted sum of `rl.rewards`; each reward's output checked."""
+def build_reward(rl: RLConfig, gmm: GaussianMixture, *, images: bool = False):
+    """x0 (N, 2) -> (N,) rewards: `rl.reward`, or the weighted sum of `rl.rewards`; each reward's output checked.
+    images: the rewards take images, and the 2-D ones (REWARD_NAMES) are left out (None when nothing is left)."""
+    if images:
+        specs = dict(rl.rewards) if rl.rewards else {rl.reward: 1.0}
+        parts = [(w, _checked(spec, _one_reward(spec, rl, gmm, f"rl.rewards[{spec!r}]" if rl.rewards else
+                                                "rl.reward"))) for spec, w in specs.items() if spec not in REWARD_NAMES]
+        return (lambda x0: sum(w * fn(x0) for w, fn in parts)) if parts else None
     if not rl.rewards:
         return _checked(rl.reward, _one_reward(rl.reward, rl, gmm, "rl.reward"))
     parts = [(w, _checked(spec, _one_reward(spec, rl, gmm, f"rl.rewards[{spec!r}]"))) for spec, w in rl.rewards.items()]
@@ -167,8 +179,31 @@ class Networks:
         if pretrained is not None:
             pretrained.requires_grad_(False)
 
+    @classmethod
+    def from_parts(cls, cfg: RunConfig, parts) -> Networks:
+        """A diffusers run's networks: generator and fake score copies of the teacher, the preset's discriminator;
+        the teacher is not among them (it is a pipeline folder of its own, rlvr.images.dmd_diffusers)."""
+        from rlvr.images.dmd_diffusers import copies
+
+        nets = cls.__new__(cls)
+        nets.pretrained = None
+        nets.generator, nets.fake, nets.disc = copies(parts, cfg)
+        return nets
+
+    def bound(self, cond: torch.Tensor | None) -> Networks:
+        """A view whose generator and fake score carry this batch's prompt embeddings (self when None)."""
+        if cond is None:
+            return self
+        view = copy.copy(self)
+        view.generator, view.fake = Bound(self.unbound("generator"), cond), Bound(self.unbound("fake"), cond)
+        return view
+
+    def unbound(self, name: str) -> nn.Module:
+        net = getattr(self, name)
+        return net.net if isinstance(net, Bound) else net
+
     def named(self) -> dict[str, nn.Module]:
-        nets = {"generator": self.generator, "fake": self.fake, "disc": self.disc}
+        nets = {"generator": self.unbound("generator"), "fake": self.unbound("fake"), "disc": self.disc}
         return nets if self.pretrained is None else {**nets, "pretrained": self.pretrained}
 
     def guidance_parameters(self) -> list[nn.Parameter]:
@@ -217,23 +252,33 @@ def pretrain_denoiser(cfg: RunConfig, gmm: GaussianMixture) -> ScoreMLP:
 # ---------------------------------------------------------------- one iteration
 
 
+def _shape(data) -> tuple[int, ...]:
+    """One sample's shape: (2,) for the mixture, (C, H, W) for images."""
+    return tuple(getattr(data, "shape", (2,)))
+
+
 def generator_input(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, step: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_t (B, 2), t_k (B,)): where G is applied this iteration (module docstring 2)."""
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x_t (B, ...), t_k (B,), prompt labels (B,) or None): where G is applied this iteration, and for which
+    prompts (module docstring 2; rlvr.images.dmd_diffusers docstring 3)."""
     batch, steps = cfg.train.batch, cfg.student.steps
     g = generator(cfg.seed, "generator_input", step)
-    noises = [torch.randn(batch, 2, generator=g) for _ in range(steps)]
+    noises = [torch.randn(batch, *_shape(gmm), generator=g) for _ in range(steps)]
     tau = torch.tensor(student_timesteps(steps, start=cfg.student.start))
+    prompts = getattr(gmm, "prompts", None)  # images with a text encoder (rlvr.images.dmd_diffusers.Prompts)
     if cfg.student.backward_simulation:
         k = int(torch.randint(steps, (1,), generator=g))  # one k for the whole batch (DMD2)
-        x_t, t = backward_simulation(nets.generator, noises, steps=steps, k=k, start=cfg.student.start,
-                                     schedule=cfg.teacher.schedule)
-        return x_t, torch.full((batch,), t, dtype=torch.long)
+        labels = None
+        if prompts is not None:
+            labels = torch.randint(gmm.classes, (batch,), generator=generator(cfg.seed, "prompts", step))
+        x_t, t = backward_simulation(nets.bound(prompts(labels) if prompts else None).generator, noises, steps=steps,
+                                     k=k, start=cfg.student.start, schedule=cfg.teacher.schedule)
+        return x_t, torch.full((batch,), t, dtype=torch.long), labels
     t_k = tau[torch.randint(steps, (batch,), generator=g)]  # (B,) per-sample step
-    real, _ = gmm.sample(batch, generator=g)
+    real, labels = gmm.sample(batch, generator=g)
     renoised = add_noise(real, noises[1 % steps], t_k, cfg.teacher.schedule)
-    x_t = torch.where((t_k == tau[0])[:, None], noises[0], renoised)
-    return x_t, t_k
+    first = (t_k == tau[0]).reshape(-1, *[1] * (real.dim() - 1))
+    return torch.where(first, noises[0], renoised), t_k, labels if prompts is not None else None
 
 
 def generator_loss(nets: Networks, cfg: RunConfig, x0: torch.Tensor, t_k: torch.Tensor, teacher_eps, reward_fn,
@@ -285,11 +330,13 @@ def guidance_loss(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, x0: torc
     loss, metrics = fake_score_loss(nets.fake(x_t, t), target(x0, eps, cfg.teacher.schedule))
     d = cfg.distill
     if d.gan_weight > 0 and d.disc_weight > 0:
-        real, _ = gmm.sample(share.batch if share else len(x0), generator=g)
-        real = real[share.rows] if share else real
+        real, labels = gmm.sample(share.batch if share else len(x0), generator=g)
+        real, labels = (real[share.rows], labels[share.rows]) if share else (real, labels)
         fake_logits = nets.disc.logits(nets.fake, x0, generator=g, t_gan=d.gan_t_max, share=share,
                                        schedule=cfg.teacher.schedule)
-        real_logits = nets.disc.logits(nets.fake, real, generator=g, t_gan=d.gan_t_max, share=share,
+        prompts = getattr(gmm, "prompts", None)
+        real_fake = Bound(nets.unbound("fake"), prompts(labels)) if prompts is not None else nets.fake
+        real_logits = nets.disc.logits(real_fake, real, generator=g, t_gan=d.gan_t_max, share=share,
                                        schedule=cfg.teacher.schedule)
         disc, m = gan_discriminator_loss(fake_logits, real_logits)
         loss, metrics = loss + d.disc_weight * disc, {**metrics, **m}
@@ -331,9 +378,15 @@ def train_step(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg: RunC
     """One iteration (1-based `step`): a generator update every `ratio`-th, then a guidance update; under data
     parallelism on this rank's share of the batch, the metrics averaged over ranks (module docstring 6)."""
     world = world or World()
-    x_t, t_k = generator_input(nets, cfg, gmm, step)  # the whole batch's
+    x_t, t_k, labels = generator_input(nets, cfg, gmm, step)  # the whole batch's
     if share := _share(len(x_t) // world.size, world):
         x_t, t_k = x_t[share.rows], t_k[share.rows]
+        labels = labels[share.rows] if labels is not None else None
+    if labels is not None:  # the generator's prompts bind the generator, the fake score and the teacher
+        cond = gmm.prompts(labels)
+        nets, teacher_eps = nets.bound(cond), teacher_eps.bind(cond)
+    elif hasattr(teacher_eps, "bind"):
+        teacher_eps = teacher_eps.bind(None)
     ratio = cfg.distill.ratio if cfg.rl.distill else 1
     gen_turn = (step - 1) % ratio == 0
     metrics = {}
@@ -457,12 +510,51 @@ def _teacher(cfg: RunConfig, pretrained: ScoreMLP | None):
     return lambda x_t, t: pretrained(x_t, t)
 
 
-def _setup(cfg: RunConfig, checkpoint: Path | None) -> tuple[Networks, dict[str, torch.optim.Optimizer], int]:
-    needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
-    pretrained = ScoreMLP().eval() if checkpoint is not None and needs else None
-    if checkpoint is None and needs:
-        pretrained = pretrain_denoiser(cfg, mixture(cfg, teacher=True))
-    nets = Networks(cfg, pretrained)
+class Points:
+    """The 2-D check's side of a run: the mixture, its rewards, the teacher and the point metrics (the images' side
+    is rlvr.images.dmd_diffusers.ImageSide, with the same methods)."""
+
+    def __init__(self, cfg: RunConfig, checkpoint: Path | None):
+        self.cfg, self.data = cfg, mixture(cfg)
+        self.reward_fn = build_reward(cfg.rl, self.data)
+        needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
+        self.pretrained = ScoreMLP().eval() if checkpoint is not None and needs else None
+        if checkpoint is None and needs:
+            self.pretrained = pretrain_denoiser(cfg, mixture(cfg, teacher=True))
+        self.teacher = _teacher(cfg, self.pretrained)
+
+    def networks(self) -> Networks:
+        return Networks(self.cfg, self.pretrained)
+
+    def write_start(self, run_dir: Path) -> None:
+        """The pretrained MLP, once (the checkpoints hold it too)."""
+        if self.pretrained is not None:
+            from safetensors.torch import save_file
+            save_file(self.pretrained.state_dict(), str(run_dir / "teacher.safetensors"))
+
+    def evaluate(self, nets: Networks) -> tuple[dict[str, float], torch.Tensor]:
+        return evaluate_student(nets, self.cfg, self.data, self.reward_fn)
+
+    def teacher_summary(self) -> dict[str, Any]:
+        return _teacher_summary(self.cfg, self.data, self.teacher, self.reward_fn)
+
+    def finish(self, nets: Networks, samples: torch.Tensor, step: int) -> dict[str, Any]:
+        cfg = self.cfg
+        save_scatter(cfg.run_dir / "samples.png", samples, eval_batch(cfg, self.data)[1],
+                     f"{cfg.student.steps}-step student, {_arm(cfg)}, step {step}")
+        return {}
+
+
+def _side(cfg: RunConfig, checkpoint: Path | None):
+    if cfg.teacher.kind == "diffusers":
+        from rlvr.images.dmd_diffusers import ImageSide
+
+        return ImageSide(cfg, checkpoint)
+    return Points(cfg, checkpoint)
+
+
+def _setup(cfg: RunConfig, checkpoint: Path | None, side) -> tuple[Networks, dict[str, torch.optim.Optimizer], int]:
+    nets = side.networks()
     op = cfg.optim
     kw = {"betas": tuple(op.betas), "weight_decay": op.weight_decay}
     opts = {"generator": torch.optim.AdamW(nets.generator.parameters(), lr=op.lr, **kw),
@@ -508,32 +600,30 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
 
 def _train(cfg: RunConfig, checkpoint: Path | None, world: World) -> dict[str, Any]:
     barrier(world)  # every rank has judged the run folder before the main rank writes into it
-    gmm = mixture(cfg)
-    reward_fn = build_reward(cfg.rl, gmm)
     start = time.perf_counter()
-    nets, opts, step = _setup(cfg, checkpoint)
+    side = _side(cfg, checkpoint)
+    nets, opts, step = _setup(cfg, checkpoint, side)
+    gmm, reward_fn = side.data, side.reward_fn
     run_dir, main = cfg.run_dir, world.is_main
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    if main and checkpoint is None and nets.pretrained is not None:
-        from safetensors.torch import save_file
-        save_file(nets.pretrained.state_dict(), str(run_dir / "teacher.safetensors"))
+    if main and checkpoint is None:
+        side.write_start(run_dir)
     setup_seconds = time.perf_counter() - start
-    teacher_eps = _teacher(cfg, nets.pretrained)
-    teacher = _teacher_summary(cfg, gmm, teacher_eps, reward_fn) if main else {}
+    teacher = side.teacher_summary() if main else {}
     logger = RunLogger(run_dir, resume=checkpoint is not None) if main else None
     if step == 0 and logger:
-        logger.log(0, {f"eval/{k}": v for k, v in evaluate_student(nets, cfg, gmm, reward_fn)[0].items()})
+        logger.log(0, {f"eval/{k}": v for k, v in side.evaluate(nets)[0].items()})
     final, samples, loop_start = None, None, time.perf_counter()
     try:
         while step < cfg.train.steps:
             step += 1
             tick = time.perf_counter()
             _set_lr(opts, cfg, step)
-            metrics = train_step(nets, opts, cfg, gmm, teacher_eps, reward_fn, step, world)
+            metrics = train_step(nets, opts, cfg, gmm, side.teacher, reward_fn, step, world)
             metrics["time/step"] = time.perf_counter() - tick
             if main and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):  # the same weights everywhere
-                final, samples = evaluate_student(nets, cfg, gmm, reward_fn)
+                final, samples = side.evaluate(nets)
                 if step % cfg.train.eval_every == 0:
                     metrics.update({f"eval/{k}": v for k, v in final.items()})
             if logger:
@@ -543,14 +633,14 @@ def _train(cfg: RunConfig, checkpoint: Path | None, world: World) -> dict[str, A
     finally:
         if logger:
             logger.close()
+    extra = {}
     if main:
         if final is None:
-            final, samples = evaluate_student(nets, cfg, gmm, reward_fn)
-        save_scatter(run_dir / "samples.png", samples, eval_batch(cfg, gmm)[1],
-                     f"{cfg.student.steps}-step student, {_arm(cfg)}, step {step}")
+            final, samples = side.evaluate(nets)
+        extra = side.finish(nets, samples, step)
     barrier(world)  # the last checkpoint is written before any rank returns
     return {"run_dir": str(run_dir), "steps": step, "final": final, "teacher": teacher,
-            "time/setup": setup_seconds, "time/train": time.perf_counter() - loop_start, "interrupted": False}
+            "time/setup": setup_seconds, "time/train": time.perf_counter() - loop_start, "interrupted": False, **extra}
 
 
 def _teacher_summary(cfg: RunConfig, gmm: GaussianMixture, teacher_eps, reward_fn) -> dict[str, Any]:
