@@ -63,14 +63,29 @@ def image_policy(model, tokenizer, **options) -> HFCausalLM:
     return HFCausalLM(model, tokenizer, chat_template="none", banned=tuple(range(first)), **options)
 
 
-def load_image_policy(path: str, **options) -> HFCausalLM:
-    """A folder an image policy saved (model and tokenizer), as an image policy again."""
+def load_image_policy(path: str, **options):
+    """A folder an image policy saved (model and tokenizer), as an image policy again; a LlamaGen folder
+    (llamagen.json naming a generator) as a rlvr.images.llamagen_gpt.LlamaGenPolicy (options do not apply)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if is_llamagen_policy(path):
+        from rlvr.images.llamagen_gpt import load_llamagen_policy
+
+        return load_llamagen_policy(path)
 
     return image_policy(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), **options)
 
 
-def code_ids(policy: HFCausalLM, completion_ids: torch.Tensor) -> torch.Tensor:
+def is_llamagen_policy(path: str) -> bool:
+    """Whether `path` is a LlamaGen folder holding a generator (rlvr.images.llamagen module docstring 1)."""
+    import json
+    from pathlib import Path
+
+    config = Path(path) / "llamagen.json"
+    return config.is_file() and "gpt_ckpt" in json.loads(config.read_text())
+
+
+def code_ids(policy, completion_ids: torch.Tensor) -> torch.Tensor:
     """(N, T) completion token ids -> VQ code indices; a non-code token is an error naming its row."""
     codes = completion_ids - first_code_id(policy.tokenizer)
     bad = (codes < 0).any(-1).nonzero().flatten()

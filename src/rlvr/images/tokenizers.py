@@ -56,7 +56,7 @@ def peek(folder: str | Path) -> TokenizerShape:
     if (folder / "llamagen.json").is_file():
         from rlvr.images.llamagen import read_folder_config
 
-        vq = read_folder_config(folder).vq_args()
+        vq = read_folder_config(folder).vq()
         return TokenizerShape("llamagen", vq.codebook_size, vq.downsample)
     if (folder / "config.json").is_file():
         cfg = json.loads((folder / "config.json").read_text())

@@ -69,7 +69,8 @@ class VQSection:
 @dataclass
 class PolicySection:
     path: str | None = None
-    """An image-policy folder (model + tokenizer, e.g. <run>/init of another run); default: build and pretrain one."""
+    """An image-policy folder (model + tokenizer, e.g. <run>/init of another run) or a LlamaGen folder naming a
+    generator (rlvr.images.llamagen_gpt); default: build and pretrain rlvr's Llama over codes."""
     hidden: int = 128
     layers: int = 4
     heads: int = 4
@@ -188,6 +189,33 @@ def validate(cfg: RunConfig) -> None:
         from rlvr.images.tokenizers import check_size, peek
 
         check_size(peek(cfg.vq.path), cfg.data.size)
+    if cfg.policy.path:
+        check_llamagen_policy(cfg)
+
+
+def check_llamagen_policy(cfg: RunConfig) -> None:
+    """A LlamaGen generator (policy.path) must fit the tokenizer: its codebook and its code grid (from configs)."""
+    from rlvr.images.ar import is_llamagen_policy
+
+    if not is_llamagen_policy(cfg.policy.path):
+        return
+    from rlvr.images.llamagen import read_folder_config
+    from rlvr.images.llamagen_gpt import gpt_args
+    from rlvr.images.tokenizers import peek
+
+    if cfg.algo.train_mode_dropout:
+        raise ConfigError("algo.train_mode_dropout is not supported with a LlamaGen policy (policy.path): leave it 0")
+    args = gpt_args(read_folder_config(cfg.policy.path))
+    codes, down = cfg.vq.codes, 4  # rlvr's toy tokenizer, trained at the start
+    if cfg.vq.path:
+        shape = peek(cfg.vq.path)
+        codes, down = shape.codes, shape.downsample
+    tokens = (cfg.data.size // down) ** 2
+    if args.vocab_size != codes:
+        raise ConfigError(f"policy.path: the LlamaGen generator has {args.vocab_size} codes, the tokenizer {codes}")
+    if args.block_size != tokens:
+        raise ConfigError(f"policy.path: the LlamaGen generator reads {args.block_size} codes per image (its 2-D "
+                          f"RoPE grid), the tokenizer gives {tokens} at data.size {cfg.data.size}")
 
 
 def _get(cfg, key: str):
@@ -248,6 +276,10 @@ def prepare(cfg: RunConfig, run_dir: Path, train_images: torch.Tensor, train_lab
     torch.save({"state": net.state_dict(), "classes": classes, "accuracy": accuracy}, run_dir / "classifier.pt")
     if cfg.policy.path:
         policy = load_image_policy(cfg.policy.path)
+        held = getattr(getattr(policy, "gpt", None), "args", None)
+        if held is not None and classes > held.num_classes:
+            raise ConfigError(f"policy.path: the LlamaGen generator has {held.num_classes} classes, data.name "
+                              f"{cfg.data.name!r} has {classes}")
     else:
         tok = code_tokenizer(codes=vq.config.codes, classes=classes)
         policy = image_policy(ar_model(tok, hidden=cfg.policy.hidden, layers=cfg.policy.layers,
