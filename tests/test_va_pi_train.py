@@ -206,3 +206,41 @@ def test_a_tokenizer_folder_that_does_not_fit_is_refused_before_loading(tmp_path
     with pytest.raises(ConfigError, match=r"data.size \(8\) must be a multiple of the diffusers tokenizer's "
                                           r"downsampling factor 16"):
         validate(config(tmp_path, **{"vq.path": str(tmp_path / "vq16")}))
+
+
+def test_a_run_trains_from_a_llamagen_format_folder(tmp_path):
+    """vq.path and policy.path at one tiny LlamaGen-format folder (rlvr.images.llamagen_gpt.write_tiny_folder): the
+    run's tokenizer and starting generator are that folder's (written back in LlamaGen's layout), the generator
+    trains, and a resumed run equals an uninterrupted one."""
+    from rlvr.images.llamagen_gpt import load_llamagen_policy, write_tiny_folder
+
+    folder = write_tiny_folder(tmp_path / "llamagen", size=8, classes=4, codes=16)
+    over = {"vq.path": str(folder), "policy.path": str(folder), "train.steps": 2, "train.eval_every": 1}
+    train(config(tmp_path / "a", **over))
+    train(config(tmp_path / "b", **{**over, "train.steps": 1}))
+    train(config(tmp_path / "b", **over), resume=True)
+    a, b = tmp_path / "a" / "tiny", tmp_path / "b" / "tiny"
+    start = torch.load(folder / "c2i_tiny_8.pt", weights_only=True)["model"]
+    init = torch.load(a / "init" / "gpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(init[k], start[k]) for k in start)  # no pretraining: the folder's generator
+    assert torch.equal(torch.load(a / "vq" / "vq.pt", weights_only=True)["model"]["quantize.embedding.weight"],
+                       torch.load(folder / "vq_ds2_c2i.pt", weights_only=True)["model"]["quantize.embedding.weight"])
+    assert without_timing(read_metrics(a / "metrics.jsonl")) == without_timing(read_metrics(b / "metrics.jsonl"))
+    fa, fb = (load_llamagen_policy(x / "final").gpt.state_dict() for x in (a, b))
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    assert any(not torch.equal(fa[k], start[k]) for k in start)  # the generator trained
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"algo.train_mode_dropout": 0.1}, "algo.train_mode_dropout is not supported with a LlamaGen policy"),
+    ({"vq.path": None, "vq.codes": 32}, "policy.path: the LlamaGen generator has 16 codes, the tokenizer 32"),
+    ({"vq.path": None, "data.size": 32, "vq.codes": 16},
+     r"policy.path: the LlamaGen generator reads 16 codes per image \(its 2-D RoPE grid\), the tokenizer gives 64"),
+])
+def test_a_llamagen_generator_that_does_not_fit_is_refused_before_loading(tmp_path, over, message):
+    from rlvr.images.llamagen_gpt import write_tiny_folder
+
+    folder = write_tiny_folder(tmp_path / "llamagen", size=8, classes=4, codes=16)
+    (folder / "c2i_tiny_8.pt").unlink()  # refused from the config alone: the weights are never read
+    with pytest.raises(ConfigError, match=message):
+        validate(config(tmp_path, **{"vq.path": str(folder), "policy.path": str(folder), **over}))
