@@ -244,3 +244,44 @@ def test_a_llamagen_generator_that_does_not_fit_is_refused_before_loading(tmp_pa
     (folder / "c2i_tiny_8.pt").unlink()  # refused from the config alone: the weights are never read
     with pytest.raises(ConfigError, match=message):
         validate(config(tmp_path, **{"vq.path": str(folder), "policy.path": str(folder), **over}))
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "llamagen"])
+def test_two_ranks_train_as_one_process_from_a_real_format_folder(tmp_path, fmt):
+    """As test_two_ranks_train_as_one_process, with the tokenizer a diffusers VQModel folder, or the tokenizer and
+    the generator a LlamaGen-format folder: the other rank reads them back from the run folder in their format."""
+    from diffusers import VQModel
+
+    from rlvr.images.llamagen_gpt import write_tiny_folder
+    from rlvr.images.tokenizers import tiny_vqmodel_config
+
+    torch.manual_seed(0)
+    if fmt == "diffusers":
+        VQModel(**tiny_vqmodel_config()).save_pretrained(tmp_path / "src")
+        paths = {"vq": {**TINY["vq"], "path": str(tmp_path / "src")}}
+    else:
+        write_tiny_folder(tmp_path / "src")
+        paths = {"vq": {**TINY["vq"], "path": str(tmp_path / "src")},
+                 "policy": {**TINY["policy"], "path": str(tmp_path / "src")}}
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    raw = {**TINY, **paths, "train": {**TINY["train"], "steps": 2, "eval_every": 0}}
+    train(from_dict(RunConfig, raw_config({**raw, "output_dir": str(tmp_path / "r1")}, {}), ""))  # one process
+    path = tmp_path / "r2.yaml"
+    path.write_text(yaml.safe_dump({**raw, "output_dir": str(tmp_path / "r2")}))
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    out = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = {r: tmp_path / f"r{r}" / "tiny" for r in (1, 2)}
+    one, two = (without_timing(read_metrics(runs[r] / "metrics.jsonl")) for r in (1, 2))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2]
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])) for k in a), (a, b)
+    if fmt == "diffusers":
+        wa, wb, w0 = weights(runs[1] / "final"), weights(runs[2] / "final"), weights(runs[1] / "init")
+    else:
+        wa, wb, w0 = (torch.load(runs[r] / d / "gpt.pt", weights_only=True)["model"]
+                      for r, d in ((1, "final"), (2, "final"), (1, "init")))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-4
+    assert any(not torch.equal(wa[k], w0[k]) for k in wa)  # the weights moved

@@ -9,6 +9,8 @@
 2. Tokenizer and starting model: the VQ tokenizer (`vq.path`, or trained at the start and saved to `<run>/vq`) and
    the class-conditional AR policy (`policy.path`, or built and pretrained with next-code cross-entropy for
    `policy.pretrain_steps`, saved to `<run>/init`): VA-π post-trains a generator that is already imperfect.
+   `vq.path` may be a diffusers VQModel folder or a LlamaGen-format folder, `policy.path` a LlamaGen-format folder
+   naming a generator (rlvr.images.tokenizers, rlvr.images.llamagen_gpt); each is written back in its own format.
 3. Each step draws `train.batch` images and runs one `va_pi_step` (teacher-forced parallel sampling, pixel reward
    through the frozen decoder, clamped group advantages, PPO-clip + λ_CE noisy-context CE), or one `ce_step` with
    `algo.mode: ce`. Every random draw comes from a stream named by (seed, purpose, step), so a resumed run draws
