@@ -14,11 +14,16 @@
    HF forward and the KV-cached sampler's, fp32 and bf16 autocast; VPPO training steps (corrupted-image pass, TGF,
    TAS, a KL reference) and FrameThinker's frame-selection environment in the train variants.
 6. Image generators: the AR image policy's log-probs against its HF forward and its sampler, and VA-π steps on CUDA.
+7. A DMD2 iteration (generator update on L_DM + the diffusion-GAN loss, then a fake-score + discriminator update) on a
+   diffusers UNet2DConditionModel of Stable Diffusion 1.5's shape (random weights; 64 x 64 x 4 latents, 77 x 768
+   prompt embeddings, a classifier-free guided teacher), fp32 and bf16 autocast: finite losses, both networks move,
+   seconds per iteration and peak memory.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 import time
@@ -227,6 +232,89 @@ def speed_checks() -> None:
     check("speed/larger", big["ratio"] > 1.0, **big)
 
 
+SD15_UNET = {"sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+             "block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
+             "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                  "DownBlock2D"),
+             "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")}
+
+
+def dmd2_iteration(config: dict, *, device: str = "cuda", batch: int = 2, text: tuple[int, int] = (77, 768),
+                   autocast: torch.dtype | None = None, guidance: float = 1.75) -> dict:
+    """One DMD2 iteration over diffusers models (check 7) with the loop's own pieces (rlvr.images.dmd_diffusers's
+    guided teacher, rlvr.algos.dmd's losses); returns losses, whether each network moved, seconds, peak GiB."""
+    import copy
+
+    from diffusers import UNet2DConditionModel
+
+    from rlvr.algos.dmd import (
+        DiffusionGANHead,
+        dm_loss,
+        dm_targets,
+        fake_score_loss,
+        gan_discriminator_loss,
+        gan_generator_loss,
+        noised,
+    )
+    from rlvr.images.diffusers_nets import Bound, Denoiser
+    from rlvr.images.diffusion import generator_x0
+
+    torch.manual_seed(0)
+    teacher = Denoiser(UNet2DConditionModel(**config), schedule="scaled_linear").to(device).requires_grad_(False)
+    gen, fake = (copy.deepcopy(teacher).requires_grad_(True) for _ in range(2))
+    head = DiffusionGANHead(width=teacher.width).to(device)
+    side = config["sample_size"]
+    x_t = torch.randn(batch, config["in_channels"], side, side, device=device)
+    cond, uncond = torch.randn(batch, *text, device=device), torch.zeros(batch, *text, device=device)
+
+    def guided(x, t):
+        both = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
+        u, c = both.chunk(2)
+        return u + guidance * (c - u)
+
+    opt_g = torch.optim.AdamW(gen.parameters(), lr=1e-5)
+    opt_f = torch.optim.AdamW([*fake.parameters(), *head.parameters()], lr=1e-5)
+    before = [next(gen.parameters()).detach().clone(), next(fake.parameters()).detach().clone()]
+    g = torch.Generator(device).manual_seed(0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
+        x0 = generator_x0(Bound(gen, cond), x_t, torch.full((batch,), 999, device=device), "scaled_linear")
+        real, fake_x0 = dm_targets(x0, guided, Bound(fake, cond), generator=g, schedule="scaled_linear")
+        dm, _ = dm_loss(x0.float(), real, fake_x0)
+        fake.requires_grad_(False)
+        gan, _ = gan_generator_loss(head.logits(Bound(fake, cond), x0, generator=g, schedule="scaled_linear"))
+        fake.requires_grad_(True)
+        opt_g.zero_grad()
+        (dm + 5e-3 * gan).backward()
+        opt_g.step()
+        x_n, eps, t = noised(x0.detach(), 0, 999, generator=g, schedule="scaled_linear")
+        loss_f, _ = fake_score_loss(Bound(fake, cond)(x_n, t).float(), eps.float())
+        disc, _ = gan_discriminator_loss(head.logits(Bound(fake, cond), x0.detach(), generator=g,
+                                                     schedule="scaled_linear"),
+                                         head.logits(Bound(fake, cond), torch.randn_like(x0), generator=g,
+                                                     schedule="scaled_linear"))
+        opt_f.zero_grad()
+        (loss_f + 1e-2 * disc).backward()
+        opt_f.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    losses = [float(v.detach()) for v in (dm, gan, loss_f, disc)]
+    return {"finite": all(math.isfinite(v) for v in losses), "losses": losses,
+            "generator_moved": not torch.equal(before[0], next(gen.parameters())),
+            "fake_moved": not torch.equal(before[1], next(fake.parameters())), "seconds": time.perf_counter() - start,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+
+
+def diffusers_checks() -> None:
+    for name, autocast in (("float32", None), ("bf16_autocast", torch.bfloat16)):
+        out = dmd2_iteration(SD15_UNET, autocast=autocast)
+        check(f"diffusers/dmd2_sd15_shape/{name}", out["finite"] and out["generator_moved"] and out["fake_moved"],
+              **out)
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device"}))
@@ -268,6 +356,10 @@ def main() -> int:
         image_checks()
     except Exception as err:  # noqa: BLE001
         check("images", False, error=f"{type(err).__name__}: {err}"[:500])
+    try:
+        diffusers_checks()
+    except Exception as err:  # noqa: BLE001
+        check("diffusers", False, error=f"{type(err).__name__}: {err}"[:500])
     results["failed"] = failed
     print(json.dumps(results, indent=1, default=str))
     return 1 if failed else 0
