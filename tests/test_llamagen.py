@@ -187,3 +187,13 @@ def test_the_adapter_gives_the_gpts_logits_and_cached_sampling_matches_teacher_f
     alone = policy.generate(rows[1:], group_ids=torch.arange(1), seeds=torch.tensor([6]),
                             params=SamplingParams(max_new_tokens=16, temperature=1.0))
     assert torch.equal(alone.completion_ids[0], batch.completion_ids[1])  # each row's draws come from its own seed
+
+
+def test_a_generator_only_folder_takes_its_grid_from_the_image_size(tmp_path):
+    # LlamaGen's c2i_B_256.pt alone: 256 px through a 16x downsampling tokenizer -> a 16 x 16 grid, 256 codes
+    (tmp_path / "llamagen.json").write_text(json.dumps({"gpt_model": "GPT-B", "gpt_ckpt": "c2i_B_256.pt"}))
+    assert gpt_args(read_folder_config(tmp_path)).block_size == 256
+    (tmp_path / "llamagen.json").write_text(json.dumps({"gpt_model": "GPT-L", "gpt_ckpt": "c2i_L_384.pt",
+                                                        "image_size": 384}))
+    args = gpt_args(read_folder_config(tmp_path))
+    assert (args.block_size, args.n_layer, args.dim) == (576, 24, 1024)

@@ -7,8 +7,10 @@
 1. The folder: `llamagen.json` names the published files and the settings LlamaGen's sampling script takes on its
    command line, e.g. {"vq_model": "VQ-16", "vq_ckpt": "vq_ds16_c2i.pt", "codebook_size": 16384,
    "codebook_embed_dim": 8, "gpt_model": "GPT-B", "gpt_ckpt": "c2i_B_256.pt", "image_size": 256,
-   "num_classes": 1000}; `vq_args` / `gpt_args` override single fields of the named presets (the tests' tiny
-   models). A folder may hold the tokenizer, the generator (rlvr.images.llamagen_gpt) or both.
+   "num_classes": 1000}. The generator reads (image_size / downsampling)² codes (its block_size; the downsampling
+   is the folder's tokenizer's, else `downsample_size`). `vq_args` / `gpt_args` override single fields of the
+   named presets (the tests' tiny models). A folder may hold the tokenizer, the generator
+   (rlvr.images.llamagen_gpt) or both.
 2. Architecture (VQ-16: channel multipliers (1, 1, 2, 2, 4), downsampling 16; VQ-8: (1, 2, 2, 4), 8): a
    taming-style encoder (conv_in; per level `num_res_blocks` ResNet blocks, attention blocks at the last level, a
    stride-2 downsample except at the last; mid ResNet / attention / ResNet; GroupNorm(32), swish, conv_out to
@@ -73,6 +75,8 @@ class FolderConfig:
     codebook_size: int = 16384
     codebook_embed_dim: int = 8
     image_size: int = 256
+    downsample_size: int = 16
+    """The tokenizer's downsampling when the folder holds no tokenizer (LlamaGen's --downsample-size)."""
     num_classes: int = 1000
     cls_token_num: int = 1
     vq_overrides: dict = field(default_factory=dict)
@@ -341,7 +345,7 @@ class LlamaGenVQModel(nn.Module):
 class LlamaGenVQ(nn.Module):
     """A LlamaGen tokenizer as a frozen rlvr tokenizer (rlvr.images.tokenizers' interface)."""
 
-    def __init__(self, model: LlamaGenVQModel, *, size: int, folder_config: FolderConfig | None = None):
+    def __init__(self, model: LlamaGenVQModel, *, size: int):
         super().__init__()
         from rlvr.images.tokenizers import AdapterConfig
 
@@ -350,7 +354,6 @@ class LlamaGenVQ(nn.Module):
         if size % self.downsample:
             raise ValueError(f"LlamaGenVQ: size {size} is not a multiple of the downsampling {self.downsample}")
         self.config = AdapterConfig(size=size, codes=model.args.codebook_size)
-        self.folder_config = folder_config
 
     @property
     def tokens(self) -> int:
@@ -390,4 +393,4 @@ class LlamaGenVQ(nn.Module):
         model = LlamaGenVQModel(fc.vq())
         path = fc.folder / fc.vq_ckpt
         load_state(model, read_state(path), path)
-        return cls(model, size=size, folder_config=fc)
+        return cls(model, size=size)

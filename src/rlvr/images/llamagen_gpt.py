@@ -83,11 +83,9 @@ def gpt_args(fc: FolderConfig) -> GPTArgs:
     """The generator's settings of a folder: the named preset, the folder's codebook / classes / grid, gpt_args."""
     if fc.gpt_model is None or fc.gpt_ckpt is None:
         raise ConfigError(f"{fc.where}: no generator in this folder (set gpt_model and gpt_ckpt)")
-    grid = fc.image_size // fc.vq().downsample if fc.vq_model else None
+    grid = fc.image_size // (fc.vq().downsample if fc.vq_model and fc.vq_ckpt else fc.downsample_size)
     fields = {**preset(GPT_PRESETS, fc.gpt_model, "gpt_model", fc.where), "vocab_size": fc.codebook_size,
-              "num_classes": fc.num_classes, "cls_token_num": fc.cls_token_num}
-    if grid is not None:
-        fields["block_size"] = grid * grid
+              "num_classes": fc.num_classes, "cls_token_num": fc.cls_token_num, "block_size": grid * grid}
     args = build(GPTArgs, {**fields, **fc.gpt_overrides}, f"{fc.where}: gpt_args")
     side = round(args.block_size**0.5)
     rules = [(side * side == args.block_size, f"block_size {args.block_size} must be a square (the code grid)"),
