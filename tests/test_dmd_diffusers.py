@@ -11,11 +11,18 @@ import sys
 import pytest
 import torch
 import yaml
-from diffusers import DDPMPipeline, StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel
+from diffusers import (
+    DDPMPipeline,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
 from safetensors.torch import load_file
 
 from rlvr.config import ConfigError, from_dict
-from rlvr.images.diffusers_nets import Bound, Parts
+from rlvr.images.diffusers_nets import Bound, Denoiser, Parts
 from rlvr.images.diffusion import student_sample
 from rlvr.images.dmd_diffusers import Prompts, Teacher
 from rlvr.images.dmd_train import RunConfig, train, validate
@@ -76,8 +83,6 @@ def test_a_pixel_dmd2_run_exports_a_ddpm_pipeline_that_samples_the_trained_stude
 
 
 def _denoiser(unet):
-    from rlvr.images.diffusers_nets import Denoiser
-
     return Denoiser(unet.eval(), schedule="linear")
 
 
@@ -97,6 +102,41 @@ def test_a_text_conditioned_latent_flash_run_exports_a_stable_diffusion_pipeline
                width=16).images
     torch.testing.assert_close(got, (want / 2 + 0.5).clamp(0, 1), atol=2e-4, rtol=0)
     assert not torch.allclose(want, other, atol=1e-3)  # the prompt reaches the student
+
+
+SD3 = {"diffusers": {"conditioning": "text", "vae": True, "arch": "sd3", "guidance_scale": 2.0},
+       "teacher": {"schedule": "flow"}}
+
+
+def test_an_sd3_flow_transformer_run_exports_a_stable_diffusion_3_pipeline(tmp_path):
+    """A velocity-predicting SD3Transformer2DModel teacher distils (DMD2, GAN head on its middle joint block); the
+    student reloads as a StableDiffusion3Pipeline whose stochastic flow scheduler at the saved sigmas samples what
+    rlvr's student sampler does."""
+    import json
+
+    summary = train(tiny(tmp_path, "sd3", SD3))
+    rows = read_metrics(tmp_path / "sd3" / "metrics.jsonl")
+    assert {"dm/grad_norm", "gan/gen_loss", "gan/disc_loss"} <= set(rows[1]) | set(rows[3])
+    assert all(math.isfinite(v) for r in rows for v in r.values())
+    info = json.loads((tmp_path / "sd3" / "student" / "rlvr_student.json").read_text())
+    assert info["sigmas"] == [1.0, 0.75, 0.5, 0.25]
+    pipe = StableDiffusion3Pipeline.from_pretrained(summary["exported"], text_encoder_3=None, tokenizer_3=None)
+    assert isinstance(pipe.transformer, SD3Transformer2DModel) and pipe.scheduler.config.stochastic_sampling
+    final = weights(tmp_path / "sd3", 4)
+    assert all(torch.equal(v, final["model." + k]) for k, v in pipe.transformer.state_dict().items())
+    prompts = ["square", "triangle"]
+    (x, *_), g = noises((2, 4, 8, 8), 4, seed=11)
+    torch.manual_seed(5)  # StableDiffusion3Pipeline draws the re-noising from the global RNG, not `generator`
+    rest = [torch.randn(2, 4, 8, 8) for _ in range(3)]
+    parts = Parts(Denoiser(pipe.transformer.eval(), schedule="flow"), vae=pipe.vae, tokenizer=pipe.tokenizer,
+                  text_encoder=pipe.text_encoder, tokenizer_2=pipe.tokenizer_2, text_encoder_2=pipe.text_encoder_2)
+    with torch.no_grad():
+        want = parts.decode(student_sample(Bound(parts.denoiser, parts.embed(prompts)), [x, *rest], steps=4,
+                                           schedule="flow"))
+    torch.manual_seed(5)
+    got = pipe(prompts, num_inference_steps=4, sigmas=info["sigmas"], guidance_scale=1.0, generator=g,
+               output_type="pt", height=16, width=16).images
+    torch.testing.assert_close(got, (want / 2 + 0.5).clamp(0, 1), atol=2e-4, rtol=0)
 
 
 def test_the_teacher_is_classifier_free_guided_with_the_empty_prompt():
@@ -187,6 +227,7 @@ def test_an_image_run_resumed_equals_an_uninterrupted_one(tmp_path):
     ("diffusers__conditioning", "image", "diffusers.conditioning"),
     ("diffusers__guidance_scale", 0.5, "diffusers.guidance_scale"),
     ("student__init", "fresh", "student.init"),
+    ("diffusers__arch", "sd3", "diffusers.arch"),
 ])
 def test_bad_image_values_are_one_line_errors(tmp_path, key, value, field):
     with pytest.raises(ConfigError) as err:

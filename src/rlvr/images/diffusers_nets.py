@@ -28,9 +28,18 @@ behind the (x_t, t) -> output interface that rlvr.images.diffusion's samplers an
 5. Text conditioning (`Parts.embed`): prompts through the pipeline's own tokenizer (padded to its model_max_length)
    and text encoder, the last hidden state: the `prompt_embeds` StableDiffusionPipeline computes, so a student
    trained on them samples the same under the pipeline. `Denoiser(..., cond)` passes them as encoder_hidden_states.
-6. VAE latents (`Parts.encode` / `Parts.decode`): images in [-1, 1] <-> latents * scaling_factor (the encoder's
-   posterior mode, so the data's latents are fixed); distillation runs on latents, rewards and metrics on decoded
-   pixels.
+6. VAE latents (`Parts.encode` / `Parts.decode`): images in [-1, 1] <-> (latents - shift_factor) * scaling_factor
+   (the encoder's posterior mode, so the data's latents are fixed); distillation runs on latents, rewards and
+   metrics on decoded pixels.
+7. SD3 (`SD3Transformer2DModel`, flow matching): the transformer has no mid block, so `features` pools the hidden
+   states of its middle joint block; its two CLIP text encoders (no T5: StableDiffusion3Pipeline then feeds zeros)
+   are read through the pipeline's own `encode_prompt`, and the (N, L, D) prompt embeddings and (N, P) pooled
+   embedding travel packed as one (N, L + 1, D) tensor (the pooled one in the last row's first P entries, P <= D).
+   A flow student exports as a StableDiffusion3Pipeline whose FlowMatchEulerDiscreteScheduler has
+   stochastic_sampling on: its step x0 = x_t - sigma v, re-noised to the next sigma with fresh noise, is the
+   student's; sample it with `sigmas=` the list in rlvr_student.json ((tau + 1) / 1000: 1.0, 0.75, 0.5, 0.25 for
+   K = 4; diffusers' default K-step grid is another one), after
+   `StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)` (no T5 is saved).
 """
 
 from __future__ import annotations
@@ -123,6 +132,11 @@ def _keep_output(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         module._rlvr_output = output[0] if isinstance(output, tuple) else output
 
 
+def _keep_hidden(module: nn.Module, inputs: Any, output: tuple) -> None:
+    if getattr(module, "_rlvr_keep", False):  # a joint block returns (encoder_hidden_states, hidden_states)
+        module._rlvr_output = output[1].transpose(1, 2)[..., None]  # (N, D, L, 1): pooled like a feature map
+
+
 class Bound(nn.Module):
     """A Denoiser with its prompt embeddings fixed for one batch: the (x_t, t) interface the samplers and the DMD
     losses call (rows of x_t and cond correspond)."""
@@ -143,11 +157,19 @@ class Denoiser(nn.Module):
 
     def __init__(self, model: nn.Module, *, schedule: str = "linear"):
         super().__init__()
-        if getattr(model, "mid_block", None) is None:
-            raise ValueError(f"{type(model).__name__}: rlvr's GAN head reads a mid block, and this model has none")
+        self.transformer = hasattr(model, "transformer_blocks")
+        if getattr(model, "mid_block", None) is None and not self.transformer:
+            raise ValueError(f"{type(model).__name__}: rlvr's GAN head reads a mid block (or a transformer's middle "
+                             "block), and this model has neither")
         self.model, self.schedule = model, schedule
-        self.width = int(model.config.block_out_channels[-1])
-        model.mid_block.register_forward_hook(_keep_output)
+        self.width = int(model.inner_dim if self.transformer else model.config.block_out_channels[-1])
+        self._block.register_forward_hook(_keep_hidden if self.transformer else _keep_output)
+
+    @property
+    def _block(self) -> nn.Module:
+        """The block `features` reads: the mid block, or a transformer's middle joint block."""
+        blocks = getattr(self.model, "transformer_blocks", None)
+        return blocks[len(blocks) // 2] if self.transformer else self.model.mid_block
 
     def _timestep(self, t: torch.Tensor) -> torch.Tensor:
         return t + 1 if self.schedule == FLOW else t
@@ -155,13 +177,17 @@ class Denoiser(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The model's output at rlvr's t; `cond` (N, L, D) prompt embeddings for a conditional U-Net."""
         t = self._timestep(t.expand(len(x_t)))
+        if self.transformer:
+            pooled = cond[:, -1, :self.model.config.pooled_projection_dim]  # module docstring 7
+            return self.model(hidden_states=x_t, timestep=t, encoder_hidden_states=cond[:, :-1],
+                              pooled_projections=pooled).sample
         if cond is None:
             return self.model(x_t, t).sample
         return self.model(x_t, t, encoder_hidden_states=cond).sample
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """(N, width): the mid block's output of this call, averaged over its positions."""
-        block = self.model.mid_block
+        block = self._block
         block._rlvr_keep = True
         try:
             self(x_t, t, cond)
@@ -182,48 +208,77 @@ def _scheduler_config(folder: Path) -> tuple[dict[str, Any], Path]:
                      "model: rlvr needs the schedule the model was trained on")
 
 
-def _unet_class(sub: Path):
+SUBFOLDERS = {"unet": ("UNet2DModel", "UNet2DConditionModel"), "transformer": ("SD3Transformer2DModel",)}
+
+
+def _model_folder(folder: Path) -> tuple[Path, Any]:
+    """(the denoiser's folder, its diffusers class): unet/ or transformer/ of a pipeline, or a bare model folder."""
     import diffusers
 
-    name = json.loads((sub / "config.json").read_text()).get("_class_name", "UNet2DModel")
-    if name not in ("UNet2DModel", "UNet2DConditionModel"):
-        raise ValueError(f"{sub / 'config.json'}: _class_name must be UNet2DModel or UNet2DConditionModel, got "
-                         f"{name!r}")
-    return getattr(diffusers, name)
+    for sub in (folder / "unet", folder / "transformer", folder):
+        if (sub / "config.json").is_file():
+            name = json.loads((sub / "config.json").read_text()).get("_class_name", "UNet2DModel")
+            known = [c for names in SUBFOLDERS.values() for c in names]
+            if name not in known:
+                raise ValueError(f"{sub / 'config.json'}: _class_name must be one of {', '.join(known)}, got "
+                                 f"{name!r}")
+            return sub, getattr(diffusers, name)
+    raise ValueError(f"{folder}: no unet/config.json, transformer/config.json or config.json")
 
 
 def load_denoiser(folder: str | Path) -> Denoiser:
-    """A Denoiser from a local diffusers folder: a pipeline (unet/, scheduler/) or a model folder with its
-    scheduler_config.json. The schedule is checked before the weights are read."""
+    """A Denoiser from a local diffusers folder: a pipeline (unet/ or transformer/, scheduler/) or a model folder
+    with its scheduler_config.json. The schedule is checked before the weights are read."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"model.path: {folder} is not a folder")
     config, where = _scheduler_config(folder)
     schedule = schedule_of(config, where=str(where))
-    sub = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-    if not (sub / "config.json").is_file():
-        raise ValueError(f"{folder}: no unet/config.json or config.json")
-    return Denoiser(_unet_class(sub).from_pretrained(str(sub)), schedule=schedule)
+    sub, cls = _model_folder(folder)
+    return Denoiser(cls.from_pretrained(str(sub)), schedule=schedule)
+
+
+def tiny_sd3_config(*, channels: int = 4, size: int = 8, text: int = 64, pooled: int = 64) -> dict[str, Any]:
+    """An SD3Transformer2DModel config for a CPU test: 2 joint blocks of 4 heads x 8, patch 2."""
+    return {"sample_size": size, "patch_size": 2, "in_channels": channels, "out_channels": channels, "num_layers": 2,
+            "attention_head_dim": 8, "num_attention_heads": 4, "joint_attention_dim": text,
+            "caption_projection_dim": 32, "pooled_projection_dim": pooled}
+
+
+def _tiny_clip_with_projection(tokenizer, *, width: int = 32, projection: int = 32, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    n = len(tokenizer)
+    config = CLIPTextConfig(vocab_size=n, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+                            projection_dim=projection, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1)
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config)
 
 
 class Parts:
-    """A pipeline's pieces as the DMD loop uses them: the teacher Denoiser, and an optional VAE and text encoder
-    (module docstring 5, 6). `Parts.build` makes tiny random ones, `load_pipeline` reads a folder; `frozen` turns
+    """A pipeline's pieces as the DMD loop uses them: the teacher Denoiser, and an optional VAE and text encoder(s)
+    (module docstring 5-7). `Parts.build` makes tiny random ones, `load_pipeline` reads a folder; `frozen` turns
     their gradients off."""
 
     def __init__(self, denoiser: Denoiser, *, vae: nn.Module | None = None, tokenizer: Any = None,
-                 text_encoder: nn.Module | None = None):
-        if (tokenizer is None) != (text_encoder is None):
+                 text_encoder: nn.Module | None = None, tokenizer_2: Any = None,
+                 text_encoder_2: nn.Module | None = None):
+        if (tokenizer is None) != (text_encoder is None) or (tokenizer_2 is None) != (text_encoder_2 is None):
             raise ValueError("Parts: a text encoder needs its tokenizer and the other way round")
         conditional = "encoder_hidden_states" in _forward_arguments(denoiser.model)
         if conditional != (text_encoder is not None):
-            raise ValueError(f"{type(denoiser.model).__name__}: " + ("a conditional U-Net needs a text encoder and a "
+            raise ValueError(f"{type(denoiser.model).__name__}: " + ("a conditional model needs a text encoder and a "
                              "tokenizer" if conditional else "an unconditional U-Net takes no text encoder"))
+        if denoiser.transformer and (text_encoder_2 is None or vae is None):
+            raise ValueError("Parts: an SD3 transformer needs a VAE and both CLIP text encoders (StableDiffusion3"
+                             "Pipeline's text_encoder and text_encoder_2)")
         self.denoiser, self.vae, self.tokenizer, self.text_encoder = denoiser, vae, tokenizer, text_encoder
+        self.tokenizer_2, self.text_encoder_2 = tokenizer_2, text_encoder_2
 
     def frozen(self) -> Parts:
         """Every part without gradients, in eval mode (the teacher's side of a run); returns self."""
-        for part in (self.denoiser, self.vae, self.text_encoder):
+        for part in (self.denoiser, self.vae, self.text_encoder, self.text_encoder_2):
             if part is not None:
                 part.requires_grad_(False).eval()
         return self
@@ -236,18 +291,33 @@ class Parts:
     def scale(self) -> float:
         return float(self.vae.config.scaling_factor) if self.vae is not None else 1.0
 
+    @property
+    def shift(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0) if self.vae is not None else 0.0
+
     @classmethod
     def build(cls, *, size: int = 16, conditional: bool = False, vae: bool = False, schedule: str = "linear",
-              seed: int = 0) -> Parts:
+              arch: str = "unet", seed: int = 0) -> Parts:
         """Tiny random parts (the tiny_* configs): a UNet2DModel on pixels, or with `vae` on 4-channel latents of
-        a 2x-downsampling AutoencoderKL; `conditional` a UNet2DConditionModel and a tiny CLIP text encoder."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+        a 2x-downsampling AutoencoderKL; `conditional` a UNet2DConditionModel and a tiny CLIP text encoder;
+        arch sd3: an SD3Transformer2DModel with two tiny CLIP encoders (conditional, VAE, flow)."""
+        from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel, UNet2DModel
 
+        if arch == "sd3" and (schedule != FLOW or not conditional or not vae):
+            raise ValueError("Parts.build: arch sd3 is a text-conditioned latent flow model (schedule flow, "
+                             "conditional, vae)")
         if conditional and not vae:
             raise ValueError("Parts.build: text conditioning is built as Stable Diffusion's shape, with a VAE")
         torch.manual_seed(seed)
-        auto = AutoencoderKL(**tiny_vae_config(size=size)) if vae else None
+        auto = AutoencoderKL(**tiny_vae_config(size=size), shift_factor=0.0 if arch == "sd3" else None) if vae \
+            else None
         channels, side = (4, size // 2) if vae else (3, size)
+        if arch == "sd3":
+            model = SD3Transformer2DModel(**tiny_sd3_config(channels=channels, size=side))
+            tokenizer, _ = tiny_text_encoder(seed=seed + 1)
+            first, second = (_tiny_clip_with_projection(tokenizer, seed=seed + k) for k in (1, 2))
+            return cls(Denoiser(model, schedule=schedule), vae=auto, tokenizer=tokenizer, text_encoder=first,
+                       tokenizer_2=tokenizer, text_encoder_2=second)
         if conditional:
             unet = UNet2DConditionModel(**tiny_conditional_config(channels=channels, size=side))
             tokenizer, text = tiny_text_encoder(seed=seed + 1)
@@ -264,23 +334,33 @@ class Parts:
 
     @torch.no_grad()
     def embed(self, prompts: list[str]) -> torch.Tensor | None:
-        """(N, L, D) prompt embeddings (module docstring 5); None for an unconditional model."""
+        """(N, L, D) prompt embeddings (module docstring 5; SD3: packed, docstring 7); None for an unconditional
+        model."""
         if not self.conditional:
             return None
+        if self.denoiser.transformer:
+            pipe = _pipeline(self, self.denoiser.model, _train_scheduler(FLOW))
+            embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompt_2=None, prompt_3=None,
+                                                      do_classifier_free_guidance=False, device=torch.device("cpu"))
+            if pooled.shape[-1] > embeds.shape[-1]:
+                raise ValueError(f"SD3: the pooled embedding ({pooled.shape[-1]}) is wider than the prompt embeddings "
+                                 f"({embeds.shape[-1]}); rlvr packs it as one more row")
+            last = torch.nn.functional.pad(pooled, (0, embeds.shape[-1] - pooled.shape[-1]))[:, None]
+            return torch.cat([embeds, last], dim=1)
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids)[0]
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> the space the denoiser works on (latents * scaling_factor, or the images)."""
+        """Images in [-1, 1] -> the space the denoiser works on (module docstring 6)."""
         if self.vae is None:
             return images
-        return self.vae.encode(images).latent_dist.mode() * self.scale
+        return (self.vae.encode(images).latent_dist.mode() - self.shift) * self.scale
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """The denoiser's space -> images in [-1, 1] (differentiable: a reward's gradient reaches the latents)."""
-        return x if self.vae is None else self.vae.decode(x / self.scale).sample
+        return x if self.vae is None else self.vae.decode(x / self.scale + self.shift).sample
 
     def save(self, folder: str | Path) -> Path:
         """The teacher's pipeline as a diffusers folder (the student's export with the teacher's own scheduler)."""
@@ -293,70 +373,93 @@ def _forward_arguments(model: nn.Module) -> tuple[str, ...]:
     return tuple(inspect.signature(model.forward).parameters)
 
 
-def _train_scheduler(schedule: str):
+def _train_scheduler(schedule: str, *, stochastic: bool = False):
     from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
     if schedule == FLOW:
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=T_STEPS, shift=1.0)
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=T_STEPS, shift=1.0, stochastic_sampling=stochastic)
     lo, hi = VP_BETAS[schedule]
     return DDPMScheduler(num_train_timesteps=T_STEPS, beta_start=lo, beta_end=hi, beta_schedule=schedule,
                          prediction_type="epsilon", clip_sample=False, steps_offset=1)  # Stable Diffusion's
 
 
-def _save_pipeline(parts: Parts, unet: nn.Module, folder: str | Path, scheduler) -> Path:
-    from diffusers import DDPMPipeline, StableDiffusionPipeline
+def _pipeline(parts: Parts, model: nn.Module, scheduler):
+    from diffusers import DDPMPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
 
-    folder = Path(folder)
+    if parts.denoiser.transformer:
+        return StableDiffusion3Pipeline(transformer=model, scheduler=scheduler, vae=parts.vae,
+                                        text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                        text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2,
+                                        text_encoder_3=None, tokenizer_3=None)
     if parts.conditional:
-        pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
-                                       unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        return StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                       unet=model, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
-    elif parts.vae is None:
-        pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
-    else:
-        raise ValueError("export: an unconditional model on VAE latents has no diffusers pipeline rlvr writes "
-                         "(DDPMPipeline: pixels; StableDiffusionPipeline: text-conditioned latents)")
-    pipe.save_pretrained(str(folder))
+    if parts.vae is None:
+        return DDPMPipeline(unet=model, scheduler=scheduler)
+    raise ValueError("export: an unconditional model on VAE latents has no diffusers pipeline rlvr writes "
+                     "(DDPMPipeline: pixels; StableDiffusionPipeline: text-conditioned latents)")
+
+
+def _save_pipeline(parts: Parts, model: nn.Module, folder: str | Path, scheduler) -> Path:
+    folder = Path(folder)
+    _pipeline(parts, model, scheduler).save_pretrained(str(folder))
     return folder
 
 
 def load_pipeline(folder: str | Path) -> Parts:
-    """Parts of a local diffusers pipeline folder: unet/ and scheduler/ (checked first), and vae/, text_encoder/ and
-    tokenizer/ when present (a StableDiffusionPipeline's layout); a bare model folder gives the denoiser alone."""
+    """Parts of a local diffusers pipeline folder: unet/ or transformer/ and scheduler/ (checked first), and vae/,
+    text_encoder/ (+ text_encoder_2/ for SD3) and tokenizer/ when present (StableDiffusionPipeline's and
+    StableDiffusion3Pipeline's layouts); a bare model folder gives the denoiser alone."""
     folder = Path(folder)
     denoiser = load_denoiser(folder)
-    vae = text = tokenizer = None
+    vae, texts = None, {}
     if (folder / "vae" / "config.json").is_file():
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(str(folder / "vae"))
-    if (folder / "text_encoder" / "config.json").is_file():
-        from transformers import AutoTokenizer, CLIPTextModel
+    for suffix in ("", "_2"):
+        if (folder / f"text_encoder{suffix}" / "config.json").is_file():
+            from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-        if not (folder / "tokenizer").is_dir():
-            raise ValueError(f"{folder}: text_encoder/ without tokenizer/")
-        text, tokenizer = CLIPTextModel.from_pretrained(str(folder / "text_encoder")), AutoTokenizer.from_pretrained(
-            str(folder / "tokenizer"))
-    return Parts(denoiser, vae=vae, tokenizer=tokenizer, text_encoder=text)
+            if not (folder / f"tokenizer{suffix}").is_dir():
+                raise ValueError(f"{folder}: text_encoder{suffix}/ without tokenizer{suffix}/")
+            kind = CLIPTextModelWithProjection if denoiser.transformer else CLIPTextModel
+            texts[f"text_encoder{suffix}"] = kind.from_pretrained(str(folder / f"text_encoder{suffix}"))
+            texts[f"tokenizer{suffix}"] = AutoTokenizer.from_pretrained(str(folder / f"tokenizer{suffix}"))
+    return Parts(denoiser, vae=vae, **texts)
+
+
+def student_sigmas(steps: int, start: int = T_STEPS - 1) -> list[float]:
+    """A flow student's K-step sigmas for StableDiffusion3Pipeline(sigmas=...): (tau + 1) / 1000."""
+    from rlvr.images.diffusion import student_timesteps
+
+    return [(t + 1) / T_STEPS for t in student_timesteps(steps, start=start)]
 
 
 def export_student(student: Denoiser, folder: str | Path, *, steps: int, start: int = T_STEPS - 1,
                    parts: Parts | None = None) -> Path:
-    """The K-step student as a diffusers pipeline folder (module docstring 4), with the teacher's VAE and text
-    encoder when `parts` has them; returns the folder."""
+    """The K-step student as a diffusers pipeline folder (module docstring 4, 7), with the teacher's VAE and text
+    encoders when `parts` has them; returns the folder."""
     from diffusers import LCMScheduler
 
+    info: dict[str, Any] = {"num_inference_steps": steps, "schedule": student.schedule}
     if student.schedule == FLOW:
-        raise ValueError("export_student: a flow student has no re-noising K-step scheduler in diffusers that rlvr "
-                         "maps (LCMScheduler is a VP scheduler)")
-    if start != T_STEPS - 1:
-        raise ValueError(f"export_student: LCMScheduler's K-step schedule starts at {T_STEPS - 1}; student.start is "
-                         f"{start}")
-    lo, hi = VP_BETAS[student.schedule]
-    scheduler = LCMScheduler(num_train_timesteps=T_STEPS, beta_start=lo, beta_end=hi, beta_schedule=student.schedule,
-                             original_inference_steps=T_STEPS, prediction_type="epsilon", clip_sample=False,
-                             steps_offset=1)  # LCMScheduler never reads steps_offset; 1 spares the pipeline's warning
+        if not student.transformer:
+            raise ValueError("export_student: a flow student exports as an SD3 transformer pipeline; a flow U-Net "
+                             "has no diffusers pipeline rlvr writes")
+        scheduler = _train_scheduler(FLOW, stochastic=True)
+        info["sigmas"] = student_sigmas(steps, start)
+        info["load"] = "StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)"
+    else:
+        if start != T_STEPS - 1:
+            raise ValueError(f"export_student: LCMScheduler's K-step schedule starts at {T_STEPS - 1}; student.start "
+                             f"is {start}")
+        lo, hi = VP_BETAS[student.schedule]
+        scheduler = LCMScheduler(num_train_timesteps=T_STEPS, beta_start=lo, beta_end=hi,
+                                 beta_schedule=student.schedule, original_inference_steps=T_STEPS,
+                                 prediction_type="epsilon", clip_sample=False,
+                                 steps_offset=1)  # never read by LCMScheduler; 1 spares the pipeline's warning
     folder = _save_pipeline(parts or Parts(student), student.model, folder, scheduler)
-    (folder / "rlvr_student.json").write_text(json.dumps({"num_inference_steps": steps, "schedule": student.schedule},
-                                                         indent=1) + "\n")
+    (folder / "rlvr_student.json").write_text(json.dumps(info, indent=1) + "\n")
     return folder

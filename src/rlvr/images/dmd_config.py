@@ -70,6 +70,9 @@ class DiffusersConfig:
     class names are the prompts; needs vae, Stable Diffusion's shape)."""
     vae: bool = False
     """Tiny parts only: an AutoencoderKL; distillation then runs on its latents."""
+    arch: str = "unet"
+    """Tiny parts only: unet (UNet2DModel / UNet2DConditionModel) or sd3 (an SD3Transformer2DModel with two CLIP
+    text encoders and a VAE: needs conditioning text, vae true and teacher.schedule flow)."""
     guidance_scale: float = 1.0
     """Classifier-free guidance of the teacher's eps (conditional models; 1: none)."""
 
@@ -237,6 +240,9 @@ def _validate_images(cfg: RunConfig) -> None:
     _check(dc.conditioning in ("none", "text"), "diffusers.conditioning", "none or text", dc.conditioning)
     _check(dc.conditioning == "none" or dc.vae or dc.path, "diffusers.vae", "true with text conditioning (Stable "
            "Diffusion's shape)", dc.vae)
+    _check(dc.arch in ("unet", "sd3"), "diffusers.arch", "unet or sd3", dc.arch)
+    _check(dc.arch != "sd3" or (dc.conditioning == "text" and dc.vae and cfg.teacher.schedule == "flow"),
+           "diffusers.arch", "sd3 only with conditioning text, vae true and teacher.schedule flow", dc.arch)
     _check(dc.guidance_scale >= 1, "diffusers.guidance_scale", ">= 1", dc.guidance_scale)
     _check(cfg.student.init == "pretrained", "student.init", "pretrained with a diffusers teacher (generator and "
            "fake score start from it)", cfg.student.init)

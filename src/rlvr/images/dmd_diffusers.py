@@ -27,7 +27,8 @@
    cheap, model-free stand-in for FID at this scale, not comparable to published FIDs), the pixels' mean and
    standard deviation, and the mean reward; a PNG grid of the samples goes to <run>/samples.png.
 6. At the end the student is exported as a diffusers pipeline folder, <run>/student (export_student: DDPMPipeline
-   on pixels, StableDiffusionPipeline with a text encoder and VAE), which samples in K steps with diffusers alone.
+   on pixels, StableDiffusionPipeline with a text encoder and VAE, StableDiffusion3Pipeline for an SD3 flow
+   transformer, `diffusers.arch: sd3`), which samples in K steps with diffusers alone.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def build_parts(cfg, run_dir: Path, *, resume: bool) -> tuple[Parts, bool]:
     if resume and (run_dir / "teacher").is_dir():
         return load_pipeline(run_dir / "teacher").frozen(), False
     parts = Parts.build(size=cfg.data.size, conditional=dc.conditioning == "text", vae=dc.vae,
-                        schedule=cfg.teacher.schedule, seed=stream_seed(cfg.seed, "init") % 2**31)
+                        schedule=cfg.teacher.schedule, arch=dc.arch, seed=stream_seed(cfg.seed, "init") % 2**31)
     return parts, True
 
 
@@ -200,9 +201,10 @@ def save_samples(path: Path, images: torch.Tensor) -> None:
 
 def export(net: nn.Module, cfg, parts: Parts, folder: Path) -> dict[str, Any]:
     """The student as a diffusers pipeline folder (module docstring 6); what was written, or why not."""
-    if cfg.teacher.schedule == FLOW or cfg.student.start != T_STEPS - 1:
-        return {"exported": None, "why": "a flow student or student.start != 999 has no diffusers K-step scheduler "
-                                         "rlvr maps"}
+    if cfg.teacher.schedule == FLOW and not parts.denoiser.transformer:
+        return {"exported": None, "why": "a flow U-Net has no diffusers pipeline rlvr writes (flow: SD3)"}
+    if cfg.teacher.schedule != FLOW and cfg.student.start != T_STEPS - 1:
+        return {"exported": None, "why": "LCMScheduler's K-step schedule starts at 999; student.start differs"}
     if parts.vae is not None and not parts.conditional:
         return {"exported": None, "why": "an unconditional latent model has no diffusers pipeline rlvr writes"}
     student = copy.deepcopy(net).eval()
