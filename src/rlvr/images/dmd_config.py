@@ -262,6 +262,13 @@ def _validate_images(cfg: RunConfig) -> None:
                cfg.teacher.schedule)
     rl = cfg.rl
     for key, spec in [("rl.reward", rl.reward)] + [(f"rl.rewards[{k!r}]", k) for k in rl.rewards]:
+        from rlvr.images.scorers import is_scorer, parse
+
+        if is_scorer(spec):  # the folder is checked here, the model loaded when the reward is built
+            try:
+                parse(spec)
+            except ValueError as err:
+                raise ConfigError(f"{key}: {err}") from err
         _check(rl.lambda_R == 0 or spec not in REWARD_NAMES, key, "'file.py:function' or 'module:function' on images "
                f"(the 2-D rewards {sorted(REWARD_NAMES)} have no image meaning)", spec)
 

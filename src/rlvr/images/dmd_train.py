@@ -114,6 +114,13 @@ REWARDS = {"mode": mode_reward, "distance": distance_reward}  # the names dmd_co
 def _one_reward(spec: str, rl: RLConfig, gmm: GaussianMixture, key: str):
     if spec in REWARDS:
         return REWARDS[spec](gmm, mode=rl.mode, form=rl.form)
+    from rlvr.images.scorers import is_scorer, scorer
+
+    if is_scorer(spec):  # a classifier or CLIP folder (images)
+        try:
+            return scorer(spec)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from err
     module, _, name = spec.rpartition(":")
     if module.endswith(".py"):  # a file, as the language-model rewards take it
         from rlvr.rewards.library import load_function
