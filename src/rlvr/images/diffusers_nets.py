@@ -211,6 +211,13 @@ def _scheduler_config(folder: Path) -> tuple[dict[str, Any], Path]:
 SUBFOLDERS = {"unet": ("UNet2DModel", "UNet2DConditionModel"), "transformer": ("SD3Transformer2DModel",)}
 
 
+def folder_schedule(folder: str | Path) -> str:
+    """rlvr's schedule name of a diffusers folder's scheduler config, read without loading any weight; ValueError
+    naming the file and field."""
+    config, where = _scheduler_config(Path(folder))
+    return schedule_of(config, where=str(where))
+
+
 def _model_folder(folder: Path) -> tuple[Path, Any]:
     """(the denoiser's folder, its diffusers class): unet/ or transformer/ of a pipeline, or a bare model folder."""
     import diffusers
@@ -232,8 +239,7 @@ def load_denoiser(folder: str | Path) -> Denoiser:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"model.path: {folder} is not a folder")
-    config, where = _scheduler_config(folder)
-    schedule = schedule_of(config, where=str(where))
+    schedule = folder_schedule(folder)
     sub, cls = _model_folder(folder)
     return Denoiser(cls.from_pretrained(str(sub)), schedule=schedule)
 

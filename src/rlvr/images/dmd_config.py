@@ -249,21 +249,20 @@ def _validate_images(cfg: RunConfig) -> None:
     _check(dc.path is not None or cfg.teacher.pretrain_steps >= 0, "teacher.pretrain_steps", ">= 0",
            cfg.teacher.pretrain_steps)
     if dc.path is not None:
-        from rlvr.images.diffusers_nets import _scheduler_config, schedule_of
+        from rlvr.images.diffusers_nets import folder_schedule
 
         folder = Path(dc.path)
         _check(folder.is_dir(), "diffusers.path", "a local diffusers folder", dc.path)
         try:
-            config, where = _scheduler_config(folder)
-            schedule = schedule_of(config, where=str(where))
+            schedule = folder_schedule(folder)
         except ValueError as err:
             raise ConfigError(f"diffusers.path: {err}") from err
-        _check(schedule == cfg.teacher.schedule, "teacher.schedule", f"{schedule!r}, the schedule of {where}",
+        _check(schedule == cfg.teacher.schedule, "teacher.schedule", f"{schedule!r}, the schedule of {folder}",
                cfg.teacher.schedule)
+    from rlvr.images.scorers import is_scorer, parse
+
     rl = cfg.rl
     for key, spec in [("rl.reward", rl.reward)] + [(f"rl.rewards[{k!r}]", k) for k in rl.rewards]:
-        from rlvr.images.scorers import is_scorer, parse
-
         if is_scorer(spec):  # the folder is checked here, the model loaded when the reward is built
             try:
                 parse(spec)

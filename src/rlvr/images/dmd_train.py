@@ -275,11 +275,12 @@ def generator_input(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, step: 
     prompts = getattr(gmm, "prompts", None)  # images with a text encoder (rlvr.images.dmd_diffusers.Prompts)
     if cfg.student.backward_simulation:
         k = int(torch.randint(steps, (1,), generator=g))  # one k for the whole batch (DMD2)
-        labels = None
+        labels = cond = None
         if prompts is not None:
             labels = torch.randint(gmm.classes, (batch,), generator=generator(cfg.seed, "prompts", step))
-        x_t, t = backward_simulation(nets.bound(prompts(labels) if prompts else None).generator, noises, steps=steps,
-                                     k=k, start=cfg.student.start, schedule=cfg.teacher.schedule)
+            cond = prompts(labels)
+        x_t, t = backward_simulation(nets.bound(cond).generator, noises, steps=steps, k=k, start=cfg.student.start,
+                                     schedule=cfg.teacher.schedule)
         return x_t, torch.full((batch,), t, dtype=torch.long), labels
     t_k = tau[torch.randint(steps, (batch,), generator=g)]  # (B,) per-sample step
     real, labels = gmm.sample(batch, generator=g)
