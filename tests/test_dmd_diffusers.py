@@ -4,9 +4,6 @@ diffusers' own pipeline class and samples what rlvr's sampler does; a run from a
 rewards on decoded images; resume; 2 torchrun ranks train as one process; bad values are one-line errors."""
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,6 +16,7 @@ from diffusers import (
     UNet2DConditionModel,
     UNet2DModel,
 )
+from ranks import assert_rows_close, max_difference, rlvr_train
 from safetensors.torch import load_file
 
 from rlvr.config import ConfigError, from_dict
@@ -243,25 +241,12 @@ SD_BACKSIM = {**SD, "distill": {"preset": "dmd2", "gan_weight": 0.5, "ratio": 2}
 
 @pytest.mark.parametrize("variant", [{}, SD, SD_BACKSIM], ids=["pixels-dmd2", "sd-flash", "sd-dmd2-backsim"])
 def test_two_ranks_train_an_image_run_as_one_process(tmp_path, variant):
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
     runs = {}
     for ranks in (1, 2):
         recipe = tmp_path / f"tiny{ranks}.yaml"
         recipe.write_text(yaml.safe_dump(raw(tmp_path, f"r{ranks}", variant)))
-        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"] if ranks > 1 \
-            else []
-        proc = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(recipe)], env=env,
-                              cwd=tmp_path, timeout=300, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        rlvr_train(recipe, ranks=ranks, port=29541, cwd=tmp_path)
         runs[ranks] = tmp_path / f"r{ranks}"
-    one, two = ([{k: v for k, v in r.items() if "time/" not in k} for r in read_metrics(runs[n] / "metrics.jsonl")]
-                for n in (1, 2))
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 3, 4]
-    for a, b in zip(one, two):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (a["step"], k, a[k], b[k])
+    assert_rows_close(*(read_metrics(runs[n] / "metrics.jsonl") for n in (1, 2)), steps=[0, 1, 2, 3, 4])
     for net in ("generator", "fake", "disc"):
-        wa, wb = weights(runs[1], 4, net), weights(runs[2], 4, net)
-        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-4, net
+        assert max_difference(weights(runs[1], 4, net), weights(runs[2], 4, net)) <= 1e-4, net

@@ -5,12 +5,11 @@ generator update leaves no gradient in the fake score or the discriminator."""
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
+from ranks import assert_rows_close, max_difference, rlvr_train
 from safetensors.torch import load_file
 
 from rlvr.checkpoint import load_trainer_state
@@ -131,33 +130,17 @@ def test_rl_alone_needs_a_reward_weight(tmp_path):
 def test_two_ranks_train_as_one_process(tmp_path, variant):
     """`torchrun --nproc_per_node 2`: each rank trains half of every batch with the noise one process draws; every
     metrics row (all but timings) and every network's final weights equal a one-process run's within 1e-4."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
     runs = {}
     for ranks in (1, 2):
         recipe = tmp_path / f"tiny{ranks}.yaml"
         recipe.write_text(yaml.safe_dump({"loop": "dmd", "name": f"r{ranks}", "output_dir": str(tmp_path),
                                           **TINY, **variant}))
-        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"] if ranks > 1 \
-            else []
-        proc = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(recipe)], env=env,
-                              cwd=tmp_path, timeout=300, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        rlvr_train(recipe, ranks=ranks, port=29533, cwd=tmp_path)
         runs[ranks] = tmp_path / f"r{ranks}"
-    one, two = ([{k: v for k, v in r.items() if "time/" not in k} for r in read_metrics(runs[n] /
-                                                                                                 "metrics.jsonl")]
-                for n in (1, 2))
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 3, 4]
-    for a, b in zip(one, two):
-        assert a.keys() == b.keys()
-        for k in a:
-            if a[k] is None or (isinstance(a[k], float) and math.isnan(a[k])):
-                assert b[k] is None or math.isnan(b[k]), (a["step"], k)
-                continue
-            assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (a["step"], k, a[k], b[k])
+    assert_rows_close(*(read_metrics(runs[n] / "metrics.jsonl") for n in (1, 2)), steps=[0, 1, 2, 3, 4])
     for net in ("generator", "fake", "disc"):
         wa, wb = (load_file(runs[n] / "checkpoints" / "step-000004" / "model" / f"{net}.safetensors") for n in (1, 2))
-        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-4, net
+        assert max_difference(wa, wb) <= 1e-4, net
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, monkeypatch):

@@ -3,14 +3,12 @@ and evaluations, a run stopped at step 2 and resumed to 4 equals an uninterrupte
 the CE baseline runs on the same batches, bad values are one-line errors, and 2 torchrun ranks train as one process."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from ranks import assert_rows_close, max_difference, rlvr_train, without_timing
 from safetensors.torch import load_file
 
 from rlvr.cli import main
@@ -32,10 +30,6 @@ def config(tmp_path, **over) -> RunConfig:
 
 def weights(folder: Path) -> dict:
     return load_file(next(folder.glob("*.safetensors")))
-
-
-def without_timing(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
 def test_a_tiny_run_writes_its_files_and_evaluations(tmp_path):
@@ -110,8 +104,6 @@ def test_two_ranks_train_as_one_process(tmp_path):
     """`torchrun --nproc_per_node 2`: each rank trains half of every batch (groups stay on one rank), the draws are
     one process's; the metrics (all but timings) and the final weights equal a one-process run's within 1e-4, for
     VA-π (also with two updates per batch and train-mode dropout) and for the CE baseline."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
     for mode, extra in (("va_pi", {}), ("ce", {}), ("va_pi", {"updates_per_batch": 2, "train_mode_dropout": 0.1})):
         runs, label = {}, mode + ("_dropout" if extra else "")
         for ranks in (1, 2):
@@ -119,22 +111,13 @@ def test_two_ranks_train_as_one_process(tmp_path):
             path.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / f"{label}{ranks}"),
                                             "algo": {**TINY["algo"], "mode": mode, **extra},
                                             "train": {**TINY["train"], "steps": 3, "eval_every": 0}}))
-            launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"] if ranks > 1 \
-                else []
-            out = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(path)], env=env,
-                                 capture_output=True, text=True, timeout=300)
-            assert out.returncode == 0, out.stderr[-2000:]
+            out = rlvr_train(path, ranks=ranks, port=29531)
             assert out.stdout.count('"run_dir"') == 1  # one summary: rank 0's
             runs[ranks] = tmp_path / f"{label}{ranks}" / "tiny"
-        one, two = (without_timing(read_metrics(runs[r] / "metrics.jsonl")) for r in (1, 2))
-        assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 3]
-        for a, b in zip(one, two):
-            assert a.keys() == b.keys()
-            for k in a:
-                assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (mode, a["step"], k, a[k], b[k])
+        one, two = (read_metrics(runs[r] / "metrics.jsonl") for r in (1, 2))
+        assert_rows_close(one, two, steps=[0, 1, 2, 3])
         wa, wb = weights(runs[1] / "final"), weights(runs[2] / "final")
-        assert wa.keys() == wb.keys()
-        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-4
+        assert max_difference(wa, wb) <= 1e-4
         assert any(not torch.equal(wa[k], weights(runs[1] / "init")[k]) for k in wa)  # the weights moved
         if extra:  # the dropout masks are the whole batch's draws, so the ranks see one process's
             assert all(r["va_pi/ratio_dev"] > 0 for r in one[1:])
@@ -263,25 +246,17 @@ def test_two_ranks_train_as_one_process_from_a_real_format_folder(tmp_path, fmt)
         write_tiny_folder(tmp_path / "src")
         paths = {"vq": {**TINY["vq"], "path": str(tmp_path / "src")},
                  "policy": {**TINY["policy"], "path": str(tmp_path / "src")}}
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
     raw = {**TINY, **paths, "train": {**TINY["train"], "steps": 2, "eval_every": 0}}
     train(from_dict(RunConfig, raw_config({**raw, "output_dir": str(tmp_path / "r1")}, {}), ""))  # one process
     path = tmp_path / "r2.yaml"
     path.write_text(yaml.safe_dump({**raw, "output_dir": str(tmp_path / "r2")}))
-    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    out = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(path)], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    rlvr_train(path, ranks=2, port=29533)
     runs = {r: tmp_path / f"r{r}" / "tiny" for r in (1, 2)}
-    one, two = (without_timing(read_metrics(runs[r] / "metrics.jsonl")) for r in (1, 2))
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2]
-    for a, b in zip(one, two):
-        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])) for k in a), (a, b)
+    assert_rows_close(*(read_metrics(runs[r] / "metrics.jsonl") for r in (1, 2)), steps=[0, 1, 2])
     if fmt == "diffusers":
         wa, wb, w0 = weights(runs[1] / "final"), weights(runs[2] / "final"), weights(runs[1] / "init")
     else:
         wa, wb, w0 = (torch.load(runs[r] / d / "gpt.pt", weights_only=True)["model"]
                       for r, d in ((1, "final"), (2, "final"), (1, "init")))
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-4
+    assert max_difference(wa, wb) <= 1e-4
     assert any(not torch.equal(wa[k], w0[k]) for k in wa)  # the weights moved

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -122,7 +121,9 @@ def cmd_train(args) -> int:
 
 def _main_rank() -> bool:
     """Under torchrun only rank 0 prints the run's summary (every rank returns one)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    from rlvr.loop_run import main_process
+
+    return main_process()
 
 
 def _print_summary(summary: dict) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from rlvr.distributed.fsdp import gathered, sharded
 from rlvr.distributed.fsdp_checkpoint import load_sharded, save_full_model, save_sharded
 from rlvr.errors import TrainingError
 from rlvr.evaluate import evaluate
+from rlvr.loop_run import StopRequest, main_process
 from rlvr.metrics import Metrics, length_metrics
 from rlvr.rewards.diversity import group_diversity_metrics
 from rlvr.rollout.collect import collect
@@ -146,27 +146,6 @@ def describe(run: Run, batch: Batch, log: Metrics, seconds: float) -> None:
 # ------------------------------------------------------------------ loop
 
 
-class StopRequest:
-    """First Ctrl-C: finish the step in flight, checkpoint, exit. Second Ctrl-C: stop at once."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nrlvr: interrupt received, finishing this step and writing a checkpoint (Ctrl-C again to abort)")
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._old)
-        return False
-
-
 def run_eval(run: Run, step: int) -> dict[str, float]:
     """Greedy held-out metrics; for a mixture, per task (eval/<key>/...) and their mean (eval/accuracy)."""
     with gathered(run.policy):  # FSDP: every rank gathers the weights, the main rank evaluates
@@ -253,8 +232,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, given: 
         from rlvr.distributed.ray_trainers import train_on_ray
 
         return train_on_ray(cfg, resume=resume, overwrite=overwrite, given=given)
-    resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite,
-                                   main=int(os.environ.get("RANK", "0")) == 0)
+    resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite, main=main_process())
     run = setup(cfg, resume_from=resume_from, given=given)
     state = restore(run, resume_from) if resume_from else State()
     owns_ray = _ray_workers(run) if cfg.distributed.backend == "ray" else False

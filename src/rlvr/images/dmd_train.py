@@ -19,7 +19,8 @@
    teacher's DDIM samples get the same metrics once, with their wall time. A scatter PNG of the final samples lands in
    the run folder.
 5. Every random draw comes from a named stream keyed by the step (rlvr.seeding), so a resumed run repeats the
-   uninterrupted one exactly; checkpoints hold every network and optimizer.
+   uninterrupted one exactly; checkpoints hold every network and optimizer. The run folder, config.yaml, the
+   checkpoints' RNG streams and Ctrl-C (finish the step, checkpoint, exit 130) are rlvr.loop_run's, as for every loop.
 6. Under `torchrun --nproc_per_node N` (train.batch divisible by N) each rank trains a contiguous share of every
    iteration's batch: the generator's input and every per-sample noise are drawn for the whole batch and the rank's
    rows kept (rlvr.algos.dmd.Share), which branches run is decided over all ranks, the gradients are averaged before
@@ -34,10 +35,8 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -56,18 +55,8 @@ from rlvr.algos.dmd import (
     noised,
     rl_loss,
 )
-from rlvr.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from rlvr.config import ConfigError
-from rlvr.distributed import (
-    World,
-    all_reduce,
-    average_gradients,
-    barrier,
-    init_world,
-    mean_over_ranks,
-    requested_world_size,
-    shutdown,
-)
+from rlvr.distributed import World, all_reduce, average_gradients, barrier, mean_over_ranks
 from rlvr.images.diffusers_nets import Bound
 from rlvr.images.diffusion import (
     T_STEPS,
@@ -84,8 +73,7 @@ from rlvr.images.diffusion import (
 )
 from rlvr.images.dmd_config import REWARD_NAMES, RLConfig, RunConfig, validate
 from rlvr.images.metrics import frechet_distance, manifold_precision_recall
-from rlvr.metrics import RunLogger
-from rlvr.run_folder import claim_run_folder
+from rlvr.loop_run import StopRequest, due, open_logger, restore_state, run_in_world, save_state
 from rlvr.seeding import generator, stream_seed
 
 __all__ = ["RunConfig", "train", "validate"]  # the loop's interface to rlvr.cli (LOOPS)
@@ -570,17 +558,14 @@ def _setup(cfg: RunConfig, checkpoint: Path | None, side) -> tuple[Networks, dic
     if checkpoint is None:
         return nets, opts, 0
     nets.load(checkpoint / "model")
-    state = load_trainer_state(checkpoint)
+    state = restore_state(checkpoint)
     for name, opt in opts.items():
         opt.load_state_dict(state[f"optim/{name}"])
-    set_rng_state(state["rng"])
     return nets, opts, int(state["step"])
 
 
-def _save(cfg: RunConfig, nets: Networks, opts: dict[str, torch.optim.Optimizer], step: int) -> None:
-    state = {"step": step, "config": dataclasses.asdict(cfg), "rng": rng_state(),
-             **{f"optim/{name}": opt.state_dict() for name, opt in opts.items()}}
-    save_checkpoint(cfg.run_dir / "checkpoints", step, nets, state, keep=cfg.train.keep)
+def _save(cfg: RunConfig, nets: Networks, opts: dict[str, torch.optim.Optimizer], step: int, world: World):
+    return save_state(cfg, step, nets, world, **{f"optim/{name}": opt.state_dict() for name, opt in opts.items()})
 
 
 def _arm(cfg: RunConfig) -> str:
@@ -592,52 +577,44 @@ def _arm(cfg: RunConfig) -> str:
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run the loop of the module docstring; returns a summary (final and teacher metrics, files, timings)."""
-    ranks = requested_world_size()
-    if cfg.train.batch % ranks:
-        raise ConfigError(f"train.batch ({cfg.train.batch}) must be divisible by the number of data-parallel ranks "
-                          f"({ranks}): each rank trains an equal share of every batch")
     validate(cfg)
-    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 may delete a run folder (--overwrite)
-    checkpoint = claim_run_folder(cfg, resume=resume, overwrite=overwrite, main=main)
-    world = init_world() if ranks > 1 else World()
-    try:
-        return _train(cfg, checkpoint, world)
-    finally:
-        shutdown(world)
+    return run_in_world(cfg, _train, resume=resume, overwrite=overwrite, batch=cfg.train.batch)
 
 
 def _train(cfg: RunConfig, checkpoint: Path | None, world: World) -> dict[str, Any]:
-    barrier(world)  # every rank has judged the run folder before the main rank writes into it
     start = time.perf_counter()
     side = _side(cfg, checkpoint)
     nets, opts, step = _setup(cfg, checkpoint, side)
     gmm, reward_fn = side.data, side.reward_fn
     run_dir, main = cfg.run_dir, world.is_main
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     if main and checkpoint is None:
         side.write_start(run_dir)
     setup_seconds = time.perf_counter() - start
     teacher = side.teacher_summary() if main else {}
-    logger = RunLogger(run_dir, resume=checkpoint is not None) if main else None
+    logger = open_logger(cfg, world, resumed=checkpoint is not None)
     if step == 0 and logger:
         logger.log(0, {f"eval/{k}": v for k, v in side.evaluate(nets)[0].items()})
-    final, samples, loop_start = None, None, time.perf_counter()
+    final, samples, loop_start, last = None, None, time.perf_counter(), cfg.train.steps
     try:
-        while step < cfg.train.steps:
-            step += 1
-            tick = time.perf_counter()
-            _set_lr(opts, cfg, step)
-            metrics = train_step(nets, opts, cfg, gmm, side.teacher, reward_fn, step, world)
-            metrics["time/step"] = time.perf_counter() - tick
-            if main and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):  # the same weights everywhere
-                final, samples = side.evaluate(nets)
-                if step % cfg.train.eval_every == 0:
-                    metrics.update({f"eval/{k}": v for k, v in final.items()})
-            if logger:
-                logger.log(step, metrics)
-            if main and (step % cfg.train.save_every == 0 or step == cfg.train.steps):
-                _save(cfg, nets, opts, step)
+        with StopRequest() as stop:
+            while step < last:
+                step += 1
+                tick = time.perf_counter()
+                _set_lr(opts, cfg, step)
+                metrics = train_step(nets, opts, cfg, gmm, side.teacher, reward_fn, step, world)
+                metrics["time/step"] = time.perf_counter() - tick
+                if main and due(step, cfg.train.eval_every, last):  # the same weights on every rank
+                    final, samples = side.evaluate(nets)
+                    if step % cfg.train.eval_every == 0:
+                        metrics.update({f"eval/{k}": v for k, v in final.items()})
+                if logger:
+                    logger.log(step, metrics)
+                if due(step, cfg.train.save_every, last) or stop.requested:
+                    path = _save(cfg, nets, opts, step, world)
+                if stop.requested and step < last:
+                    barrier(world)
+                    print(f"rlvr: stopped at step {step}; resume with --resume ({path})")
+                    return {"interrupted": True, "step": step, "checkpoint": str(path)}
     finally:
         if logger:
             logger.close()

@@ -22,7 +22,8 @@
    samples (one row per class) goes to `<run>/samples/step-NNNNNN.png`; `rlvr plot` draws the curves beside the
    latest grid.
 5. Checkpoints (`train.save_every`) hold the policy, the optimizer and the RNG state; the tokenizer and the
-   classifier are written once to the run folder.
+   classifier are written once to the run folder. The run folder, config.yaml and Ctrl-C (finish the step,
+   checkpoint, exit 130) are rlvr.loop_run's, as for every loop.
 6. Under `torchrun --nproc_per_node N` every rank draws the same batch and trains a contiguous share of its images
    (train.batch divisible by N; rlvr.algos.va_pi: a group never spans ranks, the draws are those of one process):
    the main rank prepares the tokenizer, classifier and starting model and writes them, the others read them back;
@@ -32,7 +33,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,12 +148,9 @@ class RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """One ConfigError line for a value out of range, before anything is written or loaded."""
-    from rlvr.distributed import requested_world_size
+    from rlvr.loop_run import check_batch_split
 
-    ranks = requested_world_size()
-    if cfg.train.batch % ranks:
-        raise ConfigError(f"train.batch ({cfg.train.batch}) must be divisible by the number of data-parallel ranks "
-                          f"({ranks}): each rank trains an equal share of the images")
+    check_batch_split(cfg.train.batch)
     rules = [("data.name", cfg.data.name in DATA, f"one of {list(DATA)}"),
              ("algo.mode", cfg.algo.mode in MODES, f"one of {list(MODES)}"),
              ("data.size", cfg.data.size >= 8 and cfg.data.size % 4 == 0, "a multiple of 4, at least 8"),
@@ -335,35 +332,20 @@ def evaluate_generator(policy, vq, net, images: torch.Tensor, labels: torch.Tens
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Run VA-π (or the CE baseline) as the module docstring says; returns the run's summary."""
-    import os
-
-    from rlvr.distributed import init_world, requested_world_size, shutdown
-    from rlvr.run_folder import claim_run_folder
+    from rlvr.loop_run import run_in_world
 
     validate(cfg)
-    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 may delete a run folder (--overwrite)
-    resume_from = claim_run_folder(cfg, resume=resume, overwrite=overwrite, main=main)
-    world = init_world() if requested_world_size() > 1 else None
-    try:
-        return _train(cfg, resume_from, world)
-    finally:
-        if world is not None:
-            shutdown(world)
+    return run_in_world(cfg, _train, resume=resume, overwrite=overwrite)
 
 
 def _train(cfg: RunConfig, resume_from: Path | None, world) -> dict:
     from rlvr.algos.va_pi import ce_step, va_pi_step
-    from rlvr.checkpoint import load_trainer_state, rng_state, save_checkpoint, set_rng_state
-    from rlvr.distributed import World, barrier
+    from rlvr.distributed import barrier
     from rlvr.images.ar import load_image_policy
-    from rlvr.metrics import RunLogger
+    from rlvr.loop_run import StopRequest, due, open_logger, restore_state, save_state
     from rlvr.seeding import generator
 
-    world = world or World()
-    barrier(world)  # every rank has judged the run folder before the main rank writes into it
     run_dir = cfg.run_dir
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     train_images, train_labels, held_images, held_labels = image_data(cfg)
     fresh = resume_from is None
@@ -379,11 +361,10 @@ def _train(cfg: RunConfig, resume_from: Path | None, world) -> dict:
     opt = _optimizer(policy.model.parameters(), cfg.optim.lr, cfg)
     state = {"step": 0, "eval_before": {}}
     if resume_from is not None:
-        saved = load_trainer_state(resume_from)
+        saved = restore_state(resume_from)
         opt.load_state_dict(saved["optimizer"])
-        set_rng_state(saved["rng"])
         state = {"step": saved["step"], "eval_before": saved["eval_before"]}
-    logger = RunLogger(run_dir, resume=resume_from is not None) if world.is_main else None
+    logger = open_logger(cfg, world, resumed=resume_from is not None)
     lpips = None
     if cfg.algo.lpips:
         from rlvr.rewards.library import load_function
@@ -404,29 +385,35 @@ def _train(cfg: RunConfig, resume_from: Path | None, world) -> dict:
         if logger:
             logger.log(0, state["eval_before"])
     last: dict[str, float] = {}
-    a = cfg.algo
-    for step in range(state["step"] + 1, cfg.train.steps + 1):
-        t0 = time.perf_counter()
-        images, labels = _batch(train_images, train_labels, cfg.train.batch, generator(cfg.seed, "va_pi_batch", step))
-        g = generator(cfg.seed, "va_pi_step", step)
-        if a.mode == "va_pi":
-            row = va_pi_step(policy, vq, images, labels, opt, group=a.group, p=a.token_noise, clip=a.clip,
-                             lambda_ce=a.lambda_ce, w_mse=a.w_mse, w_lpips=a.w_lpips, lpips=lpips, generator=g,
-                             world=world, updates=a.updates_per_batch, dropout=a.train_mode_dropout)
-            row["reward"] = row["va_pi/reward"]
-        else:
-            row = ce_step(policy, vq, images, labels, opt, p=a.token_noise, generator=g, world=world)
-        row["time/step"] = time.perf_counter() - t0
-        if step == cfg.train.steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
-            row.update(evaluate(step))
-        if logger:
-            logger.log(step, row)
-        last = row
-        if world.is_main and (step == cfg.train.steps or (cfg.train.save_every and step % cfg.train.save_every == 0)):
-            save_checkpoint(run_dir / "checkpoints", step, policy,
-                            {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(),
-                             "eval_before": state["eval_before"], "config": dataclasses.asdict(cfg)},
-                            keep=cfg.train.keep)
+    a, steps = cfg.algo, cfg.train.steps
+    with StopRequest() as stop:
+        for step in range(state["step"] + 1, steps + 1):
+            t0 = time.perf_counter()
+            images, labels = _batch(train_images, train_labels, cfg.train.batch,
+                                    generator(cfg.seed, "va_pi_batch", step))
+            g = generator(cfg.seed, "va_pi_step", step)
+            if a.mode == "va_pi":
+                row = va_pi_step(policy, vq, images, labels, opt, group=a.group, p=a.token_noise, clip=a.clip,
+                                 lambda_ce=a.lambda_ce, w_mse=a.w_mse, w_lpips=a.w_lpips, lpips=lpips, generator=g,
+                                 world=world, updates=a.updates_per_batch, dropout=a.train_mode_dropout)
+                row["reward"] = row["va_pi/reward"]
+            else:
+                row = ce_step(policy, vq, images, labels, opt, p=a.token_noise, generator=g, world=world)
+            row["time/step"] = time.perf_counter() - t0
+            if due(step, cfg.train.eval_every, steps):
+                row.update(evaluate(step))
+            if logger:
+                logger.log(step, row)
+            last = row
+            if due(step, cfg.train.save_every, steps) or stop.requested:
+                path = save_state(cfg, step, policy, world, optimizer=opt.state_dict(),
+                                  eval_before=state["eval_before"])
+            if stop.requested and step < steps:
+                if logger:
+                    logger.close()
+                barrier(world)
+                print(f"rlvr: stopped at step {step}; resume with --resume ({path})")
+                return {"interrupted": True, "step": step, "checkpoint": str(path)}
     if logger:
         logger.close()
     if not last and world.is_main:  # resumed at its last step: nothing ran, report the checkpoint's own numbers
