@@ -3,18 +3,26 @@ fresh process, and compare two runs' metrics rows and weights within a tolerance
 
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 
-def rlvr_train(recipe: Path, *, ranks: int = 1, port: int = 29533, cwd: Path | None = None, timeout: int = 300,
+def free_port() -> int:
+    """A TCP port nothing listens on now: fixed ports collide when two test runs share the machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rlvr_train(recipe: Path, *, ranks: int = 1, cwd: Path | None = None, timeout: int = 300,
                extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """`rlvr train recipe` in one process, or under `torchrun --nproc_per_node ranks` (gloo, one thread each); a
-    failed run fails the test with its stderr's tail."""
+    """`rlvr train recipe` in one process, or under `torchrun --nproc_per_node ranks` (gloo, one thread each, on a
+    free port); a failed run fails the test with its stderr's tail."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(port)] \
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(free_port())] \
         if ranks > 1 else []
     proc = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(recipe), *extra], env=env,
                           cwd=cwd, timeout=timeout, capture_output=True, text=True)

@@ -142,3 +142,25 @@ def test_an_exported_student_samples_in_k_steps_with_diffusers_own_pipeline(tmp_
     assert load_denoiser(tmp_path / "student").schedule == "linear"
     with pytest.raises(ValueError, match="^export_student: LCMScheduler's K-step schedule starts at 999"):
         export_student(student, tmp_path / "other", steps=1, start=399)
+
+
+@pytest.mark.parametrize("schedule", ["scaled_linear", "flow"])
+def test_the_networks_may_live_on_another_device_than_the_random_streams(schedule):
+    """The random streams and the timesteps stay on the CPU (the same draws whatever the device); the noise, the
+    schedule's coefficients and the timesteps reach the networks on their own device. Checked on the meta device
+    (shapes only), where a CPU tensor meeting a meta one raises as it would meeting a CUDA one."""
+    from diffusers import UNet2DConditionModel
+
+    from rlvr.images.diffusers_nets import Bound, tiny_conditional_config
+    from rlvr.images.diffusion import ScoreMLP, backward_simulation
+
+    g = torch.Generator().manual_seed(0)
+    net = Bound(Denoiser(UNet2DConditionModel(**tiny_conditional_config()), schedule=schedule).to("meta"),
+                torch.zeros(2, 16, 32, device="meta"))
+    noises = [torch.randn(2, 4, 8, 8, generator=g).to("meta") for _ in range(4)]
+    x0 = student_sample(net, noises, steps=4, schedule=schedule)
+    x_t, _ = backward_simulation(net, noises, steps=4, k=2, schedule=schedule)
+    real, fake = dm_targets(x0, net, net, generator=g, schedule=schedule)
+    logits = DiffusionGANHead(width=net.net.width).to("meta").logits(net, x0, generator=g, schedule=schedule)
+    assert {t.device.type for t in (x0, x_t, real, fake, logits)} == {"meta"}
+    assert generator_x0(ScoreMLP().to("meta"), torch.zeros(3, 2, device="meta"), 999).device.type == "meta"

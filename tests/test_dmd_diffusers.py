@@ -239,13 +239,14 @@ SD_BACKSIM = {**SD, "distill": {"preset": "dmd2", "gan_weight": 0.5, "ratio": 2}
                                                                                                True}}
 
 
-@pytest.mark.parametrize("variant", [{}, SD, SD_BACKSIM], ids=["pixels-dmd2", "sd-flash", "sd-dmd2-backsim"])
+@pytest.mark.parametrize("variant", [{}, SD, SD_BACKSIM, SD3],
+                         ids=["pixels-dmd2", "sd-flash", "sd-dmd2-backsim", "sd3-dmd2-backsim"])
 def test_two_ranks_train_an_image_run_as_one_process(tmp_path, variant):
     runs = {}
     for ranks in (1, 2):
         recipe = tmp_path / f"tiny{ranks}.yaml"
         recipe.write_text(yaml.safe_dump(raw(tmp_path, f"r{ranks}", variant)))
-        rlvr_train(recipe, ranks=ranks, port=29541, cwd=tmp_path)
+        rlvr_train(recipe, ranks=ranks, cwd=tmp_path)
         runs[ranks] = tmp_path / f"r{ranks}"
     assert_rows_close(*(read_metrics(runs[n] / "metrics.jsonl") for n in (1, 2)), steps=[0, 1, 2, 3, 4])
     for net in ("generator", "fake", "disc"):

@@ -15,15 +15,9 @@ from safetensors.torch import load_file
 from rlvr.checkpoint import load_trainer_state
 from rlvr.config import ConfigError, from_dict
 from rlvr.images.diffusion import GaussianMixture, full
-from rlvr.images.dmd_train import (
-    Networks,
-    RunConfig,
-    build_reward,
-    generator_update,
-    pretrain_denoiser,
-    train,
-    validate,
-)
+from rlvr.images.dmd_points import pretrain_denoiser
+from rlvr.images.dmd_rewards import build_reward
+from rlvr.images.dmd_train import Networks, RunConfig, generator_update, train, validate
 from rlvr.metrics import read_metrics
 
 TINY = {"teacher": {"kind": "mlp", "pretrain_steps": 20, "pretrain_batch": 64, "sample_steps": 5},
@@ -135,7 +129,7 @@ def test_two_ranks_train_as_one_process(tmp_path, variant):
         recipe = tmp_path / f"tiny{ranks}.yaml"
         recipe.write_text(yaml.safe_dump({"loop": "dmd", "name": f"r{ranks}", "output_dir": str(tmp_path),
                                           **TINY, **variant}))
-        rlvr_train(recipe, ranks=ranks, port=29533, cwd=tmp_path)
+        rlvr_train(recipe, ranks=ranks, cwd=tmp_path)
         runs[ranks] = tmp_path / f"r{ranks}"
     assert_rows_close(*(read_metrics(runs[n] / "metrics.jsonl") for n in (1, 2)), steps=[0, 1, 2, 3, 4])
     for net in ("generator", "fake", "disc"):
@@ -198,7 +192,7 @@ def test_several_rewards_are_summed_with_their_weights_and_a_bad_sample_is_named
 
 def test_the_schema_names_every_built_in_reward():
     from rlvr.images.dmd_config import REWARD_NAMES
-    from rlvr.images.dmd_train import REWARDS
+    from rlvr.images.dmd_rewards import REWARDS
 
     assert sorted(REWARDS) == sorted(REWARD_NAMES)
 

@@ -111,7 +111,7 @@ def test_two_ranks_train_as_one_process(tmp_path):
             path.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / f"{label}{ranks}"),
                                             "algo": {**TINY["algo"], "mode": mode, **extra},
                                             "train": {**TINY["train"], "steps": 3, "eval_every": 0}}))
-            out = rlvr_train(path, ranks=ranks, port=29531)
+            out = rlvr_train(path, ranks=ranks)
             assert out.stdout.count('"run_dir"') == 1  # one summary: rank 0's
             runs[ranks] = tmp_path / f"{label}{ranks}" / "tiny"
         one, two = (read_metrics(runs[r] / "metrics.jsonl") for r in (1, 2))
@@ -250,7 +250,7 @@ def test_two_ranks_train_as_one_process_from_a_real_format_folder(tmp_path, fmt)
     train(from_dict(RunConfig, raw_config({**raw, "output_dir": str(tmp_path / "r1")}, {}), ""))  # one process
     path = tmp_path / "r2.yaml"
     path.write_text(yaml.safe_dump({**raw, "output_dir": str(tmp_path / "r2")}))
-    rlvr_train(path, ranks=2, port=29533)
+    rlvr_train(path, ranks=2)
     runs = {r: tmp_path / f"r{r}" / "tiny" for r in (1, 2)}
     assert_rows_close(*(read_metrics(runs[r] / "metrics.jsonl") for r in (1, 2)), steps=[0, 1, 2])
     if fmt == "diffusers":
@@ -260,3 +260,19 @@ def test_two_ranks_train_as_one_process_from_a_real_format_folder(tmp_path, fmt)
                       for r, d in ((1, "final"), (2, "final"), (1, "init")))
     assert max_difference(wa, wb) <= 1e-4
     assert any(not torch.equal(wa[k], w0[k]) for k in wa)  # the weights moved
+
+
+def test_a_vq_path_tokenizer_sets_the_image_side_rule_not_the_toy_one(tmp_path):
+    """data.size must be a multiple of 4 for the toy tokenizer only: a diffusers VQModel folder (downsampling 2)
+    trains on 10 px images, and refuses 9 px naming its own factor."""
+    from diffusers import VQModel
+
+    from rlvr.images.tokenizers import tiny_vqmodel_config
+
+    VQModel(**tiny_vqmodel_config()).save_pretrained(tmp_path / "vq")
+    vq = {**TINY["vq"], "path": str(tmp_path / "vq")}
+    with pytest.raises(ConfigError, match=r"data.size \(9\) must be a multiple of the diffusers tokenizer's "
+                                          r"downsampling factor 2"):
+        validate(config(tmp_path, **{"vq": vq, "data.size": 9}))
+    summary = train(config(tmp_path, **{"vq": vq, "data.size": 10, "train.steps": 1, "train.eval_every": 0}))
+    assert summary["steps"] == 1 and summary["eval_after"]

@@ -275,13 +275,13 @@ def dmd2_iteration(config: dict, *, device: str = "cuda", batch: int = 2, text: 
     opt_g = torch.optim.AdamW(gen.parameters(), lr=1e-5)
     opt_f = torch.optim.AdamW([*fake.parameters(), *head.parameters()], lr=1e-5)
     before = [next(gen.parameters()).detach().clone(), next(fake.parameters()).detach().clone()]
-    g = torch.Generator(device).manual_seed(0)
+    g = torch.Generator().manual_seed(0)  # as in the loop: the random streams and timesteps live on the CPU
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
-        x0 = generator_x0(Bound(gen, cond), x_t, torch.full((batch,), 999, device=device), "scaled_linear")
+        x0 = generator_x0(Bound(gen, cond), x_t, torch.full((batch,), 999), "scaled_linear")
         real, fake_x0 = dm_targets(x0, guided, Bound(fake, cond), generator=g, schedule="scaled_linear")
         dm, _ = dm_loss(x0.float(), real, fake_x0)
         fake.requires_grad_(False)

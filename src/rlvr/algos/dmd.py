@@ -55,9 +55,10 @@ def noised(x0: torch.Tensor, low: int, high: int, *, generator: torch.Generator,
     batch and this rank's rows kept."""
     n = share.batch if share else len(x0)
     t = timesteps(n, low, high, generator=generator)  # (n,)
-    eps = torch.randn((n, *x0.shape[1:]), generator=generator, dtype=x0.dtype)
+    eps = torch.randn((n, *x0.shape[1:]), generator=generator, dtype=x0.dtype)  # on the stream's device (the CPU)
     if share:
         t, eps = t[share.rows], eps[share.rows]
+    eps = eps.to(x0.device)  # the same draws whatever device the networks are on; t stays with the schedules
     return add_noise(x0, eps, t, schedule), eps, t
 
 

@@ -171,12 +171,13 @@ class Denoiser(nn.Module):
         blocks = getattr(self.model, "transformer_blocks", None)
         return blocks[len(blocks) // 2] if self.transformer else self.model.mid_block
 
-    def _timestep(self, t: torch.Tensor) -> torch.Tensor:
-        return t + 1 if self.schedule == FLOW else t
+    def _timestep(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """diffusers' timestep for rlvr's t (flow: t + 1, module docstring), on the sample's device."""
+        return (t + 1 if self.schedule == FLOW else t).to(like.device)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The model's output at rlvr's t; `cond` (N, L, D) prompt embeddings for a conditional U-Net."""
-        t = self._timestep(t.expand(len(x_t)))
+        t = self._timestep(t.expand(len(x_t)), x_t)
         if self.transformer:
             pooled = cond[:, -1, :self.model.config.pooled_projection_dim]  # module docstring 7
             return self.model(hidden_states=x_t, timestep=t, encoder_hidden_states=cond[:, :-1],

@@ -83,7 +83,8 @@ def ab_at(t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
 
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *[1] * (like.dim() - 1))
+    """(N,) schedule values as a column broadcasting over `like`, on its device (timesteps live on the CPU)."""
+    return v.reshape(-1, *[1] * (like.dim() - 1)).to(like.device)
 
 
 def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: str = "linear") -> torch.Tensor:
@@ -224,7 +225,7 @@ class GaussianMixture:
 
 def time_embedding(t: torch.Tensor, dim: int = 32) -> torch.Tensor:
     """(N, dim) sinusoidal embedding of integer timesteps (Vaswani et al. frequencies, max period 10000)."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float32, device=t.device) / (dim // 2))
     angles = t.float()[:, None] * freqs[None]
     return torch.cat([angles.sin(), angles.cos()], -1)
 
@@ -240,7 +241,7 @@ class ScoreMLP(nn.Module):
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(N, width) middle-layer features."""
-        return self.lower(torch.cat([x_t, time_embedding(t.expand(len(x_t)), self.emb_dim)], -1))
+        return self.lower(torch.cat([x_t, time_embedding(t.expand(len(x_t)).to(x_t.device), self.emb_dim)], -1))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.upper(self.features(x_t, t))

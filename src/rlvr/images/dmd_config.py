@@ -12,7 +12,7 @@ from rlvr.algos.dmd import PRESETS
 from rlvr.config import ConfigError
 from rlvr.images.diffusion import SCHEDULE_NAMES, T_STEPS
 
-REWARD_NAMES = ("distance", "mode")  # rlvr.images.dmd_train.REWARDS; or 'file.py:function' / 'module:function'
+REWARD_NAMES = ("distance", "mode")  # rlvr.images.dmd_rewards.REWARDS; or 'file.py:function' / 'module:function'
 
 
 @dataclass

@@ -213,11 +213,11 @@ def export(net: nn.Module, cfg, parts: Parts, folder: Path) -> dict[str, Any]:
 
 
 class ImageSide:
-    """An image run's side of `loop: dmd` (rlvr.images.dmd_train.Points' methods): parts, data, prompts, the guided
+    """An image run's side of `loop: dmd` (rlvr.images.dmd_points.Points' methods): parts, data, prompts, the guided
     teacher, rewards on decoded images, the image metrics, the student's export."""
 
     def __init__(self, cfg, checkpoint: Path | None):
-        from rlvr.images.dmd_train import build_reward
+        from rlvr.images.dmd_rewards import build_reward
 
         self.cfg = cfg
         self.parts, fresh = build_parts(cfg, cfg.run_dir, resume=checkpoint is not None)

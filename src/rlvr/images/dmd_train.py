@@ -29,14 +29,13 @@
 7. `teacher.kind: diffusers` runs the same iteration on images with diffusers models (a local pipeline folder or
    tiny random parts; text conditioning, VAE latents, the student exported as a pipeline folder): the image side
    is rlvr.images.dmd_diffusers, the networks called through rlvr.images.diffusers_nets.Denoiser.
-8. The recipe schema and its range checks are in rlvr.images.dmd_config.
+8. The recipe schema and its range checks are in rlvr.images.dmd_config; the 2-D side (mixture, teacher, point
+   metrics) in rlvr.images.dmd_points; the rewards in rlvr.images.dmd_rewards.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,6 @@ from rlvr.algos.dmd import (
     noised,
     rl_loss,
 )
-from rlvr.config import ConfigError
 from rlvr.distributed import World, all_reduce, average_gradients, barrier, mean_over_ranks
 from rlvr.images.diffusers_nets import Bound
 from rlvr.images.diffusion import (
@@ -64,98 +62,16 @@ from rlvr.images.diffusion import (
     ScoreMLP,
     add_noise,
     backward_simulation,
-    ddim_sample,
     generator_x0,
-    student_sample,
     student_timesteps,
     target,
-    timesteps,
 )
-from rlvr.images.dmd_config import REWARD_NAMES, RLConfig, RunConfig, validate
-from rlvr.images.metrics import frechet_distance, manifold_precision_recall
+from rlvr.images.dmd_config import RunConfig, validate
+from rlvr.images.dmd_points import Points
 from rlvr.loop_run import StopRequest, due, open_logger, restore_state, run_in_world, save_state
 from rlvr.seeding import generator, stream_seed
 
 __all__ = ["RunConfig", "train", "validate"]  # the loop's interface to rlvr.cli (LOOPS)
-
-
-# ---------------------------------------------------------------- rewards
-
-
-def mode_reward(gmm: GaussianMixture, *, mode: int, form: str):
-    """x0 -> log p(mode | x0) or p(mode | x0) under the clean mixture."""
-    def reward(x0: torch.Tensor) -> torch.Tensor:
-        logp = gmm.log_posterior(x0)[:, mode].to(x0.dtype)
-        return logp if form == "log" else logp.exp()
-    return reward
-
-
-def distance_reward(gmm: GaussianMixture, *, mode: int, form: str):
-    """x0 -> -|x0 - mu_mode|."""
-    center = gmm.means[mode].float()
-    return lambda x0: -(x0 - center).norm(dim=-1)
-
-
-REWARDS = {"mode": mode_reward, "distance": distance_reward}  # the names dmd_config.REWARD_NAMES lists
-
-
-def _one_reward(spec: str, rl: RLConfig, gmm: GaussianMixture, key: str):
-    if spec in REWARDS:
-        return REWARDS[spec](gmm, mode=rl.mode, form=rl.form)
-    from rlvr.images.scorers import is_scorer, scorer
-
-    if is_scorer(spec):  # a classifier or CLIP folder (images)
-        try:
-            return scorer(spec)
-        except ValueError as err:
-            raise ConfigError(f"{key}: {err}") from err
-    module, _, name = spec.rpartition(":")
-    if module.endswith(".py"):  # a file, as the language-model rewards take it
-        from rlvr.rewards.library import load_function
-
-        try:
-            return load_function(spec)
-        except ValueError as err:
-            raise ConfigError(f"{key}: {err}") from err
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{key}: cannot import {spec!r}: {err}") from err
-
-
-def _checked(spec: str, fn):
-    """fn, whose output must be an (N,) tensor of finite values: otherwise an error naming the reward and the
-    first bad sample (its index in the batch and its point)."""
-
-    def reward(x0: torch.Tensor) -> torch.Tensor:
-        r = fn(x0)
-        if not isinstance(r, torch.Tensor) or r.shape != (len(x0),):
-            shape = tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__
-            raise ValueError(f"reward {spec!r}: must return a tensor of shape ({len(x0)},), one per sample; got "
-                             f"{shape}")
-        bad = (~torch.isfinite(r.detach())).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            point = f"x0 = {x0[i].tolist()}" if x0[i].numel() <= 8 else f"an image of shape {tuple(x0[i].shape)}"
-            raise ValueError(f"reward {spec!r}: sample {i} of {len(x0)} ({point}) scored {float(r[i])}, not a finite "
-                             "number")
-        return r
-
-    return reward
-
-
-def build_reward(rl: RLConfig, gmm: GaussianMixture, *, images: bool = False):
-    """x0 (N, 2) -> (N,) rewards: `rl.reward`, or the weighted sum of `rl.rewards`; each reward's output checked.
-    images: the rewards take images, and the 2-D ones (REWARD_NAMES) are left out (None when nothing is left)."""
-    if images:
-        specs = dict(rl.rewards) if rl.rewards else {rl.reward: 1.0}
-        parts = [(w, _checked(spec, _one_reward(spec, rl, gmm, f"rl.rewards[{spec!r}]" if rl.rewards else
-                                                "rl.reward"))) for spec, w in specs.items() if spec not in REWARD_NAMES]
-        return (lambda x0: sum(w * fn(x0) for w, fn in parts)) if parts else None
-    if not rl.rewards:
-        return _checked(rl.reward, _one_reward(rl.reward, rl, gmm, "rl.reward"))
-    parts = [(w, _checked(spec, _one_reward(spec, rl, gmm, f"rl.rewards[{spec!r}]"))) for spec, w in rl.rewards.items()]
-    return lambda x0: sum(w * fn(x0) for w, fn in parts)
 
 
 # ---------------------------------------------------------------- networks
@@ -220,28 +136,6 @@ def _copy(net: ScoreMLP) -> ScoreMLP:
     fresh = ScoreMLP()
     fresh.load_state_dict(net.state_dict())
     return fresh.requires_grad_(True)
-
-
-def pretrain_denoiser(cfg: RunConfig, gmm: GaussianMixture) -> ScoreMLP:
-    """A ScoreMLP trained by eps-MSE on data samples, t ~ U{0 .. 999} (DDPM's objective; flow: v-MSE, rectified flow's),
-    cosine-decayed AdamW."""
-    tc = cfg.teacher
-    with torch.random.fork_rng():
-        torch.manual_seed(stream_seed(cfg.seed, "pretrain_init"))
-        net = ScoreMLP()
-    opt = torch.optim.AdamW(net.parameters(), lr=tc.pretrain_lr, weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.pretrain_steps)
-    for step in range(tc.pretrain_steps):
-        g = generator(cfg.seed, "pretrain", step)
-        x0, _ = gmm.sample(tc.pretrain_batch, generator=g)
-        t = timesteps(len(x0), 0, T_STEPS - 1, generator=g)
-        eps = torch.randn(x0.shape, generator=g)
-        loss = (net(add_noise(x0, eps, t, tc.schedule), t) - target(x0, eps, tc.schedule)).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
 
 
 # ---------------------------------------------------------------- one iteration
@@ -414,134 +308,12 @@ def _set_lr(opts: dict[str, torch.optim.Optimizer], cfg: RunConfig, step: int) -
             group["lr"] = lrs[name] * scale
 
 
-# ---------------------------------------------------------------- evaluation
-
-
-def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """2 E|X - Y| - E|X - X'| - E|Y - Y'| (Székely & Rizzo), V-statistic form."""
-    x, y = x.double(), y.double()
-    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
-
-
-def _gauss_fit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.double()
-    return x.mean(0), torch.cov(x.T)
-
-
-@torch.no_grad()
-def sample_metrics(x: torch.Tensor, data: torch.Tensor, gmm: GaussianMixture, reward_fn, *, target: int
-                   ) -> dict[str, float]:
-    """Fréchet distance of Gaussian fits, energy distance, modes covered, precision / recall, reward, mode spread, the
-    samples' median distance from the origin (radius: where a biased teacher's ring pulls them)."""
-    x = torch.nan_to_num(x.float(), nan=1e6, posinf=1e6, neginf=-1e6)
-    dist = torch.cdist(x.double(), gmm.means)  # (N, K)
-    near, mode = dist.min(1)
-    inside = near <= 3 * gmm.sigma
-    share = torch.bincount(mode[inside], minlength=len(gmm.means)).double() / len(x)  # (K,)
-    spread = (x.double()[inside] - gmm.means[mode[inside]]).square().mean().sqrt() if inside.any() else float("nan")
-    precision, recall = manifold_precision_recall(data, x, k=3)
-    return {"frechet": frechet_distance(*_gauss_fit(x), *_gauss_fit(data)), "energy": energy_distance(x, data),
-            "modes_covered": float((share >= 0.05).sum()), "in_mode": float(inside.double().mean()),
-            "target_share": float(share[target]), "precision": precision, "recall": recall,
-            "reward": float(reward_fn(x).mean()), "mode_std": float(spread),
-            "radius": float(x.double().norm(dim=1).median())}
-
-
-def eval_batch(cfg: RunConfig, gmm: GaussianMixture) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The fixed evaluation noises (one per student step) and data points: the same at every evaluation."""
-    g = generator(cfg.seed, "eval")
-    noises = [torch.randn(cfg.train.eval_size, 2, generator=g) for _ in range(cfg.student.steps)]
-    return noises, gmm.sample(cfg.train.eval_size, generator=g)[0]
-
-
-def evaluate_student(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, reward_fn
-                     ) -> tuple[dict[str, float], torch.Tensor]:
-    noises, data = eval_batch(cfg, gmm)
-    start = time.perf_counter()
-    with torch.no_grad():
-        x = student_sample(nets.generator, noises, steps=cfg.student.steps, start=cfg.student.start,
-                           schedule=cfg.teacher.schedule)
-    seconds = time.perf_counter() - start
-    metrics = sample_metrics(x, data, gmm, reward_fn, target=cfg.rl.mode)
-    metrics["time/sample_per_1000"] = seconds * 1000 / len(x)
-    return metrics, x
-
-
-def evaluate_teacher(cfg: RunConfig, gmm: GaussianMixture, teacher_eps, reward_fn) -> tuple[dict[str, Any], Any]:
-    noises, data = eval_batch(cfg, gmm)
-    start = time.perf_counter()
-    x = ddim_sample(teacher_eps, noises[0], steps=cfg.teacher.sample_steps, schedule=cfg.teacher.schedule)
-    seconds = time.perf_counter() - start
-    metrics = sample_metrics(x, data, gmm, reward_fn, target=cfg.rl.mode)
-    return {**metrics, "sample_steps": cfg.teacher.sample_steps, "kind": cfg.teacher.kind,
-            "time/sample_per_1000": seconds * 1000 / len(x)}, x
-
-
-def save_scatter(path: Path, samples: torch.Tensor, data: torch.Tensor, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(*data.T.numpy(), s=3, c="0.7", label="data")
-    ax.scatter(*samples.clamp(-8, 8).T.numpy(), s=3, c="C3", label="samples")
-    ax.set(xlim=(-7, 7), ylim=(-7, 7), aspect="equal", title=title)
-    ax.legend(loc="upper right", markerscale=4)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------- the loop
 
 
-def mixture(cfg: RunConfig, *, teacher: bool = False) -> GaussianMixture:
-    """The data's mixture; teacher=True: the one the teacher learns, on the circle of `teacher.radius` when set."""
-    radius = cfg.teacher.radius if teacher and cfg.teacher.radius is not None else cfg.data.radius
-    return GaussianMixture(modes=cfg.data.modes, radius=radius, sigma=cfg.data.sigma, schedule=cfg.teacher.schedule)
-
-
-def _teacher(cfg: RunConfig, pretrained: ScoreMLP | None):
-    if cfg.teacher.kind == "exact":
-        return mixture(cfg, teacher=True).predict
-    return lambda x_t, t: pretrained(x_t, t)
-
-
-class Points:
-    """The 2-D check's side of a run: the mixture, its rewards, the teacher and the point metrics (the images' side
-    is rlvr.images.dmd_diffusers.ImageSide, with the same methods)."""
-
-    def __init__(self, cfg: RunConfig, checkpoint: Path | None):
-        self.cfg, self.data = cfg, mixture(cfg)
-        self.reward_fn = build_reward(cfg.rl, self.data)
-        needs = cfg.teacher.kind == "mlp" or cfg.student.init == "pretrained"
-        self.pretrained = ScoreMLP().eval() if checkpoint is not None and needs else None
-        if checkpoint is None and needs:
-            self.pretrained = pretrain_denoiser(cfg, mixture(cfg, teacher=True))
-        self.teacher = _teacher(cfg, self.pretrained)
-
-    def networks(self) -> Networks:
-        return Networks(self.cfg, self.pretrained)
-
-    def write_start(self, run_dir: Path) -> None:
-        """The pretrained MLP, once (the checkpoints hold it too)."""
-        if self.pretrained is not None:
-            from safetensors.torch import save_file
-            save_file(self.pretrained.state_dict(), str(run_dir / "teacher.safetensors"))
-
-    def evaluate(self, nets: Networks) -> tuple[dict[str, float], torch.Tensor]:
-        return evaluate_student(nets, self.cfg, self.data, self.reward_fn)
-
-    def teacher_summary(self) -> dict[str, Any]:
-        return _teacher_summary(self.cfg, self.data, self.teacher, self.reward_fn)
-
-    def finish(self, nets: Networks, samples: torch.Tensor, step: int) -> dict[str, Any]:
-        cfg = self.cfg
-        save_scatter(cfg.run_dir / "samples.png", samples, eval_batch(cfg, self.data)[1],
-                     f"{cfg.student.steps}-step student, {_arm(cfg)}, step {step}")
-        return {}
-
-
 def _side(cfg: RunConfig, checkpoint: Path | None):
+    """The run's data side: images on diffusers models (rlvr.images.dmd_diffusers) or the 2-D check
+    (rlvr.images.dmd_points)."""
     if cfg.teacher.kind == "diffusers":
         from rlvr.images.dmd_diffusers import ImageSide
 
@@ -566,13 +338,6 @@ def _setup(cfg: RunConfig, checkpoint: Path | None, side) -> tuple[Networks, dic
 
 def _save(cfg: RunConfig, nets: Networks, opts: dict[str, torch.optim.Optimizer], step: int, world: World):
     return save_state(cfg, step, nets, world, **{f"optim/{name}": opt.state_dict() for name, opt in opts.items()})
-
-
-def _arm(cfg: RunConfig) -> str:
-    """What the run trains, for plot titles: the preset, with RL's weight; or RL alone."""
-    if not cfg.rl.distill:
-        return f"RL alone (lambda_R {cfg.rl.lambda_R:g})"
-    return cfg.distill.preset + (f" + RL (lambda_R {cfg.rl.lambda_R:g})" if cfg.rl.lambda_R else "")
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -626,15 +391,3 @@ def _train(cfg: RunConfig, checkpoint: Path | None, world: World) -> dict[str, A
     barrier(world)  # the last checkpoint is written before any rank returns
     return {"run_dir": str(run_dir), "steps": step, "final": final, "teacher": teacher,
             "time/setup": setup_seconds, "time/train": time.perf_counter() - loop_start, "interrupted": False, **extra}
-
-
-def _teacher_summary(cfg: RunConfig, gmm: GaussianMixture, teacher_eps, reward_fn) -> dict[str, Any]:
-    """The teacher's evaluation, computed once per run folder (teacher.json, teacher.png)."""
-    path = cfg.run_dir / "teacher.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    metrics, x = evaluate_teacher(cfg, gmm, teacher_eps, reward_fn)
-    path.write_text(json.dumps(metrics, indent=1))
-    save_scatter(cfg.run_dir / "teacher.png", x, eval_batch(cfg, gmm)[1],
-                 f"teacher ({cfg.teacher.kind}), DDIM {cfg.teacher.sample_steps} steps")
-    return metrics
