@@ -261,18 +261,3 @@ def test_two_ranks_train_as_one_process_from_a_real_format_folder(tmp_path, fmt)
     assert max_difference(wa, wb) <= 1e-4
     assert any(not torch.equal(wa[k], w0[k]) for k in wa)  # the weights moved
 
-
-def test_a_vq_path_tokenizer_sets_the_image_side_rule_not_the_toy_one(tmp_path):
-    """data.size must be a multiple of 4 for the toy tokenizer only: a diffusers VQModel folder (downsampling 2)
-    trains on 10 px images, and refuses 9 px naming its own factor."""
-    from diffusers import VQModel
-
-    from rlvr.images.tokenizers import tiny_vqmodel_config
-
-    VQModel(**tiny_vqmodel_config()).save_pretrained(tmp_path / "vq")
-    vq = {**TINY["vq"], "path": str(tmp_path / "vq")}
-    with pytest.raises(ConfigError, match=r"data.size \(9\) must be a multiple of the diffusers tokenizer's "
-                                          r"downsampling factor 2"):
-        validate(config(tmp_path, **{"vq": vq, "data.size": 9}))
-    summary = train(config(tmp_path, **{"vq": vq, "data.size": 10, "train.steps": 1, "train.eval_every": 0}))
-    assert summary["steps"] == 1 and summary["eval_after"]

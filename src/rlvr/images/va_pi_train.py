@@ -153,9 +153,9 @@ def validate(cfg: RunConfig) -> None:
     check_batch_split(cfg.train.batch)
     rules = [("data.name", cfg.data.name in DATA, f"one of {list(DATA)}"),
              ("algo.mode", cfg.algo.mode in MODES, f"one of {list(MODES)}"),
-             ("data.size", cfg.data.size >= 8 and (cfg.vq.path or cfg.data.size % 4 == 0),
-              "at least 8" + ("" if cfg.vq.path else ", a multiple of 4 (the toy tokenizer downsamples 4x; a vq.path "
-                                                     "tokenizer's own factor is checked from its config)")),
+             ("data.size", cfg.data.size >= 8 and cfg.data.size % 4 == 0,
+              "a multiple of 4, at least 8 (the toy tokenizer and the evaluation's classifier, rlvr.images.metrics, "
+              "downsample 4x)"),
              ("data.train_size", cfg.data.train_size >= 16, ">= 16"),
              ("data.eval_size", cfg.data.eval_size >= 8, ">= 8"),
              ("algo.group", cfg.algo.group >= 2, ">= 2 (advantages are relative within a group)"),
