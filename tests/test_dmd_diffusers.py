@@ -241,7 +241,11 @@ SD_BACKSIM = {**SD, "distill": {"preset": "dmd2", "gan_weight": 0.5, "ratio": 2}
                                                                                                True}}
 
 
-@pytest.mark.parametrize("variant", [{}, SD, SD_BACKSIM], ids=["pixels-dmd2", "sd-flash", "sd-dmd2-backsim"])
+SD_LORA = {**SD, "student": {"backward_simulation": False, "lora": {"r": 4, "fake": True}}}  # tests/test_diffusers_lora
+
+
+@pytest.mark.parametrize("variant", [{}, SD, SD_BACKSIM, SD_LORA], ids=["pixels-dmd2", "sd-flash", "sd-dmd2-backsim",
+                                                                         "sd-flash-lora"])
 def test_two_ranks_train_an_image_run_as_one_process(tmp_path, variant):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"

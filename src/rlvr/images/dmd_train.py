@@ -68,6 +68,7 @@ from rlvr.distributed import (
     requested_world_size,
     shutdown,
 )
+from rlvr.images.diffusers_lora import adapter_state, load_adapter_state, trainable
 from rlvr.images.diffusers_nets import Bound
 from rlvr.images.diffusion import (
     T_STEPS,
@@ -213,19 +214,28 @@ class Networks:
         nets = {"generator": self.unbound("generator"), "fake": self.unbound("fake"), "disc": self.disc}
         return nets if self.pretrained is None else {**nets, "pretrained": self.pretrained}
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """What the generator's optimizer trains: every weight, or a LoRA generator's adapters."""
+        return trainable(self.unbound("generator"))
+
     def guidance_parameters(self) -> list[nn.Parameter]:
-        return [*self.fake.parameters(), *self.disc.parameters()]
+        return [*trainable(self.unbound("fake")), *self.disc.parameters()]
 
     def save(self, folder: Path, merge_adapters: bool = False) -> None:
+        """Each network's state dict (a LoRA network's adapters alone, rlvr.images.diffusers_lora)."""
         from safetensors.torch import save_file
         folder.mkdir(parents=True, exist_ok=True)
         for name, net in self.named().items():
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / f"{name}.safetensors"))
+            save_file({k: v.contiguous() for k, v in adapter_state(net).items()}, str(folder / f"{name}.safetensors"))
 
     def load(self, folder: Path) -> None:
         from safetensors.torch import load_file
         for name, net in self.named().items():
-            net.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+            path = folder / f"{name}.safetensors"
+            try:
+                load_adapter_state(net, load_file(str(path)), str(path))
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
 
 
 def _copy(net: ScoreMLP) -> ScoreMLP:
@@ -372,7 +382,7 @@ def generator_update(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg
         p.requires_grad_(False)
     try:
         loss, metrics = generator_loss(nets, cfg, x0, t_k, teacher_eps, reward_fn, step, world)
-        metrics["gen/grad_norm"] = _update(opts["generator"], list(nets.generator.parameters()), loss,
+        metrics["gen/grad_norm"] = _update(opts["generator"], nets.generator_parameters(), loss,
                                            cfg.optim.grad_clip, world)
     finally:
         for p in guidance:
@@ -565,7 +575,7 @@ def _setup(cfg: RunConfig, checkpoint: Path | None, side) -> tuple[Networks, dic
     nets = side.networks()
     op = cfg.optim
     kw = {"betas": tuple(op.betas), "weight_decay": op.weight_decay}
-    opts = {"generator": torch.optim.AdamW(nets.generator.parameters(), lr=op.lr, **kw),
+    opts = {"generator": torch.optim.AdamW(nets.generator_parameters(), lr=op.lr, **kw),
             "guidance": torch.optim.AdamW(nets.guidance_parameters(), lr=op.guidance_lr or op.lr, **kw)}
     if checkpoint is None:
         return nets, opts, 0
