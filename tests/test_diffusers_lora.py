@@ -30,6 +30,8 @@ def test_only_adapters_and_gan_parts_train_and_the_shared_teacher_weights_do_not
     teacher = {k: v.clone() for k, v in side.parts.denoiser.state_dict().items()}
     nets, opts, _ = _setup(cfg, None, side)
     gen, fake = nets.unbound("generator"), nets.unbound("fake")
+    q = "model.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    assert gen.get_submodule(q).scaling == fake.get_submodule(q).scaling == {"default": 2.0}  # lora_alpha / r
     in_opt = {id(p) for group in opts["generator"].param_groups for p in group["params"]}
     assert in_opt == {id(p) for n, p in gen.named_parameters() if ".lora_" in n} and in_opt
     in_opt = {id(p) for group in opts["guidance"].param_groups for p in group["params"]}
