@@ -27,7 +27,9 @@
    pretrains the teacher MLP itself (the same stream); the main rank alone evaluates, logs and writes files.
 7. `teacher.kind: diffusers` runs the same iteration on images with diffusers models (a local pipeline folder or
    tiny random parts; text conditioning, VAE latents, the student exported as a pipeline folder): the image side
-   is rlvr.images.dmd_diffusers, the networks called through rlvr.images.diffusers_nets.Denoiser.
+   is rlvr.images.dmd_diffusers, the networks called through rlvr.images.diffusers_nets.Denoiser. There
+   `student.lora` makes the generator (and the fake score) peft LoRA adapters over the frozen teacher
+   (rlvr.images.diffusers_lora): the optimizers and checkpoints hold the adapters (and the GAN parts) alone.
 8. The recipe schema and its range checks are in rlvr.images.dmd_config.
 """
 
