@@ -70,7 +70,6 @@ from rlvr.distributed import (
     requested_world_size,
     shutdown,
 )
-from rlvr.images.diffusers_lora import adapter_state, load_adapter_state, trainable
 from rlvr.images.diffusers_nets import Bound
 from rlvr.images.diffusion import (
     T_STEPS,
@@ -218,20 +217,28 @@ class Networks:
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """What the generator's optimizer trains: every weight, or a LoRA generator's adapters."""
+        from rlvr.images.diffusers_lora import trainable
+
         return trainable(self.unbound("generator"))
 
     def guidance_parameters(self) -> list[nn.Parameter]:
+        from rlvr.images.diffusers_lora import trainable
+
         return [*trainable(self.unbound("fake")), *self.disc.parameters()]
 
     def save(self, folder: Path, merge_adapters: bool = False) -> None:
         """Each network's state dict (a LoRA network's adapters alone, rlvr.images.diffusers_lora)."""
         from safetensors.torch import save_file
+
+        from rlvr.images.diffusers_lora import adapter_state
         folder.mkdir(parents=True, exist_ok=True)
         for name, net in self.named().items():
             save_file({k: v.contiguous() for k, v in adapter_state(net).items()}, str(folder / f"{name}.safetensors"))
 
     def load(self, folder: Path) -> None:
         from safetensors.torch import load_file
+
+        from rlvr.images.diffusers_lora import load_adapter_state
         for name, net in self.named().items():
             path = folder / f"{name}.safetensors"
             try:
