@@ -239,8 +239,11 @@ SD_BACKSIM = {**SD, "distill": {"preset": "dmd2", "gan_weight": 0.5, "ratio": 2}
                                                                                                True}}
 
 
-@pytest.mark.parametrize("variant", [{}, SD, SD_BACKSIM, SD3],
-                         ids=["pixels-dmd2", "sd-flash", "sd-dmd2-backsim", "sd3-dmd2-backsim"])
+SD_LORA = {**SD, "student": {"backward_simulation": False, "lora": {"r": 4, "fake": True}}}  # tests/test_diffusers_lora
+
+
+@pytest.mark.parametrize("variant", [{}, SD, SD_BACKSIM, SD3, SD_LORA],
+                         ids=["pixels-dmd2", "sd-flash", "sd-dmd2-backsim", "sd3-dmd2-backsim", "sd-flash-lora"])
 def test_two_ranks_train_an_image_run_as_one_process(tmp_path, variant):
     runs = {}
     for ranks in (1, 2):

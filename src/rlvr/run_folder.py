@@ -20,7 +20,8 @@ from rlvr.checkpoint import latest_checkpoint, load_trainer_state
 from rlvr.config import Config, ConfigError, to_dict
 
 FIXED = ("model.path", "model.config", "model.config_overrides", "model.tokenizer", "model.dtype", "model.lora",
-         "model.gguf_file", "task.name", "task.kwargs", "tasks", "env.name", "env.kwargs", "buffer.name")
+         "model.gguf_file", "task.name", "task.kwargs", "tasks", "env.name", "env.kwargs", "buffer.name",
+         "student.lora")
 IGNORED = ("name", "output_dir")
 
 

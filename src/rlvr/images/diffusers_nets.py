@@ -408,6 +408,15 @@ def _pipeline(parts: Parts, model: nn.Module, scheduler):
                      "(DDPMPipeline: pixels; StableDiffusionPipeline: text-conditioned latents)")
 
 
+def pipeline_class(parts: Parts) -> type:
+    """The diffusers pipeline class an export of these parts is (DDPMPipeline, StableDiffusionPipeline, SD3)."""
+    from diffusers import DDPMPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
+
+    if parts.denoiser.transformer:
+        return StableDiffusion3Pipeline
+    return StableDiffusionPipeline if parts.conditional else DDPMPipeline
+
+
 def _save_pipeline(parts: Parts, model: nn.Module, folder: str | Path, scheduler) -> Path:
     folder = Path(folder)
     _pipeline(parts, model, scheduler).save_pretrained(str(folder))

@@ -77,6 +77,28 @@ class DiffusersConfig:
     """Classifier-free guidance of the teacher's eps (conditional models; 1: none)."""
 
 
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' Attention projections (U-Nets' and SD3's)
+
+
+@dataclass
+class StudentLoraConfig:
+    r: int = 0
+    """LoRA rank (peft LoraConfig's r, as model.lora names it on the language side); 0: full-weight students (the
+    default). > 0 (teacher.kind diffusers only): the generator, and with `fake` the fake score, become peft LoRA
+    adapters over the teacher's frozen weights (shared, not copied); only the adapters, the GAN head and the
+    discriminator train (rlvr.images.diffusers_lora)."""
+    lora_alpha: float | None = None
+    """The adapters' scale is lora_alpha / r (LoraConfig's lora_alpha); None: r (scale 1)."""
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Names of the nn.Linear / nn.Conv2d layers that get adapters: a layer whose dotted name is the entry or ends
+    with "." + it (peft's rule). The default, the attention projections, exists in UNet2DConditionModel,
+    SD3Transformer2DModel (its joint attention's context side is add_q_proj, add_k_proj, add_v_proj, to_add_out)
+    and UNet2DModel (its attention blocks and mid block); convolutions (conv1, conv2) and time_emb_proj take
+    adapters too. Each entry must match a layer (checked when the teacher is built, before any training)."""
+    fake: bool = False
+    """The fake score as LoRA adapters too (its own, over the same frozen teacher); false: a full trained copy."""
+
+
 @dataclass
 class StudentConfig:
     steps: int = 4
@@ -89,6 +111,8 @@ class StudentConfig:
     """Train G on its own k-step outputs (one k per iteration); false: data re-noised to a per-sample tau[k]."""
     init: str = "pretrained"
     """pretrained: generator and fake score start from the pretrained ScoreMLP (DMD2); fresh: random weights."""
+    lora: StudentLoraConfig = field(default_factory=StudentLoraConfig)
+    """LoRA students (r > 0): {r, lora_alpha, target_modules, fake}; see StudentLoraConfig."""
 
 
 @dataclass
@@ -218,6 +242,7 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.student.steps - 1 <= cfg.student.start < T_STEPS, "student.start", f"in [student.steps - 1, "
            f"{T_STEPS - 1}]", cfg.student.start)
     _check(cfg.student.init in ("pretrained", "fresh"), "student.init", "pretrained or fresh", cfg.student.init)
+    _validate_lora(cfg)
     _validate_distill(cfg.distill)
     _validate_rl(cfg.rl, cfg.data.modes)
     _validate_optim(cfg.optim)
@@ -270,6 +295,21 @@ def _validate_images(cfg: RunConfig) -> None:
                 raise ConfigError(f"{key}: {err}") from err
         _check(rl.lambda_R == 0 or spec not in REWARD_NAMES, key, "'file.py:function' or 'module:function' on images "
                f"(the 2-D rewards {sorted(REWARD_NAMES)} have no image meaning)", spec)
+
+
+def _validate_lora(cfg: RunConfig) -> None:
+    lo = cfg.student.lora
+    _check(lo.r >= 0, "student.lora.r", ">= 0 (0: full-weight students)", lo.r)
+    if lo.r == 0:
+        _check(not lo.fake, "student.lora.fake", "false when student.lora.r is 0 (no LoRA)", lo.fake)
+        return
+    _check(cfg.teacher.kind == "diffusers", "student.lora.r", "0 unless teacher.kind is diffusers (the 2-D ScoreMLP "
+           "students train whole: LoRA is for diffusers models)", lo.r)
+    _check(lo.lora_alpha is None or lo.lora_alpha > 0, "student.lora.lora_alpha", "> 0 or null (null: r)",
+           lo.lora_alpha)
+    _check(len(lo.target_modules) > 0 and all(isinstance(t, str) and t.strip(".") == t and t for t in
+                                              lo.target_modules),
+           "student.lora.target_modules", "a non-empty list of layer names (e.g. to_q, to_out.0)", lo.target_modules)
 
 
 def _validate_distill(d: DistillConfig) -> None:

@@ -29,6 +29,12 @@
 6. At the end the student is exported as a diffusers pipeline folder, <run>/student (export_student: DDPMPipeline
    on pixels, StableDiffusionPipeline with a text encoder and VAE, StableDiffusion3Pipeline for an SD3 flow
    transformer, `diffusers.arch: sd3`), which samples in K steps with diffusers alone.
+7. LoRA students (`student.lora.r > 0`, rlvr.images.diffusers_lora): the generator (and with `student.lora.fake` the
+   fake score) is peft LoRA adapters over the frozen teacher's own weights; the optimizers hold the adapters (and
+   the GAN head / discriminator, full), checkpoints the adapters alone. The export is the merged student, plus the
+   adapters in diffusers' LoRA format in <run>/student_lora (StableDiffusionPipeline / StableDiffusion3Pipeline:
+   `load_lora_weights` onto the teacher's pipeline). The summary's "parameters" counts each network's trained
+   weights and their AdamW state.
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlvr.config import ConfigError
 from rlvr.images.data import SHAPE_CLASSES, toy_shapes
-from rlvr.images.diffusers_nets import Bound, Parts, export_student, load_pipeline
+from rlvr.images.diffusers_lora import check_targets, lora_copy, merged, parameter_counts, save_diffusers_lora
+from rlvr.images.diffusers_nets import Bound, Parts, export_student, load_pipeline, pipeline_class
 from rlvr.images.diffusion import FLOW, T_STEPS, add_noise, ddim_sample, student_sample, target, timesteps
 from rlvr.images.metrics import frechet_distance, save_grid
 from rlvr.seeding import generator, stream_seed
@@ -137,16 +145,35 @@ def pretrain_teacher(cfg, parts: Parts, data: ImageData, prompts: Prompts) -> No
 
 
 def copies(parts: Parts, cfg) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """(generator, fake score, discriminator): copies of the teacher (DMD2) and the preset's discriminator."""
+    """(generator, fake score, discriminator): copies of the teacher (DMD2), or LoRA adapters over it
+    (`student.lora`, module docstring 7), and the preset's discriminator."""
     from rlvr.algos.dmd import PRESETS, DiffusionGANHead
 
-    gen, fake = (copy.deepcopy(parts.denoiser).requires_grad_(True).train() for _ in range(2))
+    lora = cfg.student.lora
+    with torch.random.fork_rng():  # the adapters' A from their own stream: the discriminator's draw is unchanged
+        torch.manual_seed(stream_seed(cfg.seed, "lora_init"))
+        gen, fake = (_lora(parts, lora) if on else copy.deepcopy(parts.denoiser).requires_grad_(True).train()
+                     for on in (lora.r > 0, lora.r > 0 and lora.fake))
     with torch.random.fork_rng():
         torch.manual_seed(stream_seed(cfg.seed, "init"))
         kind = PRESETS[cfg.distill.preset].discriminator
         disc = kind(width=parts.denoiser.width) if kind is DiffusionGANHead else kind(
             dim=math.prod(parts.shape(cfg.data.size)))
     return gen, fake, disc
+
+
+def _lora(parts: Parts, lora) -> nn.Module:
+    return lora_copy(parts.denoiser, r=lora.r, lora_alpha=lora.lora_alpha or lora.r,
+                     target_modules=lora.target_modules)
+
+
+def check_lora(cfg, parts: Parts) -> None:
+    """student.lora.target_modules against the teacher's layers: one ConfigError line before any training."""
+    if cfg.student.lora.r:
+        try:
+            check_targets(parts.denoiser.model, cfg.student.lora.target_modules)
+        except ValueError as err:
+            raise ConfigError(f"student.lora.target_modules: {err}") from err
 
 
 def image_reward(fn, parts: Parts):
@@ -207,9 +234,16 @@ def export(net: nn.Module, cfg, parts: Parts, folder: Path) -> dict[str, Any]:
         return {"exported": None, "why": "LCMScheduler's K-step schedule starts at 999; student.start differs"}
     if parts.vae is not None and not parts.conditional:
         return {"exported": None, "why": "an unconditional latent model has no diffusers pipeline rlvr writes"}
-    student = copy.deepcopy(net).eval()
+    student = merged(net).eval()
     export_student(student, folder, steps=cfg.student.steps, parts=parts)
-    return {"exported": str(folder)}
+    out: dict[str, Any] = {"exported": str(folder)}
+    if cfg.student.lora.r:
+        kind = pipeline_class(parts)
+        if hasattr(kind, "save_lora_weights"):
+            out["lora_weights"] = str(save_diffusers_lora(net, kind, folder.parent / f"{folder.name}_lora"))
+        else:
+            out["lora_weights"], out["lora_why"] = None, f"{kind.__name__} has no LoRA loader in diffusers"
+    return out
 
 
 class ImageSide:
@@ -221,6 +255,7 @@ class ImageSide:
 
         self.cfg = cfg
         self.parts, fresh = build_parts(cfg, cfg.run_dir, resume=checkpoint is not None)
+        check_lora(cfg, self.parts)
         self.data = ImageData(cfg, self.parts)
         self.prompts = Prompts(self.parts)
         self.data.prompts = self.prompts if self.parts.conditional else None
@@ -267,4 +302,6 @@ class ImageSide:
 
     def finish(self, nets, samples: torch.Tensor, step: int) -> dict[str, Any]:
         save_samples(self.cfg.run_dir / "samples.png", samples)
-        return export(nets.unbound("generator"), self.cfg, self.parts, self.cfg.run_dir / "student")
+        counts = parameter_counts({name: nets.unbound(name) for name in ("generator", "fake")} | {"disc": nets.disc})
+        return {**export(nets.unbound("generator"), self.cfg, self.parts, self.cfg.run_dir / "student"),
+                "parameters": counts}

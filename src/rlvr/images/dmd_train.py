@@ -28,7 +28,9 @@
    pretrains the teacher MLP itself (the same stream); the main rank alone evaluates, logs and writes files.
 7. `teacher.kind: diffusers` runs the same iteration on images with diffusers models (a local pipeline folder or
    tiny random parts; text conditioning, VAE latents, the student exported as a pipeline folder): the image side
-   is rlvr.images.dmd_diffusers, the networks called through rlvr.images.diffusers_nets.Denoiser.
+   is rlvr.images.dmd_diffusers, the networks called through rlvr.images.diffusers_nets.Denoiser. There
+   `student.lora` makes the generator (and the fake score) peft LoRA adapters over the frozen teacher
+   (rlvr.images.diffusers_lora): the optimizers and checkpoints hold the adapters (and the GAN parts) alone.
 8. The recipe schema and its range checks are in rlvr.images.dmd_config; the 2-D side (mixture, teacher, point
    metrics) in rlvr.images.dmd_points; the rewards in rlvr.images.dmd_rewards.
 """
@@ -54,6 +56,7 @@ from rlvr.algos.dmd import (
     noised,
     rl_loss,
 )
+from rlvr.config import ConfigError
 from rlvr.distributed import World, all_reduce, average_gradients, barrier, mean_over_ranks
 from rlvr.images.diffusers_nets import Bound
 from rlvr.images.diffusion import (
@@ -117,19 +120,36 @@ class Networks:
         nets = {"generator": self.unbound("generator"), "fake": self.unbound("fake"), "disc": self.disc}
         return nets if self.pretrained is None else {**nets, "pretrained": self.pretrained}
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """What the generator's optimizer trains: every weight, or a LoRA generator's adapters."""
+        from rlvr.images.diffusers_lora import trainable
+
+        return trainable(self.unbound("generator"))
+
     def guidance_parameters(self) -> list[nn.Parameter]:
-        return [*self.fake.parameters(), *self.disc.parameters()]
+        from rlvr.images.diffusers_lora import trainable
+
+        return [*trainable(self.unbound("fake")), *self.disc.parameters()]
 
     def save(self, folder: Path, merge_adapters: bool = False) -> None:
+        """Each network's state dict (a LoRA network's adapters alone, rlvr.images.diffusers_lora)."""
         from safetensors.torch import save_file
+
+        from rlvr.images.diffusers_lora import adapter_state
         folder.mkdir(parents=True, exist_ok=True)
         for name, net in self.named().items():
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / f"{name}.safetensors"))
+            save_file({k: v.contiguous() for k, v in adapter_state(net).items()}, str(folder / f"{name}.safetensors"))
 
     def load(self, folder: Path) -> None:
         from safetensors.torch import load_file
+
+        from rlvr.images.diffusers_lora import load_adapter_state
         for name, net in self.named().items():
-            net.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+            path = folder / f"{name}.safetensors"
+            try:
+                load_adapter_state(net, load_file(str(path)), str(path))
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
 
 
 def _copy(net: ScoreMLP) -> ScoreMLP:
@@ -254,7 +274,7 @@ def generator_update(nets: Networks, opts: dict[str, torch.optim.Optimizer], cfg
         p.requires_grad_(False)
     try:
         loss, metrics = generator_loss(nets, cfg, x0, t_k, teacher_eps, reward_fn, step, world)
-        metrics["gen/grad_norm"] = _update(opts["generator"], list(nets.generator.parameters()), loss,
+        metrics["gen/grad_norm"] = _update(opts["generator"], nets.generator_parameters(), loss,
                                            cfg.optim.grad_clip, world)
     finally:
         for p in guidance:
@@ -325,7 +345,7 @@ def _setup(cfg: RunConfig, checkpoint: Path | None, side) -> tuple[Networks, dic
     nets = side.networks()
     op = cfg.optim
     kw = {"betas": tuple(op.betas), "weight_decay": op.weight_decay}
-    opts = {"generator": torch.optim.AdamW(nets.generator.parameters(), lr=op.lr, **kw),
+    opts = {"generator": torch.optim.AdamW(nets.generator_parameters(), lr=op.lr, **kw),
             "guidance": torch.optim.AdamW(nets.guidance_parameters(), lr=op.guidance_lr or op.lr, **kw)}
     if checkpoint is None:
         return nets, opts, 0
