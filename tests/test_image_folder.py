@@ -38,7 +38,7 @@ def make_folder(folder, n=20, *, captions="txt", size=(20, 16)):
         pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
         name = f"img{i:03d}.png"
         Image.fromarray(pixels.numpy()).save(folder / name)
-        caption = CAPTIONS[i % len(CAPTIONS)]
+        caption = CAPTIONS[min(i % 4, 2)]  # shares 1/4, 1/4, 1/2
         if captions == "txt":
             (folder / f"img{i:03d}.txt").write_text(caption + "\n")
         rows.append({"file_name": name, "text": caption})
@@ -124,44 +124,47 @@ def test_each_training_row_carries_its_own_images_pixels_and_caption(tmp_path):
     side = ImageSide(tiny(tmp_path, "rows", teacher__pretrain_steps=0), None)
     data = side.data
     assert len(data.train) == 12 and len(data.held) == 8 and data.names == sorted(CAPTIONS)
-    assert [data.names[i] for i in data.labels] == [CAPTIONS[i % 3] for i in range(12)]
+    assert [data.names[i] for i in data.labels] == [CAPTIONS[min(i % 4, 2)] for i in range(12)]
     want = side.parts.encode(torch.stack([load(tmp_path / "images" / f"img{i:03d}.png", 16) for i in (0, 11)]) * 2 - 1)
     torch.testing.assert_close(data.train[[0, 11]], want, atol=1e-5, rtol=0)
     torch.testing.assert_close(data.held[-1], load(tmp_path / "images" / "img019.png", 16) * 2 - 1)
-    torch.testing.assert_close(side.prompts(data.labels[:3]), side.parts.embed(CAPTIONS), atol=1e-5, rtol=0)
+    torch.testing.assert_close(side.prompts(data.labels[:4]), side.parts.embed([*CAPTIONS, CAPTIONS[2]]), atol=1e-5,
+                               rtol=0)
     drawn = data.prompt_labels(3000, generator=torch.Generator().manual_seed(0))
     share = torch.bincount(drawn, minlength=3).float() / 3000  # the captions' shares of the 12 training images
-    want = torch.tensor([4, 4, 4]).float() / 12
+    want = torch.tensor([3, 6, 3]).float() / 12  # names sorted: blue circle, green cross, red square
     assert (share - want).abs().max() < 0.04
+    from rlvr.images.dmd_train import generator_input
+    from rlvr.seeding import generator
+
+    _, _, labels = generator_input(side.networks(), side.cfg, data, 5)  # the generator's prompts of step 5
+    assert torch.equal(labels, data.prompt_labels(4, generator=generator(side.cfg.seed, "prompts", 5)))
 
 
 def test_a_text_conditioned_folder_run_trains_exports_and_resumes_as_an_uninterrupted_one(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     make_folder(tmp_path / "images", n=20)
-    summary = train(tiny(tmp_path, "full", student__backward_simulation=False))
+    short = {"student__backward_simulation": False, "train__steps": 2, "train__eval_every": 1, "train__save_every": 1}
+    summary = train(tiny(tmp_path, "full", **short))
     rows = read_metrics(tmp_path / "full" / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["step"] for r in rows] == [0, 1, 2]
     assert {"gen/loss", "gan/gen_loss", "gan/disc_loss", "fake/loss"} <= set(rows[1])
     assert all(math.isfinite(v) for r in rows for v in r.values())
     assert json.loads((tmp_path / "full" / "data.json").read_text())["train"]["images"] == 12
     pipe = StableDiffusionPipeline.from_pretrained(summary["exported"])
     assert pipe.unet is not None and pipe.vae is not None
-    half = tiny(tmp_path, "half", student__backward_simulation=False)
-    half.train.steps = 2
-    train(half)
-    train(tiny(tmp_path, "half", student__backward_simulation=False), resume=True)
+    train(tiny(tmp_path, "half", **{**short, "train__steps": 1}))
+    train(tiny(tmp_path, "half", **short), resume=True)
     for net in ("generator", "fake", "disc"):
-        a, b = weights(tmp_path / "full", 4, net), weights(tmp_path / "half", 4, net)
+        a, b = weights(tmp_path / "full", 2, net), weights(tmp_path / "half", 2, net)
         assert all(torch.equal(a[k], b[k]) for k in a), net
     strip = [[{k: v for k, v in r.items() if "time/" not in k} for r in read_metrics(tmp_path / n / "metrics.jsonl")]
              for n in ("full", "half")]
     assert strip[0] == strip[1]
     (tmp_path / "images" / "img003.txt").write_text("another caption")  # the folder changes under the run
-    longer = tiny(tmp_path, "half", student__backward_simulation=False)
-    longer.train.steps = 6
     with pytest.raises(ConfigError, match=r"^data.path: the train images changed since the run started") as err:
-        train(longer, resume=True)
+        train(tiny(tmp_path, "half", **{**short, "train__steps": 3}), resume=True)
     assert "\n" not in str(err.value)
 
 
@@ -256,3 +259,19 @@ def test_two_ranks_train_a_folder_run_as_one_process(tmp_path):
     for net in ("generator", "fake", "disc"):
         wa, wb = weights(runs[1], 4, net), weights(runs[2], 4, net)
         assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-4, net
+
+
+def test_the_folder_recipe_runs_on_the_example_folder_its_comment_makes(tmp_path, monkeypatch):
+    from rlvr.config import raw_config
+    from rlvr.images.image_folder import write_shapes
+
+    recipe = raw_config(os.path.join(os.path.dirname(__file__), "..", "recipes", "dmd2_folder.yaml"))
+    monkeypatch.chdir(tmp_path)
+    write_shapes(recipe["data"]["path"])
+    recipe["output_dir"] = str(tmp_path / "runs")
+    recipe["teacher"].update(pretrain_steps=1, pretrain_batch=4, sample_steps=1)
+    recipe["train"].update(steps=1, eval_size=8, save_every=1)
+    summary = train(from_dict(RunConfig, recipe, ""))
+    assert summary["steps"] == 1 and summary["exported"]
+    data = json.loads((tmp_path / "runs" / "dmd2_folder" / "data.json").read_text())
+    assert data["train"]["images"] == 1000 and data["held"]["images"] == 256

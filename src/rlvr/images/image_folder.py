@@ -163,3 +163,19 @@ def caption_labels(captions: tuple[str, ...] | None, n: int) -> tuple[list[str],
     names = sorted(set(captions))
     index = {c: i for i, c in enumerate(names)}
     return names, torch.tensor([index[c] for c in captions], dtype=torch.long)
+
+
+def write_shapes(path: str | Path, *, images: int = 1256, size: int = 32, seed: int = 0) -> Path:
+    """An example folder: `images` toy shapes (rlvr.images.data.toy_shapes) as PNGs, each with its caption ("a
+    circle", ...) in a .txt beside it (recipes/dmd2_folder.yaml runs on it as written)."""
+    from PIL import Image
+
+    from rlvr.images.data import SHAPE_CLASSES, toy_shapes
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    pixels, labels = toy_shapes(images, size=size, seed=seed)
+    for i, (x, label) in enumerate(zip(pixels, labels)):
+        Image.fromarray((x.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(out / f"{i:05d}.png")
+        (out / f"{i:05d}.txt").write_text(f"a {SHAPE_CLASSES[int(label)]}\n")
+    return out
