@@ -246,28 +246,16 @@ def export(net: nn.Module, cfg, parts: Parts, folder: Path) -> dict[str, Any]:
     return {"exported": str(folder)}
 
 
-def fingerprints(folders) -> dict[str, Any]:
-    train, held = folders
-    return {"train": {"path": str(train.root), **train.fingerprint()}, "held": {"path": str(held.root),
-                                                                              **held.fingerprint()}}
-
-
-def check_fingerprint(path: Path, folders) -> None:
-    """A resumed folder run reads the same images as it started on (<run>/data.json; a run without one is not
-    checked)."""
-    import json
-
+def fingerprints(cfg, folders, run_dir: Path, *, resume: bool) -> None:
+    """<run>/data.json: written by a new run, compared by a resumed one (module docstring 2)."""
     from rlvr.config import ConfigError
+    from rlvr.images.image_folder import record_fingerprints
 
-    if not path.is_file():
-        return
-    saved, now = json.loads(path.read_text()), fingerprints(folders)
-    for part, key in (("train", "data.path"), ("held", "data.held_path")):
-        old, new = saved[part], now[part]
-        if (old["images"], old["sha256"]) != (new["images"], new["sha256"]):
-            raise ConfigError(f"{key}: the {part} images changed since the run started ({old['images']} images, "
-                              f"sha256 {old['sha256'][:12]} in {path}; now {new['images']}, {new['sha256'][:12]}): "
-                              "resume on the same images, or start a new run")
+    train, held = folders
+    change = record_fingerprints(run_dir / "data.json", {"train": train, "held": held}, resume=resume)
+    if change:
+        key = "data.held_path" if cfg.data.held_path and change.startswith("the held") else "data.path"
+        raise ConfigError(f"{key}: {change}: resume on the same images, or start a new run")
 
 
 class ImageSide:
@@ -280,7 +268,7 @@ class ImageSide:
         self.cfg = cfg
         self.folders = folder_data(cfg) if cfg.data.kind == "folder" else None  # read before any model is built
         if self.folders is not None and checkpoint is not None:
-            check_fingerprint(cfg.run_dir / "data.json", self.folders)
+            fingerprints(cfg, self.folders, cfg.run_dir, resume=True)
         self.parts, fresh = build_parts(cfg, cfg.run_dir, resume=checkpoint is not None)
         self.data = ImageData(cfg, self.parts, self.folders)
         self.prompts = Prompts(self.parts, self.data.names)
@@ -303,9 +291,7 @@ class ImageSide:
         if self.fresh:
             self.parts.save(run_dir / "teacher")
         if self.folders is not None:
-            import json
-
-            (run_dir / "data.json").write_text(json.dumps(fingerprints(self.folders), indent=1))
+            fingerprints(self.cfg, self.folders, run_dir, resume=False)
 
     def evaluate(self, nets) -> tuple[dict[str, float], torch.Tensor]:
         import time

@@ -46,6 +46,11 @@ class ImageFolder:
         captions = None if self.captions is None else self.captions[rows]
         return ImageFolder(self.root, self.files[rows], captions)
 
+    def pick(self, rows: list[int]) -> ImageFolder:
+        """The images at these positions of the sorted order, in this order."""
+        captions = None if self.captions is None else tuple(self.captions[i] for i in rows)
+        return ImageFolder(self.root, tuple(self.files[i] for i in rows), captions)
+
     def fingerprint(self) -> dict[str, int | str]:
         """{"images": count, "sha256": hash of the sorted names, byte sizes and captions} (module docstring 3)."""
         digest = hashlib.sha256()
@@ -132,6 +137,44 @@ def _from_text_files(files: list[Path]) -> tuple[str, ...] | None:
             raise ValueError(f"{file}: no caption {text.name} beside it (other images have one: give every image "
                              "its .txt, or use a metadata.jsonl)")
     return tuple(t.read_text(encoding="utf-8").strip() for t in texts)
+
+
+def scan_classes(path: str | Path) -> tuple[ImageFolder, torch.Tensor, list[str]]:
+    """(images, (N,) labels, class names) of ImageNet's layout, <path>/<class name>/<image>: the classes are the
+    subfolders in sorted name order (hidden ones, starting with ".", left out), the images of each sorted by name."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{root} has no class subfolders (the layout is <path>/<class name>/<image>)")
+    files, labels = [], []
+    for k, name in enumerate(classes):
+        found = sorted((p for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES),
+                       key=lambda p: p.name)
+        if not found:
+            raise ValueError(f"{root / name}: a class subfolder with no images (files ending in {', '.join(SUFFIXES)})")
+        files += found
+        labels += [k] * len(found)
+    return ImageFolder(root, tuple(files), None), torch.tensor(labels, dtype=torch.long), classes
+
+
+def record_fingerprints(record: Path, folders: dict[str, ImageFolder], *, resume: bool) -> str | None:
+    """A new run writes the folders' fingerprints to `record` (module docstring 3); a resumed one compares: the name
+    and the change of the first folder that differs, None when none does (or the run has no record)."""
+    now = {name: {"path": str(f.root), **f.fingerprint()} for name, f in folders.items()}
+    if not resume:
+        record.write_text(json.dumps(now, indent=1))
+        return None
+    if not record.is_file():
+        return None
+    saved = json.loads(record.read_text())
+    for name, new in now.items():
+        old = saved.get(name, {"images": 0, "sha256": "none"})
+        if (old["images"], old["sha256"]) != (new["images"], new["sha256"]):
+            return (f"the {name} images changed since the run started ({old['images']} images, sha256 "
+                    f"{old['sha256'][:12]} in {record}; now {new['images']}, {new['sha256'][:12]})")
+    return None
 
 
 def check_readable(folder: ImageFolder) -> None:
