@@ -275,3 +275,132 @@ def test_the_folder_recipe_runs_on_the_example_folder_its_comment_makes(tmp_path
     assert summary["steps"] == 1 and summary["exported"]
     data = json.loads((tmp_path / "runs" / "dmd2_folder" / "data.json").read_text())
     assert data["train"]["images"] == 1000 and data["held"]["images"] == 256
+
+
+# ---------------------------------------------------------------- loop: va_pi on class subfolders (ImageNet's layout)
+
+VA = {"loop": "va_pi", "name": "va", "data": {"name": "folder", "size": 8, "train_size": 64, "eval_size": 16},
+      "vq": {"steps": 5, "codes": 16, "hidden": 16, "dim": 4},
+      "policy": {"hidden": 32, "layers": 1, "heads": 2, "pretrain_steps": 2},
+      "algo": {"group": 4, "token_noise": 0.5}, "optim": {"lr": 1e-3},
+      "train": {"steps": 2, "batch": 4, "eval_every": 2, "samples_per_class": 2, "classifier_steps": 3,
+                "save_every": 1}}
+COLOURS = {"cat": (250, 10, 10), "dog": (10, 250, 10), "emu": (10, 10, 250)}
+
+
+def make_classes(root, counts=(16, 12, 12)):
+    """root/<class>/<i>.png: each class a solid colour, a different image size per file."""
+    for (name, colour), n in zip(COLOURS.items(), counts):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (10 + i % 3, 12), colour).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def va_config(tmp_path, **over):
+    from rlvr.config import raw_config
+    from rlvr.images.va_pi_train import RunConfig as VaConfig
+
+    base = {**VA, "output_dir": str(tmp_path)}
+    base["data"] = {**VA["data"], "path": str(tmp_path / "classes")}
+    return from_dict(VaConfig, raw_config(base, [f"{k}={v}" for k, v in over.items()]), "")
+
+
+def test_class_subfolders_are_the_labels_and_the_split_keeps_each_image_with_its_label(tmp_path):
+    from rlvr.images.image_folder import scan_classes
+    from rlvr.images.va_pi_train import image_data
+
+    make_classes(tmp_path / "classes")
+    (tmp_path / "classes" / ".cache").mkdir()
+    folder, labels, names = scan_classes(tmp_path / "classes")
+    assert names == ["cat", "dog", "emu"] and labels.tolist() == [0] * 16 + [1] * 12 + [2] * 12
+    assert folder.names()[:3] == ["cat/00.png", "cat/01.png", "cat/02.png"]
+    train_x, train_y, held_x, held_y = image_data(va_config(tmp_path))
+    assert len(train_x) == 32 and len(held_x) == 8  # 80 / 20 of 40
+    for x, y in ((train_x, train_y), (held_x, held_y)):
+        colours = torch.tensor(list(COLOURS.values())).float() / 255
+        torch.testing.assert_close(x.mean((2, 3)), colours[y], atol=1 / 255, rtol=0)
+    assert len(set(train_y.tolist())) == 3
+
+
+def test_a_va_pi_run_on_class_subfolders_trains_resumes_and_refuses_a_changed_folder(tmp_path):
+    from rlvr.images.va_pi_train import train as va_train
+
+    make_classes(tmp_path / "classes")
+    every = {"train.eval_every": 1}  # the 1-step run's last step evaluates: so does the whole run's
+    va_train(va_config(tmp_path, name="whole", **every))
+    va_train(va_config(tmp_path, **every, **{"train.steps": 1}))
+    assert torch.load(tmp_path / "va" / "classifier.pt")["classes"] == 3
+    assert json.loads((tmp_path / "va" / "data.json").read_text())["data.path"]["images"] == 40
+    va_train(va_config(tmp_path, **every), resume=True)
+    strip = [[{k: v for k, v in r.items() if "time/" not in k} for r in read_metrics(tmp_path / n / "metrics.jsonl")]
+             for n in ("whole", "va")]
+    assert [r["step"] for r in strip[1]] == [0, 1, 2] and strip[0] == strip[1]
+    Image.new("RGB", (10, 12)).save(tmp_path / "classes" / "dog" / "99.png")
+    with pytest.raises(ConfigError, match=r"^data.path: the data.path images changed since the run started") as err:
+        va_train(va_config(tmp_path, **every, **{"train.steps": 3}), resume=True)
+    assert "\n" not in str(err.value)
+
+
+def _va_bad(tmp_path, case):
+    root = make_classes(tmp_path / "classes")
+    if case == "empty class":
+        (root / "fox").mkdir()
+    elif case == "flat folder":
+        for d in COLOURS:
+            for f in (root / d).iterdir():
+                f.unlink()
+            (root / d).rmdir()
+        Image.new("RGB", (8, 8)).save(root / "a.png")
+    elif case == "unreadable":
+        (root / "dog" / "03.png").write_bytes(b"garbage")
+    elif case == "held classes":
+        make_classes(tmp_path / "held")
+        (tmp_path / "held" / "emu").rename(tmp_path / "held" / "elk")
+        return {"data.held_path": str(tmp_path / "held")}
+    elif case == "few held":
+        make_classes(tmp_path / "held", counts=(3, 2, 2))
+        return {"data.held_path": str(tmp_path / "held")}
+    elif case == "no path":
+        return {"data.path": "null"}
+    return {}
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty class", r"^data.path: .*fox: a class subfolder with no images"),
+    ("flat folder", r"^data.path: .*has no class subfolders"),
+    ("unreadable", r"^data.path: .*dog/03.png: not a readable image"),
+    ("held classes", r"^data.held_path: its class subfolders \['cat', 'dog', 'elk'\] must be data.path's"),
+    ("few held", r"^data.held_path must give at least 8 held-out images \(all of data.held_path\), got 7$"),
+    ("no path", r"^data.path must be a folder of class subfolders"),
+])
+def test_bad_class_folders_are_one_line_errors(tmp_path, case, message):
+    from rlvr.images.va_pi_train import validate as va_validate
+
+    over = _va_bad(tmp_path, case)
+    with pytest.raises(ConfigError, match=message) as err:
+        va_validate(va_config(tmp_path, **over))
+    assert "\n" not in str(err.value)
+
+
+def test_two_ranks_train_a_va_pi_folder_run_as_one_process(tmp_path):
+    make_classes(tmp_path / "classes")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    runs = {}
+    for ranks in (1, 2):
+        cfg = {**VA, "name": f"v{ranks}", "output_dir": str(tmp_path)}
+        cfg["data"] = {**VA["data"], "path": str(tmp_path / "classes")}
+        (tmp_path / f"va{ranks}.yaml").write_text(yaml.safe_dump(cfg))
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29549"] if ranks > 1 \
+            else []
+        proc = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(tmp_path / f"va{ranks}.yaml")],
+                              env=env, cwd=tmp_path, timeout=300, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[ranks] = [{k: v for k, v in r.items() if "time/" not in k} for r in read_metrics(tmp_path / f"v{ranks}" /
+                                                                                               "metrics.jsonl")]
+    assert [r["step"] for r in runs[1]] == [r["step"] for r in runs[2]] == [0, 1, 2]
+    for a, b in zip(runs[1], runs[2]):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (a["step"], k, a[k], b[k])

@@ -254,8 +254,8 @@ def fingerprints(cfg, folders, run_dir: Path, *, resume: bool) -> None:
     train, held = folders
     change = record_fingerprints(run_dir / "data.json", {"train": train, "held": held}, resume=resume)
     if change:
-        key = "data.held_path" if cfg.data.held_path and change.startswith("the held") else "data.path"
-        raise ConfigError(f"{key}: {change}: resume on the same images, or start a new run")
+        key = "data.held_path" if cfg.data.held_path and change[0] == "held" else "data.path"
+        raise ConfigError(f"{key}: {change[1]}: resume on the same images, or start a new run")
 
 
 class ImageSide:

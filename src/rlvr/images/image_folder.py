@@ -159,9 +159,9 @@ def scan_classes(path: str | Path) -> tuple[ImageFolder, torch.Tensor, list[str]
     return ImageFolder(root, tuple(files), None), torch.tensor(labels, dtype=torch.long), classes
 
 
-def record_fingerprints(record: Path, folders: dict[str, ImageFolder], *, resume: bool) -> str | None:
-    """A new run writes the folders' fingerprints to `record` (module docstring 3); a resumed one compares: the name
-    and the change of the first folder that differs, None when none does (or the run has no record)."""
+def record_fingerprints(record: Path, folders: dict[str, ImageFolder], *, resume: bool) -> tuple[str, str] | None:
+    """A new run writes the folders' fingerprints to `record` (module docstring 3); a resumed one compares: (name,
+    what changed) of the first folder that differs, None when none does (or the run has no record)."""
     now = {name: {"path": str(f.root), **f.fingerprint()} for name, f in folders.items()}
     if not resume:
         record.write_text(json.dumps(now, indent=1))
@@ -172,8 +172,8 @@ def record_fingerprints(record: Path, folders: dict[str, ImageFolder], *, resume
     for name, new in now.items():
         old = saved.get(name, {"images": 0, "sha256": "none"})
         if (old["images"], old["sha256"]) != (new["images"], new["sha256"]):
-            return (f"the {name} images changed since the run started ({old['images']} images, sha256 "
-                    f"{old['sha256'][:12]} in {record}; now {new['images']}, {new['sha256'][:12]})")
+            return name, (f"the {name} images changed since the run started ({old['images']} images, sha256 "
+                          f"{old['sha256'][:12]} in {record}; now {new['images']}, {new['sha256'][:12]})")
     return None
 
 
