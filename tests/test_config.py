@@ -91,15 +91,19 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(write(tmp_path, "bad.yaml", "a: [1, 2\n"))
 
 
-def test_recipes_load_and_validate():
+def test_recipes_load_and_validate(tmp_path, monkeypatch):
     import importlib
     from pathlib import Path
 
     from rlvr.cli import LOOPS
     from rlvr.config import from_dict, raw_config
+    from rlvr.images.image_folder import write_shapes
 
+    monkeypatch.chdir(tmp_path)  # a recipe on a folder of images reads the example folder its comment tells to make
     for p in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
         raw = raw_config(p)
+        if raw.get("data", {}).get("kind") == "folder":
+            write_shapes(raw["data"]["path"])
         if "loop" in raw:  # an image-generator recipe: checked by its loop's own schema and ranges
             module = importlib.import_module(LOOPS[raw["loop"]])
             module.validate(from_dict(module.RunConfig, raw, ""))

@@ -19,13 +19,23 @@ REWARD_NAMES = ("distance", "mode")  # rlvr.images.dmd_rewards.REWARDS; or 'file
 class DataConfig:
     kind: str = "mixture"
     """mixture: the 2-D Gaussian mixture below (teacher.kind exact or mlp); shapes: 4-class toy shape images
-    (rlvr.images.data.toy_shapes) for a diffusers teacher (rlvr.images.dmd_diffusers)."""
+    (rlvr.images.data.toy_shapes) for a diffusers teacher (rlvr.images.dmd_diffusers); folder: your own images in
+    `path` (rlvr.images.image_folder), for a diffusers teacher."""
     size: int = 16
-    """shapes: image side in pixels."""
+    """shapes, folder: image side in pixels (folder: each image's short side resized to it, then centre-cropped)."""
+    path: str | None = None
+    """folder: a local folder of .png / .jpg / .jpeg / .webp images, captioned by its metadata.jsonl (Hugging Face
+    imagefolder's layout) or a <stem>.txt beside each image, or uncaptioned (the empty prompt)."""
+    caption_column: str = "text"
+    """folder: the caption's key in each metadata.jsonl row."""
+    held_path: str | None = None
+    """folder: another such folder of held-out images for the evaluation; None: the last `held_images` of `path` in
+    sorted order (not trained on)."""
     images: int = 2000
     """shapes: training images (the GAN's real side, the tiny teacher's pretraining)."""
     held_images: int = 256
-    """shapes: held-out images the evaluation compares against."""
+    """shapes: held-out images the evaluation compares against; folder without held_path: how many of the folder's
+    last images (in sorted order) are held out."""
     modes: int = 8
     """Mixture modes, evenly spaced on a circle."""
     radius: float = 4.0
@@ -254,9 +264,9 @@ def validate(cfg: RunConfig) -> None:
 
 def _validate_images(cfg: RunConfig) -> None:
     d, dc, images = cfg.data, cfg.diffusers, cfg.teacher.kind == "diffusers"
-    _check(d.kind in ("mixture", "shapes"), "data.kind", "mixture or shapes", d.kind)
-    _check(images == (d.kind == "shapes"), "data.kind", "shapes with teacher.kind diffusers, mixture otherwise",
-           d.kind)
+    _check(d.kind in ("mixture", "shapes", "folder"), "data.kind", "mixture, shapes or folder", d.kind)
+    _check(images == (d.kind in ("shapes", "folder")), "data.kind", "shapes or folder with teacher.kind diffusers, "
+           "mixture otherwise", d.kind)
     if not images:
         return
     _check(d.size >= 8 and d.size % 4 == 0, "data.size", "a multiple of 4, at least 8", d.size)
@@ -269,6 +279,8 @@ def _validate_images(cfg: RunConfig) -> None:
     _check(dc.arch != "sd3" or (dc.conditioning == "text" and dc.vae and cfg.teacher.schedule == "flow"),
            "diffusers.arch", "sd3 only with conditioning text, vae true and teacher.schedule flow", dc.arch)
     _check(dc.guidance_scale >= 1, "diffusers.guidance_scale", ">= 1", dc.guidance_scale)
+    if d.kind == "folder":
+        folder_data(cfg, check=True)
     _check(cfg.student.init == "pretrained", "student.init", "pretrained with a diffusers teacher (generator and "
            "fake score start from it)", cfg.student.init)
     _check(dc.path is not None or cfg.teacher.pretrain_steps >= 0, "teacher.pretrain_steps", ">= 0",
@@ -310,6 +322,33 @@ def _validate_lora(cfg: RunConfig) -> None:
     _check(len(lo.target_modules) > 0 and all(isinstance(t, str) and t.strip(".") == t and t for t in
                                               lo.target_modules),
            "student.lora.target_modules", "a non-empty list of layer names (e.g. to_q, to_out.0)", lo.target_modules)
+
+
+def folder_data(cfg: RunConfig, *, check: bool = False):
+    """(training, held-out) ImageFolders of `data.kind: folder` (rlvr.images.image_folder); check: also open every
+    image and count them against train.batch and 8 held-out images. One ConfigError line naming the field."""
+    from rlvr.images.image_folder import check_readable, scan, split
+
+    d = cfg.data
+    _check(d.path is not None, "data.path", "a folder of images with data.kind folder", d.path)
+    folders = {}
+    for key, path in (("data.path", d.path), ("data.held_path", d.held_path)):
+        if path is None:
+            continue
+        try:
+            folders[key] = scan(path, caption_column=d.caption_column)
+            if check:
+                check_readable(folders[key])
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from err
+    train, held = split(folders["data.path"], folders.get("data.held_path"), d.held_images)
+    if check:
+        rest = "" if d.held_path else f" after the last data.held_images = {d.held_images} are held out"
+        _check(len(train) >= cfg.train.batch, "data.path", f"at least train.batch = {cfg.train.batch} training "
+               f"images{rest}", len(train))
+        _check(len(held) >= 8, "data.held_path" if d.held_path else "data.held_images", "at least 8 held-out images",
+               len(held))
+    return train, held
 
 
 def _validate_distill(d: DistillConfig) -> None:

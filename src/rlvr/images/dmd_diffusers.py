@@ -12,20 +12,26 @@
    eps-MSE (flow: v-MSE) on the data for `teacher.pretrain_steps`, then written to <run>/teacher as a pipeline folder
    (a resumed run reads it back). Generator and fake score start as copies of the teacher (DMD2).
 2. Data (`data.kind: shapes`): rlvr.images.data.toy_shapes at `data.size` px, 4 classes, in [-1, 1]; a training set
-   (the GAN's real side, the teacher's pretraining) and a held-out set (the metrics). With a VAE every image is
-   encoded once (the posterior mode x scaling_factor) and the whole loop runs on latents.
-3. Conditioning: with a text encoder a sample's prompt is its class name ("circle", ...). The generator's prompts
-   are drawn per iteration (stream "prompts"; without backward simulation, the real rows' own labels); the GAN's
-   real images carry their own. The teacher's eps is classifier-free guided, eps_u + s (eps_c - eps_u) with the
-   empty prompt's embedding as eps_u (DMD2 §4 distils a guided teacher); the fake score and the student are not.
-   The tiny teacher's pretraining drops the prompt (the empty one) on 10% of the rows so that guidance has an
-   unconditional branch to read.
+   (the GAN's real side, the teacher's pretraining) and a held-out set (the metrics). `data.kind: folder`: the
+   user's images in `data.path` (rlvr.images.image_folder: resized and centre-cropped, captions from metadata.jsonl
+   or .txt files), held out by `data.held_path` or the folder's last `data.held_images`; the folder's fingerprint is
+   recorded in <run>/data.json and a resume on a changed folder is refused. With a VAE every image is encoded once
+   (the posterior mode x scaling_factor) and the whole loop runs on latents.
+3. Conditioning: with a text encoder a sample's prompt is its class name ("circle", ...) or its caption (folder:
+   each distinct caption is a label; an uncaptioned folder gives every image the empty prompt, so a conditional
+   teacher is distilled on its unconditional branch). The generator's prompts are drawn per iteration (stream
+   "prompts": a class uniformly, a training image's caption for a folder; without backward simulation, the real
+   rows' own labels); the GAN's real images carry their own. The teacher's eps is classifier-free guided,
+   eps_u + s (eps_c - eps_u) with the empty prompt's embedding as eps_u (DMD2 §4 distils a guided teacher); the fake
+   score and the student are not. The tiny teacher's pretraining drops the prompt (the empty one) on 10% of the rows
+   so that guidance has an unconditional branch to read.
 4. Rewards take decoded images in [-1, 1] (N, 3, H, W) and return (N,): 'file.py:function' or 'module:function';
    the 2-D rewards (mode, distance) have no image meaning and are not evaluated here.
-5. Evaluation on `train.eval_size` samples from fixed noise (prompts cycling through the classes) against the
-   held-out images: the Fréchet distance of Gaussian fits of 4 x 4 average-pooled pixels (48 numbers per image: a
-   cheap, model-free stand-in for FID at this scale, not comparable to published FIDs), the pixels' mean and
-   standard deviation, and the mean reward; a PNG grid of the samples goes to <run>/samples.png.
+5. Evaluation on `train.eval_size` samples from fixed noise (prompts cycling through the classes, or through the
+   training images' captions in order) against the held-out images: the Fréchet distance of Gaussian fits of 4 x 4
+   average-pooled pixels (48 numbers per image: a cheap, model-free stand-in for FID at this scale, not comparable to
+   published FIDs), the pixels' mean and standard deviation, and the mean reward; a PNG grid of the samples goes to
+   <run>/samples.png.
 6. At the end the student is exported as a diffusers pipeline folder, <run>/student (export_student: DDPMPipeline
    on pixels, StableDiffusionPipeline with a text encoder and VAE, StableDiffusion3Pipeline for an SD3 flow
    transformer, `diffusers.arch: sd3`), which samples in K steps with diffusers alone.
@@ -52,24 +58,50 @@ from rlvr.images.data import SHAPE_CLASSES, toy_shapes
 from rlvr.images.diffusers_lora import check_targets, lora_copy, merged, parameter_counts, save_diffusers_lora
 from rlvr.images.diffusers_nets import Bound, Parts, export_student, load_pipeline, pipeline_class
 from rlvr.images.diffusion import FLOW, T_STEPS, add_noise, ddim_sample, student_sample, target, timesteps
+from rlvr.images.dmd_config import folder_data
 from rlvr.images.metrics import frechet_distance, save_grid
 from rlvr.seeding import generator, stream_seed
 
 UNCOND_DROP = 0.1  # module docstring 3
+CHUNK = 64  # folder images read and VAE-encoded (prompts embedded) this many at a time
 
 
 class ImageData:
-    """The training images in the denoiser's space with their labels, the held-out pixels (module docstring 2)."""
+    """The training images in the denoiser's space with their labels (indices into `names`, the prompts), the
+    held-out pixels (module docstring 2); `folders`: data.kind folder's (training, held-out) ImageFolders."""
 
-    def __init__(self, cfg, parts: Parts):
+    def __init__(self, cfg, parts: Parts, folders=None):
         d = cfg.data
-        images, self.labels = toy_shapes(d.images, size=d.size, seed=stream_seed(cfg.seed, "images") % 2**31)
-        held, self.held_labels = toy_shapes(d.held_images, size=d.size,
-                                            seed=stream_seed(cfg.seed, "held_images") % 2**31)
-        self.train = parts.encode(images * 2 - 1)  # (N, C, H, W)
-        self.held, self.pixels = held * 2 - 1, images * 2 - 1
+        self.by_row = folders is not None  # folder: prompts follow the images' captions (module docstring 3)
+        if folders is None:
+            images, self.labels = toy_shapes(d.images, size=d.size, seed=stream_seed(cfg.seed, "images") % 2**31)
+            held, self.held_labels = toy_shapes(d.held_images, size=d.size,
+                                                seed=stream_seed(cfg.seed, "held_images") % 2**31)
+            self.train = parts.encode(images * 2 - 1)  # (N, C, H, W)
+            self.held, self.pixels = held * 2 - 1, images * 2 - 1
+            self.names = list(SHAPE_CLASSES)
+        else:
+            from rlvr.images.image_folder import caption_labels
+
+            train, held = folders
+            self.names, self.labels = caption_labels(train.captions, len(train))
+            self.train = torch.cat([parts.encode(train.load(d.size, slice(i, i + CHUNK)) * 2 - 1)
+                                    for i in range(0, len(train), CHUNK)])  # (N, C, H, W)
+            self.held, self.pixels = held.load(d.size) * 2 - 1, train.load(d.size, slice(cfg.train.eval_size)) * 2 - 1
         self.shape = tuple(self.train.shape[1:])
-        self.classes = len(SHAPE_CLASSES)
+        self.classes = len(self.names)
+
+    def prompt_labels(self, n: int, *, generator: torch.Generator) -> torch.Tensor:
+        """(n,) labels of the generator's prompts: a class uniformly, or a training image's caption (as often as
+        the captions occur in the folder)."""
+        if self.by_row:
+            return self.labels[torch.randint(len(self.labels), (n,), generator=generator)]
+        return torch.randint(self.classes, (n,), generator=generator)
+
+    def eval_labels(self, n: int) -> torch.Tensor:
+        """(n,) labels of the evaluation's prompts: cycling through the classes, or the training images' captions."""
+        rows = torch.arange(n)
+        return self.labels[rows % len(self.labels)] if self.by_row else rows % self.classes
 
     def sample(self, n: int, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(x (n, C, H, W), labels (n,)): training rows drawn with replacement."""
@@ -78,10 +110,12 @@ class ImageData:
 
 
 class Prompts:
-    """Class labels -> prompt embeddings, every class's computed once; `uncond` the empty prompt's."""
+    """Labels -> prompt embeddings, every name's (class or distinct caption) computed once; `uncond` the empty
+    prompt's."""
 
-    def __init__(self, parts: Parts):
-        self.table = parts.embed(list(SHAPE_CLASSES))
+    def __init__(self, parts: Parts, names: tuple[str, ...] | list[str] = SHAPE_CLASSES):
+        self.table = None if not parts.conditional else torch.cat(
+            [parts.embed(list(names[i:i + CHUNK])) for i in range(0, len(names), CHUNK)])  # (classes, L, D)
         self.uncond = parts.embed([""])
 
     def __call__(self, labels: torch.Tensor | None) -> torch.Tensor | None:
@@ -190,7 +224,7 @@ def eval_inputs(cfg, data: ImageData) -> tuple[list[torch.Tensor], torch.Tensor]
     g = generator(cfg.seed, "eval")
     n = cfg.train.eval_size
     noises = [torch.randn((n, *data.shape), generator=g) for _ in range(cfg.student.steps)]
-    return noises, torch.arange(n) % data.classes
+    return noises, data.eval_labels(n)
 
 
 @torch.no_grad()
@@ -246,6 +280,18 @@ def export(net: nn.Module, cfg, parts: Parts, folder: Path) -> dict[str, Any]:
     return out
 
 
+def fingerprints(cfg, folders, run_dir: Path, *, resume: bool) -> None:
+    """<run>/data.json: written by a new run, compared by a resumed one (module docstring 2)."""
+    from rlvr.config import ConfigError
+    from rlvr.images.image_folder import record_fingerprints
+
+    train, held = folders
+    change = record_fingerprints(run_dir / "data.json", {"train": train, "held": held}, resume=resume)
+    if change:
+        key = "data.held_path" if cfg.data.held_path and change[0] == "held" else "data.path"
+        raise ConfigError(f"{key}: {change[1]}: resume on the same images, or start a new run")
+
+
 class ImageSide:
     """An image run's side of `loop: dmd` (rlvr.images.dmd_points.Points' methods): parts, data, prompts, the guided
     teacher, rewards on decoded images, the image metrics, the student's export."""
@@ -254,10 +300,13 @@ class ImageSide:
         from rlvr.images.dmd_rewards import build_reward
 
         self.cfg = cfg
+        self.folders = folder_data(cfg) if cfg.data.kind == "folder" else None  # read before any model is built
+        if self.folders is not None and checkpoint is not None:
+            fingerprints(cfg, self.folders, cfg.run_dir, resume=True)
         self.parts, fresh = build_parts(cfg, cfg.run_dir, resume=checkpoint is not None)
         check_lora(cfg, self.parts)
-        self.data = ImageData(cfg, self.parts)
-        self.prompts = Prompts(self.parts)
+        self.data = ImageData(cfg, self.parts, self.folders)
+        self.prompts = Prompts(self.parts, self.data.names)
         self.data.prompts = self.prompts if self.parts.conditional else None
         self.fresh = fresh
         if fresh:
@@ -276,6 +325,8 @@ class ImageSide:
         """The pretrained tiny teacher as a pipeline folder, <run>/teacher (a loaded one stays where it is)."""
         if self.fresh:
             self.parts.save(run_dir / "teacher")
+        if self.folders is not None:
+            fingerprints(self.cfg, self.folders, run_dir, resume=False)
 
     def evaluate(self, nets) -> tuple[dict[str, float], torch.Tensor]:
         import time

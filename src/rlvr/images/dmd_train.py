@@ -179,7 +179,7 @@ def generator_input(nets: Networks, cfg: RunConfig, gmm: GaussianMixture, step: 
         k = int(torch.randint(steps, (1,), generator=g))  # one k for the whole batch (DMD2)
         labels = cond = None
         if prompts is not None:
-            labels = torch.randint(gmm.classes, (batch,), generator=generator(cfg.seed, "prompts", step))
+            labels = gmm.prompt_labels(batch, generator=generator(cfg.seed, "prompts", step))
             cond = prompts(labels)
         x_t, t = backward_simulation(nets.bound(cond).generator, noises, steps=steps, k=k, start=cfg.student.start,
                                      schedule=cfg.teacher.schedule)

@@ -5,7 +5,9 @@
     rlvr train recipes/va_pi.yaml --resume                 # continue from the latest checkpoint, exactly
 
 1. Data: a toy image set (`shapes`: procedural shapes, 4 classes; `digits`: scikit-learn's bundled digits) split into
-   training and held-out images.
+   training and held-out images, or your own (`folder`: ImageNet's layout, `data.path`/<class name>/<image>, the
+   classes the subfolders in sorted order, rlvr.images.image_folder; held out by `data.held_path` in the same layout
+   or as digits are; the folders' fingerprint is kept in <run>/data.json and a resume on changed folders refused).
 2. Tokenizer and starting model: the VQ tokenizer (`vq.path`, or trained at the start and saved to `<run>/vq`) and
    the class-conditional AR policy (`policy.path`, or built and pretrained with next-code cross-entropy for
    `policy.pretrain_steps`, saved to `<run>/init`): VA-π post-trains a generator that is already imperfect.
@@ -41,20 +43,27 @@ import torch
 
 from rlvr.config import ConfigError
 
-DATA = ("shapes", "digits")
+DATA = ("shapes", "digits", "folder")
 MODES = ("va_pi", "ce")
 
 
 @dataclass
 class DataConfig:
     name: str = "shapes"
-    """shapes (procedural shapes, 4 classes) | digits (scikit-learn's 8x8 digits, 10 classes, upsampled)."""
+    """shapes (procedural shapes, 4 classes) | digits (scikit-learn's 8x8 digits, 10 classes, upsampled) | folder
+    (your images in class subfolders of `path`)."""
     size: int = 16
     """Image side in pixels (a multiple of 4: the tokenizer downsamples by 4, so (size/4)² codes per image)."""
     train_size: int = 2000
     """Training images (shapes: drawn; digits: the first 80% of a seeded shuffle, capped at this)."""
     eval_size: int = 256
-    """Held-out images (shapes: drawn from another seed; digits: the last 20%)."""
+    """Held-out images (shapes: drawn from another seed; digits, folder: the last 20%)."""
+    path: str | None = None
+    """folder: ImageNet's layout, <path>/<class name>/<image> (.png / .jpg / .jpeg / .webp; short side resized to
+    `size`, centre-cropped); class k is the k-th subfolder in sorted name order. Split 80 / 20 by a seeded shuffle as
+    digits is, unless `held_path` is given."""
+    held_path: str | None = None
+    """folder: held-out images in the same layout with the same class names (then all of `path` trains)."""
 
 
 @dataclass
@@ -192,6 +201,49 @@ def validate(cfg: RunConfig) -> None:
         check_size(peek(cfg.vq.path), cfg.data.size)
     if cfg.policy.path:
         check_llamagen_policy(cfg)
+    if cfg.data.name == "folder":
+        class_folders(cfg, check=True)
+
+
+def class_folders(cfg: RunConfig, *, check: bool = False):
+    """{field: (ImageFolder, labels)} of data.path and data.held_path (rlvr.images.image_folder.scan_classes); check:
+    also open every image and need 8 held-out images. One ConfigError line naming the field."""
+    from rlvr.images.image_folder import check_readable, scan_classes
+
+    d, out, names = cfg.data, {}, {}
+    if d.path is None:
+        raise ConfigError("data.path must be a folder of class subfolders with data.name folder, got None")
+    for key, path in (("data.path", d.path), ("data.held_path", d.held_path)):
+        if path is None:
+            continue
+        try:
+            folder, labels, names[key] = scan_classes(path)
+            if check:
+                check_readable(folder)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from err
+        out[key] = (folder, labels)
+    if d.held_path and names["data.held_path"] != names["data.path"]:
+        raise ConfigError(f"data.held_path: its class subfolders {names['data.held_path']} must be data.path's "
+                          f"{names['data.path']}")
+    held = len(out["data.held_path"][0]) if d.held_path else len(out["data.path"][0]) - int(0.8 * len(out[
+        "data.path"][0]))
+    if check and min(held, d.eval_size) < 8:
+        raise ConfigError(f"{'data.held_path' if d.held_path else 'data.path'} must give at least 8 held-out images "
+                          f"({'all of data.held_path' if d.held_path else 'the last 20%'}), got {held}")
+    return out
+
+
+def folder_record(cfg: RunConfig, *, fresh: bool, main: bool) -> None:
+    """data.name folder: a new run writes the folders' fingerprints to <run>/data.json (the main rank), a resumed one
+    refuses folders that changed (module docstring 1)."""
+    from rlvr.images.image_folder import record_fingerprints
+
+    if cfg.data.name != "folder" or (fresh and not main):
+        return
+    folders = {key: folder for key, (folder, _) in class_folders(cfg).items()}
+    if change := record_fingerprints(cfg.run_dir / "data.json", folders, resume=not fresh):
+        raise ConfigError(f"{change[0]}: {change[1]}: resume on the same images, or start a new run")
 
 
 def check_llamagen_policy(cfg: RunConfig) -> None:
@@ -233,11 +285,31 @@ def image_data(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     if d.name == "shapes":
         return (*toy_shapes(d.train_size, size=d.size, seed=cfg.seed), *toy_shapes(d.eval_size, size=d.size,
                                                                                    seed=cfg.seed + 1_000_003))
+    if d.name == "folder":
+        return _folder_data(cfg)
     images, labels = digits(size=d.size)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
     cut = int(0.8 * len(images))
     train, held = order[:cut][: d.train_size], order[cut:][: d.eval_size]
     return images[train], labels[train], images[held], labels[held]
+
+
+def _folder_data(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """data.name folder: digits' seeded 80 / 20 split of data.path (or all of it, and data.held_path shuffled by the
+    same seed), capped at train_size / eval_size; only the images kept are read."""
+    d, folders = cfg.data, class_folders(cfg)
+    folder, labels = folders["data.path"]
+    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    if "data.held_path" in folders:
+        held, held_labels = folders["data.held_path"]
+        train_rows = order[: d.train_size]
+        held_rows = torch.randperm(len(held), generator=torch.Generator().manual_seed(cfg.seed)).tolist()[: d.eval_size]
+    else:
+        cut = int(0.8 * len(folder))
+        held, held_labels = folder, labels
+        train_rows, held_rows = order[:cut][: d.train_size], order[cut:][: d.eval_size]
+    return (folder.pick(train_rows).load(d.size), labels[train_rows], held.pick(held_rows).load(d.size),
+            held_labels[held_rows])
 
 
 def _optimizer(params, lr: float, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -351,6 +423,7 @@ def _train(cfg: RunConfig, resume_from: Path | None, world) -> dict:
     torch.manual_seed(cfg.seed)
     train_images, train_labels, held_images, held_labels = image_data(cfg)
     fresh = resume_from is None
+    folder_record(cfg, fresh=fresh, main=world.is_main)
     if world.is_main:
         vq, net, classifier_accuracy, policy = prepare(cfg, run_dir, train_images, train_labels, fresh)
     barrier(world)
