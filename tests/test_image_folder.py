@@ -7,13 +7,12 @@ every bad folder is a one-line error naming the field and the file or row, raise
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 from PIL import Image
+from ranks import assert_rows_close, max_difference, rlvr_train
 from safetensors.torch import load_file
 
 from rlvr.config import ConfigError, from_dict
@@ -237,28 +236,15 @@ def test_an_uncaptioned_folder_gives_a_text_teacher_the_empty_prompt(tmp_path):
 
 def test_two_ranks_train_a_folder_run_as_one_process(tmp_path):
     make_folder(tmp_path / "images", n=20, captions="metadata")
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
     runs = {}
     for ranks in (1, 2):
         recipe = tmp_path / f"tiny{ranks}.yaml"
         recipe.write_text(yaml.safe_dump(raw(tmp_path, f"r{ranks}")))
-        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"] if ranks > 1 \
-            else []
-        proc = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(recipe)], env=env,
-                              cwd=tmp_path, timeout=300, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        rlvr_train(recipe, ranks=ranks, cwd=tmp_path)
         runs[ranks] = tmp_path / f"r{ranks}"
-    one, two = ([{k: v for k, v in r.items() if "time/" not in k} for r in read_metrics(runs[n] / "metrics.jsonl")]
-                for n in (1, 2))
-    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 3, 4]
-    for a, b in zip(one, two):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (a["step"], k, a[k], b[k])
+    assert_rows_close(*(read_metrics(runs[n] / "metrics.jsonl") for n in (1, 2)), steps=[0, 1, 2, 3, 4])
     for net in ("generator", "fake", "disc"):
-        wa, wb = weights(runs[1], 4, net), weights(runs[2], 4, net)
-        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-4, net
+        assert max_difference(weights(runs[1], 4, net), weights(runs[2], 4, net)) <= 1e-4, net
 
 
 def test_the_folder_recipe_runs_on_the_example_folder_its_comment_makes(tmp_path, monkeypatch):
@@ -385,22 +371,11 @@ def test_bad_class_folders_are_one_line_errors(tmp_path, case, message):
 
 def test_two_ranks_train_a_va_pi_folder_run_as_one_process(tmp_path):
     make_classes(tmp_path / "classes")
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
     runs = {}
     for ranks in (1, 2):
         cfg = {**VA, "name": f"v{ranks}", "output_dir": str(tmp_path)}
         cfg["data"] = {**VA["data"], "path": str(tmp_path / "classes")}
         (tmp_path / f"va{ranks}.yaml").write_text(yaml.safe_dump(cfg))
-        launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29549"] if ranks > 1 \
-            else []
-        proc = subprocess.run([sys.executable, *launch, "-m", "rlvr.cli", "train", str(tmp_path / f"va{ranks}.yaml")],
-                              env=env, cwd=tmp_path, timeout=300, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[ranks] = [{k: v for k, v in r.items() if "time/" not in k} for r in read_metrics(tmp_path / f"v{ranks}" /
-                                                                                               "metrics.jsonl")]
-    assert [r["step"] for r in runs[1]] == [r["step"] for r in runs[2]] == [0, 1, 2]
-    for a, b in zip(runs[1], runs[2]):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (a["step"], k, a[k], b[k])
+        rlvr_train(tmp_path / f"va{ranks}.yaml", ranks=ranks, cwd=tmp_path)
+        runs[ranks] = read_metrics(tmp_path / f"v{ranks}" / "metrics.jsonl")
+    assert_rows_close(runs[1], runs[2], steps=[0, 1, 2])
